@@ -1,0 +1,185 @@
+"""The `alignprobe` command line. It only parses flags and calls the public API."""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from alignprobe._version import __version__
+from alignprobe.errors import AlignprobeError
+
+
+def _friendly_errors(func):
+    """Print an AlignprobeError as one clear message (no traceback) and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except AlignprobeError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished shards and results are kept; rerun to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _setup_logging(quiet: bool, verbose: int) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The hub clients are chatty at INFO; their messages are ours to translate.
+    for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock", "sentence_transformers", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_table(rows: list[dict], columns: list[str] | None = None) -> None:
+    if not rows:
+        click.echo("(nothing)")
+        return
+    columns = columns or list(rows[0])
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+# Options shared by every command that encodes.
+def _encode_options(func):
+    decorators = [
+        click.option("--batch-size", type=int, default=None, help="Encoding batch size [64]."),
+        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps [auto]."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                     help="Model compute dtype [fp32 on CPU, fp16 on GPU]."),
+        click.option("--storage-dtype", type=click.Choice(["fp16", "fp32"]), default=None,
+                     help="Dtype of cached embeddings [fp16]."),
+        click.option("--num-workers", type=int, default=None,
+                     help="Image decoding workers [one per spare core]."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     envvar="ALIGNPROBE_CACHE_DIR", help="Embedding cache root [~/.cache/alignprobe]."),
+        click.option("--no-recompute", is_flag=True, help="Fail instead of encoding on a cache miss."),
+        click.option("--strict", is_flag=True, help="A missing or corrupt image is an error, not skipped."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs."),
+        click.option("--verbose", "-v", count=True, help="More logging (-vv for debug)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _options_from(kwargs) -> "EncodeOptions":
+    from alignprobe.config import EncodeOptions, override
+
+    return override(
+        EncodeOptions(),
+        batch_size=kwargs.pop("batch_size"),
+        device=kwargs.pop("device"),
+        dtype=kwargs.pop("dtype"),
+        storage_dtype=kwargs.pop("storage_dtype"),
+        num_workers=kwargs.pop("num_workers"),
+        cache_dir=kwargs.pop("cache_dir"),
+        recompute=not kwargs.pop("no_recompute"),
+        strict=kwargs.pop("strict"),
+        quiet=kwargs["quiet"],
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="alignprobe")
+def main():
+    """Assess and learn the alignment of frozen vision and language encoders (SAIL)."""
+
+
+@main.command()
+@click.option("--modality", type=click.Choice(["vision", "text"]), default=None)
+@_friendly_errors
+def models(modality):
+    """List the encoder registry."""
+    from alignprobe.backbones import registry_table
+
+    _print_table(registry_table(modality))
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Encoder name, alias, hub id (hf:/timm:/st:) or local directory.")
+@click.option("--data", "-d", required=True, help="Data spec: shapes, digits, csv:FILE, wds:DIR, folder:DIR, coco:FILE...")
+@click.option("--split", default=None, help="Split of the data set (train/test/val...).")
+@click.option("--modality", type=click.Choice(["vision", "text"]), default=None,
+              help="Needed only when a local directory could be either.")
+@click.option("--shard", default=None, help="I/N: encode a deterministic share (default: torchrun's rank).")
+@_encode_options
+@_friendly_errors
+def encode(model, data, split, modality, shard, verbose, **kwargs):
+    """Encode a data set with one encoder into the embedding cache."""
+    from alignprobe.config import override
+    from alignprobe.probe.encode_job import encode_dataset
+
+    _setup_logging(kwargs["quiet"], verbose)
+    options = override(_options_from(kwargs), shard=shard)
+    results = encode_dataset(model, data, modality=modality, split=split, options=options)
+    rows = []
+    for kind, res in results.items():
+        emb = res.embeddings
+        rows.append({
+            "kind": kind,
+            "rows": len(emb) if emb is not None else "(other shards pending)",
+            "dim": emb.dim if emb is not None else "",
+            "cache": "hit" if res.cache_hit else "miss",
+            "encoded": res.encoded_rows,
+            "skipped": len(res.skipped),
+            "seconds": f"{res.seconds:.1f}",
+            "path": str(emb.directory) if emb is not None else "",
+        })
+    _print_table(rows)
+    for kind, res in results.items():
+        for sample_id, reason in list(res.skipped.items())[:20]:
+            click.echo(f"skipped {kind} {sample_id}: {reason}", err=True)
+
+
+@main.command()
+@click.option("--vision", required=True, help="Vision encoder: name, alias, hf:/timm: id or local directory.")
+@click.option("--text", required=True, help="Text encoder: name, alias, hf:/st: id or local directory.")
+@click.option("--pairs", default=None, help="Image-caption pairs the probe trains on [shapes:train].")
+@click.option("--labelled", default=None, help="Labelled images: zero-shot and vision-quality metrics [shapes:test].")
+@click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [shapes:test].")
+@click.option("--metrics", default=None,
+              help="Comma-separated subset of: kmeans_nmi,knn,linear_probe,zero_shot,retrieval,similarity [all].")
+@click.option("--seed", type=int, default=None, help="Seed for splits, k-means and the probe [0].")
+@click.option("--vision-pooling", default=None, help="Override the registry's vision pooling (cls|mean|concat|pooler).")
+@click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last|encode).")
+@click.option("--epochs", type=int, default=None, help="Probe training epochs [by data size].")
+@click.option("--probe-batch-size", type=int, default=None, help="Probe training batch [by data size].")
+@click.option("--lr", type=float, default=None, help="Probe learning rate [by data size].")
+@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Results directory (one JSON record per run).")
+@click.option("--force", is_flag=True, help="Recompute even if a finished record exists.")
+@_encode_options
+@_friendly_errors
+def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling, text_pooling, epochs,
+        probe_batch_size, lr, out_dir, force, verbose, **kwargs):
+    """Probe the alignment of one vision x text pair and write its result record."""
+    from alignprobe.probe.pipeline import RunConfig, run_pair
+    from alignprobe.reports.summary import format_run_summary
+
+    _setup_logging(kwargs["quiet"], verbose)
+    options = _options_from(kwargs)
+    probe = {k: v for k, v in {"epochs": epochs, "batch_size": probe_batch_size, "lr": lr}.items()
+             if v is not None}
+    values = dict(vision=vision, text=text, pairs=pairs, labelled=labelled, retrieval=retrieval,
+                  seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, probe=probe)
+    if metrics is not None:
+        values["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    config = RunConfig(**{k: v for k, v in values.items() if v is not None})
+    record, path, reused = run_pair(config, out_dir=out_dir, options=options, force=force)
+    click.echo(format_run_summary(record))
+    click.echo(f"\nrecord: {path}" + ("  (reused: finished earlier with this config; --force to recompute)"
+                                      if reused else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,56 @@
+"""Option dataclasses shared by the API and the CLI.
+
+Precedence (lm-eval-harness style): CLI flags > config file > these defaults.
+`None` means "keep the model's or the data's own default" and is never written
+over a real default.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from alignprobe.errors import ValidationError
+
+
+@dataclass
+class EncodeOptions:
+    """How to run an encoder over a data source and where to keep the result."""
+
+    batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    dtype: str | None = None  # fp32 | fp16 | bf16; None = fp32 on CPU, fp16 on GPU
+    num_workers: int | None = None  # None = one per spare core for images, 0 for texts
+    storage_dtype: str = "fp16"  # dtype of the cached embeddings
+    cache_dir: str | None = None  # None = $ALIGNPROBE_CACHE_DIR or ~/.cache/alignprobe
+    recompute: bool = True  # False: a cache miss is an error (--no-recompute)
+    shard: str | None = None  # "i/n"; None = torchrun's RANK/WORLD_SIZE or the whole set
+    strict: bool = False  # an unreadable image is an error instead of skipped
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValidationError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.storage_dtype not in ("fp16", "fp32"):
+            raise ValidationError(f"storage_dtype must be 'fp16' or 'fp32', got {self.storage_dtype!r}")
+        if self.dtype not in (None, "fp32", "fp16", "bf16"):
+            raise ValidationError(f"dtype must be one of fp32, fp16, bf16, got {self.dtype!r}")
+
+    def cache(self):
+        from alignprobe.probe.cache import EmbeddingCache, default_cache_dir
+
+        return EmbeddingCache(Path(self.cache_dir) if self.cache_dir else default_cache_dir())
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def override(obj, **changes):
+    """A copy of dataclass `obj` with the non-None `changes` applied (unset flags keep defaults)."""
+    names = {f.name for f in fields(obj)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ValidationError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(names)}")
+    values = asdict(obj)
+    values.update({k: v for k, v in changes.items() if v is not None})
+    return type(obj)(**values)

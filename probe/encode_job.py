@@ -1,0 +1,106 @@
+"""`alignprobe encode`: one encoder over one data set, through the cache.
+
+A vision encoder encodes the images; a text encoder encodes the captions
+(every caption, extra positives included) and, for a labelled set, the class
+prompts (class names x templates) that zero-shot classification needs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from alignprobe.config import EncodeOptions
+from alignprobe.errors import DataError, UnknownEncoderError
+from alignprobe.probe.encoding import EncodeResult, ImageSource, TextSource, encode_source, parse_shard
+
+log = logging.getLogger("alignprobe.encode")
+
+
+def resolve_model(name: str, modality: str | None = None):
+    """The registry spec for `name`; with no modality, vision is tried first, then text."""
+    from alignprobe.backbones import resolve_spec
+
+    if modality is not None:
+        return resolve_spec(name, modality)
+    errors = []
+    for candidate in ("vision", "text"):
+        try:
+            return resolve_spec(name, candidate)
+        except UnknownEncoderError as err:
+            errors.append(str(err))
+    raise UnknownEncoderError(" / ".join(errors))
+
+
+def create_encoder(spec_or_name, modality: str | None = None, options: EncodeOptions | None = None):
+    """Build the encoder for a spec (or name), failing fast if its weights are not available."""
+    from alignprobe.backbones import check_available, create_text_encoder, create_vision_encoder
+
+    options = options or EncodeOptions()
+    spec = resolve_model(spec_or_name, modality) if isinstance(spec_or_name, str) else spec_or_name
+    check_available(spec)
+    factory = create_vision_encoder if spec.modality == "vision" else create_text_encoder
+    return factory(spec.name if not _is_path_spec(spec) else spec.hub_id or spec.name,
+                   device=options.device, dtype=options.dtype)
+
+
+def _is_path_spec(spec) -> bool:
+    return spec.source == "local"
+
+
+def text_sources(dataset) -> list[TextSource]:
+    """The texts a text encoder needs from `dataset`: its captions and its class prompts."""
+    from alignprobe.probe.data_spec import class_prompts, flatten_captions
+
+    sources = []
+    if dataset.has_captions:
+        captions, _ = flatten_captions(dataset)
+        sources.append(TextSource(dataset.name, captions, kind="captions"))
+    if dataset.class_names:
+        prompts, _ = class_prompts(dataset)
+        sources.append(TextSource(dataset.name, prompts, kind="prompts"))
+    if not sources:
+        raise DataError(f"{dataset.name!r} has neither captions nor class names: nothing for a text encoder")
+    return sources
+
+
+def encode_with(encoder, dataset, options: EncodeOptions) -> dict[str, EncodeResult]:
+    """Encode what `encoder`'s modality needs from `dataset`; results by source kind."""
+    sources = [ImageSource(dataset)] if encoder.modality == "vision" else text_sources(dataset)
+    results = {}
+    for source in sources:
+        results[source.kind] = encode_source(
+            encoder,
+            source,
+            cache=options.cache(),
+            batch_size=options.batch_size,
+            num_workers=options.num_workers,
+            storage_dtype=options.storage_dtype,
+            recompute=options.recompute,
+            shard=parse_shard(options.shard),
+            strict=options.strict,
+            quiet=options.quiet,
+        )
+    return results
+
+
+def encode_dataset(model: str, data: str, *, modality: str | None = None, split: str | None = None,
+                   options: EncodeOptions | None = None) -> dict[str, EncodeResult]:
+    """Public API behind `alignprobe encode`: resolve, check, open, encode (cached)."""
+    from alignprobe.probe.data_spec import open_dataset
+
+    options = options or EncodeOptions()
+    spec = resolve_model(model, modality)
+    encoder = create_encoder(spec, options=options)
+    dataset = open_dataset(data, split=split, strict=options.strict)
+    return encode_with(encoder, dataset, options)
+
+
+@dataclass
+class EncodeSummaryRow:
+    kind: str
+    rows: int
+    dim: int
+    cache_hit: bool
+    encoded: int
+    skipped: int
+    path: str

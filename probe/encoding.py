@@ -1,0 +1,260 @@
+"""Batched encoding of a data source into the embedding cache.
+
+Images are decoded and preprocessed in DataLoader workers while the model runs
+so that data loading does not starve it; texts are cheap and tokenised in the
+main process. Work is split into cache shards: each shard is encoded and
+written atomically, so an interrupted run resumes at the first missing shard
+and `--shard i/n` hands every n-th shard to one of n hosts or GPUs.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from alignprobe.errors import DataError, ImageLoadError, ValidationError
+from alignprobe.probe.cache import CacheIdentity, CachedEmbeddings, EmbeddingCache
+
+log = logging.getLogger("alignprobe.encode")
+
+
+# --------------------------------------------------------------------------- sources
+@dataclass
+class ImageSource:
+    """The images of a dataset, in dataset order."""
+
+    dataset: Any  # alignprobe.probe.datasets.Dataset
+    kind: str = "images"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def name(self) -> str:
+        return self.dataset.name
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.dataset.ids)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "fingerprint": self.dataset.fingerprint(), "n": len(self)}
+
+    def load(self, i: int):
+        return self.dataset.load_image(i)
+
+
+@dataclass
+class TextSource:
+    """A list of strings (captions or class prompts). Its fingerprint is the texts themselves,
+    so re-encoding is needed only when the words change, not when image files do."""
+
+    name: str
+    texts: Sequence[str]
+    kind: str = "captions"  # or "prompts"
+    _fingerprint: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self):
+        digest = hashlib.sha256()
+        for text in self.texts:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\x00")
+        self._fingerprint = digest.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"{self.kind}:{i}" for i in range(len(self.texts))]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "fingerprint": self._fingerprint, "n": len(self)}
+
+    def load(self, i: int):
+        return self.texts[i]
+
+
+# --------------------------------------------------------------------------- helpers
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """`"i/n"` -> (i, n). None -> torchrun's RANK/WORLD_SIZE if set, else (0, 1)."""
+    if spec is None:
+        if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return 0, 1
+    try:
+        i_str, n_str = str(spec).split("/")
+        i, n = int(i_str), int(n_str)
+    except ValueError:
+        raise ValidationError(f"--shard must look like I/N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValidationError(f"--shard I/N needs 0 <= I < N, got {spec!r}")
+    return i, n
+
+
+def _preprocessor(encoder):
+    """The picklable object that turns items into model inputs (runs in DataLoader workers)."""
+    return getattr(encoder, "preprocessor", None) or encoder
+
+
+class _ShardItems:
+    """A map-style torch dataset over rows [start, end) of a source, preprocessed."""
+
+    def __init__(self, source, preprocessor, start: int, end: int):
+        self.source, self.preprocessor, self.start, self.end = source, preprocessor, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, k: int):
+        i = self.start + k
+        try:
+            return i, self.preprocessor.preprocess(self.source.load(i)), None
+        except ImageLoadError as err:
+            return i, None, err.reason
+        except (OSError, ValueError) as err:  # decoder errors surface as these
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+class _Collate:
+    def __init__(self, preprocessor):
+        self.preprocessor = preprocessor
+
+    def __call__(self, batch):
+        rows = [i for i, item, _ in batch if item is not None]
+        items = [item for _, item, _ in batch if item is not None]
+        failed = [(i, reason) for i, item, reason in batch if item is None]
+        return rows, (self.preprocessor.collate(items) if items else None), failed
+
+
+def default_num_workers(source) -> int:
+    """Images: decode in parallel with the model (one worker per spare core, at most 8)."""
+    if getattr(source, "kind", "") != "images":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+# --------------------------------------------------------------------------- main entry
+@dataclass
+class EncodeResult:
+    embeddings: CachedEmbeddings | None  # None when other shards (hosts) are still missing
+    cache_hit: bool
+    encoded_rows: int
+    skipped: dict[str, str]
+    seconds: float
+
+
+def encode_source(
+    encoder,
+    source,
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    storage_dtype: str = "fp16",
+    shard_rows: int = 16384,
+    recompute: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    strict: bool = False,
+    quiet: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> EncodeResult:
+    """Encode `source` with `encoder` into `cache`, reusing whatever is already there.
+
+    Returns the memory-mapped embeddings (rows in source order). With
+    `recompute=False` a miss raises `CacheMismatchError` naming the settings that
+    differ. Under `strict`, one unreadable image raises `DataError`; otherwise it
+    is skipped (its row stays zero, `valid` False) and named in the manifest.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
+    if storage_dtype not in ("fp16", "fp32"):
+        raise ValidationError(f"storage dtype must be 'fp16' or 'fp32', got {storage_dtype!r}")
+    if len(source) == 0:
+        raise DataError(f"{source.name!r} has no {source.kind} to encode")
+    cache = cache or EmbeddingCache()
+    identity = CacheIdentity(
+        modality=encoder.modality,
+        encoder=encoder.manifest(),
+        source=source.describe(),
+        storage_dtype=storage_dtype,
+        shard_rows=shard_rows,
+    )
+    started = time.perf_counter()
+    hit = cache.lookup(identity)
+    if hit is not None:
+        log.info("cache hit: %s", hit)
+        return EncodeResult(hit, True, 0, dict(hit.manifest.get("skipped", {})), 0.0)
+
+    rank, world = shard
+    mine = [j for j in range(identity.n_shards) if j % world == rank]
+    todo = cache.missing_shards(identity, mine)
+    if todo and not recompute:
+        raise cache.mismatch_error(identity)
+    cache.begin(identity)
+
+    workers = default_num_workers(source) if num_workers is None else num_workers
+    pre = _preprocessor(encoder)
+    collate = _Collate(pre)
+    total = sum(identity.shard_range(j)[1] - identity.shard_range(j)[0] for j in todo)
+    unit = "img" if source.kind == "images" else "txt"
+    bar = tqdm(total=total, disable=quiet, unit=unit, unit_scale=True,
+               desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]")
+    skipped_all: dict[str, str] = {}
+    ids = source.ids
+    encoded = 0
+    try:
+        for j in todo:
+            start, end = identity.shard_range(j)
+            items = _ShardItems(source, pre, start, end)
+            loader = torch.utils.data.DataLoader(
+                items, batch_size=batch_size, shuffle=False, num_workers=workers,
+                collate_fn=collate, persistent_workers=False,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+            out = np.zeros((end - start, encoder.dim), dtype=np.float32)
+            valid = np.zeros(end - start, dtype=bool)
+            skipped: dict[str, str] = {}
+            for rows, batch, failed in loader:
+                for i, reason in failed:
+                    if strict:
+                        raise DataError(
+                            f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
+                            "fix or remove it, or run without --strict to skip it."
+                        )
+                    log.warning("skipped %s: %s", ids[i], reason)
+                    skipped[ids[i]] = reason
+                if batch is not None:
+                    emb = encoder.forward(batch)
+                    local = np.asarray(rows) - start
+                    out[local] = emb.detach().float().cpu().numpy()
+                    valid[local] = True
+                bar.update(len(rows) + len(failed))
+                if on_batch is not None:
+                    on_batch(len(rows))
+            if not np.isfinite(out).all():
+                raise DataError(
+                    f"{identity.encoder.get('name')} produced NaN/Inf embeddings on {source.name} "
+                    f"rows {start}-{end}; try --dtype fp32 (fp16 overflow is the usual cause)."
+                )
+            cache.write_shard(identity, j, out, valid, skipped)
+            skipped_all.update(skipped)
+            encoded += end - start
+    finally:
+        bar.close()
+    if skipped_all:
+        log.warning("%d of %d %s skipped (missing or corrupt); see the manifest's 'skipped' list",
+                    len(skipped_all), len(source), source.kind)
+    result = cache.finalize(identity)
+    seconds = time.perf_counter() - started
+    if result is not None:
+        skipped_all = dict(result.manifest.get("skipped", {}))
+    return EncodeResult(result, False, encoded, skipped_all, seconds)

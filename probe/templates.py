@@ -1,0 +1,154 @@
+"""Prompt templates and class-name files for zero-shot classification.
+
+A template is a string with one ``{}`` where the class name goes
+("a photo of a {}."). ``load_templates`` accepts a built-in set name or a file:
+
+- ``"clip"`` (alias ``"clip_imagenet"``): the 80 ImageNet templates of CLIP,
+  stored in ``resources/clip_imagenet_templates.txt``; the default for file
+  data sources.
+- ``"simple"``: the single template ``"a photo of a {}."``.
+- a ``.txt`` file: one template per line; blank lines and lines starting with
+  ``#`` are skipped.  A ``.json`` file: a JSON list of strings.
+
+Class-name files (``load_class_names``) map the raw class keys of a data source
+(folder names such as ImageNet wnids, string labels, or ``"0".."k-1"`` for
+integer labels) to readable names:
+
+- ``.json``: a list of names in class order, or an object ``{key: name}``;
+- text: either one name per line in class order, or ``KEY NAME`` lines
+  (whitespace-separated; ``LOC_synset_mapping.txt`` style
+  ``n01440764 tench, Tinca tinca``), recognised when every line's first
+  token is one of the keys and a name follows it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+
+from alignprobe.errors import DataError
+
+BUILTIN_TEMPLATE_SETS = ("clip", "clip_imagenet", "simple")
+
+
+@functools.lru_cache(maxsize=None)
+def clip_imagenet_templates() -> tuple[str, ...]:
+    """The 80 CLIP ImageNet prompt templates (packaged resource file)."""
+    text = resources.files("alignprobe.probe").joinpath(
+        "resources/clip_imagenet_templates.txt").read_text(encoding="utf-8")
+    return tuple(_template_lines(text, "clip_imagenet_templates.txt"))
+
+
+def load_templates(spec: str | None) -> list[str]:
+    """Return the templates named by `spec` (a built-in set name or a file path)."""
+    if spec is None or spec in ("clip", "clip_imagenet"):
+        return list(clip_imagenet_templates())
+    if spec == "simple":
+        return ["a photo of a {}."]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"templates {spec!r} is neither a built-in set ({', '.join(BUILTIN_TEMPLATE_SETS)}) "
+            f"nor an existing file; pass one of the set names or a .txt file with one "
+            f"template per line containing '{{}}'")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"templates file {path} is not valid JSON ({exc}); "
+                            f"expected a JSON list of strings") from None
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise DataError(f"templates file {path} must hold a JSON list of strings")
+        for k, t in enumerate(items):
+            check_template(t, f"{path}, item {k}")
+        templates = list(items)
+    else:
+        templates = _template_lines(text, str(path))
+    if not templates:
+        raise DataError(f"templates file {path} holds no templates; "
+                        f"write one template per line, each containing '{{}}'")
+    return templates
+
+
+def check_template(template: str, where: str) -> None:
+    """Raise DataError unless `template` formats with exactly one positional class name."""
+    try:
+        ok = template.format("\x00").count("\x00") == 1
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise DataError(f"template {template!r} ({where}) must contain exactly one '{{}}' "
+                        f"for the class name and no other braces (write literal braces as "
+                        f"'{{{{' and '}}}}')")
+
+
+def _template_lines(text: str, where: str) -> list[str]:
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        check_template(line, f"{where}, line {lineno}")
+        out.append(line)
+    return out
+
+
+def load_class_names(path: str, keys: list[str], *, what: str = "classes") -> list[str]:
+    """Read a class-names file and return one name per key, in the order of `keys`.
+
+    `keys` are the data source's raw class keys in label order (folder names,
+    string labels, or ``str(i)`` for integer labels).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"class-names file {path!r} does not exist; pass a .json list/object "
+                        f"or a text file with one name per line")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"class-names file {p} is not valid JSON ({exc})") from None
+        if isinstance(obj, dict):
+            return _names_from_mapping({str(k): v for k, v in obj.items()}, keys, p, what)
+        if isinstance(obj, list):
+            return _names_from_list(obj, keys, p, what)
+        raise DataError(f"class-names file {p} must hold a JSON list of names or an object "
+                        f"mapping class keys to names, not {type(obj).__name__}")
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    key_set = set(keys)
+    split = [ln.split(None, 1) for ln in lines]
+    if lines and all(len(s) == 2 and s[0] in key_set for s in split):
+        return _names_from_mapping({s[0]: s[1].strip() for s in split}, keys, p, what)
+    return _names_from_list(lines, keys, p, what)
+
+
+def _names_from_list(names: list, keys: list[str], path: Path, what: str) -> list[str]:
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(f"class-names file {path} must hold non-empty strings only")
+    if len(names) != len(keys):
+        raise DataError(
+            f"class-names file {path} lists {len(names)} names but the data has {len(keys)} "
+            f"{what} ({_preview(keys)}); give one name per class in class order, or "
+            f"'KEY NAME' lines / a JSON object keyed by {what}")
+    return [n.strip() for n in names]
+
+
+def _names_from_mapping(mapping: dict, keys: list[str], path: Path, what: str) -> list[str]:
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise DataError(f"class-names file {path} has no name for {len(missing)} of the "
+                        f"{len(keys)} {what}: {_preview(missing)}")
+    bad = [k for k in keys if not (isinstance(mapping[k], str) and mapping[k].strip())]
+    if bad:
+        raise DataError(f"class-names file {path} maps {_preview(bad)} to an empty or "
+                        f"non-string name")
+    return [mapping[k].strip() for k in keys]
+
+
+def _preview(items: list[str], k: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in items[:k])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > k else "")
