@@ -181,5 +181,52 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
                                       if reused else ""))
 
 
+@main.command()
+@click.option("--vision", default=None, help="Comma-separated vision encoders, e.g. dinov2-b,dinov2-l,mae-l.")
+@click.option("--text", default=None, help="Comma-separated text encoders, e.g. gte,minilm.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML/TOML sweep file (vision, text, seeds, run); flags override it.")
+@click.option("--seeds", default=None, help="Comma-separated seeds [0].")
+@click.option("--pairs", default=None, help="Image-caption pairs the probes train on [shapes:train].")
+@click.option("--labelled", default=None, help="Labelled images [shapes:test].")
+@click.option("--retrieval", default=None, help="Captioned images for retrieval [shapes:test].")
+@click.option("--metrics", default=None, help="Comma-separated metric groups [all].")
+@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--shard", default=None, help="I/N: run a deterministic share of the pairs (Slurm array, hosts).")
+@click.option("--force", is_flag=True, help="Rerun pairs whose result already exists.")
+@_encode_options
+@_friendly_errors
+def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics, out_dir, shard, force,
+          verbose, **kwargs):
+    """Probe every pair of a vision x text grid; finished pairs are skipped."""
+    from alignprobe.errors import ValidationError
+    from alignprobe.probe.encoding import parse_shard
+    from alignprobe.probe.sweep import SweepConfig, run_sweep
+
+    _setup_logging(kwargs["quiet"], verbose)
+    options = _options_from(kwargs)
+    run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval).items() if v is not None}
+    if metrics is not None:
+        run["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    if config_file:
+        cfg = SweepConfig.from_file(config_file, vision=vision, text=text, seeds=seed_list)
+        cfg.run.update(run)
+        cfg = SweepConfig(cfg.vision, cfg.text, cfg.seeds, cfg.run)
+    else:
+        if not vision or not text:
+            raise ValidationError("give --vision and --text (comma-separated), or --config FILE")
+        cfg = SweepConfig(vision=vision, text=text, seeds=seed_list or [0], run=run)
+    outcomes = run_sweep(cfg, out_dir=out_dir, options=options, shard=parse_shard(shard), force=force)
+    _print_table([{"vision": o.config.vision, "text": o.config.text, "seed": o.config.seed,
+                   "status": o.status, "error": (o.error or "")[:80]} for o in outcomes])
+    failed = sum(o.status == "failed" for o in outcomes)
+    click.echo(f"\n{len(outcomes)} pairs: {sum(o.status == 'done' for o in outcomes)} run, "
+               f"{sum(o.status == 'skipped' for o in outcomes)} already done, {failed} failed; "
+               f"results in {out_dir}")
+    if failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -74,6 +74,12 @@ class RunConfig:
 
         return stable_hash(self.as_dict(), length=12)
 
+    def group_hash(self) -> str:
+        """The hash without the seed: records sharing it are seeds of one experiment."""
+        from alignprobe.probe.cache import stable_hash
+
+        return stable_hash({k: v for k, v in self.as_dict().items() if k != "seed"}, length=12)
+
 
 @dataclass
 class _Encoded:
@@ -109,6 +115,15 @@ class RunPipeline:
         self.text_spec = resolve_model(self.config.text, "text")
         check_available(self.vision_spec)
         check_available(self.text_spec)
+
+    def spec_info(self) -> dict:
+        """Registry facts the reports group and label by (family, size, control)."""
+        out = {}
+        for role, spec in (("vision_info", self.vision_spec), ("text_info", self.text_spec)):
+            out[role] = {"name": spec.name, "family": spec.family, "params_m": spec.params_m,
+                         "is_control": spec.is_control, "source": spec.source, "hub_id": spec.hub_id,
+                         "dim": self.encoder_info.get(spec.modality, {}).get("dim", spec.dim)}
+        return out
 
     def encoder(self, modality: str):
         if modality not in self._encoders:
@@ -363,6 +378,8 @@ def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: Enc
         "text": config.text,
         "config": config.as_dict(),
         "config_hash": config.config_hash(),
+        "group_hash": config.group_hash(),
+        **pipeline.spec_info(),
         "probe_config": asdict(pipeline.probe_config) if hasattr(pipeline, "probe_config") else None,
         "seed": config.seed,
         "metrics": metrics,

@@ -1,0 +1,274 @@
+"""The data-source contract: one class every reader implements, and two helpers.
+
+A `Dataset` is an indexed list of images with optional captions and labels:
+
+- ``name``: the canonical spec it was opened from (``"shapes:train"``,
+  ``"csv:/data/pairs.csv"``); ``ids``: one stable, unique id per image;
+- ``load_image(i)`` -> RGB ``PIL.Image``; a missing or undecodable image raises
+  `ImageLoadError` so the caller can skip it and count it;
+- ``captions(i)`` -> ``[main, *extra_positives]`` or ``[]``;
+- ``labels`` (int64 array or None), ``class_names``, ``templates``;
+- ``fingerprint()``: a hex digest that changes whenever the images, captions,
+  labels or reader settings change (file sizes and mtimes for files, content
+  and generation parameters for the built-in sets).  Templates and class
+  names are *not* part of it: they change only the class prompts, which a
+  cache keys by their text, and must not invalidate image embeddings.
+
+Datasets hold only plain Python data (lists, arrays, paths) so they pickle
+into torch DataLoader worker processes; readers that keep file handles open
+them lazily per process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Iterable
+
+import numpy as np
+
+from alignprobe.errors import DataError, ImageLoadError
+
+# Bump when the fingerprint recipe changes, so old caches stop matching.
+FINGERPRINT_VERSION = 1
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+# What PIL raises for unreadable images: UnidentifiedImageError and truncation
+# are OSErrors; broken headers raise SyntaxError/ValueError/EOFError in some plugins.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+def decode_image(source, sample_id: str, path: str):
+    """Open `source` (a file path or a binary file object) fully and return it as RGB.
+
+    The pixels are loaded here, not lazily, so a truncated file fails inside
+    `load_image` (where the caller expects ImageLoadError) rather than later.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(source) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ImageLoadError(sample_id, path, "file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(sample_id, path, f"refused as a decompression bomb ({exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageLoadError(sample_id, path, f"{type(exc).__name__}: {exc}") from None
+
+
+class Dataset:
+    """Base class of all data sources (see the module docstring for the contract)."""
+
+    kind: str = "dataset"
+
+    def __init__(self, name: str, ids: Iterable[str], *, labels=None,
+                 class_keys: list[str] | None = None, class_names: list[str] | None = None,
+                 templates: list[str] | None = None, root: str | None = None,
+                 split: str | None = None, params: dict[str, Any] | None = None):
+        self.name = name
+        self.ids = list(ids)
+        self.root = root
+        self.split = split
+        # Reader settings that change what the samples are (columns, split, sizes);
+        # they enter the fingerprint.
+        self.params = dict(params or {})
+        self._check_ids()
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self.labels is not None and len(self.labels) != len(self.ids):
+            raise DataError(f"{name}: {len(self.labels)} labels for {len(self.ids)} images")
+        # Raw class keys (folder names, string labels, "0".."k-1") in label order:
+        # what a class-names file is matched against.
+        self.class_keys = class_keys
+        self.class_names = class_names
+        self._check_class_names()
+        if templates is None:
+            from alignprobe.probe.templates import load_templates
+            templates = load_templates(None)
+        self.templates = list(templates)
+        self._fingerprint: str | None = None
+
+    # -- the contract ---------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, i: int):
+        raise NotImplementedError
+
+    def captions(self, i: int) -> list[str]:
+        return []
+
+    @property
+    def has_captions(self) -> bool:
+        return False
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            head = {"kind": self.kind, "version": FINGERPRINT_VERSION,
+                    "params": self.params, "split": self.split}
+            h.update(json.dumps(head, sort_keys=True, default=str).encode())
+            for sid in self.ids:
+                h.update(sid.encode("utf-8", "surrogatepass") + b"\x00")
+            if self.labels is not None:
+                h.update(b"labels" + self.labels.tobytes())
+            self._hash_captions(h)
+            self._hash_content(h)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n": len(self),
+            "root": self.root,
+            "split": self.split,
+            "fingerprint": self.fingerprint(),
+            "has_captions": self.has_captions,
+            "n_captions": sum(len(self.captions(i)) for i in range(len(self))) if self.has_captions else 0,
+            "has_labels": self.labels is not None,
+            "n_classes": self.n_classes,
+            "n_templates": len(self.templates),
+        }
+
+    # -- helpers shared by readers ------------------------------------------------
+    @property
+    def n_classes(self) -> int | None:
+        if self.class_names is not None:
+            return len(self.class_names)
+        if self.class_keys is not None:
+            return len(self.class_keys)
+        return None
+
+    def set_class_names(self, path: str) -> None:
+        """Replace the class names with those read from a class-names file."""
+        from alignprobe.probe.templates import load_class_names
+
+        if self.labels is None or self.class_keys is None:
+            raise DataError(f"{self.name} has no labels, so a class-names file ({path}) "
+                            f"cannot apply; drop class_names or use a labelled source")
+        self.class_names = load_class_names(path, self.class_keys, what=self._class_key_word())
+        self._check_class_names()
+
+    def _class_key_word(self) -> str:
+        return "classes"
+
+    def validate(self) -> None:
+        """Cheap upfront checks for `strict` opening; readers override."""
+
+    def _hash_captions(self, h) -> None:
+        if self.has_captions:
+            for i in range(len(self)):
+                h.update(json.dumps(self.captions(i), ensure_ascii=False).encode() + b"\n")
+
+    def _hash_content(self, h) -> None:
+        """Feed what identifies the image bytes (file stats, generation params)."""
+
+    def _check_ids(self) -> None:
+        if len(set(self.ids)) != len(self.ids):
+            seen, dups = set(), []
+            for sid in self.ids:
+                if sid in seen:
+                    dups.append(sid)
+                seen.add(sid)
+            raise DataError(f"{self.name}: sample ids are not unique ({dups[:5]!r}); "
+                            f"each image must appear once")
+
+    def _check_class_names(self) -> None:
+        if self.labels is None or self.n_classes is None or len(self.labels) == 0:
+            return
+        lo, hi = int(self.labels.min()), int(self.labels.max())
+        if lo < 0 or hi >= self.n_classes:
+            raise DataError(f"{self.name}: labels range over [{lo}, {hi}] but there are "
+                            f"{self.n_classes} classes; labels must be 0..{self.n_classes - 1}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, n={len(self)})"
+
+
+class FileDataset(Dataset):
+    """Images stored as individual files, with captions and labels held in memory."""
+
+    kind = "files"
+
+    def __init__(self, name: str, ids, paths: list[str], captions: list[list[str]] | None,
+                 **kwargs):
+        self.paths = [os.fspath(p) for p in paths]
+        self._captions = captions
+        super().__init__(name, ids, **kwargs)
+        if len(self.paths) != len(self.ids):
+            raise DataError(f"{name}: {len(self.paths)} paths for {len(self.ids)} ids")
+        if captions is not None and len(captions) != len(self.ids):
+            raise DataError(f"{name}: {len(captions)} caption lists for {len(self.ids)} ids")
+
+    def load_image(self, i: int):
+        return decode_image(self.paths[i], self.ids[i], self.paths[i])
+
+    def captions(self, i: int) -> list[str]:
+        if self._captions is None:
+            return []
+        return list(self._captions[i])
+
+    @property
+    def has_captions(self) -> bool:
+        return self._captions is not None and any(self._captions)
+
+    def _hash_content(self, h) -> None:
+        # Size + mtime rather than file contents: hashing every image of a large
+        # set would cost as much as encoding it; a rewritten file changes both.
+        for p in self.paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(b"missing\n")
+
+    def validate(self) -> None:
+        """Check that every image file exists and is non-empty (not that it decodes)."""
+        bad = []
+        for sid, p in zip(self.ids, self.paths):
+            try:
+                if os.stat(p).st_size == 0:
+                    bad.append(f"{p} (empty)")
+            except OSError:
+                bad.append(f"{p} (missing)")
+        if bad:
+            raise DataError(f"{self.name}: {len(bad)} of {len(self.paths)} image files are "
+                            f"missing or empty, e.g. {bad[:3]}; fix the paths (relative paths "
+                            f"resolve against the images root {self.root}) or open without "
+                            f"strict to skip them")
+
+
+def flatten_captions(ds: Dataset) -> tuple[list[str], np.ndarray]:
+    """All captions of `ds` in sample order, and for each caption its image row.
+
+    Returns ``(texts, image_index)`` with ``image_index`` an int64 array of
+    shape ``(len(texts),)``: ``texts[j]`` describes image ``image_index[j]``.
+    """
+    texts: list[str] = []
+    rows: list[int] = []
+    for i in range(len(ds)):
+        caps = ds.captions(i)
+        texts.extend(caps)
+        rows.extend([i] * len(caps))
+    return texts, np.asarray(rows, dtype=np.int64)
+
+
+def class_prompts(ds: Dataset) -> tuple[list[str], np.ndarray]:
+    """Every template filled with every class name, class-major.
+
+    Returns ``(prompts, class_index)``: ``prompts[c * T + t] ==
+    templates[t].format(class_names[c])`` and ``class_index`` (int64, shape
+    ``(C * T,)``) gives ``c`` for each prompt.
+    """
+    if not ds.class_names:
+        raise DataError(f"{ds.name} has no class names, so there are no class prompts; use a "
+                        f"labelled source or pass class_names=FILE")
+    if not ds.templates:
+        raise DataError(f"{ds.name} has no prompt templates; pass templates='clip' or a file")
+    prompts = [t.format(c) for c in ds.class_names for t in ds.templates]
+    index = np.repeat(np.arange(len(ds.class_names), dtype=np.int64), len(ds.templates))
+    return prompts, index

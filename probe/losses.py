@@ -1,0 +1,429 @@
+"""Contrastive losses for alignment heads: the sigmoid (SigLIP) loss and InfoNCE.
+
+Both take the heads' *raw* outputs and L2-normalise them here, and both exist in
+two exact forms:
+
+* ``chunk_size=None`` -- the naive full ``M x N`` logit matrix through plain
+  autograd (the reference; memory grows as ``M * N``);
+* ``chunk_size=c`` -- the logits are computed in ``c x c`` tiles by a custom
+  `torch.autograd.Function`, so only a few tiles are alive at once. Plain
+  autograd cannot do this: it would keep every tile for the backward pass.
+
+The sigmoid loss's tiles compute their gradient contributions in the forward
+pass (they are fully known there: a tile's gradient depends only on its own
+logits), so forward + backward costs the same three GEMMs per tile as the
+naive loss; only O((N + M) * d) gradient buffers are kept between the passes.
+InfoNCE needs the row/column log-sum-exps of the whole matrix before any tile's
+gradient is known, so its backward recomputes each tile instead.
+
+Orientation: logits are ``scale * normalize(text) @ normalize(image).T + bias``,
+text rows against image columns, as in the SAIL reference.
+
+Generality, for multi-caption data and for the distributed (all-gather) loss:
+the ``pairwise_*`` functions take any text set ``(M, d)`` and a
+``positive_index`` of shape ``(M,)`` naming each text's positive image column
+(``-1``: the text is a negative for every image). Extra captions, texts
+gathered from other ranks (``negative_text_features``), and captions that
+share an image all reduce to this form.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from alignprobe.errors import ValidationError
+
+TextSet = Union[torch.Tensor, Sequence[torch.Tensor], None]
+NORMALIZATIONS = ("n2", "n")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(value):
+        value = torch.tensor(float(value))
+    if value.numel() != 1:
+        raise ValidationError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+    return value.reshape(()).to(device=like.device, dtype=torch.float32)
+
+
+def _check_matrix(name: str, x, d: int | None = None) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise ValidationError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValidationError(f"{name} must have shape (rows > 0, dim), got {tuple(x.shape)}")
+    if d is not None and x.shape[1] != d:
+        raise ValidationError(
+            f"{name} has feature size {x.shape[1]} but the image features have {d}; "
+            f"both sides must be projected into the same space"
+        )
+    return x
+
+
+def _check_chunk(chunk_size) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValidationError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+    return chunk_size
+
+
+def _check_positive_index(positive_index, m: int, n: int, device) -> torch.Tensor:
+    if not torch.is_tensor(positive_index):
+        positive_index = torch.as_tensor(positive_index)
+    if positive_index.shape != (m,) or positive_index.dtype not in (torch.int32, torch.int64):
+        raise ValidationError(
+            f"positive_index must be an integer tensor of shape ({m},), got "
+            f"{positive_index.dtype} {tuple(positive_index.shape)}"
+        )
+    positive_index = positive_index.to(device=device, dtype=torch.long)
+    if m and (int(positive_index.min()) < -1 or int(positive_index.max()) >= n):
+        raise ValidationError(f"positive_index values must lie in [-1, {n - 1}] (-1: no positive)")
+    return positive_index
+
+
+def _extra_blocks(extra_text_features: TextSet, n: int, d: int) -> list[torch.Tensor]:
+    """Normalise the accepted forms -- None, (N, d), (K, N, d), a list of (N, d) -- to a list."""
+    if extra_text_features is None:
+        return []
+    if torch.is_tensor(extra_text_features):
+        if extra_text_features.ndim == 2:
+            blocks = [extra_text_features]
+        elif extra_text_features.ndim == 3:
+            blocks = list(extra_text_features.unbind(0))
+        else:
+            raise ValidationError(
+                f"extra_text_features must be (N, d), (K, N, d) or a list of (N, d) tensors, "
+                f"got shape {tuple(extra_text_features.shape)}"
+            )
+    else:
+        blocks = list(extra_text_features)
+    for k, block in enumerate(blocks):
+        _check_matrix(f"extra_text_features[{k}]", block, d)
+        if block.shape[0] != n:
+            raise ValidationError(
+                f"extra_text_features[{k}] has {block.shape[0]} rows but there are {n} images; "
+                f"extra captions are paired row by row with the images"
+            )
+    return blocks
+
+
+def _normalized(x: torch.Tensor) -> torch.Tensor:
+    # The loss runs in fp32 even for fp16/bf16 heads: a sum over N^2 sigmoid
+    # terms is not accurate in half precision.
+    return F.normalize(x.float(), dim=-1)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _tile_positives(pos: torch.Tensor, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a tile whose positive image lies in columns [c0, c1), and those columns."""
+    rows = torch.nonzero((pos >= c0) & (pos < c1), as_tuple=True)[0]
+    return rows, pos[rows] - c0
+
+
+# --------------------------------------------------------------------------- sigmoid
+
+
+class _TiledSigmoidSum(torch.autograd.Function):
+    """Sum over all (text j, image i) of ``-logsigmoid(y_ji * (s * t_j . x_i + b))``, tile by tile.
+
+    Uses ``-logsigmoid(y L) = softplus(z)`` with ``z = -y L``, and
+    ``d/dL = -y * sigmoid(z)``. Gradients are accumulated in the forward pass
+    (when needed) so the backward only scales them by the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, img, txt, scale, bias, positive_index, chunk, need_grad):
+        m, n = txt.shape[0], img.shape[0]
+        total = torch.zeros((), dtype=torch.float64, device=img.device)
+        if need_grad:
+            g_img = torch.zeros_like(img)
+            g_txt = torch.zeros_like(txt)  # unscaled: sum over tiles of G @ img
+            g_bias = torch.zeros((), dtype=torch.float64, device=img.device)
+        for r0 in range(0, m, chunk):
+            t = txt[r0 : r0 + chunk]
+            pos = positive_index[r0 : r0 + chunk]
+            for c0 in range(0, n, chunk):
+                x = img[c0 : c0 + chunk]
+                rows, cols = _tile_positives(pos, c0, c0 + x.shape[0])
+                z = t @ x.T
+                z.mul_(scale).add_(bias)  # z = -y L = L for the negatives (y = -1)
+                z[rows, cols] = z[rows, cols].neg()  # and -L for the positives
+                total += F.softplus(z).sum()
+                if need_grad:
+                    grad = z.sigmoid_()  # d/dL for negatives; positives need the sign flip
+                    grad[rows, cols] = grad[rows, cols].neg()
+                    g_bias += grad.sum()
+                    g_txt[r0 : r0 + chunk].addmm_(grad, x)
+                    g_img[c0 : c0 + chunk].addmm_(grad.T, t)
+                del z
+        if need_grad:
+            # d/ds = sum_ji G_ji (t_j . x_i) = sum_j (G @ img)_j . t_j : no extra tile pass.
+            g_scale = (g_txt * txt).sum().to(scale.dtype)
+            ctx.grads = (g_img.mul_(scale), g_txt.mul_(scale), g_scale, g_bias.to(bias.dtype))
+        return total.to(img.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        g_img, g_txt, g_scale, g_bias = ctx.grads
+        return g_img * grad_out, g_txt * grad_out, g_scale * grad_out, g_bias * grad_out, None, None, None
+
+
+def _naive_sigmoid_sum(img, txt, scale, bias, positive_index) -> torch.Tensor:
+    logits = scale * txt @ img.T + bias
+    labels = -torch.ones_like(logits)
+    has_pos = positive_index >= 0
+    labels[torch.nonzero(has_pos, as_tuple=True)[0], positive_index[has_pos]] = 1.0
+    return -F.logsigmoid(labels * logits).sum()
+
+
+def pairwise_sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    positive_index: torch.Tensor,
+    logit_scale,
+    logit_bias,
+    normalization: str = "n2",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Sigmoid loss of every text against every image, one positive image per text at most.
+
+    Args:
+        image_features: ``(N, d)`` raw image-head outputs (normalised here).
+        text_features: ``(M, d)`` raw text-head outputs (normalised here).
+        positive_index: ``(M,)`` integer; text ``j`` is a positive of image
+            ``positive_index[j]``, or a negative of every image when it is -1.
+        logit_scale: the multiplier ``exp(t)`` (already exponentiated), scalar.
+        logit_bias: ``b``, scalar.
+        normalization: ``"n2"`` -- mean over the ``M x N`` logits (SAIL
+            reference); ``"n"`` -- the sum divided by ``N`` (SigLIP paper).
+        chunk_size: None for the naive full matrix; an int for exact tiled
+            computation with ``chunk_size x chunk_size`` tiles.
+
+    Returns a 0-dim fp32 tensor.
+    """
+    image_features = _check_matrix("image_features", image_features)
+    text_features = _check_matrix("text_features", text_features, image_features.shape[1])
+    if normalization not in NORMALIZATIONS:
+        raise ValidationError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    chunk = _check_chunk(chunk_size)
+    n, m = image_features.shape[0], text_features.shape[0]
+    positive_index = _check_positive_index(positive_index, m, n, image_features.device)
+    scale = _as_scalar("logit_scale", logit_scale, image_features)
+    bias = _as_scalar("logit_bias", logit_bias, image_features)
+    img, txt = _normalized(image_features), _normalized(text_features)
+    if chunk is None:
+        total = _naive_sigmoid_sum(img, txt, scale, bias, positive_index)
+    else:
+        total = _TiledSigmoidSum.apply(
+            img, txt, scale, bias, positive_index, chunk, _needs_grad(img, txt, scale, bias)
+        )
+    return total / (m * n if normalization == "n2" else n)
+
+
+def _stack_texts(text_features, extra_text_features, negative_text_features, n, d):
+    """Concatenate caption blocks and pure negatives; build the matching positive_index."""
+    blocks = [text_features, *_extra_blocks(extra_text_features, n, d)]
+    device = text_features.device
+    arange = torch.arange(n, device=device)
+    index = [arange] * len(blocks)
+    if negative_text_features is not None:
+        negatives = _check_matrix("negative_text_features", negative_text_features, d)
+        blocks.append(negatives)
+        index.append(torch.full((negatives.shape[0],), -1, dtype=torch.long, device=device))
+    if len(blocks) == 1:
+        return text_features, arange
+    return torch.cat(blocks), torch.cat(index)
+
+
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    logit_bias,
+    extra_text_features: TextSet = None,
+    normalization: str = "n2",
+    chunk_size: int | None = None,
+    *,
+    negative_text_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The SigLIP/SAIL sigmoid loss of a batch of ``N`` image-caption pairs.
+
+    ``logits = logit_scale * normalize(text) @ normalize(image).T + logit_bias``;
+    labels are +1 for a matching pair and -1 otherwise; the loss is
+    ``-mean(logsigmoid(labels * logits))`` over the whole matrix (``"n2"``, the
+    SAIL reference) or ``-sum(...) / N`` (``"n"``, the SigLIP paper).
+
+    Args:
+        image_features: ``(N, d)`` raw image-head outputs.
+        text_features: ``(N, d)`` raw text-head outputs; row ``i`` captions image ``i``.
+        logit_scale: the multiplier ``exp(t)``, scalar tensor or float.
+        logit_bias: ``b``, scalar tensor or float.
+        extra_text_features: multi-positive captions (SAIL): an ``(N, d)``
+            tensor, a ``(K, N, d)`` tensor, or a list of ``(N, d)`` tensors; row
+            ``i`` of each is another positive of image ``i``. Each adds an
+            ``N x N`` block of logits (positives on its diagonal) and the
+            mean runs over all ``(K + 1) N x N`` logits.
+        normalization: ``"n2"`` or ``"n"``.
+        chunk_size: None (naive full matrix) or a tile size for the exact
+            memory-bounded computation (peak extra memory ~ ``3 * chunk_size**2``
+            floats instead of several ``(K + 1) N x N`` matrices).
+        negative_text_features: ``(M', d)`` texts that are negatives for every
+            image (e.g. captions gathered from other ranks); they add ``M' x N``
+            logits, all labelled -1.
+
+    Returns a 0-dim fp32 tensor; differentiable in the features, scale and bias.
+    """
+    image_features = _check_matrix("image_features", image_features)
+    n, d = image_features.shape
+    text_features = _check_matrix("text_features", text_features, d)
+    if text_features.shape[0] != n:
+        raise ValidationError(
+            f"text_features has {text_features.shape[0]} rows but image_features has {n}; "
+            f"sigmoid_loss pairs them row by row (use pairwise_sigmoid_loss for other layouts)"
+        )
+    texts, positive_index = _stack_texts(text_features, extra_text_features, negative_text_features, n, d)
+    return pairwise_sigmoid_loss(
+        image_features, texts, positive_index, logit_scale, logit_bias, normalization, chunk_size
+    )
+
+
+# --------------------------------------------------------------------------- InfoNCE
+
+
+def _combine_lse(running: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    return new if running is None else torch.logaddexp(running, new)
+
+
+class _TiledLogSumExp(torch.autograd.Function):
+    """Row and column log-sum-exps of ``L = scale * txt @ img.T`` without holding ``L``.
+
+    Returns ``(lse_text (M,), lse_image (N,))``: ``lse_text[j] = logsumexp_i L[j, i]``
+    and ``lse_image[i] = logsumexp_j L[j, i]``. The backward recomputes each
+    tile; ``dlse_text[j]/dL[j, i] = softmax_i(L[j])``.
+    """
+
+    @staticmethod
+    def forward(ctx, img, txt, scale, chunk):
+        m, n = txt.shape[0], img.shape[0]
+        lse_text = torch.empty(m, dtype=img.dtype, device=img.device)
+        col_parts: list[torch.Tensor | None] = [None] * ((n + chunk - 1) // chunk)
+        for r0 in range(0, m, chunk):
+            t = txt[r0 : r0 + chunk]
+            row = None
+            for k, c0 in enumerate(range(0, n, chunk)):
+                logits = (t @ img[c0 : c0 + chunk].T).mul_(scale)
+                row = _combine_lse(row, torch.logsumexp(logits, dim=1))
+                col_parts[k] = _combine_lse(col_parts[k], torch.logsumexp(logits, dim=0))
+            lse_text[r0 : r0 + chunk] = row
+        lse_image = torch.cat(col_parts)
+        ctx.chunk = chunk
+        ctx.save_for_backward(img, txt, scale, lse_text, lse_image)
+        return lse_text, lse_image
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_text, g_image):
+        img, txt, scale, lse_text, lse_image = ctx.saved_tensors
+        chunk = ctx.chunk
+        m, n = txt.shape[0], img.shape[0]
+        g_text = torch.zeros(m, dtype=img.dtype, device=img.device) if g_text is None else g_text
+        g_image = torch.zeros(n, dtype=img.dtype, device=img.device) if g_image is None else g_image
+        grad_img = torch.zeros_like(img)
+        grad_txt = torch.zeros_like(txt)  # unscaled, as in _TiledSigmoidSum
+        for r0 in range(0, m, chunk):
+            t = txt[r0 : r0 + chunk]
+            r1 = r0 + t.shape[0]
+            for c0 in range(0, n, chunk):
+                x = img[c0 : c0 + chunk]
+                c1 = c0 + x.shape[0]
+                logits = (t @ x.T).mul_(scale)
+                grad = (logits - lse_text[r0:r1, None]).exp_().mul_(g_text[r0:r1, None])
+                grad.add_(logits.sub_(lse_image[None, c0:c1]).exp_().mul_(g_image[None, c0:c1]))
+                grad_txt[r0:r1].addmm_(grad, x)
+                grad_img[c0:c1].addmm_(grad.T, t)
+        g_scale = (grad_txt * txt).sum()
+        return grad_img.mul_(scale), grad_txt.mul_(scale), g_scale, None
+
+
+def pairwise_infonce_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    positive_index: torch.Tensor,
+    logit_scale,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over the positive pairs ``(j, positive_index[j])``.
+
+    For each pair, text->image: cross-entropy of text ``j``'s logits over all
+    ``N`` images; image->text: cross-entropy of image ``i``'s logits over all
+    ``M`` texts (including texts with ``positive_index = -1``, which act only as
+    negatives). The loss is the mean over pairs of the two, halved:
+    ``(CE_t2i + CE_i2t) / 2``. With ``M = N`` and ``positive_index = arange(N)``
+    it is the CLIP loss.
+    """
+    image_features = _check_matrix("image_features", image_features)
+    text_features = _check_matrix("text_features", text_features, image_features.shape[1])
+    chunk = _check_chunk(chunk_size)
+    n, m = image_features.shape[0], text_features.shape[0]
+    positive_index = _check_positive_index(positive_index, m, n, image_features.device)
+    pairs = torch.nonzero(positive_index >= 0, as_tuple=True)[0]
+    if pairs.numel() == 0:
+        raise ValidationError("InfoNCE needs at least one positive pair (positive_index is all -1)")
+    scale = _as_scalar("logit_scale", logit_scale, image_features)
+    img, txt = _normalized(image_features), _normalized(text_features)
+    targets = positive_index[pairs]
+    if chunk is None:
+        logits = scale * txt @ img.T
+        t2i = F.cross_entropy(logits[pairs], targets)
+        i2t = F.cross_entropy(logits.T[targets], pairs)
+        return (t2i + i2t) / 2
+    lse_text, lse_image = _TiledLogSumExp.apply(img, txt, scale, chunk)
+    positive_logits = scale * (txt[pairs] * img[targets]).sum(-1)
+    t2i = (lse_text[pairs] - positive_logits).mean()
+    i2t = (lse_image[targets] - positive_logits).mean()
+    return (t2i + i2t) / 2
+
+
+def infonce_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    logit_bias=None,
+    extra_text_features: TextSet = None,
+    chunk_size: int | None = None,
+    *,
+    negative_text_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (the CLIP loss) of a batch of ``N`` image-caption pairs.
+
+    ``logits = logit_scale * normalize(text) @ normalize(image).T``;
+    ``loss = (CE(logits, arange) + CE(logits.T, arange)) / 2``.
+
+    Args mirror `sigmoid_loss`. ``logit_bias`` is accepted for a uniform call
+    signature but has no effect: a constant added to every logit cancels in
+    the softmax. With ``extra_text_features`` (K caption sets) the loss is the
+    mean of the CLIP losses of each caption set against the images;
+    ``negative_text_features`` join the image->text softmax of every set.
+    """
+    del logit_bias  # cancels in the softmax; see docstring
+    image_features = _check_matrix("image_features", image_features)
+    n, d = image_features.shape
+    text_features = _check_matrix("text_features", text_features, d)
+    if text_features.shape[0] != n:
+        raise ValidationError(
+            f"text_features has {text_features.shape[0]} rows but image_features has {n}; "
+            f"infonce_loss pairs them row by row (use pairwise_infonce_loss for other layouts)"
+        )
+    losses = []
+    for block in [text_features, *_extra_blocks(extra_text_features, n, d)]:
+        texts, positive_index = _stack_texts(block, None, negative_text_features, n, d)
+        losses.append(pairwise_infonce_loss(image_features, texts, positive_index, logit_scale, chunk_size))
+    return torch.stack(losses).mean()

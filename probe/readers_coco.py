@@ -1,0 +1,125 @@
+"""Caption JSON files with several captions per image, for retrieval.
+
+Two formats are recognised from their content:
+
+- **COCO official** (``captions_val2017.json``): ``images`` with ``id`` and
+  ``file_name``, ``annotations`` with ``image_id`` and ``caption``.  The file
+  is one split; a requested split must appear in the file name
+  (``split=val2017``), which catches opening the train file by mistake.
+- **Karpathy** (``dataset_coco.json``, ``dataset_flickr30k.json``):
+  ``images`` with ``filename``, optional ``filepath``, ``split`` and
+  ``sentences[].raw``.  The file holds every split, so one **must** be named:
+  ``train``, ``val``, ``test``, ``restval``, or several joined with ``+``
+  (``train+restval``, the usual Karpathy training set).
+
+Images live under the images root (``?images=DIR``; default: the JSON file's
+directory).  When the root is the default, the first image is checked so a
+wrong root fails here, with a hint, instead of as thousands of skipped images.
+Ids are image paths relative to the root; captions keep annotation order
+(COCO: by annotation id).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from alignprobe.errors import DataError
+from alignprobe.probe.datasets import FileDataset
+
+
+class CocoDataset(FileDataset):
+    kind = "coco"
+
+
+def read_coco(path: str, *, split: str | None = None, images: str | None = None,
+              name: str | None = None) -> CocoDataset:
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise DataError(f"coco:{path}: caption file {file} does not exist")
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"coco:{path}: {file} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"coco:{path}: {file} has no 'images' list; expected COCO captions "
+                        f"(images + annotations) or the Karpathy format (images with "
+                        f"'sentences' and 'split')")
+    root = Path(images).expanduser().resolve() if images else file.parent
+    if "annotations" in data:
+        fmt = "coco"
+        ids, caps = _read_official(data, file, split)
+    else:
+        fmt = "karpathy"
+        ids, caps = _read_karpathy(data, file, split)
+    if not ids:
+        raise DataError(f"coco:{path}: no images" + (f" in split {split!r}" if split else ""))
+    paths = [os.path.normpath(root / i) for i in ids]
+    if images is None and not os.path.exists(paths[0]):
+        raise DataError(f"coco:{path}: image {ids[0]!r} is not under {root} (the default images "
+                        f"root, the JSON file's directory); name the images root with "
+                        f"?images=DIR, e.g. coco:{path}?images=val2017")
+    return CocoDataset(name or f"coco:{file}", ids, paths, caps, root=str(root), split=split,
+                       params={"format": fmt})
+
+
+def _read_official(data: dict, file: Path, split: str | None):
+    if split is not None and split not in file.name:
+        raise DataError(f"coco:{file}: split {split!r} was requested but an official COCO caption "
+                        f"file holds a single split and its name ({file.name}) does not mention "
+                        f"{split!r}; open the caption file of that split")
+    anns = data["annotations"]
+    if not isinstance(anns, list):
+        raise DataError(f"coco:{file}: 'annotations' must be a list")
+    by_image: dict = {}
+    for k, a in enumerate(sorted(anns, key=lambda a: a.get("id", 0) if isinstance(a, dict) else 0)):
+        if not (isinstance(a, dict) and "image_id" in a and isinstance(a.get("caption"), str)):
+            raise DataError(f"coco:{file}: annotation {k} lacks 'image_id' or a 'caption' string")
+        by_image.setdefault(a["image_id"], []).append(a["caption"].strip())
+    ids, caps = [], []
+    for k, img in enumerate(data["images"]):
+        if not (isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str)):
+            raise DataError(f"coco:{file}: images[{k}] lacks 'id' or 'file_name'")
+        ids.append(img["file_name"])
+        caps.append([c for c in by_image.get(img["id"], []) if c])
+    return ids, caps
+
+
+def _read_karpathy(data: dict, file: Path, split: str | None):
+    images = data["images"]
+    available: dict[str, int] = {}
+    for img in images:
+        s = img.get("split") if isinstance(img, dict) else None
+        available[str(s)] = available.get(str(s), 0) + 1
+    counts = ", ".join(f"{s} ({n})" for s, n in sorted(available.items()))
+    if split is None:
+        raise DataError(f"coco:{file} is a Karpathy-format file holding several splits ({counts}); "
+                        f"name one with ?split=test (or split=...; train+restval for the "
+                        f"usual training set)")
+    wanted = split.split("+")
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise DataError(f"coco:{file}: unknown split {'+'.join(unknown)!r}; the file has: {counts}")
+    ids, caps = [], []
+    for k, img in enumerate(images):
+        if img.get("split") not in wanted:
+            continue
+        if not isinstance(img.get("filename"), str):
+            raise DataError(f"coco:{file}: images[{k}] lacks a 'filename'")
+        rel = f"{img['filepath']}/{img['filename']}" if img.get("filepath") else img["filename"]
+        sents = img.get("sentences", [])
+        if not isinstance(sents, list):
+            raise DataError(f"coco:{file}: images[{k}] 'sentences' must be a list")
+        cap_list = []
+        for s in sents:
+            text = s.get("raw") if isinstance(s, dict) else None
+            if not isinstance(text, str) and isinstance(s, dict) and isinstance(s.get("tokens"), list):
+                text = " ".join(s["tokens"])
+            if not isinstance(text, str):
+                raise DataError(f"coco:{file}: images[{k}] has a sentence without 'raw' text")
+            if text.strip():
+                cap_list.append(text.strip())
+        ids.append(rel)
+        caps.append(cap_list)
+    return ids, caps

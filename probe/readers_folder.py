@@ -1,0 +1,61 @@
+"""A labelled image folder in the ImageNet layout: ``DIR/<class>/<image>``.
+
+Each subdirectory of ``DIR`` is a class (sorted by name, so label ids match
+torchvision's ``ImageFolder``); the images under it (searched recursively,
+by extension) are its samples.  Class names default to the folder names; a
+class-names file maps them (for ImageNet, wnid -> readable name, see
+`alignprobe.probe.templates.load_class_names`).  Empty class folders stay
+classes, so label ids do not shift when a subset of the images is present.
+
+With a split, the folder read is ``DIR/<split>`` (``folder:imagenet`` with
+split ``val`` reads ``imagenet/val/<class>/...``).  Ids are the paths relative
+to the folder read (``n01440764/ILSVRC2012_val_00000293.JPEG``).  The folder
+has no captions; zero-shot classification uses the class prompts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alignprobe.errors import DataError
+from alignprobe.probe.datasets import IMAGE_EXTENSIONS, FileDataset
+
+
+class FolderDataset(FileDataset):
+    kind = "folder"
+
+    def _class_key_word(self) -> str:
+        return "class folders"
+
+
+def read_folder(path: str, *, split: str | None = None, name: str | None = None) -> FolderDataset:
+    base = Path(path).expanduser().resolve()
+    if not base.is_dir():
+        raise DataError(f"folder:{path}: {base} is not a directory")
+    if split is not None:
+        if not (base / split).is_dir():
+            subdirs = sorted(d.name for d in base.iterdir() if d.is_dir())
+            raise DataError(f"folder:{path}: split {split!r} was requested but {base / split} "
+                            f"is not a directory (subfolders: {subdirs[:10]})")
+        base = base / split
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"folder:{path}: {base} has no class subfolders; the layout is "
+                        f"DIR/<class>/<image>")
+    ids, paths, labels = [], [], []
+    for c, cls in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(base / cls, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in sorted(filenames):
+                if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                full = os.path.join(dirpath, fn)
+                ids.append(Path(os.path.relpath(full, base)).as_posix())
+                paths.append(full)
+                labels.append(c)
+    if not ids:
+        raise DataError(f"folder:{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) under the "
+                        f"{len(classes)} class folders of {base}")
+    return FolderDataset(name or f"folder:{base}", ids, paths, None, labels=labels,
+                         class_keys=classes, class_names=list(classes), root=str(base),
+                         split=split, params={})

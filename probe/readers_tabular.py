@@ -1,0 +1,274 @@
+"""Image-caption pairs listed in a CSV, TSV or JSONL file.
+
+Columns (CSV/TSV need a header row; JSONL needs one object per line):
+
+- image path (default: the first of ``image, filepath, image_path, file_name,
+  filename, path`` present): relative to the images root (default: the
+  file's directory) or absolute.  URLs are refused: fetch them first
+  (img2dataset) and read the shards with ``wds:``.
+- caption (default: ``caption`` or ``text``): the main caption.  In JSONL the
+  value may also be a list of strings: the first is the main caption, the
+  rest are extra positives.
+- extra captions (default: ``extra_captions``, optional): a JSON list
+  (``["a dog", "a puppy"]``) or ``|``-separated text (``a dog|a puppy``);
+  use the JSON form when a caption contains ``|``.  In JSONL a native list.
+- label (default: ``label``, optional): integers ``0..k-1`` or strings (class
+  names, sorted alphabetically into label ids).
+- split (default: ``split``, optional): when a split is requested, only rows
+  whose split column equals it are kept.
+
+Rows naming the same image are merged into one sample: their captions are
+concatenated in file order (the first row's caption stays the main one), so a
+COCO-style table with five rows per image gives five positives.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+from alignprobe.errors import DataError
+from alignprobe.probe.datasets import FileDataset
+
+IMAGE_COLUMNS = ("image", "filepath", "image_path", "file_name", "filename", "path")
+CAPTION_COLUMNS = ("caption", "text")
+EXTRA_COLUMN = "extra_captions"
+LABEL_COLUMN = "label"
+SPLIT_COLUMN = "split"
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+class TableDataset(FileDataset):
+    kind = "table"
+
+
+def read_table(path: str, fmt: str, *, image: str | None = None, caption: str | None = None,
+               extra: str | None = None, label: str | None = None, split_col: str | None = None,
+               split: str | None = None, root: str | None = None,
+               name: str | None = None) -> TableDataset:
+    """Read a CSV (``fmt="csv"``), TSV (``"tsv"``) or JSONL (``"jsonl"``) pair list."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise DataError(f"{fmt} file {path} does not exist")
+    root_dir = Path(root).expanduser().resolve() if root else file.parent
+    records = _read_csv(file, "\t" if fmt == "tsv" else ",") if fmt in ("csv", "tsv") \
+        else _read_jsonl(file)
+    cols = _Columns(file, image, caption, extra, label, split_col)
+
+    order: list[str] = []
+    by_id: dict[str, dict] = {}
+    labels_raw: list = []
+    n_rows = 0
+    for where, keys, row in records:
+        cols.resolve(keys, where)
+        if row is None:  # the CSV header
+            continue
+        n_rows += 1
+        if split is not None:
+            if cols.split is None:
+                raise DataError(f"{file}: split {split!r} was requested but the file has no "
+                                f"{split_col or SPLIT_COLUMN!r} column; drop the split or add "
+                                f"the column (or name it with ?split_col=NAME)")
+            if str(row.get(cols.split, "")).strip() != split:
+                continue
+        img = cols.get(row, cols.image, where)
+        if not isinstance(img, str) or not img.strip():
+            raise DataError(f"{file}, {where}: empty image path in column {cols.image!r}; "
+                            f"{cols.expected()}")
+        img = img.strip()
+        if _URL.match(img):
+            raise DataError(f"{file}, {where}: image {img!r} is a URL; alignprobe reads local "
+                            f"files only. Download the pairs first (e.g. img2dataset "
+                            f"--output_format webdataset) and open the shards with wds:DIR")
+        caps = _parse_captions(cols.get(row, cols.caption, where), cols.caption, file, where,
+                               main=True)
+        if cols.extra is not None:
+            caps += _parse_captions(row.get(cols.extra), cols.extra, file, where, main=False)
+        lab = None
+        if cols.label is not None:
+            lab = cols.get(row, cols.label, where)
+            if isinstance(lab, str):
+                lab = lab.strip()
+            if lab is None or lab == "" or isinstance(lab, (bool, float, list, dict)):
+                raise DataError(f"{file}, {where}: label {lab!r} in column {cols.label!r} must "
+                                f"be an integer or a class name")
+        sample = by_id.get(img)
+        if sample is None:
+            by_id[img] = {"caps": caps, "label": lab, "where": where}
+            order.append(img)
+        else:
+            if sample["label"] != lab:
+                raise DataError(f"{file}, {where}: image {img!r} has label {lab!r} here but "
+                                f"{sample['label']!r} at {sample['where']}; rows of one image "
+                                f"must agree on the label")
+            sample["caps"].extend(caps)
+    if n_rows == 0:
+        raise DataError(f"{file} has no data rows; {cols.expected()}")
+    if not order:
+        raise DataError(f"{file}: no rows have split {split!r} in column {cols.split!r}")
+
+    labels = class_keys = class_names = None
+    if cols.label is not None:
+        labels, class_keys, class_names = _encode_labels([by_id[k]["label"] for k in order], file)
+    paths = [img if os.path.isabs(img) else os.path.normpath(root_dir / img) for img in order]
+    params = {"image": cols.image, "caption": cols.caption, "extra": cols.extra,
+              "label": cols.label, "split_col": cols.split, "root": str(root_dir)}
+    return TableDataset(
+        name or f"{fmt}:{file}", order, paths, [by_id[k]["caps"] for k in order],
+        labels=labels, class_keys=class_keys, class_names=class_names,
+        root=str(root_dir), split=split, params=params)
+
+
+class _Columns:
+    """Resolves the column names once (from the header / first record) and reports errors."""
+
+    def __init__(self, file, image, caption, extra, label, split_col):
+        self.file = file
+        self.want = {"image": image, "caption": caption, "extra": extra, "label": label,
+                     "split": split_col}
+        self.resolved = False
+
+    def resolve(self, keys, where) -> None:
+        if self.resolved:
+            return
+        keys = list(keys)
+        self.image = self._pick("image", IMAGE_COLUMNS, keys, where)
+        self.caption = self._pick("caption", CAPTION_COLUMNS, keys, where)
+        self.extra = self._pick("extra", (EXTRA_COLUMN,), keys, where, optional=True)
+        self.label = self._pick("label", (LABEL_COLUMN,), keys, where, optional=True)
+        self.split = self._pick("split", (SPLIT_COLUMN,), keys, where, optional=True)
+        self.resolved = True
+
+    def _pick(self, role, defaults, keys, where, optional=False):
+        given = self.want[role]
+        if given is not None:
+            if given not in keys:
+                raise DataError(f"{self.file}, {where}: no column {given!r} (asked for as the "
+                                f"{role} column); columns found: {keys}; {self.expected()}")
+            return given
+        for c in defaults:
+            if c in keys:
+                return c
+        if optional:
+            return None
+        raise DataError(f"{self.file}, {where}: no {role} column; columns found: {keys}; "
+                        f"{self.expected()}")
+
+    def get(self, row, col, where):
+        if col not in row:
+            raise DataError(f"{self.file}, {where}: column {col!r} is missing; {self.expected()}")
+        return row[col]
+
+    def expected(self) -> str:
+        def one(role, defaults):
+            given = self.want[role]
+            return repr(given) if given else " or ".join(repr(c) for c in defaults)
+        return (f"expected columns: image path ({one('image', IMAGE_COLUMNS)}), caption "
+                f"({one('caption', CAPTION_COLUMNS)}), optional extra captions "
+                f"({one('extra', (EXTRA_COLUMN,))}), label ({one('label', (LABEL_COLUMN,))}), "
+                f"split ({one('split', (SPLIT_COLUMN,))}); rename them with "
+                f"?image=COL&caption=COL&extra=COL&label=COL&split_col=COL")
+
+
+def _read_csv(file: Path, delimiter: str):
+    """Yield (where, header, None) for the header, then (where, header, row dict) per row.
+
+    Short or long rows are errors: csv.DictReader would silently pad or drop fields.
+    """
+    with open(file, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{file} is empty; it needs a header row naming the columns "
+                            f"(e.g. image,caption)") from None
+        except csv.Error as exc:
+            raise DataError(f"{file}, line 1: malformed header ({exc})") from None
+        header = [h.strip() for h in header]
+        yield "line 1 (header)", header, None
+        row_no = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"{file}, line {reader.line_num}: malformed CSV ({exc})") from None
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue
+            row_no += 1
+            where = f"line {reader.line_num} (data row {row_no})"
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{file}, {where}: {len(fields)} fields but the header has {len(header)} "
+                    f"({', '.join(header)}); quote fields that contain the delimiter "
+                    f"{delimiter!r}")
+            yield where, header, dict(zip(header, fields))
+
+
+def _read_jsonl(file: Path):
+    with open(file, encoding="utf-8-sig") as f:
+        row_no = 0
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row_no += 1
+            where = f"line {line_no} (data row {row_no})"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{file}, {where}: invalid JSON ({exc.msg}); each line must "
+                                f"be one JSON object") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{file}, {where}: expected a JSON object, got "
+                                f"{type(obj).__name__}")
+            yield where, obj.keys(), obj
+
+
+def _parse_captions(value, col, file, where, *, main: bool) -> list[str]:
+    if isinstance(value, list):
+        caps = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not main:
+            if not text:
+                return []
+            if text.startswith("["):
+                try:
+                    caps = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{file}, {where}: column {col!r} starts with '[' but is "
+                                    f"not a JSON list ({exc.msg})") from None
+            else:
+                caps = text.split("|")
+            caps = [c for c in caps if not (isinstance(c, str) and not c.strip())]
+        else:
+            caps = [text]
+    elif value is None and not main:
+        return []
+    else:
+        caps = None
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise DataError(f"{file}, {where}: column {col!r} must hold a caption string or a "
+                        f"list of strings, got {value!r}")
+    caps = [c.strip() for c in caps]
+    if main and (not caps or not all(caps)):
+        raise DataError(f"{file}, {where}: empty caption in column {col!r}")
+    return caps
+
+
+def _encode_labels(raw: list, file: Path):
+    """Integer labels stay as they are; string labels become sorted class ids."""
+    if all(isinstance(v, int) or (isinstance(v, str) and _INT.match(v)) for v in raw):
+        ints = [int(v) for v in raw]
+        if min(ints) < 0:
+            raise DataError(f"{file}: negative label {min(ints)}; integer labels must be 0..k-1")
+        k = max(ints) + 1
+        return ints, [str(c) for c in range(k)], None
+    keys = sorted({str(v) for v in raw})
+    index = {k: c for c, k in enumerate(keys)}
+    return [index[str(v)] for v in raw], keys, list(keys)

@@ -1,0 +1,299 @@
+"""Image-caption pairs in webdataset / img2dataset tar shards, read by offset.
+
+A shard is an uncompressed tar whose members are grouped into samples by key
+(the member name up to the first dot of its base name, the webdataset rule):
+``000123.jpg`` + ``000123.txt`` + ``000123.json`` is sample ``000123``.
+
+- image: the first of ``.jpg``, ``.jpeg``, ``.png``, ``.webp`` members;
+  samples without one are skipped (counted in ``describe()["n_skipped"]``);
+- caption: the ``.txt`` member, else ``"caption"`` of the ``.json`` member;
+  extra positives: ``"extra_captions"`` (a list) of the ``.json`` member;
+- label (optional): a ``.cls`` member (an integer) or ``"label"`` of the
+  ``.json``; either every sample has one or none does.
+
+Why tarfile with recorded offsets instead of the ``webdataset`` package: the
+probe needs random access (``load_image(i)``) for resumable, skippable,
+re-orderable encoding, while webdataset only streams.  Headers are parsed once
+when the dataset opens; afterwards an image is one ``os.pread`` of its byte
+range, with no extraction.  ``os.pread`` does not move a shared file offset, so
+even a handle inherited through ``fork`` is safe; handles are still opened
+lazily per process (and dropped when pickled) so spawn-started DataLoader
+workers work too.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import posixpath
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from alignprobe.errors import DataError, ImageLoadError
+from alignprobe.probe.datasets import Dataset, decode_image
+
+WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{a,b}`` alternatives and ``{00000..00009}`` ranges (zero padding kept)."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body = m.group(1)
+    rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if rng:
+        a, b = rng.group(1), rng.group(2)
+        width = len(a) if a.startswith("0") or b.startswith("0") else 0
+        lo, hi = int(a), int(b)
+        step = 1 if hi >= lo else -1
+        choices = [str(v).zfill(width) for v in range(lo, hi + step, step)]
+    elif "," in body:
+        choices = body.split(",")
+    else:
+        choices = ["{" + body + "}"]  # a literal brace pair, not an expansion
+    head, tail = pattern[:m.start()], pattern[m.end():]
+    return [r for c in choices for r in expand_braces(head + c + tail)]
+
+
+def resolve_shards(path: str, split: str | None = None) -> list[str]:
+    """Shard files named by a directory, one .tar, or a brace/glob pattern."""
+    p = Path(path).expanduser()
+    if split is not None:
+        if not p.is_dir() or not (p / split).is_dir():
+            raise DataError(f"wds:{path}: split {split!r} was requested but {p / split} is not a "
+                            f"directory; point wds: at the split's shards directly")
+        p = p / split
+    if p.is_dir():
+        shards = sorted(str(s) for s in p.iterdir() if s.suffix == ".tar" and s.is_file())
+        if not shards:
+            others = sorted(s.name for s in p.iterdir() if s.name.endswith((".tar.gz", ".tgz")))
+            hint = (f"; compressed shards ({others[:3]}) cannot be read by offset, "
+                    f"decompress them first") if others else ""
+            raise DataError(f"wds:{path}: directory {p} holds no .tar shards{hint}")
+        return shards
+    shards: list[str] = []
+    for pat in expand_braces(str(p)):
+        if _GLOB_CHARS.search(pat):
+            hits = sorted(glob.glob(pat))
+            if not hits:
+                raise DataError(f"wds:{path}: pattern {pat!r} matches no files")
+            shards.extend(hits)
+        elif os.path.isfile(pat):
+            shards.append(pat)
+        else:
+            raise DataError(f"wds:{path}: shard {pat} does not exist")
+    for s in shards:
+        if s.endswith((".tar.gz", ".tgz")) or not s.endswith(".tar"):
+            raise DataError(f"wds:{path}: {s} is not an uncompressed .tar shard; compressed "
+                            f"shards cannot be read by offset, decompress them first")
+    return [str(Path(s).resolve()) for s in dict.fromkeys(shards)]
+
+
+class WebDataset(Dataset):
+    kind = "wds"
+
+    def __init__(self, name, shards, ids, shard_index, offsets, sizes, members, captions,
+                 labels=None, n_skipped=0, **kwargs):
+        self.shards = list(shards)
+        self._shard_index = np.asarray(shard_index, dtype=np.int32)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._sizes = np.asarray(sizes, dtype=np.int64)
+        self._members = list(members)
+        self._captions = captions
+        self.n_skipped = n_skipped
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+        super().__init__(name, ids, labels=labels, **kwargs)
+
+    def load_image(self, i: int):
+        s = int(self._shard_index[i])
+        where = f"{self.shards[s]}:{self._members[i]}"
+        try:
+            data = os.pread(self._fd(s), int(self._sizes[i]), int(self._offsets[i]))
+        except OSError as exc:
+            raise ImageLoadError(self.ids[i], where, f"shard unreadable ({exc})") from None
+        if len(data) != self._sizes[i]:
+            raise ImageLoadError(self.ids[i], where,
+                                 f"shard truncated: read {len(data)} of {self._sizes[i]} bytes")
+        return decode_image(io.BytesIO(data), self.ids[i], where)
+
+    def captions(self, i: int) -> list[str]:
+        return list(self._captions[i])
+
+    @property
+    def has_captions(self) -> bool:
+        return any(self._captions)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(n_shards=len(self.shards), n_skipped=self.n_skipped)
+        return d
+
+    def validate(self) -> None:
+        """Check that every indexed member lies inside its shard (catches truncation)."""
+        ends = np.zeros(len(self.shards), dtype=np.int64)
+        np.maximum.at(ends, self._shard_index, self._offsets + self._sizes)
+        for s, end in enumerate(ends):
+            size = os.path.getsize(self.shards[s])
+            if end > size:
+                raise DataError(f"{self.name}: shard {self.shards[s]} is truncated ({size} bytes, "
+                                f"members reach {end}); re-copy or re-create it")
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
+
+    def _fd(self, s: int) -> int:
+        if self._pid != os.getpid():  # inherited through fork: open our own
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(s)
+        if fd is None:
+            fd = self._fds[s] = os.open(self.shards[s], os.O_RDONLY)
+        return fd
+
+    def _hash_content(self, h) -> None:
+        for s in self.shards:
+            st = os.stat(s)
+            h.update(f"{s}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __del__(self):
+        if getattr(self, "_pid", None) == os.getpid():
+            self.close()
+
+
+def read_webdataset(path: str, *, split: str | None = None, name: str | None = None,
+                    progress: bool | None = None) -> WebDataset:
+    """Index the shards named by `path` (see module docstring) and return the dataset."""
+    from tqdm.auto import tqdm
+
+    shards = resolve_shards(path, split)
+    keys, shard_idx, offsets, sizes, members, caps, labels = [], [], [], [], [], [], []
+    n_skipped = 0
+    disable = None if progress is None else not progress
+    for s, shard in enumerate(tqdm(shards, desc="indexing shards", unit="shard",
+                                   disable=disable or len(shards) < 4)):
+        for key, sample in _index_shard(shard):
+            img = next((sample[e] for e in WDS_IMAGE_EXTS if e in sample), None)
+            if img is None:
+                n_skipped += 1
+                continue
+            meta = sample.get("json", {})
+            cap_list = []
+            if sample.get("txt"):
+                cap_list.append(sample["txt"])
+            elif isinstance(meta.get("caption"), str) and meta["caption"].strip():
+                cap_list.append(meta["caption"].strip())
+            extra = meta.get("extra_captions")
+            if extra is not None:
+                if not isinstance(extra, list) or not all(isinstance(c, str) for c in extra):
+                    raise DataError(f"{shard}: sample {key!r}: 'extra_captions' in its .json "
+                                    f"must be a list of strings")
+                if not cap_list and extra:
+                    raise DataError(f"{shard}: sample {key!r} has extra captions but no main "
+                                    f"caption (.txt or 'caption' in .json)")
+                cap_list += [c.strip() for c in extra if c.strip()]
+            lab = sample.get("cls", meta.get("label"))
+            if lab is not None and (isinstance(lab, bool) or not isinstance(lab, int) or lab < 0):
+                raise DataError(f"{shard}: sample {key!r} has label {lab!r}; labels must be "
+                                f"integers 0..k-1 (.cls member or 'label' in .json)")
+            keys.append(key)
+            shard_idx.append(s)
+            offsets.append(img[0])
+            sizes.append(img[1])
+            members.append(img[2])
+            caps.append(cap_list)
+            labels.append(lab)
+    if not keys:
+        raise DataError(f"wds:{path}: the shards hold no samples with an image "
+                        f"({'/'.join(WDS_IMAGE_EXTS)} members)")
+    ids = keys
+    if len(set(keys)) != len(keys):
+        # Keys collide across hand-made shards: qualify every id with its shard
+        # name (all of them, so ids do not depend on which ones collide).
+        ids = [f"{Path(shards[s]).stem}/{k}" for s, k in zip(shard_idx, keys)]
+    with_label = [lab is not None for lab in labels]
+    label_arr = class_keys = None
+    if any(with_label):
+        if not all(with_label):
+            first = ids[with_label.index(False)]
+            raise DataError(f"wds:{path}: some samples have labels and others not (e.g. "
+                            f"{first!r}); give every sample a .cls member or none")
+        label_arr = np.asarray(labels, dtype=np.int64)
+        class_keys = [str(c) for c in range(int(label_arr.max()) + 1)]
+    root = str(Path(shards[0]).parent)
+    return WebDataset(name or f"wds:{path}", shards, ids, shard_idx, offsets, sizes, members,
+                      caps, labels=label_arr, n_skipped=n_skipped, class_keys=class_keys,
+                      root=root, split=split)
+
+
+def _index_shard(shard: str):
+    """Yield (key, {ext: value}) per sample in member order.
+
+    Image members are recorded as (data offset, size, member name); text
+    members (.txt, .json, .cls) are small and read now, so captions and labels
+    need no further I/O.
+    """
+    samples: dict[str, dict] = {}
+    try:
+        tf = tarfile.open(shard, mode="r:")
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"{shard} is not a readable uncompressed tar ({exc})") from None
+    with tf:
+        try:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                prefix, base = posixpath.split(m.name)
+                if base.startswith(".") or "." not in base:
+                    continue
+                stem, ext = base.split(".", 1)
+                key = posixpath.join(prefix, stem) if prefix else stem
+                ext = ext.lower()
+                sample = samples.setdefault(key, {})
+                if ext in WDS_IMAGE_EXTS:
+                    sample.setdefault(ext, (m.offset_data, m.size, m.name))
+                elif ext in ("txt", "json", "cls"):
+                    raw = tf.extractfile(m).read()
+                    sample[ext] = _parse_text_member(shard, m.name, ext, raw)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{shard}: corrupt or truncated tar ({exc}); re-create or "
+                            f"re-copy the shard") from None
+    return samples.items()
+
+
+def _parse_text_member(shard, member, ext, raw: bytes):
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise DataError(f"{shard}:{member} is not UTF-8 text") from None
+    if ext == "txt":
+        return text
+    if ext == "cls":
+        try:
+            return int(text)
+        except ValueError:
+            raise DataError(f"{shard}:{member} should hold an integer label, got "
+                            f"{text[:40]!r}") from None
+    try:
+        obj = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{shard}:{member} is not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{shard}:{member} must hold a JSON object")
+    return obj
