@@ -88,6 +88,7 @@ class Dataset:
             from alignprobe.probe.templates import load_templates
             templates = load_templates(None)
         self.templates = list(templates)
+        self.templates_source = "default"  # what open_dataset was asked for, for the record
         self._fingerprint: str | None = None
 
     # -- the contract ---------------------------------------------------------
@@ -132,6 +133,7 @@ class Dataset:
             "has_labels": self.labels is not None,
             "n_classes": self.n_classes,
             "n_templates": len(self.templates),
+            "templates": self.templates_source,
         }
 
     # -- helpers shared by readers ------------------------------------------------
@@ -219,7 +221,11 @@ class FileDataset(Dataset):
     def _hash_content(self, h) -> None:
         # Size + mtime rather than file contents: hashing every image of a large
         # set would cost as much as encoding it; a rewritten file changes both.
-        for p in self.paths:
+        from tqdm.auto import tqdm
+
+        big = len(self.paths) >= 50_000  # ~ a second of stat calls or more
+        for p in tqdm(self.paths, desc="fingerprinting images", unit="file",
+                      disable=None if big else True, leave=False):
             try:
                 st = os.stat(p)
                 h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())

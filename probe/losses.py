@@ -42,12 +42,18 @@ NORMALIZATIONS = ("n2", "n")
 # --------------------------------------------------------------------------- validation
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # The loss runs in at least fp32 even for fp16/bf16 heads: a sum over N^2
+    # sigmoid terms is not accurate in half precision. fp64 stays fp64.
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _as_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(value):
         value = torch.tensor(float(value))
     if value.numel() != 1:
         raise ValidationError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-    return value.reshape(()).to(device=like.device, dtype=torch.float32)
+    return value.reshape(()).to(device=like.device, dtype=_compute_dtype(like))
 
 
 def _check_matrix(name: str, x, d: int | None = None) -> torch.Tensor:
@@ -111,10 +117,8 @@ def _extra_blocks(extra_text_features: TextSet, n: int, d: int) -> list[torch.Te
     return blocks
 
 
-def _normalized(x: torch.Tensor) -> torch.Tensor:
-    # The loss runs in fp32 even for fp16/bf16 heads: a sum over N^2 sigmoid
-    # terms is not accurate in half precision.
-    return F.normalize(x.float(), dim=-1)
+def _normalized(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return F.normalize(x.to(dtype), dim=-1)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -218,7 +222,8 @@ def pairwise_sigmoid_loss(
     positive_index = _check_positive_index(positive_index, m, n, image_features.device)
     scale = _as_scalar("logit_scale", logit_scale, image_features)
     bias = _as_scalar("logit_bias", logit_bias, image_features)
-    img, txt = _normalized(image_features), _normalized(text_features)
+    dtype = _compute_dtype(image_features)
+    img, txt = _normalized(image_features, dtype), _normalized(text_features, dtype)
     if chunk is None:
         total = _naive_sigmoid_sum(img, txt, scale, bias, positive_index)
     else:
@@ -378,7 +383,8 @@ def pairwise_infonce_loss(
     if pairs.numel() == 0:
         raise ValidationError("InfoNCE needs at least one positive pair (positive_index is all -1)")
     scale = _as_scalar("logit_scale", logit_scale, image_features)
-    img, txt = _normalized(image_features), _normalized(text_features)
+    dtype = _compute_dtype(image_features)
+    img, txt = _normalized(image_features, dtype), _normalized(text_features, dtype)
     targets = positive_index[pairs]
     if chunk is None:
         logits = scale * txt @ img.T

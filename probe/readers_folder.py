@@ -43,14 +43,19 @@ def read_folder(path: str, *, split: str | None = None, name: str | None = None)
         raise DataError(f"folder:{path}: {base} has no class subfolders; the layout is "
                         f"DIR/<class>/<image>")
     ids, paths, labels = [], [], []
-    for c, cls in enumerate(classes):
+    cut = len(str(base)) + 1  # slicing, not os.path.relpath: ImageNet has 1.28M files
+    from tqdm.auto import tqdm
+
+    listing = tqdm(classes, desc="listing class folders", unit="class",
+                   disable=None if len(classes) >= 50 else True, leave=False)
+    for c, cls in enumerate(listing):
         for dirpath, dirnames, filenames in os.walk(base / cls, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 full = os.path.join(dirpath, fn)
-                ids.append(Path(os.path.relpath(full, base)).as_posix())
+                ids.append(full[cut:].replace(os.sep, "/"))
                 paths.append(full)
                 labels.append(c)
     if not ids:

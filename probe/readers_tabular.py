@@ -4,7 +4,8 @@ Columns (CSV/TSV need a header row; JSONL needs one object per line):
 
 - image path (default: the first of ``image, filepath, image_path, file_name,
   filename, path`` present): relative to the images root (default: the
-  file's directory) or absolute.  URLs are refused: fetch them first
+  file's directory; ``?root=DIR`` sets it, a relative DIR meaning relative to
+  the current directory) or absolute.  URLs are refused: fetch them first
   (img2dataset) and read the shards with ``wds:``.
 - caption (default: ``caption`` or ``text``): the main caption.  In JSONL the
   value may also be a list of strings: the first is the main caption, the
@@ -115,8 +116,9 @@ def read_table(path: str, fmt: str, *, image: str | None = None, caption: str | 
     if cols.label is not None:
         labels, class_keys, class_names = _encode_labels([by_id[k]["label"] for k in order], file)
     paths = [img if os.path.isabs(img) else os.path.normpath(root_dir / img) for img in order]
+    # The root is left out: ids and file stats identify the images wherever they live.
     params = {"image": cols.image, "caption": cols.caption, "extra": cols.extra,
-              "label": cols.label, "split_col": cols.split, "root": str(root_dir)}
+              "label": cols.label, "split_col": cols.split}
     return TableDataset(
         name or f"{fmt}:{file}", order, paths, [by_id[k]["caps"] for k in order],
         labels=labels, class_keys=class_keys, class_names=class_names,

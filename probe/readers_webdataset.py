@@ -163,9 +163,10 @@ class WebDataset(Dataset):
         return fd
 
     def _hash_content(self, h) -> None:
+        # Shard base names, not absolute paths: moving the shards keeps the cache valid.
         for s in self.shards:
             st = os.stat(s)
-            h.update(f"{s}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(f"{os.path.basename(s)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -173,8 +174,11 @@ class WebDataset(Dataset):
         return state
 
     def __del__(self):
-        if getattr(self, "_pid", None) == os.getpid():
-            self.close()
+        try:
+            if getattr(self, "_pid", None) == os.getpid():
+                self.close()
+        except Exception:  # interpreter shutdown: module globals may be gone
+            pass
 
 
 def read_webdataset(path: str, *, split: str | None = None, name: str | None = None,

@@ -1,0 +1,150 @@
+"""The `Encoder` base class: preprocess -> collate -> forward, and the manifest of all that.
+
+Subclasses implement `_forward(batch)` returning `(n, dim)` on any device and
+dtype; `forward` wraps it in inference mode and returns float32 on the CPU.
+Preprocessing lives in `self.preprocessor`, a separate picklable object,
+so DataLoader workers never pickle the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from alignprobe._version import __version__
+from alignprobe.errors import ValidationError
+
+from .devices import dtype_name
+from .hub import fingerprint_dir, fingerprint_file
+from .spec import EncoderSpec
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    return str(value)
+
+
+class Encoder:
+    """A frozen encoder of one modality producing `(n, dim)` float32 embeddings."""
+
+    spec: EncoderSpec
+    modality: str
+    dim: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __init__(self, spec: EncoderSpec, preprocessor: Any, *, device: torch.device, dtype: torch.dtype):
+        self.spec = spec
+        self.modality = spec.modality
+        self.preprocessor = preprocessor
+        self.device = device
+        self.dtype = dtype
+        self.resolved_revision: str | None = spec.revision
+        self.library_versions: dict[str, str] = {"torch": torch.__version__}
+        self.load_notes: list[str] = []
+        self.dim = spec.dim if spec.dim is not None else 0
+
+    # -- set-up helpers for subclasses ------------------------------------------------------
+    def _finish(self) -> None:
+        """Measure the width when the spec does not state it, and record it in the spec."""
+        if self.spec.dim is None:
+            self.dim = int(self._probe().shape[1])
+        else:
+            self.dim = self.spec.dim
+        self.spec = self.spec.replace(dim=self.dim)
+
+    def _probe(self) -> torch.Tensor:
+        if self.modality == "vision":
+            from PIL import Image
+
+            size = self.spec.preprocessing.size if self.spec.preprocessing else 224
+            item: Any = Image.new("RGB", (size, size), (127, 127, 127))
+        else:
+            item = "a"
+        with torch.inference_mode():
+            return self._forward(self.collate([self.preprocess(item)]))
+
+    # -- the contract ----------------------------------------------------------------------
+    def preprocess(self, item: Any) -> Any:
+        """One PIL image -> CHW float tensor, or one string -> string with the instruction prefix."""
+        return self.preprocessor.preprocess(item)
+
+    def collate(self, items: list) -> Any:
+        """A list of preprocessed items -> one batch (stacked tensor, tokenized dict, or strings)."""
+        return self.preprocessor.collate(items)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        """Run the model on one batch; returns `(n, dim)` float32 on the CPU."""
+        with torch.inference_mode():
+            out = self._forward(batch)
+        out = out.detach().to(device="cpu", dtype=torch.float32)
+        if out.ndim != 2 or out.shape[1] != self.dim:
+            raise ValidationError(
+                f"encoder {self.spec.name!r} produced shape {tuple(out.shape)}, expected (n, {self.dim}); "
+                f"the registry's dim or pooling for it is wrong"
+            )
+        if not torch.isfinite(out).all():
+            raise ValidationError(
+                f"encoder {self.spec.name!r} produced NaN/Inf embeddings in {dtype_name(self.dtype)}; "
+                f"try dtype='bf16' or 'fp32'"
+            )
+        return out.contiguous()
+
+    def encode(self, items: list) -> torch.Tensor:
+        """A list of PIL images or strings -> `(n, dim)` float32 CPU tensor."""
+        items = list(items)
+        if not items:
+            return torch.empty(0, self.dim, dtype=torch.float32)
+        return self.forward(self.collate([self.preprocess(x) for x in items]))
+
+    def _forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def manifest(self) -> dict:
+        """Everything that changes an embedding, JSON-able (the cache key of the embeddings)."""
+        s = self.spec
+        out: dict[str, Any] = {
+            "name": s.name,
+            "modality": s.modality,
+            "source": s.source,
+            "backend": s.backend,
+            "hub_id": s.hub_id,
+            "revision": self.resolved_revision,
+            "revision_requested": s.revision,
+            "pooling": s.pooling,
+            "dim": self.dim,
+            "dtype": dtype_name(self.dtype),
+            "preprocessing": s.preprocessing.to_dict() if s.preprocessing else None,
+            "prefix": s.prefix,
+            "max_length": s.max_length,
+            "model_class": s.model_class,
+            "model_kwargs": _jsonable(s.kwargs),
+            "trust_remote_code": s.trust_remote_code,
+            "is_control": s.is_control,
+            "local_path": None,
+            "checkpoint": None,
+            "library_versions": dict(sorted(self.library_versions.items())),
+            "load_notes": list(self.load_notes),
+        }
+        if s.path:
+            out["local_path"] = {"path": s.path, "files": fingerprint_dir(s.path)}
+        if s.checkpoint:
+            out["checkpoint"] = fingerprint_file(s.checkpoint)
+        if s.is_control:
+            out["control_params"] = _jsonable(s.kwargs)
+        out["alignprobe_version"] = __version__
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.spec.name!r}, modality={self.modality!r}, dim={self.dim}, "
+            f"pooling={self.spec.pooling!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
+        )

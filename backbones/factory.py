@@ -1,0 +1,102 @@
+"""One entry point per modality: `create_vision_encoder`, `create_text_encoder` (timm's `create_model`).
+
+Overrides that are None are dropped, so unset flags keep the spec's defaults.
+Keyword overrides named like a spec field (`revision`, `checkpoint`,
+`preprocessing`, `trust_remote_code`, `model_class`) change the spec; any
+other keyword goes to the model constructor / `from_pretrained` (config
+overrides such as `mask_ratio`, timm kwargs such as `img_size`, or a
+control's parameters) and is recorded in the manifest.
+Heavy libraries are imported only here, when an encoder is built.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from alignprobe.errors import ValidationError
+
+from .hub import check_available
+from .resolve import resolve_spec
+from .spec import POOLINGS, EncoderSpec, Preprocessing
+
+# (modality, backend) -> "module:function" building the encoder (lm-eval style lazy loading).
+LOADERS = {
+    ("vision", "transformers"): "alignprobe.backbones.hf_vision:load",
+    ("vision", "timm"): "alignprobe.backbones.timm_vision:load",
+    ("text", "transformers"): "alignprobe.backbones.hf_text:load",
+    ("text", "sentence-transformers"): "alignprobe.backbones.st_text:load",
+}
+SPEC_OVERRIDES = ("revision", "checkpoint", "preprocessing", "trust_remote_code", "model_class")
+
+
+def _apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpec:
+    changes: dict[str, Any] = {}
+    pooling = overrides.pop("pooling", None)
+    if pooling is not None and pooling != spec.pooling:
+        if spec.is_control and spec.pooling == "none":
+            raise ValidationError(f"control {spec.name!r} takes no pooling (got {pooling!r})")
+        if pooling not in POOLINGS[spec.modality]:
+            raise ValidationError(
+                f"pooling {pooling!r} is not valid for a {spec.modality} encoder; choose one of {POOLINGS[spec.modality]}"
+            )
+        # the registered width belongs to the registered pooling; measure the new one
+        changes.update(pooling=pooling, dim=None)
+    for key in ("prefix", "max_length"):
+        if key in overrides:
+            changes[key] = overrides.pop(key)
+    for key in SPEC_OVERRIDES:
+        if key in overrides:
+            changes[key] = overrides.pop(key)
+    if "preprocessing" in changes and isinstance(changes["preprocessing"], dict):
+        changes["preprocessing"] = Preprocessing(**changes["preprocessing"])
+    if "checkpoint" in changes:
+        changes["checkpoint"] = os.path.abspath(os.path.expanduser(os.fspath(changes["checkpoint"])))
+        if spec.backend != "timm":
+            raise ValidationError(f"checkpoint= is for timm encoders; {spec.name!r} loads with {spec.backend}")
+    if overrides:
+        changes["model_kwargs"] = {**spec.kwargs, **overrides}
+        if spec.dim is not None and "dim" not in changes:
+            # architecture kwargs may change the width; measure it after loading
+            changes["dim"] = None
+    return spec.replace(**changes) if changes else spec
+
+
+def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any]):
+    from .devices import resolve_device, resolve_dtype
+    from .hf_common import import_string
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    spec = _apply_overrides(resolve_spec(name_or_path, modality), overrides)
+    check_available(spec)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec.backend == "builtin":
+        builder = import_string(spec.model_class)
+    else:
+        target = LOADERS.get((modality, spec.backend))
+        if target is None:
+            raise ValidationError(f"no {modality} loader for source {spec.backend!r} ({spec.name!r})")
+        builder = import_string(target)
+    return builder(spec, device=dev, dtype=dt)
+
+
+def create_vision_encoder(name_or_path, *, device: Any = "auto", dtype: Any = None, pooling: str | None = None,
+                          **overrides: Any):
+    """Build a frozen vision `Encoder` from a registered name, alias, `timm:`/`hf:` id, hub id or directory.
+
+    `device="auto"` picks cuda, then mps, then cpu; `dtype` defaults to float16
+    on cuda and float32 elsewhere ("fp32"/"fp16"/"bf16" or a torch dtype).
+    Raises `UnknownEncoderError` for unknown names and `EncoderNotAvailableError`
+    when the weights are neither local nor downloadable.
+    """
+    return _create("vision", name_or_path, device, dtype, {"pooling": pooling, **overrides})
+
+
+def create_text_encoder(name_or_path, *, device: Any = "auto", dtype: Any = None, pooling: str | None = None,
+                        prefix: str | None = None, max_length: int | None = None, **overrides: Any):
+    """Build a frozen text `Encoder` (see `create_vision_encoder`); `prefix` is the instruction
+    prepended to every string, `max_length` the truncation length in tokens."""
+    return _create(
+        "text", name_or_path, device, dtype,
+        {"pooling": pooling, "prefix": prefix, "max_length": max_length, **overrides},
+    )

@@ -1,0 +1,88 @@
+"""Vision encoders loaded with transformers (DINOv2, DINO, MAE, I-JEPA, CLIP/SigLIP vision towers, any `hf:` id)."""
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import torch
+
+from alignprobe.errors import ValidationError
+
+from .encoder import Encoder
+from .hf_common import hf_read_json, load_pretrained, versions
+from .pooling import pool_vision
+from .resolve import hf_preprocessing
+from .spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, Preprocessing
+from .transforms import ImagePreprocessor
+
+
+def _patch_size(config) -> tuple[int, int] | None:
+    p = getattr(config, "patch_size", None)
+    if p is None:
+        return None
+    return (int(p), int(p)) if isinstance(p, int) else (int(p[0]), int(p[1]))
+
+
+class HFVisionEncoder(Encoder):
+    """Runs `model(pixel_values=...)` and pools `last_hidden_state` (or uses `pooler_output`).
+
+    The prefix-token count (CLS + registers) is measured, not looked up: it is the
+    sequence length minus the number of patches of the input. Models whose forward
+    takes a `noise` argument (ViTMAE's random patch shuffling) get an ascending
+    noise so the patch order, and so the result, is deterministic.
+    """
+
+    def __init__(self, spec: EncoderSpec, model, *, device, dtype, revision=None, notes=()):
+        super().__init__(spec, ImagePreprocessor(spec.preprocessing), device=device, dtype=dtype)
+        self.model = model.to(device)
+        self.resolved_revision = revision
+        self.load_notes.extend(notes)
+        self.library_versions.update(versions("transformers"))
+        self._patch = _patch_size(model.config)
+        self._takes_noise = "noise" in inspect.signature(model.forward).parameters
+        self._finish()
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, self.dtype)
+        kwargs = {}
+        n_patches = None
+        if self._patch is not None:
+            n_patches = (x.shape[-2] // self._patch[0]) * (x.shape[-1] // self._patch[1])
+            if self._takes_noise:
+                kwargs["noise"] = torch.arange(n_patches, device=self.device, dtype=torch.float32).expand(x.shape[0], -1)
+        out = self.model(pixel_values=x, **kwargs)
+        tokens = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        num_prefix = 0
+        if tokens.ndim == 3:
+            if n_patches is None:
+                raise ValidationError(f"{self.spec.name}: the model config has no patch_size; cannot locate patch tokens")
+            num_prefix = tokens.shape[1] - n_patches
+            if num_prefix < 0:
+                raise ValidationError(
+                    f"{self.spec.name}: {tokens.shape[1]} tokens for {n_patches} patches; some patches were dropped "
+                    f"(a masking ratio above 0?)"
+                )
+        return pool_vision(tokens, self.spec.pooling, num_prefix_tokens=num_prefix,
+                           pooler_output=getattr(out, "pooler_output", None))
+
+
+def _preprocessing(spec: EncoderSpec, model) -> Preprocessing:
+    if spec.preprocessing is not None:
+        return spec.preprocessing
+    cfg = hf_read_json(spec, "preprocessor_config.json")
+    if cfg is not None:
+        return hf_preprocessing(cfg)
+    size = getattr(model.config, "image_size", 224)
+    size = int(size if isinstance(size, int) else size[0])
+    warnings.warn(
+        f"{spec.name}: no preprocessor_config.json; using resize {size} / ImageNet mean-std. "
+        f"Pass preprocessing=Preprocessing(...) to set it explicitly.",
+        stacklevel=3,
+    )
+    return Preprocessing(size, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+
+
+def load(spec: EncoderSpec, *, device, dtype) -> HFVisionEncoder:
+    model, revision, notes = load_pretrained(spec, dtype=dtype)
+    spec = spec.replace(preprocessing=_preprocessing(spec, model))
+    return HFVisionEncoder(spec, model, device=device, dtype=dtype, revision=revision, notes=notes)

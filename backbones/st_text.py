@@ -1,0 +1,62 @@
+"""Text encoders loaded with sentence-transformers (all-mpnet, all-MiniLM, sentence-T5, any `st:` id).
+
+Pooling `encode` is the model's whole pipeline (`SentenceTransformer.encode`:
+its own pooling, dense layers, normalisation). Poolings `mean` / `cls` /
+`last` take the token embeddings of the same forward pass (after the model's
+own tokenization and truncation) and pool them here in float32, unnormalised.
+The instruction prefix is prepended to each string in `preprocess`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .encoder import Encoder
+from .hf_common import versions
+from .hub import describe_load_failure, hf_location, load_errors
+from .hf_common import resolved_commit
+from .pooling import pool_text
+from .spec import EncoderSpec
+from .transforms import TextPassthrough
+
+
+class STTextEncoder(Encoder):
+    def __init__(self, spec: EncoderSpec, model, *, device, dtype, revision=None):
+        if spec.max_length is not None:
+            model.max_seq_length = spec.max_length
+        else:
+            spec = spec.replace(max_length=model.max_seq_length)
+        super().__init__(spec, TextPassthrough(prefix=spec.prefix), device=device, dtype=dtype)
+        self.model = model.to(device=device, dtype=dtype)
+        self.model.eval()
+        self.resolved_revision = revision
+        self.library_versions.update(versions("sentence_transformers", "transformers"))
+        self._finish()
+
+    def _forward(self, batch) -> torch.Tensor:
+        texts = list(batch)
+        if self.spec.pooling == "encode":
+            out = self.model.encode(
+                texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False,
+                normalize_embeddings=False, device=str(self.device),
+            )
+            return out.float()
+        features = self.model.preprocess(texts)
+        features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+        out = self.model.forward(features)
+        return pool_text(out["token_embeddings"], out["attention_mask"], self.spec.pooling)
+
+
+def load(spec: EncoderSpec, *, device, dtype) -> STTextEncoder:
+    from sentence_transformers import SentenceTransformer
+
+    src, kwargs = hf_location(spec)
+    st_kwargs = {"local_files_only": kwargs.get("local_files_only", False)}
+    if not spec.path:
+        st_kwargs.update(cache_folder=kwargs["cache_dir"], revision=spec.revision)
+    if spec.kwargs:
+        st_kwargs["model_kwargs"] = spec.kwargs
+    try:
+        model = SentenceTransformer(src, device="cpu", trust_remote_code=spec.trust_remote_code, **st_kwargs)
+    except load_errors() as exc:
+        raise describe_load_failure(spec, exc) from None
+    return STTextEncoder(spec, model, device=device, dtype=dtype, revision=resolved_commit(spec))

@@ -1,0 +1,138 @@
+"""Vision encoders built with timm: registry names (`timm:<arch>[.tag]`), timm exports in a
+local directory, and architectures whose weights come as a checkpoint file (iBOT).
+
+Weights always go through timm's own `load_pretrained` (strict, with its
+checkpoint filters): a cached hub file or a checkpoint reaches it through
+`pretrained_cfg_overlay`. Features are `forward_features` tokens pooled here;
+`pooler` is timm's `forward_head(pre_logits=True)`, the model's own pooling.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignprobe.errors import EncoderNotAvailableError, ValidationError
+
+from .encoder import Encoder
+from .hf_common import versions
+from .hub import describe_load_failure, hub_offline, load_errors, not_available, timm_weights
+from .pooling import pool_vision
+from .resolve import preprocessing_from_timm_cfg
+from .spec import EncoderSpec
+from .transforms import ImagePreprocessor
+
+# Checkpoint keys of training-only parameters that a feature extractor does not have.
+_TRAINING_ONLY_KEYS = ("masked_embed", "mask_token")
+_WRAPPER_KEYS = ("state_dict", "model", "teacher", "module")
+_KEY_PREFIXES = ("module.", "backbone.")
+
+
+class TimmVisionEncoder(Encoder):
+    def __init__(self, spec: EncoderSpec, model, *, device, dtype, revision=None, notes=()):
+        if spec.preprocessing is None:
+            from timm.data import resolve_data_config
+
+            spec = spec.replace(preprocessing=preprocessing_from_timm_cfg(resolve_data_config({}, model=model)))
+        super().__init__(spec, ImagePreprocessor(spec.preprocessing), device=device, dtype=dtype)
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.resolved_revision = revision
+        self.load_notes.extend(notes)
+        self.library_versions.update(versions("timm"))
+        self._has_cls = getattr(model, "cls_token", None) is not None
+        self._num_prefix = int(getattr(model, "num_prefix_tokens", 1 if self._has_cls else 0))
+        self._finish()
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(batch.to(self.device, self.dtype))
+        if self.spec.pooling == "pooler":
+            return self.model.forward_head(feats, pre_logits=True).float()
+        return pool_vision(feats, self.spec.pooling, num_prefix_tokens=self._num_prefix, has_cls=self._has_cls)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors / .pth file, unwrapped from training checkpoints
+    (`{"teacher": ...}`, `{"state_dict": ...}`) and stripped of `module.` / `backbone.` prefixes."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: Any = load_file(str(path), device="cpu")
+    else:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    while isinstance(sd, dict):
+        wrapper = next((k for k in _WRAPPER_KEYS if isinstance(sd.get(k), dict)), None)
+        if wrapper is None:
+            break
+        sd = sd[wrapper]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValidationError(f"{path} does not hold a state dict of tensors")
+    out = {}
+    for key, value in sd.items():
+        for prefix in _KEY_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _architecture(spec: EncoderSpec) -> str:
+    arch = spec.model_class or spec.hub_id
+    if not arch:
+        raise ValidationError(f"timm encoder {spec.name!r} names no architecture (model_class or hub_id)")
+    return arch
+
+
+def build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
+    """Create the timm model with pretrained weights; returns (model, revision, notes)."""
+    import timm
+
+    kwargs = {"num_classes": 0, **spec.kwargs}
+    notes: list[str] = []
+    revision = None
+    try:
+        if spec.path:
+            model = timm.create_model("local-dir:" + spec.path, pretrained=True, **kwargs)
+        elif spec.checkpoint:
+            arch = _architecture(spec)
+            state = read_checkpoint(spec.checkpoint)
+            probe = timm.create_model(arch.split(".")[0], pretrained=False, **kwargs)
+            own = set(probe.state_dict())
+            dropped = sorted(k for k in state if k not in own and k.split(".")[0] in _TRAINING_ONLY_KEYS)
+            for k in dropped:
+                state.pop(k)
+            if dropped:
+                notes.append(f"dropped training-only checkpoint keys {dropped}")
+            del probe
+            model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
+        else:
+            found = timm_weights(spec)
+            revision = found["commit"]
+            if found["file"] is not None:
+                model = timm.create_model(
+                    spec.hub_id, pretrained=True, pretrained_cfg_overlay={"file": str(found["file"])}, **kwargs
+                )
+            elif hub_offline():
+                raise not_available(spec, "not in the local timm / Hugging Face cache and HF_HUB_OFFLINE is set",
+                                    repo_id=found["repo"])
+            else:
+                model = timm.create_model(spec.hub_id, pretrained=True, **kwargs)
+                revision = timm_weights(spec)["commit"]
+    except EncoderNotAvailableError:
+        raise
+    except load_errors() as exc:
+        raise describe_load_failure(spec, exc) from None
+    except RuntimeError as exc:
+        if "state_dict" in str(exc) or "size mismatch" in str(exc):
+            raise EncoderNotAvailableError(
+                f"the weights given for {spec.name!r} do not fit the architecture {spec.model_class or spec.hub_id!r}: "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from None
+        raise
+    return model, revision, notes
+
+
+def load(spec: EncoderSpec, *, device, dtype) -> TimmVisionEncoder:
+    model, revision, notes = build(spec)
+    return TimmVisionEncoder(spec, model, device=device, dtype=dtype, revision=revision, notes=notes)

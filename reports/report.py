@@ -1,0 +1,42 @@
+"""`write_report`: one call from a results directory to a table or page on disk (the `report` command)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from alignprobe.errors import ValidationError
+from alignprobe.io import write_text_atomic
+from alignprobe.reports.tables import normalize_format, render_table
+
+_SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex", ".html": "html", ".htm": "html"}
+
+
+def write_report(results_dir: str | Path, format: str | None = "md", output: str | Path | None = None, *,
+                 metrics: str | Sequence[str] | None = None, rows: str | Sequence[str] | None = None,
+                 sort_by: str | None = None, mark_best: bool = True, plots: bool = True) -> str:
+    """Render the results of `results_dir` as `format` and return the text.
+
+    `format`: "md" | "csv" | "latex" | "html" (the HTML is the full
+    self-contained page with figures unless `plots` is False); None infers
+    it from the suffix of `output`. With `output`, the text is also written
+    there atomically. The other arguments are those of `render_table`.
+    """
+    if format is None:
+        suffix = Path(output).suffix.lower() if output is not None else ""
+        if suffix not in _SUFFIX_FORMATS:
+            raise ValidationError(
+                f"cannot infer the report format from {str(output)!r}; pass format= one of md, csv, latex, html"
+            )
+        format = _SUFFIX_FORMATS[suffix]
+    fmt = normalize_format(format)
+    if fmt == "html":
+        from alignprobe.reports.html import render_html_report  # matplotlib only when a page is asked for
+
+        text = render_html_report(results_dir, plots=plots, metrics=metrics, rows=rows, sort_by=sort_by,
+                                  mark_best=mark_best)
+    else:
+        text = render_table(results_dir, format=fmt, metrics=metrics, rows=rows, sort_by=sort_by,
+                            mark_best=mark_best)
+    if output is not None:
+        write_text_atomic(output, text)
+    return text

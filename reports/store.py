@@ -1,0 +1,291 @@
+"""The results store: every record of a results directory as one pandas table.
+
+One row per record (vision x text x seed x kind); every metric is its own
+column, so a researcher can `df.query(...)`, pivot and plot without knowing
+the JSON layout. Reports read records only; they never compute embeddings.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from alignprobe.errors import ValidationError
+from alignprobe.io import atomic_path
+from alignprobe.reports.metric_info import sort_metrics
+from alignprobe.reports.records import iter_records
+
+log = logging.getLogger(__name__)
+
+#: Rows with equal values here are seeds of one experiment (group_hash is the config hash minus the seed).
+GROUP_KEYS = ("kind", "vision", "text", "group_hash")
+_INFO_FIELDS = ("family", "params_m", "is_control", "dim")
+#: Non-metric columns of `load_results`, in order; everything else is a metric.
+BASE_COLUMNS = (
+    "kind", "status", "vision", "text",
+    *(f"{role}_{f}" for role in ("vision", "text") for f in _INFO_FIELDS),
+    "config_hash", "group_hash", "seed", "started", "finished", "total_seconds", "error", "path",
+)
+#: Per-group columns of `aggregate` that are not metric statistics.
+AGG_BASE_COLUMNS = (
+    *GROUP_KEYS, "n_seeds", "seeds", *(f"{role}_{f}" for role in ("vision", "text") for f in _INFO_FIELDS),
+)
+
+
+def _is_record(obj) -> bool:
+    # A results directory may hold other JSON (sweep plans, manifests): a record names both encoders.
+    return isinstance(obj, dict) and "vision" in obj and "text" in obj
+
+
+def _row(path: Path, record: dict) -> dict:
+    row = {
+        "kind": record.get("kind", "probe"),
+        # Records from before `status` existed only exist because they finished.
+        "status": record.get("status", "ok"),
+        "vision": record["vision"],
+        "text": record["text"],
+    }
+    for role in ("vision", "text"):
+        info = record.get(f"{role}_info") or {}
+        for field in _INFO_FIELDS:
+            row[f"{role}_{field}"] = info.get(field)
+    # Without a group hash the seeds cannot be told apart from configs: each record is its own group.
+    row.update(
+        config_hash=record.get("config_hash"),
+        group_hash=record.get("group_hash", record.get("config_hash")),
+        seed=record.get("seed"),
+        started=record.get("started"),
+        finished=record.get("finished"),
+        total_seconds=(record.get("timings_s") or {}).get("total"),
+        error=record.get("error"),
+        path=str(path),
+    )
+    metrics = record.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        log.warning("%s: 'metrics' is not a mapping; its metrics are ignored", path)
+        metrics = {}
+    for name, value in metrics.items():
+        row[f"metric:{name}"] = value
+    return row
+
+
+def _numeric(column: pd.Series, name: str) -> pd.Series:
+    out = pd.to_numeric(column, errors="coerce")
+    bad = out.isna() & column.notna()
+    if bad.any():
+        log.warning("metric %r has %d non-numeric value(s); they are treated as missing", name, int(bad.sum()))
+    return out.astype(float)
+
+
+def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.DataFrame:
+    """Load every record under `results_dir` into one DataFrame.
+
+    Columns: the `BASE_COLUMNS` (kind, status, vision, text, vision_family,
+    vision_params_m, vision_is_control, vision_dim, the same for text,
+    config_hash, group_hash, seed, started, finished (UTC timestamps),
+    total_seconds, error, path), then one float column per metric found in
+    any record, named as in the record (`kmeans_nmi`, `knn_top1@20`, ...),
+    NaN where a record lacks it. Rows are sorted by kind, text, vision, seed.
+
+    Failed records (status != "ok") are dropped unless `include_failed`.
+    When two files hold the same (kind, vision, text, config_hash), the one
+    that finished last is kept (a rerun supersedes), with a warning.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ValidationError(
+            f"results directory {str(results_dir)!r} does not exist or is not a directory; "
+            "pass the --out directory of `alignprobe run` / `alignprobe sweep`."
+        )
+    rows, other = [], 0
+    for path, record in iter_records(results_dir):
+        if _is_record(record):
+            rows.append(_row(path, record))
+        else:
+            other += 1
+    if not rows:
+        extra = f" ({other} other JSON file(s) were not result records)" if other else ""
+        raise ValidationError(
+            f"no result records in {str(results_dir)!r}{extra}; run `alignprobe run` or "
+            "`alignprobe sweep --out DIR` first, and point the report at that DIR."
+        )
+    df = pd.DataFrame(rows)
+    metric_names = sort_metrics(c[len("metric:"):] for c in df.columns if c.startswith("metric:"))
+    clash = [m for m in metric_names if m in BASE_COLUMNS]
+    if clash:
+        raise ValidationError(f"metric name(s) {clash} collide with the store's own columns; rename them")
+    for name in metric_names:
+        df[name] = _numeric(df.pop(f"metric:{name}"), name)
+    for col in ("started", "finished"):
+        df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
+    for col in ("vision_params_m", "text_params_m", "total_seconds"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in ("seed", "vision_dim", "text_dim"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in ("vision_is_control", "text_is_control"):
+        df[col] = df[col].astype("boolean")
+    df = df[list(BASE_COLUMNS) + metric_names]
+
+    dup = df.duplicated(subset=["kind", "vision", "text", "config_hash"], keep=False) & df["config_hash"].notna()
+    if dup.any():
+        log.warning("%d records share (kind, vision, text, config_hash) with another; keeping the latest "
+                    "finished of each: %s", int(dup.sum()), ", ".join(df.loc[dup, "path"]))
+        df = df.sort_values("finished", na_position="first")
+        df = df[~df.duplicated(subset=["kind", "vision", "text", "config_hash"], keep="last")
+                | df["config_hash"].isna()]
+    if not include_failed:
+        df = df[df["status"] == "ok"]
+    df = df.sort_values(["kind", "text", "vision", "seed"], kind="stable").reset_index(drop=True)
+    return df
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a `load_results` frame (everything that is not a base column)."""
+    return [c for c in df.columns if c not in BASE_COLUMNS]
+
+
+def is_aggregated(df: pd.DataFrame) -> bool:
+    return "n_seeds" in df.columns
+
+
+def aggregated_metrics(agg: pd.DataFrame) -> list[str]:
+    """The metric names of an `aggregate` frame (its `<metric>_mean` columns)."""
+    return [c[: -len("_mean")] for c in agg.columns if c.endswith("_mean") and c not in AGG_BASE_COLUMNS]
+
+
+def aggregate(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and standard deviation across seeds of each experiment.
+
+    Groups by (kind, vision, text, group_hash). Columns: those four,
+    `n_seeds` (records in the group), `seeds` (sorted, as a comma-separated
+    string), the encoders' info columns, then `<metric>_mean` and
+    `<metric>_std` for each metric (all metrics when `metrics` is None).
+    The std is the sample standard deviation (ddof=1): NaN for one seed, so
+    "no spread measured" is never shown as a spread of zero. NaN metric
+    values (a seed that lacks the metric) are left out of both.
+    """
+    if is_aggregated(df):
+        raise ValidationError("this frame is already aggregated; pass the output of load_results")
+    if df.empty:
+        raise ValidationError("no rows to aggregate (all records filtered out or failed?)")
+    available = metric_columns(df)
+    if metrics is None:
+        metrics = available
+    else:
+        metrics = list(metrics)
+        missing = [m for m in metrics if m not in available]
+        if missing:
+            raise ValidationError(f"metric(s) {missing} not in the results; available: {', '.join(available)}")
+    keys = list(GROUP_KEYS)
+    # group_hash may be missing in hand-made records; NaN keys must still form groups.
+    grouped = df.groupby(keys, dropna=False, sort=True)
+    info_cols = [c for c in AGG_BASE_COLUMNS if c.startswith(("vision_", "text_"))]
+    out = grouped[info_cols].first()
+    out.insert(0, "n_seeds", grouped.size())
+    out.insert(1, "seeds", grouped["seed"].agg(_seed_list))
+    if metrics:
+        stats = grouped[metrics].agg(["mean", "std"])
+        stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+        out = out.join(stats)
+    return out.reset_index()
+
+
+def _seed_list(seeds: pd.Series) -> str:
+    return ",".join(str(s) for s in sorted(seeds.dropna().unique()))
+
+
+def as_results(df_or_dir: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A `load_results` frame from either a frame or a results directory."""
+    if isinstance(df_or_dir, pd.DataFrame):
+        if df_or_dir.empty:
+            raise ValidationError("the results frame is empty (all records filtered out or failed?)")
+        return df_or_dir
+    return load_results(df_or_dir)
+
+
+def filter_rows(df: pd.DataFrame, rows: str | Iterable[str] | None) -> pd.DataFrame:
+    """Keep the rows named by `rows`: a list of vision encoder names, or a pandas query string.
+
+    A single string that names a vision encoder of the frame (or is a
+    comma-separated list of them) is taken as names, anything else as a
+    query, e.g. "vision_family == 'dinov2' and text == 'minilm'".
+    """
+    if rows is None:
+        return df
+    visions = set(df["vision"])
+    if isinstance(rows, str):
+        parts = [p.strip() for p in rows.split(",") if p.strip()]
+        if parts and all(p in visions for p in parts):
+            rows = parts
+        else:
+            try:
+                out = df.query(rows, engine="python")
+            except Exception as err:  # pandas raises many types for a bad expression
+                raise ValidationError(
+                    f"--rows {rows!r} is neither vision encoder name(s) of these results "
+                    f"({', '.join(sorted(visions))}) nor a valid pandas query: {err}. "
+                    "Quote metric names with '@' in backticks, e.g. `knn_top1@20` > 0.5."
+                ) from err
+            if out.empty:
+                raise ValidationError(f"the query {rows!r} selects no rows")
+            return out
+    rows = list(rows)
+    unknown = [r for r in rows if r not in visions]
+    if unknown:
+        raise ValidationError(
+            f"vision encoder(s) {unknown} are not in these results; present: {', '.join(sorted(visions))}"
+        )
+    return df[df["vision"].isin(rows)]
+
+
+def export_results(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write `df` to Parquet (`.parquet`, `.pq`) or CSV (`.csv`, `.tsv`) by suffix, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv"):
+        raise ValidationError(f"cannot tell the format of {str(path)!r}: use a .parquet, .pq, .csv or .tsv suffix")
+    with atomic_path(path) as tmp:
+        if suffix in (".parquet", ".pq"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
+    return path
+
+
+def points(df: pd.DataFrame, metrics: Sequence[str], *, kind: str | None = "probe",
+           text: str | None = None) -> pd.DataFrame:
+    """Seed-averaged metric values per (vision, text) pair, one row each, for plots.
+
+    Raises when one (vision, text) pair has several configurations (group
+    hashes): averaging different configs would be a wrong point, so the
+    caller must pick one with a filter first.
+    """
+    if is_aggregated(df):
+        agg = df
+    else:
+        agg = aggregate(df, [m for m in metrics if m in metric_columns(df)])
+    if kind is not None:
+        kinds = sorted(agg["kind"].dropna().unique())
+        if kind not in kinds:
+            raise ValidationError(f"no records of kind {kind!r}; kinds present: {', '.join(kinds)}")
+        agg = agg[agg["kind"] == kind]
+    if text is not None:
+        texts = sorted(agg["text"].unique())
+        if text not in texts:
+            raise ValidationError(f"text encoder {text!r} is not in these results; present: {', '.join(texts)}")
+        agg = agg[agg["text"] == text]
+    dup = agg.duplicated(subset=["kind", "vision", "text"], keep=False)
+    if dup.any():
+        pairs = sorted({f"{v} x {t}" for v, t in agg.loc[dup, ["vision", "text"]].itertuples(index=False)})
+        raise ValidationError(
+            f"{', '.join(pairs)} ha{'s' if len(pairs) == 1 else 've'} results for several configurations "
+            "(group_hash); keep one per pair first, e.g. df[df.group_hash == '...'] or a --rows query."
+        )
+    cols = ["vision", "text", "vision_family", "vision_is_control", "n_seeds"]
+    out = agg[cols].copy()
+    for m in metrics:
+        out[m] = agg[f"{m}_mean"] if f"{m}_mean" in agg.columns else np.nan
+    return out.reset_index(drop=True)
