@@ -1,4 +1,38 @@
-"""alignprobe: assess and learn the alignment of frozen vision and language encoders."""
+"""alignprobe: assess and learn the alignment of frozen vision and language encoders (SAIL).
+
+The public API is re-exported here lazily (PEP 562): `import alignprobe` is
+cheap, and torch or the model libraries load only when a name needs them.
+"""
+from __future__ import annotations
+
+import importlib
+
 from alignprobe._version import __version__
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "create_vision_encoder": "alignprobe.backbones",
+    "create_text_encoder": "alignprobe.backbones",
+    "list_encoders": "alignprobe.backbones",
+    "register_encoder": "alignprobe.backbones",
+    "resolve_spec": "alignprobe.backbones",
+    "EncoderSpec": "alignprobe.backbones",
+    "open_dataset": "alignprobe.probe.data_spec",
+    "EmbeddingCache": "alignprobe.probe.cache",
+    "encode_dataset": "alignprobe.probe.encode_job",
+    "EncodeOptions": "alignprobe.config",
+    "RunConfig": "alignprobe.probe.pipeline",
+    "run_pair": "alignprobe.probe.pipeline",
+    "SweepConfig": "alignprobe.probe.sweep",
+    "run_sweep": "alignprobe.probe.sweep",
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'alignprobe' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
