@@ -228,5 +228,51 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
         sys.exit(1)
 
 
+@main.command()
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default=None,
+              help="Table format [md, or from --output's suffix].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to FILE instead of stdout.")
+@click.option("--metrics", default=None, help="Metric columns: names, 'all', or a group (clustering, separability, alignment).")
+@click.option("--sort-by", default=None, help="Sort rows by this metric (best first) or column.")
+@click.option("--rows", default=None, help="Vision encoders (a,b,c) or a pandas query string.")
+@click.option("--export", type=click.Path(dir_okay=False), default=None,
+              help="Also export the whole store as Parquet or CSV (by suffix).")
+@_friendly_errors
+def report(results_dir, fmt, output, metrics, sort_by, rows, export):
+    """Comparison tables of a results directory (Markdown, CSV, LaTeX, HTML)."""
+    from alignprobe.reports.report import write_report
+
+    text = write_report(results_dir, fmt, output, metrics=metrics, rows=rows, sort_by=sort_by)
+    if export:
+        from alignprobe.reports.store import export_results, load_results
+
+        export_results(load_results(results_dir), export)
+        click.echo(f"store exported to {export}", err=True)
+    if output:
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Directory for the figures [RESULTS_DIR/plots].")
+@click.option("--text", default=None, help="Fix the text encoder (default: one panel per text encoder).")
+@click.option("--format", "formats", default="png,pdf", show_default=True, help="Comma-separated figure formats.")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly_errors
+def plot(results_dir, output, text, formats, n_boot, seed):
+    """Clustering-vs-alignment correlation plots, heat map and predictor summary."""
+    from alignprobe.reports.plots import make_plots
+
+    paths = make_plots(results_dir, output, formats=tuple(f.strip() for f in formats.split(",")),
+                       text=text, n_boot=n_boot, seed=seed)
+    for path in paths:
+        click.echo(str(path))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -3,12 +3,13 @@
 Every correlation shown is computed by `alignprobe.metrics.correlate` and
 returned in `stats` beside the figure, so the numbers printed on a figure
 are exactly the numbers a script gets. Points are seed-averaged experiments,
-one per vision encoder for a fixed text encoder, ordered by vision name
-(the bootstrap CI depends on the order only through its resampling, so the
-order is fixed to make figures reproducible).
+one per vision encoder for a fixed text encoder, ordered by vision name:
+the bootstrap resamples indices, so a fixed order keeps a figure's CIs
+reproducible.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from alignprobe.errors import ValidationError
 from alignprobe.reports.metric_info import knn_metrics, metric_info
 from alignprobe.reports.plot_style import (
     POINT_LABEL_SIZE,
+    label_points,
     new_figure,
     paper_style,
     save_figure,
@@ -43,11 +45,23 @@ SEPARABILITY = ("linear_probe_top1",)
 ALIGNMENT = ("zero_shot_top1", "i2t_r1", "t2i_r1", "mutual_knn")
 
 
-def _correlate(x, y, method, n_boot, seed) -> dict:
-    # Imported here: the metrics package is a peer, and reports must import without it for tables.
+def _correlate(x, y, method, n_boot, seed, what: str) -> dict:
+    x, y = np.ascontiguousarray(x, dtype=float), np.ascontiguousarray(y, dtype=float)
+    try:
+        # The summary figure repeats the scatter plots' correlations; `correlate` is deterministic given its
+        # seed, so equal inputs may share one bootstrap. A copy keeps callers from editing the cached dict.
+        return dict(_correlate_cached(x.tobytes(), y.tobytes(), len(x), method, n_boot, seed))
+    except ValidationError as err:  # say which plot: "x is constant" alone does not
+        raise ValidationError(f"{what}: {err}") from err
+
+
+@functools.lru_cache(maxsize=256)
+def _correlate_cached(xb: bytes, yb: bytes, n: int, method: str, n_boot: int, seed: int) -> dict:
+    # Imported here: metrics is a peer package, and tables must work without loading it.
     from alignprobe.metrics import correlate
 
-    return correlate(x, y, method=method, n_boot=n_boot, seed=seed)
+    x, y = np.frombuffer(xb, dtype=float, count=n), np.frombuffer(yb, dtype=float, count=n)
+    return correlate(x.copy(), y.copy(), method=method, n_boot=n_boot, seed=seed)
 
 
 def format_ci(stats: dict, digits: int = 2) -> str:
@@ -120,7 +134,8 @@ def _correlation_panel(ax, sub: pd.DataFrame, x_metric: str, y_metric: str, n_bo
                        styles: dict[str, dict]) -> dict:
     x = sub[x_metric].to_numpy(dtype=float)
     y = sub[y_metric].to_numpy(dtype=float)
-    stats = {m: _correlate(x, y, m, n_boot, seed) for m in METHODS}
+    what = f"{y_metric} vs {x_metric} ({', '.join(sub['text'].unique())})"
+    stats = {m: _correlate(x, y, m, n_boot, seed, what) for m in METHODS}
     for _, row in sub.iterrows():
         fam = str(row["vision_family"]) if pd.notna(row["vision_family"]) else "?"
         st = styles[fam]
@@ -128,8 +143,7 @@ def _correlation_panel(ax, sub: pd.DataFrame, x_metric: str, y_metric: str, n_bo
         # Control (random / baseline) encoders are hollow, so they read as reference points.
         ax.plot(row[x_metric], row[y_metric], linestyle="none", marker=st["marker"], color=st["color"],
                 markerfacecolor="none" if control else st["color"], markeredgewidth=0.8, zorder=3)
-        ax.annotate(str(row["vision"]), (row[x_metric], row[y_metric]), xytext=(3, 3),
-                    textcoords="offset points", fontsize=POINT_LABEL_SIZE)
+    label_points(ax, x, y, [str(v) for v in sub["vision"]])
     handles = []
     if np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
@@ -267,7 +281,7 @@ def plot_predictor_summary(df, alignment_metric: str = "zero_shot_top1",
                 log.info("predictor summary: %s x %s has %d vision encoder(s); left out", p, t, len(sub))
                 continue
             x, y = sub[p].to_numpy(dtype=float), sub[alignment_metric].to_numpy(dtype=float)
-            per[p] = {m: _correlate(x, y, m, n_boot, seed) for m in methods}
+            per[p] = {m: _correlate(x, y, m, n_boot, seed, f"{alignment_metric} vs {p} ({t})") for m in methods}
             per[p]["n"] = len(sub)
         if per:
             panel_stats[t] = per
@@ -399,7 +413,9 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
             raise ValidationError("pass output_dir when plotting a DataFrame")
         output_dir = Path(results_dir) / "plots"
     output_dir = Path(output_dir)
-    formats = [f.lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
+    # A CLI flag gives "png,pdf"; a caller gives ("png", "pdf").
+    formats = [f.strip().lower().lstrip(".") for item in ([formats] if isinstance(formats, str) else formats)
+               for f in str(item).split(",") if f.strip()]
     if not formats:
         raise ValidationError("no figure formats given; use e.g. formats=('png', 'pdf')")
     figures = standard_figures(results_dir, text=text, kind=kind, n_boot=n_boot, seed=seed)

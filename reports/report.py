@@ -30,7 +30,7 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
         format = _SUFFIX_FORMATS[suffix]
     fmt = normalize_format(format)
     if fmt == "html":
-        from alignprobe.reports.html import render_html_report  # matplotlib only when a page is asked for
+        from alignprobe.reports.html_report import render_html_report  # matplotlib only when a page is asked for
 
         text = render_html_report(results_dir, plots=plots, metrics=metrics, rows=rows, sort_by=sort_by,
                                   mark_best=mark_best)

@@ -100,3 +100,22 @@ def test_filter_rows_by_names_and_query(results):
         filter_rows(df, ["dinov3-b"])
     with pytest.raises(ValidationError, match="neither"):
         filter_rows(df, "vision ==")
+
+
+def test_two_configs_of_one_pair_are_told_apart(results):
+    from alignprobe.reports.records import write_record
+    from alignprobe.reports.store import points
+    from alignprobe.reports.tables import render_table
+    from reports_data import record
+
+    other = record("dino-b", "minilm")
+    other.update(config_hash="otherconfig0", group_hash="otherconfig")
+    other["metrics"]["kmeans_nmi"] = 0.9
+    write_record(results / "probe__dino-b__minilm__otherconfig0.json", other)
+    table = render_table(results, metrics="kmeans_nmi")
+    assert "| config |" in table.splitlines()[0]
+    assert sum(line.startswith("| dino-b | minilm |") for line in table.splitlines()) == 2
+    with pytest.raises(ValidationError, match="several configurations"):
+        points(load_results(results), ["kmeans_nmi"])
+    only = load_results(results).query("group_hash != 'otherconfig'")
+    assert len(points(only, ["kmeans_nmi"])) == len(VISION) * len(TEXT) - 1

@@ -50,14 +50,14 @@ def _img(fig, alt: str) -> str:
 def _summary_stats_table(stats: dict, alignment_metric: str) -> str:
     """The predictor-summary numbers as a table (the figure's error bars, in digits)."""
     methods = [m for m in METHOD_LABELS if any(m in per for t in stats.values() for per in t.values())]
-    head = "<th>text</th><th>predictor</th><th class=num>n</th>" + "".join(
-        f"<th class=num>{html.escape(METHOD_LABELS[m])} [95% CI]</th>" for m in methods)
+    head = "<th>text</th><th>predictor</th><th class='num'>n</th>" + "".join(
+        f"<th class='num'>{html.escape(METHOD_LABELS[m])} [95% CI]</th>" for m in methods)
     rows = []
     for t, per in stats.items():
         for p, s in per.items():
-            cells = "".join(f"<td class=num>{html.escape(format_ci(s[m]))}</td>" for m in methods)
+            cells = "".join(f"<td class='num'>{html.escape(format_ci(s[m]))}</td>" for m in methods)
             rows.append(f"<tr><td>{html.escape(t)}</td><td>{html.escape(metric_info(p).label)}</td>"
-                        f"<td class=num>{s['n']}</td>{cells}</tr>")
+                        f"<td class='num'>{s['n']}</td>{cells}</tr>")
     caption = (f"Correlation across vision encoders of each vision-quality measure with "
                f"{html.escape(metric_info(alignment_metric).label)}; bootstrap 95% confidence intervals.")
     return (f'<table class="stats"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -79,7 +79,10 @@ def _plots_section(df: pd.DataFrame, text: str | None, n_boot: int, seed: int) -
     parts.append("<h2>Correlations</h2>")
     for f in figures:
         if f.kind == "correlation":
-            parts.append(f"<figure>{_img(f.figure, f.name)}<figcaption>{html.escape(f.name)}</figcaption></figure>")
+            y, x = f.metrics
+            caption = (f"{metric_info(y).label} against {metric_info(x).label} ({metric_info(x).group}); "
+                       f"one point per vision encoder. Files: {f.name}.png / .pdf")
+            parts.append(f"<figure>{_img(f.figure, f.name)}<figcaption>{html.escape(caption)}</figcaption></figure>")
     for f in figures:
         if f.kind == "heatmap":
             parts.append(f"<h2>Vision x text grid</h2>\n<figure>{_img(f.figure, f.name)}</figure>")
