@@ -33,7 +33,7 @@ def _setup_logging(quiet: bool, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # The hub clients are chatty at INFO; their messages are ours to translate.
     for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock", "sentence_transformers", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _print_table(rows: list[dict], columns: list[str] | None = None) -> None:

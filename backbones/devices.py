@@ -1,4 +1,5 @@
 """Device and dtype choice: "auto" picks the best accelerator present, never a hard-coded cuda."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,14 +7,19 @@ from typing import Any
 from alignprobe.errors import ValidationError
 
 _DTYPE_NAMES = {
-    "fp32": "float32", "float32": "float32", "float": "float32",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
 }
 
 
 def resolve_device(device: Any = "auto"):
-    """`"auto"`/None: cuda if available, else mps, else cpu. Otherwise a torch device that must exist."""
+    """`"auto"`/None: cuda if available, else mps, else cpu; otherwise a device that must exist."""
     import torch
 
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
@@ -26,21 +32,34 @@ def resolve_device(device: Any = "auto"):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValidationError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:<i>', 'mps' or a torch.device, got {device!r}") from None
+        raise ValidationError(
+            "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>', 'mps' or a torch.device, got "
+            f"{device!r}"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValidationError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+            raise ValidationError(
+                f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValidationError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ValidationError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                "exist"
+            )
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ValidationError(f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'")
+            raise ValidationError(
+                f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'"
+            )
     return dev
 
 
-def resolve_dtype(dtype: Any, device) -> "torch.dtype":  # noqa: F821
-    """None/"auto": float16 on cuda, float32 elsewhere. Accepts "fp32"/"fp16"/"bf16", long names, torch dtypes."""
+def resolve_dtype(dtype: Any, device) -> torch.dtype:  # noqa: F821
+    """None/"auto": float16 on cuda, float32 elsewhere.
+
+    Accepts "fp32"/"fp16"/"bf16", their long names, or torch dtypes.
+    """
     import torch
 
     if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
@@ -52,7 +71,10 @@ def resolve_dtype(dtype: Any, device) -> "torch.dtype":  # noqa: F821
     else:
         name = ""
     if name not in ("float32", "float16", "bfloat16"):
-        raise ValidationError(f"dtype must be one of 'fp32', 'fp16', 'bf16' (or torch.float32/float16/bfloat16), got {dtype!r}")
+        raise ValidationError(
+            "dtype must be one of 'fp32', 'fp16', 'bf16' (or torch.float32/float16/bfloat16), "
+            f"got {dtype!r}"
+        )
     return getattr(torch, name)
 
 

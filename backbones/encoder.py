@@ -5,6 +5,7 @@ dtype; `forward` wraps it in inference mode and returns float32 on the CPU.
 Preprocessing lives in `self.preprocessor`, a separate picklable object,
 so DataLoader workers never pickle the model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +42,9 @@ class Encoder:
     device: torch.device
     dtype: torch.dtype
 
-    def __init__(self, spec: EncoderSpec, preprocessor: Any, *, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, spec: EncoderSpec, preprocessor: Any, *, device: torch.device, dtype: torch.dtype
+    ):
         self.spec = spec
         self.modality = spec.modality
         self.preprocessor = preprocessor
@@ -74,29 +77,30 @@ class Encoder:
 
     # -- the contract ----------------------------------------------------------------------
     def preprocess(self, item: Any) -> Any:
-        """One PIL image -> CHW float tensor, or one string -> string with the instruction prefix."""
+        """One PIL image -> CHW float tensor; one string -> string with the instruction prefix."""
         return self.preprocessor.preprocess(item)
 
     def collate(self, items: list) -> Any:
-        """A list of preprocessed items -> one batch (stacked tensor, tokenized dict, or strings)."""
+        """Preprocessed items -> one batch (stacked tensor, tokenized dict, or strings)."""
         return self.preprocessor.collate(items)
 
     def forward(self, batch: Any) -> torch.Tensor:
         """Run the model on one batch; returns `(n, dim)` float32 on the CPU."""
         with torch.inference_mode():
             out = self._forward(batch)
-        out = out.detach().to(device="cpu", dtype=torch.float32)
+        # clone outside inference mode: callers may train on the result (inference tensors refuse)
+        out = out.detach().to(device="cpu", dtype=torch.float32).clone()
         if out.ndim != 2 or out.shape[1] != self.dim:
             raise ValidationError(
-                f"encoder {self.spec.name!r} produced shape {tuple(out.shape)}, expected (n, {self.dim}); "
-                f"the registry's dim or pooling for it is wrong"
+                f"encoder {self.spec.name!r} produced shape {tuple(out.shape)}, expected (n, "
+                f"{self.dim}); the registry's dim or pooling for it is wrong"
             )
         if not torch.isfinite(out).all():
             raise ValidationError(
-                f"encoder {self.spec.name!r} produced NaN/Inf embeddings in {dtype_name(self.dtype)}; "
-                f"try dtype='bf16' or 'fp32'"
+                f"encoder {self.spec.name!r} produced NaN/Inf embeddings in "
+                f"{dtype_name(self.dtype)}; try dtype='bf16' or 'fp32'"
             )
-        return out.contiguous()
+        return out
 
     def encode(self, items: list) -> torch.Tensor:
         """A list of PIL images or strings -> `(n, dim)` float32 CPU tensor."""
@@ -145,6 +149,7 @@ class Encoder:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(name={self.spec.name!r}, modality={self.modality!r}, dim={self.dim}, "
+            f"{type(self).__name__}(name={self.spec.name!r}, modality={self.modality!r}, "
+            f"dim={self.dim}, "
             f"pooling={self.spec.pooling!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
         )

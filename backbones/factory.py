@@ -1,4 +1,6 @@
-"""One entry point per modality: `create_vision_encoder`, `create_text_encoder` (timm's `create_model`).
+"""One entry point per modality: `create_vision_encoder`, `create_text_encoder`.
+
+Modelled on timm's `create_model`.
 
 Overrides that are None are dropped, so unset flags keep the spec's defaults.
 Keyword overrides named like a spec field (`revision`, `checkpoint`,
@@ -8,6 +10,7 @@ overrides such as `mask_ratio`, timm kwargs such as `img_size`, or a
 control's parameters) and is recorded in the manifest.
 Heavy libraries are imported only here, when an encoder is built.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +19,7 @@ from typing import Any
 from alignprobe.errors import ValidationError
 
 from .hub import check_available
-from .resolve import resolve_spec
+from .resolve import WrongModalityError, resolve_spec
 from .spec import POOLINGS, EncoderSpec, Preprocessing
 
 # (modality, backend) -> "module:function" building the encoder (lm-eval style lazy loading).
@@ -37,7 +40,8 @@ def _apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpe
             raise ValidationError(f"control {spec.name!r} takes no pooling (got {pooling!r})")
         if pooling not in POOLINGS[spec.modality]:
             raise ValidationError(
-                f"pooling {pooling!r} is not valid for a {spec.modality} encoder; choose one of {POOLINGS[spec.modality]}"
+                f"pooling {pooling!r} is not valid for a {spec.modality} encoder; choose one of "
+                f"{POOLINGS[spec.modality]}"
             )
         # the registered width belongs to the registered pooling; measure the new one
         changes.update(pooling=pooling, dim=None)
@@ -50,9 +54,13 @@ def _apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpe
     if "preprocessing" in changes and isinstance(changes["preprocessing"], dict):
         changes["preprocessing"] = Preprocessing(**changes["preprocessing"])
     if "checkpoint" in changes:
-        changes["checkpoint"] = os.path.abspath(os.path.expanduser(os.fspath(changes["checkpoint"])))
+        changes["checkpoint"] = os.path.abspath(
+            os.path.expanduser(os.fspath(changes["checkpoint"]))
+        )
         if spec.backend != "timm":
-            raise ValidationError(f"checkpoint= is for timm encoders; {spec.name!r} loads with {spec.backend}")
+            raise ValidationError(
+                f"checkpoint= is for timm encoders; {spec.name!r} loads with {spec.backend}"
+            )
     if overrides:
         changes["model_kwargs"] = {**spec.kwargs, **overrides}
         if spec.dim is not None and "dim" not in changes:
@@ -66,7 +74,16 @@ def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any
     from .hf_common import import_string
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    spec = _apply_overrides(resolve_spec(name_or_path, modality), overrides)
+    if isinstance(name_or_path, EncoderSpec):
+        # an already resolved spec is used as is (no lossy round trip through its name)
+        if name_or_path.modality != modality:
+            raise WrongModalityError(
+                f"{name_or_path.name!r} is a {name_or_path.modality} encoder, not a {modality} one"
+            )
+        spec = name_or_path
+    else:
+        spec = resolve_spec(name_or_path, modality)
+    spec = _apply_overrides(spec, overrides)
     check_available(spec)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -75,14 +92,22 @@ def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any
     else:
         target = LOADERS.get((modality, spec.backend))
         if target is None:
-            raise ValidationError(f"no {modality} loader for source {spec.backend!r} ({spec.name!r})")
+            raise ValidationError(
+                f"no {modality} loader for source {spec.backend!r} ({spec.name!r})"
+            )
         builder = import_string(target)
     return builder(spec, device=dev, dtype=dt)
 
 
-def create_vision_encoder(name_or_path, *, device: Any = "auto", dtype: Any = None, pooling: str | None = None,
-                          **overrides: Any):
-    """Build a frozen vision `Encoder` from a registered name, alias, `timm:`/`hf:` id, hub id or directory.
+def create_vision_encoder(
+    name_or_path,
+    *,
+    device: Any = "auto",
+    dtype: Any = None,
+    pooling: str | None = None,
+    **overrides: Any,
+):
+    """A frozen vision `Encoder` from a name, alias, `timm:`/`hf:` id, hub id, directory or spec.
 
     `device="auto"` picks cuda, then mps, then cpu; `dtype` defaults to float16
     on cuda and float32 elsewhere ("fp32"/"fp16"/"bf16" or a torch dtype).
@@ -92,11 +117,22 @@ def create_vision_encoder(name_or_path, *, device: Any = "auto", dtype: Any = No
     return _create("vision", name_or_path, device, dtype, {"pooling": pooling, **overrides})
 
 
-def create_text_encoder(name_or_path, *, device: Any = "auto", dtype: Any = None, pooling: str | None = None,
-                        prefix: str | None = None, max_length: int | None = None, **overrides: Any):
+def create_text_encoder(
+    name_or_path,
+    *,
+    device: Any = "auto",
+    dtype: Any = None,
+    pooling: str | None = None,
+    prefix: str | None = None,
+    max_length: int | None = None,
+    **overrides: Any,
+):
     """Build a frozen text `Encoder` (see `create_vision_encoder`); `prefix` is the instruction
     prepended to every string, `max_length` the truncation length in tokens."""
     return _create(
-        "text", name_or_path, device, dtype,
+        "text",
+        name_or_path,
+        device,
+        dtype,
         {"pooling": pooling, "prefix": prefix, "max_length": max_length, **overrides},
     )

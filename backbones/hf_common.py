@@ -1,4 +1,5 @@
-"""Shared transformers loading: lazy class import, one error for missing files, no random-init layers."""
+"""Shared transformers loading: lazy class import, one error for missing files, no random layers."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,7 +7,14 @@ from typing import Any
 
 from alignprobe.errors import EncoderNotAvailableError, ValidationError
 
-from .hub import cached_snapshot, describe_load_failure, hf_location, hub_marker, load_errors, snapshot_commit
+from .hub import (
+    cached_snapshot,
+    describe_load_failure,
+    hf_location,
+    hub_marker,
+    load_errors,
+    snapshot_commit,
+)
 from .spec import EncoderSpec
 
 
@@ -27,7 +35,7 @@ def _unused_missing(missing: set[str], pooling: str) -> bool:
 
 
 def load_pretrained(spec: EncoderSpec, *, dtype, default_class: str = "transformers:AutoModel"):
-    """`from_pretrained` for a spec; returns (model in eval mode, resolved commit or None).
+    """`from_pretrained` for a spec; returns (eval-mode model, resolved commit or None, notes).
 
     Refuses checkpoints that leave layers randomly initialised (a probing toolkit
     must not measure random weights), except an unused pooler head.
@@ -45,15 +53,32 @@ def load_pretrained(spec: EncoderSpec, *, dtype, default_class: str = "transform
         )
     except load_errors() as exc:
         raise describe_load_failure(spec, exc) from None
-    missing = set(info.get("missing_keys") or ())
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ValidationError(
+            f"{spec.name!r} ships its own model code; pass trust_remote_code=True if you trust it "
+            f"(registered encoders that need it set it themselves)"
+        ) from None
+    except RuntimeError as exc:
+        if "mismatch" not in str(exc) and "state_dict" not in str(exc):
+            raise
+        raise EncoderNotAvailableError(
+            f"the checkpoint of {spec.name!r} does not fit {spec.model_class or default_class} "
+            f"(tensor shapes differ): {str(exc).splitlines()[0][:300]}"
+        ) from None
+    missing = set(info.get("missing_keys") or ()) | {
+        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()
+    }
     notes = []
     if missing:
         if not _unused_missing(missing, spec.pooling):
             shown = ", ".join(sorted(missing)[:5])
             raise EncoderNotAvailableError(
-                f"the checkpoint of {spec.name!r} lacks weights for {len(missing)} parameter(s) ({shown}...); "
-                f"they would be randomly initialised, so alignprobe refuses to load it. Check the hub id / "
-                f"model_class ({spec.model_class or default_class}) match the checkpoint."
+                f"the checkpoint of {spec.name!r} lacks weights for {len(missing)} parameter(s) "
+                f"({shown}...); they would be randomly initialised, so alignprobe refuses to load "
+                f"it. Check the hub id / model_class ({spec.model_class or default_class}) match "
+                "the checkpoint."
             )
         notes.append(f"unused pooler weights absent from the checkpoint: {sorted(missing)}")
     model.eval()
@@ -65,7 +90,9 @@ def load_tokenizer(spec: EncoderSpec):
 
     src, kwargs = hf_location(spec)
     try:
-        return AutoTokenizer.from_pretrained(src, trust_remote_code=spec.trust_remote_code, **kwargs)
+        return AutoTokenizer.from_pretrained(
+            src, trust_remote_code=spec.trust_remote_code, **kwargs
+        )
     except load_errors() as exc:
         raise describe_load_failure(spec, exc) from None
 
@@ -74,11 +101,14 @@ def resolved_commit(spec: EncoderSpec) -> str | None:
     """The commit of the cached snapshot used, for the manifest (None for local directories)."""
     if spec.path or not spec.hub_id:
         return None
-    return snapshot_commit(cached_snapshot(spec.hub_id, spec.revision, hub_marker(spec))) or spec.revision
+    return (
+        snapshot_commit(cached_snapshot(spec.hub_id, spec.revision, hub_marker(spec)))
+        or spec.revision
+    )
 
 
 def hf_read_json(spec: EncoderSpec, filename: str) -> dict | None:
-    """One JSON file of the model (local dir or hub cache/download), or None if the repo has none."""
+    """One JSON file of the model (local dir or hub cache/download); None if there is none."""
     import json
     from pathlib import Path
 

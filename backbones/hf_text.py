@@ -6,6 +6,7 @@ own `encode(texts, instruction=prefix, max_length=...)` (NV-Embed-v2's remote
 code): the instruction goes to the model, which keeps it out of its pooling,
 so the preprocessor leaves the strings untouched.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,12 +35,14 @@ def model_max_length(tokenizer, config) -> int | None:
 
 
 class HFTextEncoder(Encoder):
-    def __init__(self, spec: EncoderSpec, model, tokenizer, *, device, dtype, revision=None, notes=()):
+    def __init__(
+        self, spec: EncoderSpec, model, tokenizer, *, device, dtype, revision=None, notes=()
+    ):
         if spec.pooling == "encode":
             if not callable(getattr(model, "encode", None)):
                 raise ValidationError(
-                    f"pooling 'encode' needs a model with its own encode() method (remote code such as NV-Embed-v2); "
-                    f"{spec.name!r} has none: use 'mean', 'cls' or 'last'"
+                    "pooling 'encode' needs a model with its own encode() method (remote code "
+                    f"such as NV-Embed-v2); {spec.name!r} has none: use 'mean', 'cls' or 'last'"
                 )
             preprocessor = TextPassthrough(prefix="")
         else:
@@ -48,7 +51,9 @@ class HFTextEncoder(Encoder):
             if limit is not None and max_length is not None and max_length > limit:
                 max_length = limit
             spec = spec.replace(max_length=max_length)
-            preprocessor = TokenizerPreprocessor(tokenizer, prefix=spec.prefix, max_length=max_length)
+            preprocessor = TokenizerPreprocessor(
+                tokenizer, prefix=spec.prefix, max_length=max_length
+            )
         super().__init__(spec, preprocessor, device=device, dtype=dtype)
         self.model = model.to(device)
         self.resolved_revision = revision
@@ -72,4 +77,6 @@ class HFTextEncoder(Encoder):
 def load(spec: EncoderSpec, *, device, dtype) -> HFTextEncoder:
     model, revision, notes = load_pretrained(spec, dtype=dtype)
     tokenizer = load_tokenizer(spec) if spec.pooling != "encode" else None
-    return HFTextEncoder(spec, model, tokenizer, device=device, dtype=dtype, revision=revision, notes=notes)
+    return HFTextEncoder(
+        spec, model, tokenizer, device=device, dtype=dtype, revision=revision, notes=notes
+    )

@@ -1,4 +1,8 @@
-"""Vision encoders loaded with transformers (DINOv2, DINO, MAE, I-JEPA, CLIP/SigLIP vision towers, any `hf:` id)."""
+"""Vision encoders loaded with transformers.
+
+DINOv2, DINO, MAE, I-JEPA, the CLIP / SigLIP vision towers, and any `hf:` id.
+"""
+
 from __future__ import annotations
 
 import inspect
@@ -49,24 +53,34 @@ class HFVisionEncoder(Encoder):
         if self._patch is not None:
             n_patches = (x.shape[-2] // self._patch[0]) * (x.shape[-1] // self._patch[1])
             if self._takes_noise:
-                kwargs["noise"] = torch.arange(n_patches, device=self.device, dtype=torch.float32).expand(x.shape[0], -1)
+                kwargs["noise"] = torch.arange(
+                    n_patches, device=self.device, dtype=torch.float32
+                ).expand(x.shape[0], -1)
         out = self.model(pixel_values=x, **kwargs)
         tokens = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         num_prefix = 0
         if tokens.ndim == 3:
             if n_patches is None:
-                raise ValidationError(f"{self.spec.name}: the model config has no patch_size; cannot locate patch tokens")
+                raise ValidationError(
+                    f"{self.spec.name}: the model config has no patch_size; cannot locate patch "
+                    "tokens"
+                )
             num_prefix = tokens.shape[1] - n_patches
             if num_prefix < 0:
                 raise ValidationError(
-                    f"{self.spec.name}: {tokens.shape[1]} tokens for {n_patches} patches; some patches were dropped "
-                    f"(a masking ratio above 0?)"
+                    f"{self.spec.name}: {tokens.shape[1]} tokens for {n_patches} patches; some "
+                    "patches were dropped (a masking ratio above 0?)"
                 )
-        return pool_vision(tokens, self.spec.pooling, num_prefix_tokens=num_prefix,
-                           pooler_output=getattr(out, "pooler_output", None))
+        return pool_vision(
+            tokens,
+            self.spec.pooling,
+            num_prefix_tokens=num_prefix,
+            pooler_output=getattr(out, "pooler_output", None),
+        )
 
 
-def _preprocessing(spec: EncoderSpec, model) -> Preprocessing:
+def _preprocessing(spec: EncoderSpec, model, notes: list[str]) -> Preprocessing:
+    """The registry's preprocessing, else preprocessor_config.json, else a stated guess."""
     if spec.preprocessing is not None:
         return spec.preprocessing
     cfg = hf_read_json(spec, "preprocessor_config.json")
@@ -74,15 +88,16 @@ def _preprocessing(spec: EncoderSpec, model) -> Preprocessing:
         return hf_preprocessing(cfg)
     size = getattr(model.config, "image_size", 224)
     size = int(size if isinstance(size, int) else size[0])
-    warnings.warn(
-        f"{spec.name}: no preprocessor_config.json; using resize {size} / ImageNet mean-std. "
-        f"Pass preprocessing=Preprocessing(...) to set it explicitly.",
-        stacklevel=3,
+    message = (
+        f"{spec.name}: no preprocessor_config.json; using resize+crop {size}, bicubic, ImageNet "
+        "mean/std. Pass preprocessing=Preprocessing(...) to set it explicitly."
     )
+    warnings.warn(message, stacklevel=3)
+    notes.append(message)
     return Preprocessing(size, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
 
 
 def load(spec: EncoderSpec, *, device, dtype) -> HFVisionEncoder:
     model, revision, notes = load_pretrained(spec, dtype=dtype)
-    spec = spec.replace(preprocessing=_preprocessing(spec, model))
+    spec = spec.replace(preprocessing=_preprocessing(spec, model, notes))
     return HFVisionEncoder(spec, model, device=device, dtype=dtype, revision=revision, notes=notes)

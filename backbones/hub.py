@@ -6,8 +6,10 @@ caller or a test may point HF_HOME elsewhere or set HF_HUB_OFFLINE at any
 moment. `check_available` answers from the file system alone: no network,
 no model build.
 """
+
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -19,14 +21,22 @@ from .spec import EncoderSpec
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
 # Single-file and sharded weight layouts used by transformers / timm / sentence-transformers.
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+)
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".pth.tar")
 
 
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloads."""
-    return any(os.environ.get(v, "").strip().upper() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().upper() in _TRUE
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hf_hub_cache() -> Path:
@@ -35,7 +45,9 @@ def hf_hub_cache() -> Path:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if env.get(var):
             return Path(env[var]).expanduser()
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -44,7 +56,9 @@ def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Pat
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(hf_hub_cache()), revision=revision)
+        found = try_to_load_from_cache(
+            repo_id, filename, cache_dir=str(hf_hub_cache()), revision=revision
+        )
     except Exception:  # a malformed repo id or cache entry: treat as absent
         return None
     return Path(found) if isinstance(found, str) else None
@@ -92,13 +106,16 @@ def hub_marker(spec: EncoderSpec) -> str:
 
 def download_hint(repo_id: str) -> str:
     return (
-        f"To fix: on a machine with network access run `hf download {repo_id}` "
-        f"(or `huggingface-cli download {repo_id}`) and copy the cache here, or set HF_HOME / HF_HUB_CACHE "
-        f"to a cache that has it, or pass a local directory with the model files instead of the name."
+        f"To fix: on a machine with network access run `hf download {repo_id}` (or "
+        f"`huggingface-cli download {repo_id}`) and copy the cache here, or set HF_HOME / "
+        "HF_HUB_CACHE to a cache that has it, or pass a local directory with the model files "
+        "instead of the name."
     )
 
 
-def not_available(spec: EncoderSpec, reason: str, repo_id: str | None = None) -> EncoderNotAvailableError:
+def not_available(
+    spec: EncoderSpec, reason: str, repo_id: str | None = None
+) -> EncoderNotAvailableError:
     """The one error for missing weights: what is missing, where we looked, how to provide it."""
     repo = repo_id or spec.hub_id
     what = f"encoder {spec.name!r}"
@@ -113,10 +130,9 @@ def not_available(spec: EncoderSpec, reason: str, repo_id: str | None = None) ->
 
 
 def _offline_reason() -> str:
-    return (
-        f"they are not in the local cache ({hf_hub_cache()}) and downloads are disabled "
-        f"(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)"
-    )
+    why = ("downloads are disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if hub_offline()
+           else "the hub cannot be reached from this machine")
+    return f"they are not in the local cache ({hf_hub_cache()}) and {why}"
 
 
 def hf_location(spec: EncoderSpec) -> tuple[str, dict[str, Any]]:
@@ -135,9 +151,10 @@ def hf_location(spec: EncoderSpec) -> tuple[str, dict[str, Any]]:
 
 
 def timm_weights(spec: EncoderSpec) -> dict[str, Any]:
-    """Where timm would take the pretrained weights of `spec.hub_id` from, and whether they are cached.
+    """Where timm would take the weights of `spec.hub_id` from, and whether they are cached.
 
-    Returns {"cfg": pretrained cfg dict, "file": cached local file or None, "repo": hf hub id or None}.
+    Returns {"cfg": pretrained cfg dict, "file": cached file or None, "repo": hub id or None,
+    "commit": cached commit or None}.
     """
     import timm
 
@@ -145,9 +162,18 @@ def timm_weights(spec: EncoderSpec) -> dict[str, Any]:
     if cfg is None:
         raise not_available(spec, f"timm has no pretrained weights named {spec.hub_id!r}")
     cfg = cfg.to_dict()
-    out: dict[str, Any] = {"cfg": cfg, "file": None, "repo": cfg.get("hf_hub_id") or None, "commit": None}
+    out: dict[str, Any] = {
+        "cfg": cfg,
+        "file": None,
+        "repo": cfg.get("hf_hub_id") or None,
+        "commit": None,
+    }
     if out["repo"]:
-        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+        names = (
+            [cfg["hf_hub_filename"]]
+            if cfg.get("hf_hub_filename")
+            else ["model.safetensors", "pytorch_model.bin"]
+        )
         for name in names:
             found = cached_file(out["repo"], name)
             if found is not None:
@@ -156,7 +182,9 @@ def timm_weights(spec: EncoderSpec) -> dict[str, Any]:
     if out["file"] is None and cfg.get("url"):
         import torch.hub
 
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"].split("?")[0])
+        candidate = (
+            Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"].split("?")[0])
+        )
         if candidate.is_file():
             out["file"] = candidate
     if out["repo"] is None and not cfg.get("url"):
@@ -165,6 +193,25 @@ def timm_weights(spec: EncoderSpec) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- check
+
+
+@functools.lru_cache(maxsize=4)
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's host opens within `timeout` seconds.
+
+    Checked before a download so that a machine without network fails in
+    seconds with our message, not after the hub client's retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def check_available(spec: EncoderSpec, *, allow_download: bool | None = None) -> None:
@@ -176,7 +223,7 @@ def check_available(spec: EncoderSpec, *, allow_download: bool | None = None) ->
     True unless HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set).
     """
     if allow_download is None:
-        allow_download = not hub_offline()
+        allow_download = not hub_offline() and hub_reachable()
     if spec.is_control or spec.source == "builtin":
         return
     if spec.path:
@@ -190,12 +237,22 @@ def check_available(spec: EncoderSpec, *, allow_download: bool | None = None) ->
     if spec.hub_id is None:
         raise not_available(spec, "no hub id, local directory or checkpoint file is given for it")
     if spec.backend == "timm":
+        if allow_download:
+            return  # the name was validated against timm when the spec was made
+        if (
+            "." in spec.hub_id
+            and cached_file(f"timm/{spec.hub_id}", "model.safetensors") is not None
+        ):
+            return  # timm's usual hub location; saves importing timm
         found = timm_weights(spec)
-        if found["file"] is not None or allow_download:
+        if found["file"] is not None:
             return
         raise not_available(spec, _offline_reason(), repo_id=found["repo"])
     if spec.backend in ("transformers", "sentence-transformers"):
-        if cached_snapshot(spec.hub_id, spec.revision, hub_marker(spec)) is not None or allow_download:
+        if (
+            cached_snapshot(spec.hub_id, spec.revision, hub_marker(spec)) is not None
+            or allow_download
+        ):
             return
         raise not_available(spec, _offline_reason())
     raise not_available(spec, f"source {spec.source!r} has no loader in alignprobe")
@@ -211,14 +268,22 @@ def describe_load_failure(spec: EncoderSpec, exc: BaseException) -> EncoderNotAv
 
 
 def load_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'the files could not be fetched or read' (not a bug in the model)."""
+    """Exception types meaning 'the files could not be fetched or read' (not a model bug)."""
     errors: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
     try:
         from huggingface_hub import errors as hf_errors
     except ImportError:
         return tuple(errors)
-    for name in ("HfHubHTTPError", "LocalEntryNotFoundError", "EntryNotFoundError", "OfflineModeIsEnabled",
-                 "RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError", "HTTPError"):
+    for name in (
+        "HfHubHTTPError",
+        "LocalEntryNotFoundError",
+        "EntryNotFoundError",
+        "OfflineModeIsEnabled",
+        "RepositoryNotFoundError",
+        "RevisionNotFoundError",
+        "GatedRepoError",
+        "HTTPError",
+    ):
         err = getattr(hf_errors, name, None)
         if isinstance(err, type) and issubclass(err, BaseException):
             errors.append(err)
@@ -233,7 +298,13 @@ def fingerprint_dir(path: str | os.PathLike) -> list[dict[str, Any]]:
         for p in sorted(root.glob(pattern)):
             if p.is_file() and (p.name.endswith(WEIGHT_SUFFIXES) or p.suffix == ".json"):
                 st = p.stat()
-                rows.append({"file": str(p.relative_to(root)), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+                rows.append(
+                    {
+                        "file": str(p.relative_to(root)),
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                    }
+                )
     return rows
 
 

@@ -13,6 +13,7 @@ Text (hidden states `(n, T, d)` and a 0/1 attention mask `(n, T)`):
 - `cls`: the first non-padding token of each row.
 - `last`: the last non-padding token of each row, whatever the padding side.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,19 +32,28 @@ def pool_vision(
     """Pool `(n, T, d)` tokens (or an `(n, C, H, W)` map) into `(n, d)` (`(n, 2d)` for concat)."""
     if pooling == "pooler":
         if pooler_output is None:
-            raise ValidationError("pooling 'pooler' needs a model with a pooled output; use 'cls', 'mean' or 'concat'")
+            raise ValidationError(
+                "pooling 'pooler' needs a model with a pooled output; use 'cls', 'mean' or 'concat'"
+            )
         return pooler_output.float().flatten(1)
     tokens = tokens.float()
     if tokens.ndim == 4:
         if pooling == "mean":
             return tokens.mean(dim=(2, 3))
-        raise ValidationError(f"pooling {pooling!r} needs token outputs, but this model returns a feature map; use 'mean'")
+        raise ValidationError(
+            f"pooling {pooling!r} needs token outputs, but this model returns a feature map; use "
+            "'mean'"
+        )
     if tokens.ndim != 3:
-        raise ValidationError(f"expected token states of shape (n, tokens, dim), got {tuple(tokens.shape)}")
+        raise ValidationError(
+            f"expected token states of shape (n, tokens, dim), got {tuple(tokens.shape)}"
+        )
     if has_cls is None:
         has_cls = num_prefix_tokens >= 1
     if pooling in ("cls", "concat") and not has_cls:
-        raise ValidationError(f"pooling {pooling!r} needs a CLS token, and this model has none; use 'mean'")
+        raise ValidationError(
+            f"pooling {pooling!r} needs a CLS token, and this model has none; use 'mean'"
+        )
     patches = tokens[:, num_prefix_tokens:]
     if pooling in ("mean", "concat") and patches.shape[1] == 0:
         raise ValidationError("no patch tokens left after removing the prefix tokens")
@@ -67,7 +77,8 @@ def pool_text(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) 
     """Pool `(n, T, d)` hidden states with an `(n, T)` 0/1 mask into `(n, d)`."""
     if hidden.ndim != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValidationError(
-            f"expected hidden (n, T, d) and mask (n, T), got {tuple(hidden.shape)} and {tuple(attention_mask.shape)}"
+            f"expected hidden (n, T, d) and mask (n, T), got {tuple(hidden.shape)} and "
+            f"{tuple(attention_mask.shape)}"
         )
     hidden = hidden.float()
     if pooling == "mean":
@@ -76,4 +87,6 @@ def pool_text(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) 
     if pooling in ("cls", "last"):
         idx = _row_index(attention_mask.to(hidden.device), last=pooling == "last")
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    raise ValidationError(f"unknown text pooling {pooling!r} for hidden states; choose mean, cls or last")
+    raise ValidationError(
+        f"unknown text pooling {pooling!r} for hidden states; choose mean, cls or last"
+    )

@@ -5,10 +5,12 @@ lm-evaluation-harness's registry (refuses collisions, suggests close names).
 Names and aliases are matched case-insensitively and must be unique across
 both. Pure Python: registering imports no ML library.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Iterable, TypeVar, overload
+from collections.abc import Callable, Iterable
+from typing import TypeVar, overload
 
 from alignprobe.errors import UnknownEncoderError, ValidationError
 
@@ -61,7 +63,9 @@ def register_encoder(spec):
     if callable(spec) and not isinstance(spec, EncoderSpec):
         made = spec()
         if not isinstance(made, EncoderSpec):
-            raise ValidationError(f"@register_encoder function {spec.__name__} must return an EncoderSpec")
+            raise ValidationError(
+                f"@register_encoder function {spec.__name__} must return an EncoderSpec"
+            )
         register_encoder(made)
         return spec
     if not isinstance(spec, EncoderSpec):
@@ -81,12 +85,15 @@ def _check_registrable(spec: EncoderSpec) -> None:
         _check_name(label, "alias" if label != spec.name else "name")
         k = _key(label)
         if k in seen:
-            raise ValidationError(f"encoder {spec.name!r} lists {label!r} twice among its name and aliases")
+            raise ValidationError(
+                f"encoder {spec.name!r} lists {label!r} twice among its name and aliases"
+            )
         seen.add(k)
         owner = _owner(k)
         if owner is not None:
             raise ValidationError(
-                f"cannot register {spec.name!r}: {label!r} is already the name or an alias of {owner!r}; "
+                f"cannot register {spec.name!r}: {label!r} is already the name or an alias of "
+                f"{owner!r}; "
                 f"choose another name (names and aliases are unique, case-insensitively)"
             )
     if spec.modality == "vision" and spec.preprocessing is None:
@@ -94,7 +101,9 @@ def _check_registrable(spec: EncoderSpec) -> None:
     if spec.dim is None and not spec.notes:
         raise ValidationError(f"registered encoder {spec.name!r} has dim=None; say why in notes")
     if not spec.license:
-        raise ValidationError(f"registered encoder {spec.name!r} needs a license (use 'unknown' if unknown)")
+        raise ValidationError(
+            f"registered encoder {spec.name!r} needs a license (use 'unknown' if unknown)"
+        )
 
 
 def unregister_encoder(name: str) -> EncoderSpec:
@@ -116,7 +125,7 @@ def lookup(name: str) -> EncoderSpec | None:
 
 
 def list_encoders(modality: str | None = None) -> list[EncoderSpec]:
-    """All registered specs (of one modality if given): vision first, then text, each sorted by name."""
+    """All registered specs (of one modality if given): vision, then text, each by name."""
     if modality is not None and modality not in MODALITIES:
         raise ValidationError(f"modality must be one of {MODALITIES} or None, got {modality!r}")
     specs = [s for s in _SPECS.values() if modality is None or s.modality == modality]
@@ -155,11 +164,15 @@ def suggest(name: str, modality: str | None = None, n: int = 5) -> list[str]:
     by_key = {_key(lbl): lbl for lbl in labels}
     close = difflib.get_close_matches(_key(name), list(by_key), n=n, cutoff=0.5)
     # a partial word ("dino" for "dinov2-l") is a useful hint too; difflib misses short ones
-    extra = [k for k in by_key if _key(name) and (_key(name) in k or k in _key(name)) and k not in close]
+    extra = [
+        k for k in by_key if _key(name) and (_key(name) in k or k in _key(name)) and k not in close
+    ]
     return [by_key[k] for k in (close + sorted(extra, key=len))][:n]
 
 
-def unknown_encoder_error(name: str, modality: str | None = None, detail: str = "") -> UnknownEncoderError:
+def unknown_encoder_error(
+    name: str, modality: str | None = None, detail: str = ""
+) -> UnknownEncoderError:
     what = f"{modality} encoder" if modality else "encoder"
     msg = f"unknown {what} {name!r}."
     if detail:

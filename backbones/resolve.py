@@ -8,6 +8,7 @@ Order, first match wins:
 5. any other `<org>/<name>` hub id, loaded with transformers.
 Nothing is decided from substrings of model names.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,11 +23,22 @@ from .registry import list_encoders, lookup, unknown_encoder_error
 from .spec import IMAGENET_MEAN, IMAGENET_STD, MODALITIES, EncoderSpec, Preprocessing
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_PREFIXES = {"hf": "transformers", "hf-hub": "transformers", "timm": "timm", "st": "sentence-transformers",
-             "local": "local", "local-dir": "local"}
+_PREFIXES = {
+    "hf": "transformers",
+    "hf-hub": "transformers",
+    "timm": "timm",
+    "st": "sentence-transformers",
+    "local": "local",
+    "local-dir": "local",
+}
 # Defaults for encoders the registry knows nothing about: patch-mean is defined for every
 # vision backbone (with or without a CLS token), mask-weighted mean for every text model.
 GENERIC_POOLING = {"vision": "mean", "text": "mean"}
+
+
+class WrongModalityError(UnknownEncoderError, ValidationError):
+    """The name is a known encoder of the other modality (an unknown encoder of this one)."""
+
 
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -42,7 +54,9 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> EncoderSpec:
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ValidationError(f"encoder name must be a non-empty string or path, got {name_or_path!r}")
+        raise ValidationError(
+            f"encoder name must be a non-empty string or path, got {name_or_path!r}"
+        )
     name = name_or_path.strip()
 
     spec = lookup(name)
@@ -62,21 +76,24 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> EncoderSpec:
         return _hub_spec(hub_id, revision, modality, name)
 
     if os.sep in name or name.startswith((".", "~")):
-        raise UnknownEncoderError(f"{name!r} looks like a path, but no directory exists at {path.resolve()}")
+        raise UnknownEncoderError(
+            f"{name!r} looks like a path, but no directory exists at {path.resolve()}"
+        )
     raise unknown_encoder_error(name, modality)
 
 
 def _with_modality(spec: EncoderSpec, modality: str) -> EncoderSpec:
     if spec.modality != modality:
         factory = "create_vision_encoder" if spec.modality == "vision" else "create_text_encoder"
-        raise ValidationError(
-            f"{spec.name!r} is a {spec.modality} encoder, not a {modality} one; load it with {factory}"
+        raise WrongModalityError(
+            f"{spec.name!r} is a {spec.modality} encoder, not a {modality} one; load it with "
+            f"{factory}"
         )
     return spec
 
 
 def packaged_dir(packaged: str) -> Path | None:
-    """The folder `"package:sub/folder"` inside an installed package, without importing the package."""
+    """The folder `"package:sub/folder"` of an installed package, without importing it."""
     package, _, sub = packaged.partition(":")
     try:
         found = importlib.util.find_spec(package)
@@ -117,6 +134,12 @@ def _hub_spec(hub_id: str, revision: str | None, modality: str, typed: str) -> E
         known = _registered_by_hub_id(hub_id, modality, source)
         if known is not None:
             return known.replace(revision=revision) if revision else known
+    other = "text" if modality == "vision" else "vision"
+    for spec in list_encoders(other):
+        if spec.hub_id == hub_id:
+            _with_modality(
+                spec, modality
+            )  # raises: the hub id is a registered encoder of the other kind
     return EncoderSpec(
         name=f"hf:{hub_id}",
         modality=modality,
@@ -124,7 +147,8 @@ def _hub_spec(hub_id: str, revision: str | None, modality: str, typed: str) -> E
         hub_id=hub_id,
         revision=revision,
         pooling=GENERIC_POOLING[modality],
-        notes=f"unregistered hub id (typed as {typed!r}); dim and preprocessing come from the model files",
+        notes=f"unregistered hub id (typed as {typed!r}); dim and preprocessing come from the "
+        "model files",
     )
 
 
@@ -133,30 +157,41 @@ def _from_prefix(prefix: str, ident: str, modality: str) -> EncoderSpec:
     if source == "local":
         path = Path(ident).expanduser()
         if not path.is_dir():
-            raise UnknownEncoderError(f"no directory exists at {path.resolve()} (from {prefix}:{ident})")
+            raise UnknownEncoderError(
+                f"no directory exists at {path.resolve()} (from {prefix}:{ident})"
+            )
         return local_spec(path, modality)
     if source == "timm":
         return timm_spec(ident, modality)
     hub_id, revision = _split_revision(ident)
     if not _HUB_ID.match(hub_id):
-        raise UnknownEncoderError(f"{prefix}:{ident} is not a hub id of the form <org>/<name>[@revision]")
+        raise UnknownEncoderError(
+            f"{prefix}:{ident} is not a hub id of the form <org>/<name>[@revision]"
+        )
     known = _registered_by_hub_id(hub_id, modality, source)
     if known is not None:
         return known.replace(revision=revision) if revision else known
     if source == "sentence-transformers":
         if modality != "text":
-            raise ValidationError(f"st:{ident} is a sentence-transformers (text) model; use create_text_encoder")
+            raise WrongModalityError(
+                f"st:{ident} is a sentence-transformers (text) model; use create_text_encoder"
+            )
         return EncoderSpec(
-            name=f"st:{hub_id}", modality="text", source=source, hub_id=hub_id, revision=revision,
-            pooling="encode", notes="unregistered sentence-transformers model; pooled by its own pipeline",
+            name=f"st:{hub_id}",
+            modality="text",
+            source=source,
+            hub_id=hub_id,
+            revision=revision,
+            pooling="encode",
+            notes="unregistered sentence-transformers model; pooled by its own pipeline",
         )
     return _hub_spec(hub_id, revision, modality, f"{prefix}:{ident}")
 
 
 def timm_spec(model_name: str, modality: str) -> EncoderSpec:
-    """A spec for any timm model name (`arch` or `arch.tag`), its preprocessing from timm's metadata."""
+    """A spec for any timm model name (`arch` or `arch.tag`), preprocessing from timm's metadata."""
     if modality != "vision":
-        raise ValidationError(f"timm:{model_name} is a vision model; use create_vision_encoder")
+        raise WrongModalityError(f"timm:{model_name} is a vision model; use create_vision_encoder")
     for spec in list_encoders("vision"):
         if spec.backend == "timm" and spec.hub_id == model_name:
             return spec
@@ -171,7 +206,8 @@ def timm_spec(model_name: str, modality: str) -> EncoderSpec:
     if cfg is None:
         tags = [n for n in timm.list_pretrained(f"{arch}.*")][:8]
         raise UnknownEncoderError(
-            f"timm has no pretrained tag {model_name!r}." + (f" Available: {', '.join(tags)}." if tags else "")
+            f"timm has no pretrained tag {model_name!r}."
+            + (f" Available: {', '.join(tags)}." if tags else "")
         )
     return EncoderSpec(
         name=f"timm:{model_name}",
@@ -224,7 +260,10 @@ def hf_preprocessing(cfg: dict) -> Preprocessing:
     crop = cfg.get("crop_size")
     interpolation = _PIL_RESAMPLE.get(cfg.get("resample", 3), "bicubic")
     if cfg.get("do_normalize", True):
-        mean, std = tuple(cfg.get("image_mean") or IMAGENET_MEAN), tuple(cfg.get("image_std") or IMAGENET_STD)
+        mean, std = (
+            tuple(cfg.get("image_mean") or IMAGENET_MEAN),
+            tuple(cfg.get("image_std") or IMAGENET_STD),
+        )
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     shortest = _edge(size, "shortest_edge")
@@ -234,7 +273,9 @@ def hf_preprocessing(cfg: dict) -> Preprocessing:
         return Preprocessing(out, min(1.0, out / short), mean, std, interpolation, "center")
     if shortest is not None:
         return Preprocessing(shortest, 1.0, mean, std, interpolation, "center")
-    return Preprocessing(_edge(size, "height", "width") or 224, 1.0, mean, std, interpolation, "squash")
+    return Preprocessing(
+        _edge(size, "height", "width") or 224, 1.0, mean, std, interpolation, "squash"
+    )
 
 
 def detect_local_format(path: Path) -> str:
@@ -252,9 +293,36 @@ def detect_local_format(path: Path) -> str:
             return "timm"
         return "transformers"
     raise UnknownEncoderError(
-        f"{path} is a directory but not a model directory: expected modules.json (sentence-transformers), "
+        f"{path} is a directory but not a model directory: expected modules.json "
+        "(sentence-transformers), "
         f"or config.json (transformers, or timm's export with an 'architecture' key)"
     )
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
+_VISION_CONFIG_KEYS = ("image_size", "patch_size", "vision_config", "num_channels")
+
+
+def _check_transformers_modality(path: Path, modality: str) -> None:
+    """Refuse a directory whose files clearly say it is a model of the other modality.
+
+    A tokenizer without an image processor or image-size settings means text; an image processor
+    or image settings without a tokenizer means vision; both (CLIP-like) allow either.
+    """
+    has_text = any((path / f).is_file() for f in _TOKENIZER_FILES)
+    cfg = json.loads((path / "config.json").read_text())
+    has_vision = (path / "preprocessor_config.json").is_file() or (
+        isinstance(cfg, dict) and any(k in cfg for k in _VISION_CONFIG_KEYS)
+    )
+    if modality == "vision" and has_text and not has_vision:
+        raise WrongModalityError(
+            f"{path} holds a text model (tokenizer files, no image settings); "
+            f"use create_text_encoder"
+        )
+    if modality == "text" and has_vision and not has_text:
+        raise WrongModalityError(
+            f"{path} holds a vision model (image settings, no tokenizer); use create_vision_encoder"
+        )
 
 
 def local_spec(path: Path, modality: str) -> EncoderSpec:
@@ -265,16 +333,22 @@ def local_spec(path: Path, modality: str) -> EncoderSpec:
     pooling = GENERIC_POOLING[modality]
     if fmt == "sentence-transformers":
         if modality != "text":
-            raise ValidationError(f"{path} holds a sentence-transformers (text) model; use create_text_encoder")
+            raise WrongModalityError(
+                f"{path} holds a sentence-transformers (text) model; use create_text_encoder"
+            )
         pooling = "encode"
     elif fmt == "timm":
         if modality != "text":
             cfg = json.loads((path / "config.json").read_text())
             preprocessing = preprocessing_from_timm_cfg(cfg.get("pretrained_cfg", cfg))
         else:
-            raise ValidationError(f"{path} holds a timm (vision) model; use create_vision_encoder")
-    elif modality == "vision":
-        preprocessing = hf_preprocessing_from_dir(path)
+            raise WrongModalityError(
+                f"{path} holds a timm (vision) model; use create_vision_encoder"
+            )
+    else:
+        _check_transformers_modality(path, modality)
+        if modality == "vision":
+            preprocessing = hf_preprocessing_from_dir(path)
     return EncoderSpec(
         name=str(path),
         modality=modality,

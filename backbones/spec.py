@@ -5,6 +5,7 @@ entries): every setting that changes an embedding lives here, so the
 manifest of an encoder is derived from its spec, never from loose flags.
 Pure Python; importing this module imports no ML library.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,9 +40,13 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
     try:
         out = tuple(float(v) for v in value)
     except TypeError:
-        raise ValidationError(f"Preprocessing.{what} must be 3 numbers (one per RGB channel), got {value!r}") from None
+        raise ValidationError(
+            f"Preprocessing.{what} must be 3 numbers (one per RGB channel), got {value!r}"
+        ) from None
     if len(out) != 3:
-        raise ValidationError(f"Preprocessing.{what} must be 3 numbers (one per RGB channel), got {value!r}")
+        raise ValidationError(
+            f"Preprocessing.{what} must be 3 numbers (one per RGB channel), got {value!r}"
+        )
     return out  # type: ignore[return-value]
 
 
@@ -67,7 +72,9 @@ class Preprocessing:
             raise ValidationError(f"Preprocessing.size must be a positive int, got {self.size!r}")
         crop = float(self.crop_pct)
         if not 0.0 < crop <= 1.0:
-            raise ValidationError(f"Preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}")
+            raise ValidationError(
+                f"Preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}"
+            )
         object.__setattr__(self, "crop_pct", crop)
         object.__setattr__(self, "mean", _triple(self.mean, "mean"))
         std = _triple(self.std, "std")
@@ -76,10 +83,13 @@ class Preprocessing:
         object.__setattr__(self, "std", std)
         if self.interpolation not in INTERPOLATIONS:
             raise ValidationError(
-                f"Preprocessing.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+                f"Preprocessing.interpolation must be one of {INTERPOLATIONS}, got "
+                f"{self.interpolation!r}"
             )
         if self.crop_mode not in CROP_MODES:
-            raise ValidationError(f"Preprocessing.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+            raise ValidationError(
+                f"Preprocessing.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}"
+            )
 
     @property
     def resize_size(self) -> int:
@@ -90,7 +100,7 @@ class Preprocessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**d)
 
 
@@ -137,41 +147,61 @@ class EncoderSpec:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValidationError(f"EncoderSpec.name must be a non-empty string, got {self.name!r}")
         if self.modality not in MODALITIES:
-            raise ValidationError(f"EncoderSpec.modality must be one of {MODALITIES}, got {self.modality!r}")
+            raise ValidationError(
+                f"EncoderSpec.modality must be one of {MODALITIES}, got {self.modality!r}"
+            )
         if self.source not in SOURCES:
-            raise ValidationError(f"EncoderSpec.source must be one of {SOURCES}, got {self.source!r}")
+            raise ValidationError(
+                f"EncoderSpec.source must be one of {SOURCES}, got {self.source!r}"
+            )
         allowed = POOLINGS[self.modality] + ((CONTROL_POOLING,) if self.source == "builtin" else ())
         if self.pooling not in allowed:
             raise ValidationError(
-                f"pooling {self.pooling!r} is not valid for a {self.modality} encoder ({self.name}); "
-                f"choose one of {allowed}"
+                f"pooling {self.pooling!r} is not valid for a {self.modality} encoder "
+                f"({self.name}); choose one of {allowed}"
             )
-        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0):
-            raise ValidationError(f"EncoderSpec.dim must be a positive int or None, got {self.dim!r}")
-        if self.preprocessing is not None and not isinstance(self.preprocessing, Preprocessing):
-            raise ValidationError(f"EncoderSpec.preprocessing must be a Preprocessing, got {type(self.preprocessing)}")
-        if self.max_length is not None and (
-            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length <= 0
+        if self.dim is not None and (
+            isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0
         ):
-            raise ValidationError(f"max_length must be a positive int or None, got {self.max_length!r}")
+            raise ValidationError(
+                f"EncoderSpec.dim must be a positive int or None, got {self.dim!r}"
+            )
+        if self.preprocessing is not None and not isinstance(self.preprocessing, Preprocessing):
+            raise ValidationError(
+                f"EncoderSpec.preprocessing must be a Preprocessing, got {type(self.preprocessing)}"
+            )
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool)
+            or not isinstance(self.max_length, int)
+            or self.max_length <= 0
+        ):
+            raise ValidationError(
+                f"max_length must be a positive int or None, got {self.max_length!r}"
+            )
         if not isinstance(self.prefix, str):
             raise ValidationError(f"prefix must be a string, got {self.prefix!r}")
         if self.source == "local" and self.local_format not in LOCAL_FORMATS:
-            raise ValidationError(f"a local spec needs local_format in {LOCAL_FORMATS}, got {self.local_format!r}")
+            raise ValidationError(
+                f"a local spec needs local_format in {LOCAL_FORMATS}, got {self.local_format!r}"
+            )
         object.__setattr__(self, "aliases", tuple(self.aliases))
         if isinstance(self.model_kwargs, dict):
             object.__setattr__(self, "model_kwargs", tuple(sorted(self.model_kwargs.items())))
         else:
-            object.__setattr__(self, "model_kwargs", tuple((str(k), v) for k, v in self.model_kwargs))
+            object.__setattr__(
+                self, "model_kwargs", tuple((str(k), v) for k, v in self.model_kwargs)
+            )
 
     @property
     def backend(self) -> str:
         """The library that loads the weights ("builtin" for controls)."""
-        return self.local_format if self.source == "local" else self.source  # type: ignore[return-value]
+        if self.source == "local":
+            return self.local_format  # type: ignore[return-value]
+        return self.source
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_kwargs)
 
-    def replace(self, **changes: Any) -> "EncoderSpec":
+    def replace(self, **changes: Any) -> EncoderSpec:
         return dataclasses.replace(self, **changes)

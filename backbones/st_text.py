@@ -1,4 +1,4 @@
-"""Text encoders loaded with sentence-transformers (all-mpnet, all-MiniLM, sentence-T5, any `st:` id).
+"""Text encoders loaded with sentence-transformers (all-mpnet, all-MiniLM, sentence-T5, `st:` ids).
 
 Pooling `encode` is the model's whole pipeline (`SentenceTransformer.encode`:
 its own pooling, dense layers, normalisation). Poolings `mean` / `cls` /
@@ -6,14 +6,14 @@ its own pooling, dense layers, normalisation). Poolings `mean` / `cls` /
 own tokenization and truncation) and pool them here in float32, unnormalised.
 The instruction prefix is prepended to each string in `preprocess`.
 """
+
 from __future__ import annotations
 
 import torch
 
 from .encoder import Encoder
-from .hf_common import versions
+from .hf_common import resolved_commit, versions
 from .hub import describe_load_failure, hf_location, load_errors
-from .hf_common import resolved_commit
 from .pooling import pool_text
 from .spec import EncoderSpec
 from .transforms import TextPassthrough
@@ -36,12 +36,19 @@ class STTextEncoder(Encoder):
         texts = list(batch)
         if self.spec.pooling == "encode":
             out = self.model.encode(
-                texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False,
-                normalize_embeddings=False, device=str(self.device),
+                texts,
+                batch_size=len(texts),
+                convert_to_tensor=True,
+                show_progress_bar=False,
+                normalize_embeddings=False,
+                device=str(self.device),
             )
             return out.float()
         features = self.model.preprocess(texts)
-        features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+        features = {
+            k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
+            for k, v in features.items()
+        }
         out = self.model.forward(features)
         return pool_text(out["token_embeddings"], out["attention_mask"], self.spec.pooling)
 
@@ -56,7 +63,9 @@ def load(spec: EncoderSpec, *, device, dtype) -> STTextEncoder:
     if spec.kwargs:
         st_kwargs["model_kwargs"] = spec.kwargs
     try:
-        model = SentenceTransformer(src, device="cpu", trust_remote_code=spec.trust_remote_code, **st_kwargs)
+        model = SentenceTransformer(
+            src, device="cpu", trust_remote_code=spec.trust_remote_code, **st_kwargs
+        )
     except load_errors() as exc:
         raise describe_load_failure(spec, exc) from None
     return STTextEncoder(spec, model, device=device, dtype=dtype, revision=resolved_commit(spec))

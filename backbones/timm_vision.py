@@ -6,8 +6,12 @@ checkpoint filters): a cached hub file or a checkpoint reaches it through
 `pretrained_cfg_overlay`. Features are `forward_features` tokens pooled here;
 `pooler` is timm's `forward_head(pre_logits=True)`, the model's own pooling.
 """
+
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,14 @@ from alignprobe.errors import EncoderNotAvailableError, ValidationError
 
 from .encoder import Encoder
 from .hf_common import versions
-from .hub import describe_load_failure, hub_offline, load_errors, not_available, timm_weights
+from .hub import (
+    describe_load_failure,
+    hf_hub_cache,
+    hub_offline,
+    load_errors,
+    not_available,
+    timm_weights,
+)
 from .pooling import pool_vision
 from .resolve import preprocessing_from_timm_cfg
 from .spec import EncoderSpec
@@ -34,7 +45,9 @@ class TimmVisionEncoder(Encoder):
         if spec.preprocessing is None:
             from timm.data import resolve_data_config
 
-            spec = spec.replace(preprocessing=preprocessing_from_timm_cfg(resolve_data_config({}, model=model)))
+            spec = spec.replace(
+                preprocessing=preprocessing_from_timm_cfg(resolve_data_config({}, model=model))
+            )
         super().__init__(spec, ImagePreprocessor(spec.preprocessing), device=device, dtype=dtype)
         self.model = model.to(device=device, dtype=dtype).eval()
         self.resolved_revision = revision
@@ -48,7 +61,9 @@ class TimmVisionEncoder(Encoder):
         feats = self.model.forward_features(batch.to(self.device, self.dtype))
         if self.spec.pooling == "pooler":
             return self.model.forward_head(feats, pre_logits=True).float()
-        return pool_vision(feats, self.spec.pooling, num_prefix_tokens=self._num_prefix, has_cls=self._has_cls)
+        return pool_vision(
+            feats, self.spec.pooling, num_prefix_tokens=self._num_prefix, has_cls=self._has_cls
+        )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -72,7 +87,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     for key, value in sd.items():
         for prefix in _KEY_PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -80,12 +95,57 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def _architecture(spec: EncoderSpec) -> str:
     arch = spec.model_class or spec.hub_id
     if not arch:
-        raise ValidationError(f"timm encoder {spec.name!r} names no architecture (model_class or hub_id)")
+        raise ValidationError(
+            f"timm encoder {spec.name!r} names no architecture (model_class or hub_id)"
+        )
     return arch
 
 
+class _LoadLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _watch_timm_loading():
+    """Collect timm's loading log. timm loads non-strictly whenever it drops a classifier head
+    (num_classes differs from the checkpoint's) and then only logs missing weights at INFO level."""
+    logger = logging.getLogger("timm.models._builder")
+    handler, level = _LoadLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _random_init_messages(messages: list[str]) -> list[str]:
+    return [m for m in messages if m.startswith("Missing keys") or "random init" in m.lower()]
+
+
 def build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
-    """Create the timm model with pretrained weights; returns (model, revision, notes)."""
+    """Create the timm model with pretrained weights; returns (model, revision, notes).
+
+    Refuses any load that leaves parameters randomly initialised."""
+    with _watch_timm_loading() as log:
+        model, revision, notes = _build(spec)
+    bad = _random_init_messages(log.messages)
+    if bad:
+        raise EncoderNotAvailableError(
+            f"the weights of {spec.name!r} do not cover the architecture "
+            f"{spec.model_class or spec.hub_id!r}; some layers would be randomly initialised, so "
+            f"alignprobe refuses to load it: {bad[0][:300]}"
+        )
+    return model, revision, notes
+
+
+def _build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
     import timm
 
     kwargs = {"num_classes": 0, **spec.kwargs}
@@ -99,25 +159,37 @@ def build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
             state = read_checkpoint(spec.checkpoint)
             probe = timm.create_model(arch.split(".")[0], pretrained=False, **kwargs)
             own = set(probe.state_dict())
-            dropped = sorted(k for k in state if k not in own and k.split(".")[0] in _TRAINING_ONLY_KEYS)
+            dropped = sorted(
+                k for k in state if k not in own and k.split(".")[0] in _TRAINING_ONLY_KEYS
+            )
             for k in dropped:
                 state.pop(k)
             if dropped:
                 notes.append(f"dropped training-only checkpoint keys {dropped}")
             del probe
-            model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
+            model = timm.create_model(
+                arch, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs
+            )
         else:
             found = timm_weights(spec)
             revision = found["commit"]
             if found["file"] is not None:
                 model = timm.create_model(
-                    spec.hub_id, pretrained=True, pretrained_cfg_overlay={"file": str(found["file"])}, **kwargs
+                    spec.hub_id,
+                    pretrained=True,
+                    pretrained_cfg_overlay={"file": str(found["file"])},
+                    **kwargs,
                 )
             elif hub_offline():
-                raise not_available(spec, "not in the local timm / Hugging Face cache and HF_HUB_OFFLINE is set",
-                                    repo_id=found["repo"])
+                raise not_available(
+                    spec,
+                    "not in the local timm / Hugging Face cache and HF_HUB_OFFLINE is set",
+                    repo_id=found["repo"],
+                )
             else:
-                model = timm.create_model(spec.hub_id, pretrained=True, **kwargs)
+                # hub downloads land in the cache HF_HOME names now (timm's default froze at import)
+                where = {"cache_dir": str(hf_hub_cache())} if found["repo"] else {}
+                model = timm.create_model(spec.hub_id, pretrained=True, **where, **kwargs)
                 revision = timm_weights(spec)["commit"]
     except EncoderNotAvailableError:
         raise
@@ -126,13 +198,24 @@ def build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
     except RuntimeError as exc:
         if "state_dict" in str(exc) or "size mismatch" in str(exc):
             raise EncoderNotAvailableError(
-                f"the weights given for {spec.name!r} do not fit the architecture {spec.model_class or spec.hub_id!r}: "
-                f"{str(exc).splitlines()[0][:300]}"
+                f"the weights given for {spec.name!r} do not fit the architecture "
+                f"{spec.model_class or spec.hub_id!r}: {str(exc).splitlines()[0][:300]}"
             ) from None
         raise
     return model, revision, notes
 
 
+def match_img_size(spec: EncoderSpec) -> EncoderSpec:
+    """An `img_size=` model kwarg sets the input size; the preprocessing must produce it."""
+    size = spec.kwargs.get("img_size")
+    if isinstance(size, int) and spec.preprocessing is not None and spec.preprocessing.size != size:
+        spec = spec.replace(preprocessing=dataclasses.replace(spec.preprocessing, size=size))
+    return spec
+
+
 def load(spec: EncoderSpec, *, device, dtype) -> TimmVisionEncoder:
+    spec = match_img_size(spec)
     model, revision, notes = build(spec)
-    return TimmVisionEncoder(spec, model, device=device, dtype=dtype, revision=revision, notes=notes)
+    return TimmVisionEncoder(
+        spec, model, device=device, dtype=dtype, revision=revision, notes=notes
+    )

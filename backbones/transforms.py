@@ -4,6 +4,7 @@ Each preprocessor has `preprocess(item)` (one image or string) and
 `collate(items)` (a list of preprocessed items -> one batch). They hold no
 model, so a DataLoader can pickle them into worker processes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,9 +20,12 @@ def _pil_resample(name: str) -> int:
     from PIL import Image
 
     return {
-        "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-        "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
+        "box": Image.Resampling.BOX,
+        "hamming": Image.Resampling.HAMMING,
     }[name]
 
 
@@ -61,7 +65,9 @@ class ImagePreprocessor:
 
     def __init__(self, preprocessing: Preprocessing):
         if not isinstance(preprocessing, Preprocessing):
-            raise ValidationError(f"ImagePreprocessor needs a Preprocessing, got {type(preprocessing).__name__}")
+            raise ValidationError(
+                f"ImagePreprocessor needs a Preprocessing, got {type(preprocessing).__name__}"
+            )
         self.preprocessing = preprocessing
 
     def preprocess(self, item: Any):
@@ -91,7 +97,7 @@ def check_text(item: Any) -> str:
 
 
 class TokenizerPreprocessor:
-    """str -> prefix + str; collate tokenizes with padding and truncation into a dict of int tensors."""
+    """str -> prefix + str; collate tokenizes (padding, truncation) into a dict of int tensors."""
 
     def __init__(self, tokenizer, *, prefix: str = "", max_length: int | None = None):
         self.tokenizer = tokenizer
@@ -118,7 +124,7 @@ class TokenizerPreprocessor:
 
 
 class TextPassthrough:
-    """str -> prefix + str; collate keeps the list: the model tokenizes itself (model-native encode)."""
+    """str -> prefix + str; collate keeps the list: the model tokenizes (model-native encode)."""
 
     def __init__(self, *, prefix: str = ""):
         self.prefix = prefix

@@ -7,8 +7,6 @@ prompts (class names x templates) that zero-shot classification needs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, UnknownEncoderError
 from alignprobe.probe.encoding import EncodeResult, ImageSource, TextSource, encode_source, parse_shard
@@ -39,12 +37,7 @@ def create_encoder(spec_or_name, modality: str | None = None, options: EncodeOpt
     spec = resolve_model(spec_or_name, modality) if isinstance(spec_or_name, str) else spec_or_name
     check_available(spec)
     factory = create_vision_encoder if spec.modality == "vision" else create_text_encoder
-    return factory(spec.name if not _is_path_spec(spec) else spec.hub_id or spec.name,
-                   device=options.device, dtype=options.dtype)
-
-
-def _is_path_spec(spec) -> bool:
-    return spec.source == "local"
+    return factory(spec, device=options.device, dtype=options.dtype)
 
 
 def text_sources(dataset) -> list[TextSource]:
@@ -93,14 +86,3 @@ def encode_dataset(model: str, data: str, *, modality: str | None = None, split:
     encoder = create_encoder(spec, options=options)
     dataset = open_dataset(data, split=split, strict=options.strict)
     return encode_with(encoder, dataset, options)
-
-
-@dataclass
-class EncodeSummaryRow:
-    kind: str
-    rows: int
-    dim: int
-    cache_hit: bool
-    encoded: int
-    skipped: int
-    path: str
