@@ -211,7 +211,9 @@ def pairwise_sigmoid_loss(
         chunk_size: None for the naive full matrix; an int for exact tiled
             computation with ``chunk_size x chunk_size`` tiles.
 
-    Returns a 0-dim fp32 tensor.
+    Returns a 0-dim tensor, fp32 (fp64 for fp64 inputs); half-precision
+    features are upcast, since a sum of ``M * N`` sigmoid terms is not
+    accurate in half precision.
     """
     image_features = _check_matrix("image_features", image_features)
     text_features = _check_matrix("text_features", text_features, image_features.shape[1])
@@ -284,7 +286,8 @@ def sigmoid_loss(
             image (e.g. captions gathered from other ranks); they add ``M' x N``
             logits, all labelled -1.
 
-    Returns a 0-dim fp32 tensor; differentiable in the features, scale and bias.
+    Returns a 0-dim tensor (fp32, or fp64 for fp64 inputs); differentiable in
+    the features, scale and bias.
     """
     image_features = _check_matrix("image_features", image_features)
     n, d = image_features.shape

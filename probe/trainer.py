@@ -73,8 +73,8 @@ class ProbeConfig:
     ``precision`` (``bf16`` autocasts the heads; the loss is always fp32),
     ``preload_bytes`` (inputs whose fp32 copy is at most this big are converted
     once and kept on the device; larger ones are read batch by batch),
-    ``eval_batch_size`` (rows per batch in `transform_*` and validation
-    forward passes do not matter for the result, only for memory).
+    ``eval_batch_size`` (rows per batch of `transform_image` /
+    `transform_text`; memory only, not results).
     """
 
     out_dim: int = 2048
@@ -371,6 +371,11 @@ class AlignmentProbe:
         self._images, self._texts, self._extras, self._caption_image = images, texts, extras, caption_image
         try:
             self._train(train_pairs, val_pairs)
+        except BaseException:
+            # an interrupted fit must not leave a probe that looks fitted
+            for name in ("config_", "device_", "model_", "history_"):
+                self.__dict__.pop(name, None)
+            raise
         finally:
             del self._images, self._texts, self._extras, self._caption_image
         self.train_index_, self.val_index_ = train_images, val_images

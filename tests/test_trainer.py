@@ -11,6 +11,16 @@ from alignprobe.probe.schedules import lr_at, warmup_steps_for
 from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: with several threads on a busy shared machine the OpenMP
+    # spin-waits cost 10x the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def planted(n, seed=0, d_img=24, d_txt=16, latent=6, noise=0.3, structure=True):
     """Paired features that share a latent: image = z A + noise, text = z B + noise."""
     rng = np.random.default_rng(seed)
