@@ -240,7 +240,9 @@ class RunPipeline:
             t0 = time.perf_counter()
             res = M.linear_probe_accuracy(x[train], y[train], x[test], y[test], seed=self.config.seed)
             out["linear_probe_top1"] = float(res["top1"])
-            out["linear_probe_top5"] = float(res["top5"])
+            if res.get("top5") is not None:  # None when there are fewer than 5 classes
+                out["linear_probe_top5"] = float(res["top5"])
+            out["linear_probe_l2"] = float(res["l2"])
             self.timings["linear_probe"] = time.perf_counter() - t0
         return out
 
@@ -252,15 +254,14 @@ class RunPipeline:
         images = pairs.images[image_rows]
         texts = pairs.captions[main_caption]
         extra = pairs.captions[extra_caption] if extra_caption is not None else None
-        n = len(image_rows)
-        base = ProbeConfig.sail_probe() if n >= 100_000 else ProbeConfig.small_data(n)
         overrides = dict(self.config.probe)
         overrides.setdefault("seed", self.config.seed)
-        overrides.setdefault("quiet", self.options.quiet)
         if self.options.device != "auto":
             overrides.setdefault("device", self.options.device)
-        probe_config = base.replace(**overrides) if hasattr(base, "replace") else _replace(base, overrides)
-        probe = AlignmentProbe(probe_config).fit(images, texts, extra_text_emb=extra)
+        # Below 100k pairs the SAIL recipe (lr 1e-5, batch 32,768) barely moves the
+        # heads; `auto` switches to the measured small-data settings (see trainer).
+        probe_config = ProbeConfig.auto(len(image_rows), **overrides)
+        probe = AlignmentProbe(probe_config, quiet=self.options.quiet).fit(images, texts, extra_text_emb=extra)
         self.probe_config = probe_config
         self.pair_image_rows = image_rows
         self.timings["probe"] = time.perf_counter() - t0
@@ -291,8 +292,10 @@ class RunPipeline:
         prompts = probe.transform_text(labelled.prompts)
         n_classes = len(labelled.dataset.class_names)
         class_emb = _to_numpy(prompts).reshape(n_classes, -1, _to_numpy(prompts).shape[-1])
-        res = M.zero_shot_accuracy(_to_numpy(image), class_emb, np.asarray(labelled.dataset.labels)[valid])
-        return {"zero_shot_top1": float(res["top1"]), "zero_shot_top5": float(res["top5"])}
+        topk = (1, min(5, n_classes))
+        res = M.zero_shot_accuracy(_to_numpy(image), class_emb, np.asarray(labelled.dataset.labels)[valid],
+                                   topk=topk)
+        return {"zero_shot_top1": float(res[1]), "zero_shot_top5": float(res[topk[1]])}
 
     def _retrieval(self, retrieval: _Encoded, probe) -> dict:
         from alignprobe import metrics as M
@@ -304,7 +307,7 @@ class RunPipeline:
         image = _to_numpy(probe.transform_image(retrieval.images[valid_images]))
         text = _to_numpy(probe.transform_text(retrieval.captions[keep]))
         res = M.retrieval_metrics(image, text, remap[retrieval.caption_image[keep]], ks=(1, 5, 10))
-        return {key: float(value) for key, value in res.items()}
+        return {f"{direction}_r{k}": float(value) for direction, by_k in res.items() for k, value in by_k.items()}
 
 
 def _knn_items(res) -> list[tuple[int, float]]:
@@ -344,12 +347,6 @@ def _to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _replace(obj, overrides: dict):
-    from dataclasses import replace
-
-    return replace(obj, **overrides)
-
-
 # ---------------------------------------------------------------------- public
 def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: EncodeOptions | None = None,
              force: bool = False) -> tuple[dict, Path, bool]:
@@ -380,7 +377,7 @@ def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: Enc
         "config_hash": config.config_hash(),
         "group_hash": config.group_hash(),
         **pipeline.spec_info(),
-        "probe_config": asdict(pipeline.probe_config) if hasattr(pipeline, "probe_config") else None,
+        "probe_config": pipeline.probe_config.to_dict() if hasattr(pipeline, "probe_config") else None,
         "seed": config.seed,
         "metrics": metrics,
         "encoders": pipeline.encoder_info,
