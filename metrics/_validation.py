@@ -50,7 +50,7 @@ def as_matrix(
             f"{name} must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}"
         )
     if t.shape[0] < min_rows:
-        what = "must not be empty" if min_rows == 1 else f"must have at least {min_rows} rows"
+        what = "must not be empty" if t.shape[0] == 0 else f"must have at least {min_rows} rows"
         raise ValidationError(f"{name} {what}; got shape {tuple(t.shape)}")
     if t.shape[1] == 0:
         raise ValidationError(f"{name} must have at least one feature column; got shape {tuple(t.shape)}")

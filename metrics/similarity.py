@@ -193,8 +193,14 @@ def _rbf_kernel(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
     d2.fill_diagonal_(0)
     if sigma is None:
         n = x.shape[0]
-        off = d2[~torch.eye(n, dtype=torch.bool, device=x.device)]
-        med = float(torch.median(off))
+        # Each distance appears twice off the diagonal, so the upper triangle
+        # has the same median; averaging the two middle values matches numpy.
+        iu = torch.triu_indices(n, n, offset=1, device=x.device)
+        off = d2[iu[0], iu[1]]
+        m = off.numel()
+        lo = torch.kthvalue(off, (m + 1) // 2).values
+        hi = torch.kthvalue(off, m // 2 + 1).values
+        med = float((lo + hi) / 2)
         if med <= 0:
             raise ValidationError("rbf CKA: the median pairwise distance is 0 (most rows identical); pass sigma")
         sigma2 = med

@@ -1,0 +1,189 @@
+"""Speed of the metrics that dominate a feature-quality sweep, against scikit-learn.
+
+Prints, measured in one run on seeded synthetic clustered features:
+
+1. k-means NMI (``alignprobe.metrics.kmeans_nmi``) vs scikit-learn's default
+   ``KMeans`` (k-means++ on all points, one run): wall time ratio and both NMIs.
+   Goal: >= 5x faster, NMI no more than 0.01 below scikit-learn's.
+2. The achieved FLOP/s of the Lloyd iterations (2 n k d per assignment) as a
+   fraction of this machine's fp32 GEMM throughput measured in the same run
+   (a matmul of the same shape; the best of torch and numpy). Goal: >= 0.7.
+3. The linear probe's whole L2 search (``linear_probe_accuracy``, default grid)
+   vs scikit-learn's LogisticRegression doing the same search (same split,
+   same standardisation, same grid, same tolerance). Goal: >= 3x faster,
+   test accuracy within 0.5 points.
+
+Usage:  python benchmarks/metrics_speed.py [--quick]
+Full size: 50,000 x 768 features, 1,000 classes (k-means and probe train set),
+plus 10,000 test rows for the probe. It takes many minutes, mostly in
+scikit-learn; timings on a shared machine vary with the other load, so every
+ratio here compares runs made back to back in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+
+
+def clustered_features(n: int, d: int, k: int, seed: int, *, rank: int = 64, noise: float = 2.0):
+    """Synthetic "embeddings": k class centres in a rank-64 subspace, uneven class
+    sizes and spreads, plus isotropic noise; hard enough that clusters overlap."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((rank, d)).astype(np.float32) / np.sqrt(rank)
+    centers = rng.standard_normal((k, rank)).astype(np.float32)
+    p = rng.dirichlet(np.full(k, 5.0))
+    spread = rng.uniform(0.5, 1.5, size=k).astype(np.float32)
+
+    def draw(m: int, rng: np.random.Generator):
+        y = rng.choice(k, size=m, p=p)
+        z = centers[y] + noise * spread[y, None] * rng.standard_normal((m, rank)).astype(np.float32)
+        x = z @ basis + 0.3 * rng.standard_normal((m, d)).astype(np.float32)
+        return np.ascontiguousarray(x, dtype=np.float32), y
+
+    return draw, rng
+
+
+def gemm_flops(n: int, d: int, k: int, repeats: int = 3) -> dict[str, float]:
+    """Best fp32 GEMM throughput (FLOP/s) of an (n, d) @ (d, k) product, torch and numpy."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, d), dtype=np.float32)
+    b = rng.standard_normal((d, k), dtype=np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    out = {}
+    for name, fn in (("torch", lambda: ta @ tb), ("numpy", lambda: a @ b)):
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        out[name] = 2.0 * n * d * k / best
+    return out
+
+
+def bench_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict[str, float]:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from alignprobe.metrics import kmeans_nmi
+    from alignprobe.metrics.clustering import _lloyd, kmeanspp_seeds
+
+    n, d = x.shape
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    t = time.perf_counter()
+    ours = kmeans_nmi(x, y, seed=seed)
+    t_ours = time.perf_counter() - t
+    print(f"  alignprobe kmeans_nmi: {t_ours:8.1f} s  NMI {ours['nmi']:.4f}  ARI {ours['ari']:.4f}  "
+          f"({ours['n_iter']} Lloyd iterations)", flush=True)
+
+    # Lloyd efficiency: fixed iterations from k-means++ seeds, bracketed by GEMM measurements.
+    g0 = gemm_flops(n, d, k)
+    sub = np.random.default_rng(seed).choice(n, size=min(n, max(5 * k, 4096)), replace=False)
+    xs = np.ascontiguousarray(xn[sub])
+    init = xs[kmeanspp_seeds(xs, k, seed=seed)]
+    n_lloyd = 10
+    _, _, _, it, per_iter = _lloyd(xn, init, n_lloyd, 0.0, seed)
+    g1 = gemm_flops(n, d, k)
+    # Skip the first iteration (first-touch of buffers), as one would for a GEMM.
+    lloyd_s = float(np.median(per_iter[1:])) if len(per_iter) > 1 else per_iter[0]
+    lloyd_flops = 2.0 * n * k * d / lloyd_s
+    peak = max(g0["torch"], g0["numpy"], g1["torch"], g1["numpy"])
+    print(f"  GEMM ({n}x{d} @ {d}x{k}) fp32: torch {max(g0['torch'], g1['torch']) / 1e9:.0f}, "
+          f"numpy {max(g0['numpy'], g1['numpy']) / 1e9:.0f} GFLOP/s", flush=True)
+    print(f"  Lloyd iteration (faiss): median {lloyd_s:.2f} s over {it} iterations -> "
+          f"{lloyd_flops / 1e9:.0f} GFLOP/s = {lloyd_flops / peak:.2f} of GEMM peak", flush=True)
+
+    t = time.perf_counter()
+    ref = KMeans(n_clusters=k, random_state=seed).fit(xn)
+    t_ref = time.perf_counter() - t
+    ref_nmi = normalized_mutual_info_score(y, ref.labels_)
+    print(f"  scikit-learn KMeans:   {t_ref:8.1f} s  NMI {ref_nmi:.4f}  ({ref.n_iter_} iterations)", flush=True)
+    return {
+        "t_ours": t_ours, "t_ref": t_ref, "nmi_ours": ours["nmi"], "nmi_ref": ref_nmi,
+        "lloyd_fraction": lloyd_flops / peak,
+    }
+
+
+def bench_probe(xtr, ytr, xte, yte) -> dict[str, float]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from alignprobe.metrics import DEFAULT_L2_GRID, linear_probe_accuracy
+    from alignprobe.metrics.linear_probe import _stratified_split
+
+    grid = DEFAULT_L2_GRID
+    t = time.perf_counter()
+    ours = linear_probe_accuracy(xtr, ytr, xte, yte, l2_grid=grid, seed=0)
+    t_ours = time.perf_counter() - t
+    iters = ", ".join(f"{v:.0e}:{ours['n_iter'][v]}" for v in sorted(grid, reverse=True))
+    print(f"  alignprobe linear_probe_accuracy ({len(grid)} L2 values): {t_ours:8.1f} s  top1 {ours['top1']:.4f}  "
+          f"chosen l2 {ours['l2']:.1e}", flush=True)
+    print(f"    L-BFGS iterations per l2 (strong->weak): {iters}; refit {ours['refit_n_iter']}", flush=True)
+
+    # The same search in scikit-learn: same split, standardisation, grid, tolerance and iteration cap.
+    t = time.perf_counter()
+    _, y_idx = np.unique(ytr, return_inverse=True)
+    fit, val = _stratified_split(y_idx, 0.2, 0)
+    mean, std = xtr.mean(0), xtr.std(0, ddof=1)
+    std[std == 0] = 1
+    s_tr, s_te = (xtr - mean) / std, (xte - mean) / std
+    best, best_acc, accs, not_converged = None, -1.0, {}, 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        for l2 in sorted(grid, reverse=True):
+            m = LogisticRegression(C=1.0 / (l2 * len(fit)), tol=1e-4, max_iter=200)
+            m.fit(s_tr[fit], ytr[fit])
+            accs[l2] = acc = float((m.predict(s_tr[val]) == ytr[val]).mean())
+            if acc > best_acc:
+                best, best_acc = l2, acc
+        ref = LogisticRegression(C=1.0 / (best * len(xtr)), tol=1e-4, max_iter=200).fit(s_tr, ytr)
+        not_converged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    ref_top1 = float((ref.predict(s_te) == yte).mean())
+    t_ref = time.perf_counter() - t
+    print(f"  scikit-learn LogisticRegression search:        {t_ref:8.1f} s  top1 {ref_top1:.4f}  "
+          f"chosen l2 {best:.1e}  ({not_converged} of {len(grid) + 1} fits hit max_iter)", flush=True)
+    print("    val accuracy per l2 (ours / sklearn): " + ", ".join(
+        f"{v:.0e}: {ours['val_accuracy'][v]:.3f}/{accs[v]:.3f}" for v in sorted(grid, reverse=True)), flush=True)
+    return {"t_ours": t_ours, "t_ref": t_ref, "top1_ours": ours["top1"], "top1_ref": ref_top1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="10,000 x 256, 100 classes (a smoke run, about a minute)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-kmeans", action="store_true")
+    ap.add_argument("--skip-probe", action="store_true")
+    args = ap.parse_args()
+    n, d, k, n_test = (10_000, 256, 100, 2_000) if args.quick else (50_000, 768, 1_000, 10_000)
+
+    draw, rng = clustered_features(n, d, k, args.seed)
+    x, y = draw(n, rng)
+    x_test, y_test = draw(n_test, rng)
+    print(f"metrics_speed: {n} x {d} features, {k} classes; torch threads {torch.get_num_threads()}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+
+    if not args.skip_kmeans:
+        print("k-means NMI:", flush=True)
+        km = bench_kmeans(x, y, k, args.seed)
+        speedup = km["t_ref"] / km["t_ours"]
+        gap = km["nmi_ref"] - km["nmi_ours"]
+        print(f"  => speed-up {speedup:.1f}x (goal >= 5: {'met' if speedup >= 5 else 'NOT met'}); "
+              f"NMI gap {gap:+.4f} (goal <= 0.01: {'met' if gap <= 0.01 else 'NOT met'}); "
+              f"Lloyd {km['lloyd_fraction']:.2f} of GEMM peak (goal >= 0.7: "
+              f"{'met' if km['lloyd_fraction'] >= 0.7 else 'NOT met'})", flush=True)
+    if not args.skip_probe:
+        print("linear probe search:", flush=True)
+        pr = bench_probe(x, y, x_test, y_test)
+        speedup = pr["t_ref"] / pr["t_ours"]
+        gap = 100 * (pr["top1_ref"] - pr["top1_ours"])
+        print(f"  => speed-up {speedup:.1f}x (goal >= 3: {'met' if speedup >= 3 else 'NOT met'}); "
+              f"top1 gap {gap:+.2f} points (ours at most 0.5 below: {'met' if gap <= 0.5 else 'NOT met'})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Zero-shot classification accuracy from image embeddings and prompt-template class embeddings."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from alignprobe.errors import ValidationError
+
+from ._neighbors import unit_rows
+from ._validation import as_chunk_size, as_int, as_ks, as_labels, as_matrix, same_cols
+from .retrieval import recall_at_k
+
+
+def build_class_embeddings(text_emb: Any, n_templates: int | None = None) -> torch.Tensor:
+    """Class embeddings from prompt-template text embeddings (CLIP, Radford et al. 2021).
+
+    Each class embedding is the L2-normalised mean of the L2-normalised
+    embeddings of its prompts ("a photo of a {c}.", ...).
+
+    Args:
+        text_emb: (n_classes, n_templates, d), or (n_classes * n_templates, d)
+            in class-major order (rows c * n_templates .. (c + 1) * n_templates - 1
+            belong to class c) together with ``n_templates``.
+        n_templates: prompts per class; required for the 2-D form, must match
+            the 3-D form if given.
+
+    Returns a float32 torch tensor (n_classes, d) with unit rows, on the input's device.
+    """
+    if isinstance(text_emb, torch.Tensor):
+        t = text_emb.detach()
+    else:
+        t = torch.as_tensor(np.asarray(text_emb))
+    if t.ndim == 3:
+        if n_templates is not None and as_int(n_templates, "n_templates") != t.shape[1]:
+            raise ValidationError(
+                f"n_templates ({n_templates}) disagrees with text_emb's shape {tuple(t.shape)} (n_classes, n_templates, d)"
+            )
+        n_c, n_t, d = t.shape
+        flat = as_matrix(t.reshape(n_c * n_t, d), "text_emb")
+    elif t.ndim == 2:
+        if n_templates is None:
+            raise ValidationError(
+                "n_templates is required for 2-D text_emb (n_classes * n_templates, d); "
+                "or pass a 3-D array (n_classes, n_templates, d)"
+            )
+        n_t = as_int(n_templates, "n_templates")
+        flat = as_matrix(t, "text_emb")
+        if flat.shape[0] % n_t:
+            raise ValidationError(
+                f"text_emb has {flat.shape[0]} rows, not a multiple of n_templates = {n_t}"
+            )
+        n_c, d = flat.shape[0] // n_t, flat.shape[1]
+    else:
+        raise ValidationError(
+            f"text_emb must be (n_classes, n_templates, d) or (n_classes * n_templates, d); got shape {tuple(t.shape)}"
+        )
+    mean = unit_rows(flat, "text_emb").reshape(n_c, n_t, d).mean(dim=1)
+    return unit_rows(mean, "the mean of a class's prompt embeddings")
+
+
+def zero_shot_accuracy(
+    image_emb: Any,
+    class_text_emb: Any,
+    labels: Any,
+    topk: int | Sequence[int] = (1, 5),
+    *,
+    chunk_size: int | None = None,
+) -> dict[int, float]:
+    """Zero-shot top-k classification accuracy (CLIP protocol).
+
+    Each image is assigned the classes whose embedding has the highest cosine
+    similarity with the image embedding; top-k accuracy is the fraction of
+    images whose true class is among the k best. Ties are broken against the
+    true class (a constant scorer gets no credit).
+
+    Args:
+        image_emb: (n_images, d) image embeddings in the shared space.
+        class_text_emb: (n_classes, d) class embeddings, or (n_classes,
+            n_templates, d) prompt embeddings, combined by ``build_class_embeddings``.
+        labels: (n_images,) integer class indices in [0, n_classes).
+        topk: one k or several, each <= n_classes.
+        chunk_size: images per block.
+
+    Returns {k: accuracy in [0, 1]}.
+    """
+    img = as_matrix(image_emb, "image_emb")
+    cls_raw = class_text_emb.detach() if isinstance(class_text_emb, torch.Tensor) else np.asarray(class_text_emb)
+    if cls_raw.ndim == 3:
+        cls = build_class_embeddings(cls_raw)
+    else:
+        cls = unit_rows(as_matrix(cls_raw, "class_text_emb"), "class_text_emb")
+    same_cols(img, cls, "image_emb", "class_text_emb")
+    if img.device != cls.device:
+        raise ValidationError(f"image_emb and class_text_emb must be on the same device; got {img.device} and {cls.device}")
+    y = as_labels(labels, "labels", img.shape[0])
+    n_classes = cls.shape[0]
+    if y.min() < 0 or y.max() >= n_classes:
+        bad = y[(y < 0) | (y >= n_classes)][0]
+        raise ValidationError(f"labels must be class indices in [0, {n_classes}); got {int(bad)}")
+    ks = as_ks(topk, "topk", high=n_classes, high_reason=f"there are only {n_classes} classes")
+    chunk_size = as_chunk_size(chunk_size)
+    img_u = unit_rows(img, "image_emb")
+    return recall_at_k(lambda s, e: img_u[s:e] @ cls.T, y, ks, n_items=n_classes, chunk_size=chunk_size)
