@@ -137,6 +137,7 @@ def registry_table(modality: str | None = None) -> list[dict]:
     return [
         {
             "name": s.name,
+            "aliases": ",".join(s.aliases),
             "modality": s.modality,
             "source": s.source,
             "hub_id": s.hub_id,

@@ -312,6 +312,7 @@ def test_registry_table_rows():
     assert len(rows) == len(list_encoders())
     assert set(rows[0]) == {
         "name",
+        "aliases",
         "modality",
         "source",
         "hub_id",
@@ -323,7 +324,8 @@ def test_registry_table_rows():
     }
     vision = registry_table("vision")
     assert all(r["modality"] == "vision" for r in vision)
-    assert {r["name"] for r in rows if r["control"]} == {"pixels", "hog", "random-vit", "bow"}
+    assert {r["name"] for r in rows if r["control"]} == {
+        "pixels", "pixels-8", "pixels-32", "hog", "hog-16", "random-vit", "bow"}
     json.dumps(rows)
 
 
