@@ -101,6 +101,7 @@ class RunPipeline:
         self.config = config
         self.options = options or EncodeOptions()
         self.timings: dict[str, float] = {}
+        self.details: dict[str, Any] = {}  # chosen hyperparameters etc.: recorded, not metrics
         self.data_info: dict[str, dict] = {}
         self.encoder_info: dict[str, dict] = {}
         self._encoders: dict[str, Any] = {}
@@ -194,6 +195,8 @@ class RunPipeline:
             probe = self._train_probe(pairs)
             metrics["probe_val_loss"] = float(min(h["val_loss"] for h in probe.history_))
             metrics["probe_epochs"] = len(probe.history_)
+            self.details["probe_best_epoch"] = int(probe.best_epoch_)
+            self.details["probe_stopped_early"] = bool(probe.stopped_early_)
         if "similarity" in wanted:
             metrics.update(self._similarity(pairs, probe))
         if "zero_shot" in wanted:
@@ -242,7 +245,7 @@ class RunPipeline:
             out["linear_probe_top1"] = float(res["top1"])
             if res.get("top5") is not None:  # None when there are fewer than 5 classes
                 out["linear_probe_top5"] = float(res["top5"])
-            out["linear_probe_l2"] = float(res["l2"])
+            self.details["linear_probe_l2"] = float(res["l2"])
             self.timings["linear_probe"] = time.perf_counter() - t0
         return out
 
@@ -380,6 +383,7 @@ def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: Enc
         "probe_config": pipeline.probe_config.to_dict() if hasattr(pipeline, "probe_config") else None,
         "seed": config.seed,
         "metrics": metrics,
+        "details": pipeline.details,
         "encoders": pipeline.encoder_info,
         "data": pipeline.data_info,
         "encode_options": {k: v for k, v in options.as_dict().items() if k not in ("quiet",)},
