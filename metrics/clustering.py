@@ -45,19 +45,23 @@ def _threads(n_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old_torch)
 
 
-def kmeanspp_seeds(x: np.ndarray, k: int, *, seed: int = 0, n_local_trials: int | None = None) -> np.ndarray:
+def kmeanspp_seeds(x: Any, k: int, *, seed: int = 0, n_local_trials: int | None = None) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; greedy variant as in scikit-learn).
 
     Each new seed is the best, by resulting potential, of ``n_local_trials``
     candidates drawn with probability proportional to the squared distance to
-    the nearest chosen seed (default 2 + ln k). Returns the row indices of x
-    chosen as seeds, shape (k,). With m <= 8192 rows the squared distances come
+    the nearest chosen seed (default 2 + ln k). x is (m, d); returns the row
+    indices of x chosen as seeds, shape (k,). With m <= 8192 rows the squared distances come
     from one m x m Gram matrix, so each step reads a few rows instead of all of x.
     """
+    x = as_numpy_matrix(x, "x")
     m = x.shape[0]
-    if k > m:
-        raise ValidationError(f"cannot pick {k} seeds from {m} points")
-    trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
+    k = as_int(k, "k", low=1, high=m, high_reason=f"x has only {m} rows")
+    seed = as_int(seed, "seed", low=0)
+    if n_local_trials is None:
+        trials = 2 + int(math.log(k))
+    else:
+        trials = as_int(n_local_trials, "n_local_trials", low=1)
     gen = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(x)
     sq = (xt * xt).sum(1)
@@ -122,7 +126,7 @@ def kmeans(
     seed: int = 0,
     n_init: int = 1,
     max_iter: int = 100,
-    tol: float = 1e-4,
+    tol: float = 1e-5,
     init_sample_size: int | None = None,
     normalize: bool = True,
     n_threads: int | None = None,
@@ -131,7 +135,7 @@ def kmeans(
 
     Minimises the inertia sum_i ||x_i - c_{a(i)}||^2 (Lloyd 1982). Each of
     ``n_init`` restarts seeds with greedy k-means++ on a random subsample
-    (``init_sample_size`` rows, default min(n, max(5k, 4096), 8192)), then
+    (``init_sample_size`` rows, default min(n, max(8192, 4k))), then
     iterates Lloyd's algorithm (faiss) on every row until the relative change
     of the inertia falls below ``tol`` or ``max_iter`` iterations ran; the
     restart with the lowest inertia is kept.
@@ -160,7 +164,7 @@ def kmeans(
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
         raise ValidationError(f"tol must be a number in [0, 1); got {tol!r}")
     if init_sample_size is None:
-        m = min(n, max(5 * k, 4096), max(_GRAM_MAX_ROWS, k))
+        m = min(n, max(_GRAM_MAX_ROWS, 4 * k))
     else:
         m = as_int(init_sample_size, "init_sample_size", low=k, high=n,
                    high_reason=f"there are only {n} samples")

@@ -1,8 +1,13 @@
 """Linear separability: multinomial logistic regression on frozen features.
 
-The regularisation search runs one full-batch L-BFGS per L2 strength, from
-the strongest to the weakest, each warm-started from the previous solution:
-neighbouring strengths have nearby optima, so later fits need few iterations.
+The regularisation search runs full-batch L-BFGS along the path of L2
+strengths, strongest first. Each fit starts from the previous solution
+(extrapolated along log l2 when that lowers the objective) and keeps the
+previous fits' curvature pairs, corrected for the change of l2 (see
+``_lbfgs``). Neighbouring strengths have nearby optima and nearly the same
+Hessian, so after the first fit each one needs few iterations; independent
+fits (scikit-learn's search) pay for the full descent and curvature build-up
+every time.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import torch
 
 from alignprobe.errors import ValidationError
 
+from ._lbfgs import PathLBFGS
 from ._validation import as_int, as_labels, as_matrix, same_cols
 
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, -1, 11))
@@ -35,16 +41,21 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
 
 
 class _Objective:
-    """Mean cross-entropy + (l2 / 2) * ||W||^2 (bias unpenalised) and its gradient, in row chunks."""
+    """Mean cross-entropy + (l2 / 2) * ||W||^2 and its gradient, in row chunks.
+
+    Parameters are one (d + 1, C) tensor theta: W in the first d rows, the
+    (unpenalised) bias in the last.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, n_classes: int, chunk: int):
         self.x, self.y, self.n_classes, self.chunk = x, y, n_classes, chunk
 
-    def __call__(self, w: torch.Tensor, b: torch.Tensor, l2: float) -> tuple[float, torch.Tensor, torch.Tensor]:
+    def __call__(self, theta: torch.Tensor, l2: float) -> tuple[float, torch.Tensor]:
+        w, b = theta[:-1], theta[-1]
         n = self.x.shape[0]
-        loss = torch.zeros((), dtype=torch.float64, device=w.device)
-        gw = torch.zeros_like(w)
-        gb = torch.zeros_like(b)
+        loss = torch.zeros((), dtype=torch.float64, device=theta.device)
+        grad = torch.zeros_like(theta)
+        gw, gb = grad[:-1], grad[-1]
         for s in range(0, n, self.chunk):
             xs, ys = self.x[s : s + self.chunk], self.y[s : s + self.chunk]
             logp = torch.log_softmax(torch.addmm(b, xs, w), dim=1)
@@ -54,29 +65,15 @@ class _Objective:
             p[torch.arange(len(ys), device=p.device), ys] -= 1.0
             gw.addmm_(xs.T, p)
             gb += p.sum(0)
-        gw.div_(n).add_(w, alpha=l2)
-        gb.div_(n)
-        value = float(loss) / n + 0.5 * l2 * float((w.double() ** 2).sum())
-        return value, gw, gb
+        grad.div_(n)
+        gw.add_(w, alpha=l2)
+        value = float(loss) / n + 0.5 * l2 * float(torch.dot(w.reshape(-1), w.reshape(-1)))
+        return value, grad
 
 
-def _fit(
-    obj: _Objective, w: torch.Tensor, b: torch.Tensor, l2: float, max_iter: int, tol: float
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    w = w.clone().requires_grad_(False)
-    b = b.clone().requires_grad_(False)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-10,
-        history_size=20, line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> float:
-        value, gw, gb = obj(w, b, l2)
-        w.grad, b.grad = gw, gb
-        return value
-
-    opt.step(closure)
-    return w, b, int(opt.state[opt._params[0]].get("n_iter", 0))
+def _history_size(numel: int) -> int:
+    """L-BFGS memory: 50 pairs (the path needs a long memory), capped at ~512 MiB of float32 pairs."""
+    return int(max(5, min(50, (512 << 20) // (8 * numel))))
 
 
 def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -185,21 +182,44 @@ def linear_probe_accuracy(
     obj_fit = _Objective(xtr[fit_t], y_all[fit_t], n_classes, chunk)
     x_val, y_val = xtr[val_t], y_all[val_t]
 
-    w = torch.zeros(xtr.shape[1], n_classes, device=device)
-    b = torch.zeros(n_classes, device=device)
+    d = xtr.shape[1]
+    theta = torch.zeros(d + 1, n_classes, device=device)
+    mask = torch.ones(d + 1, 1, device=device)
+    mask[-1] = 0  # the bias is not penalised
+    opt = PathLBFGS(obj_fit, mask, _history_size(theta.numel()))
     val_acc: dict[float, float] = {}
     n_iter: dict[float, int] = {}
-    solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    solutions: dict[float, torch.Tensor] = {}
+    f, g = 0.0, theta
+    prev_theta, prev_l2 = None, None
     for l2 in grid:
-        w, b, it = _fit(obj_fit, w, b, l2, max_iter, tol)
-        solutions[l2] = (w, b)
-        n_iter[l2] = it
-        val_acc[l2] = _topk_correct(torch.addmm(b, x_val, w), y_val, 1) / len(val_rows)
+        start = None
+        if opt.l2 is not None:
+            # Objective and gradient at the old solution under the new strength, without an evaluation.
+            sq = float(torch.dot(theta[:-1].reshape(-1), theta[:-1].reshape(-1)))
+            start = (f + 0.5 * (l2 - opt.l2) * sq, g + (l2 - opt.l2) * mask * theta)
+            if prev_theta is not None:
+                # The solution path is smooth in log(l2): extrapolate it, keep it only if better.
+                step = float(np.log(l2 / opt.l2) / np.log(opt.l2 / prev_l2))
+                cand = theta + step * (theta - prev_theta)
+                fc, gc = obj_fit(cand, l2)
+                prev_theta, prev_l2 = theta, opt.l2
+                if fc < start[0]:
+                    theta, start = cand, (fc, gc)
+            else:
+                prev_theta, prev_l2 = theta, opt.l2
+        opt.set_l2(l2)
+        theta, f, g, n_iter[l2] = opt.minimize(theta, max_iter, tol, start)
+        solutions[l2] = theta
+        val_acc[l2] = _topk_correct(torch.addmm(theta[-1], x_val, theta[:-1]), y_val, 1) / len(val_rows)
     best = max(grid, key=lambda v: (val_acc[v], v))
-    del obj_fit
 
-    obj_all = _Objective(xtr, y_all, n_classes, chunk)
-    w, b, refit_iter = _fit(obj_all, *solutions[best], best, max_iter, tol)
+    # Refit on all training rows, from the search's solution; the path's
+    # curvature pairs remain a good model of the (similar) Hessian.
+    opt.fn = _Objective(xtr, y_all, n_classes, chunk)
+    opt.set_l2(best)
+    theta, _, _, refit_iter = opt.minimize(solutions[best], max_iter, tol)
+    w, b = theta[:-1], theta[-1]
     yte_t = torch.from_numpy(yte_idx).to(device)
     top1 = top5 = 0
     for s in range(0, xte.shape[0], chunk):

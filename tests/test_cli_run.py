@@ -84,11 +84,11 @@ def test_unavailable_model_fails_fast_before_any_work(tmp_path, monkeypatch):
 def test_sweep_report_and_plot(tmp_path):
     out = tmp_path / "results"
     common = ["--pairs", "shapes:train?n=200", "--labelled", "shapes:test?n=300", "--retrieval",
-              "shapes:test?n=200", "--metrics", "kmeans_nmi,knn,linear_probe,zero_shot", "-q", "--out", out]
-    result = CliRunner().invoke(main, ["sweep", "--vision", "pixels,hog,random-vit", "--text", "bow", *common])
+              "shapes:test?n=200", "--metrics", "kmeans_nmi,knn,linear_probe,similarity", "-q", "--out", out]
+    result = CliRunner().invoke(main, ["sweep", "--vision", "pixels-8,pixels,hog-16", "--text", "bow", *common])
     assert result.exit_code == 0, result.output
     assert "3 pairs: 3 run" in result.output
-    again = CliRunner().invoke(main, ["sweep", "--vision", "pixels,hog,random-vit", "--text", "bow", *common])
+    again = CliRunner().invoke(main, ["sweep", "--vision", "pixels-8,pixels,hog-16", "--text", "bow", *common])
     assert "0 run, 3 already done" in again.output
 
     md = invoke("report", out, "--format", "md")
