@@ -24,6 +24,7 @@ _EXPORTS = {
     "run_pair": "alignprobe.probe.pipeline",
     "SweepConfig": "alignprobe.probe.sweep",
     "run_sweep": "alignprobe.probe.sweep",
+    "load_aligned": "alignprobe.probe.aligned",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -274,5 +274,13 @@ def plot(results_dir, output, text, formats, n_boot, seed):
         click.echo(str(path))
 
 
+# SAIL training commands live in their own module; registered here so `alignprobe --help` lists them.
+from alignprobe.cli_train import classify, evaluate, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(evaluate, name="eval")
+main.add_command(classify)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -83,7 +83,7 @@ def bench_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict[str, f
 
     # Lloyd efficiency: fixed iterations from k-means++ seeds, bracketed by GEMM measurements.
     g0 = gemm_flops(n, d, k)
-    sub = np.random.default_rng(seed).choice(n, size=min(n, max(5 * k, 4096)), replace=False)
+    sub = np.random.default_rng(seed).choice(n, size=min(n, max(8192, 4 * k)), replace=False)
     xs = np.ascontiguousarray(xn[sub])
     init = xs[kmeanspp_seeds(xs, k, seed=seed)]
     n_lloyd = 10
@@ -97,6 +97,9 @@ def bench_kmeans(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict[str, f
           f"numpy {max(g0['numpy'], g1['numpy']) / 1e9:.0f} GFLOP/s", flush=True)
     print(f"  Lloyd iteration (faiss): median {lloyd_s:.2f} s over {it} iterations -> "
           f"{lloyd_flops / 1e9:.0f} GFLOP/s = {lloyd_flops / peak:.2f} of GEMM peak", flush=True)
+    # The peak above is a best-of-3; best iteration against it is the like-for-like figure.
+    best_flops = 2.0 * n * k * d / min(per_iter[1:] or per_iter)
+    print(f"    (fastest iteration: {best_flops / 1e9:.0f} GFLOP/s = {best_flops / peak:.2f} of GEMM peak)", flush=True)
 
     t = time.perf_counter()
     ref = KMeans(n_clusters=k, random_state=seed).fit(xn)

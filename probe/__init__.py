@@ -23,6 +23,7 @@ _EXPORTS = {
     # pipelines
     "RunConfig": "pipeline", "run_pair": "pipeline", "METRIC_GROUPS": "pipeline",
     "SweepConfig": "sweep", "run_sweep": "sweep",
+    "load_aligned": "aligned",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -196,6 +196,8 @@ def pairwise_sigmoid_loss(
     logit_bias,
     normalization: str = "n2",
     chunk_size: int | None = None,
+    *,
+    divisor: float | None = None,
 ) -> torch.Tensor:
     """Sigmoid loss of every text against every image, one positive image per text at most.
 
@@ -210,6 +212,11 @@ def pairwise_sigmoid_loss(
             reference); ``"n"`` -- the sum divided by ``N`` (SigLIP paper).
         chunk_size: None for the naive full matrix; an int for exact tiled
             computation with ``chunk_size x chunk_size`` tiles.
+        divisor: overrides ``normalization``: the sum is divided by this
+            number. A rank of a distributed run scores its share of the global
+            logit matrix and divides by the *global* count (``M_global *
+            N_global`` for n2), so that the ranks' losses add up to the
+            global loss.
 
     Returns a 0-dim tensor, fp32 (fp64 for fp64 inputs); half-precision
     features are upcast, since a sum of ``M * N`` sigmoid terms is not
@@ -232,6 +239,10 @@ def pairwise_sigmoid_loss(
         total = _TiledSigmoidSum.apply(
             img, txt, scale, bias, positive_index, chunk, _needs_grad(img, txt, scale, bias)
         )
+    if divisor is not None:
+        if isinstance(divisor, bool) or not isinstance(divisor, (int, float)) or not divisor > 0:
+            raise ValidationError(f"divisor must be None or a number > 0, got {divisor!r}")
+        return total / divisor
     return total / (m * n if normalization == "n2" else n)
 
 

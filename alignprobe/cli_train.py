@@ -1,0 +1,318 @@
+"""`alignprobe train`, `alignprobe eval`, `alignprobe classify`: SAIL training and use of its models.
+
+Defined standalone; `alignprobe.cli` adds them to the `main` group. They only
+parse flags and call the public API (`alignprobe.probe.sail_run`, `load_aligned`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from alignprobe.cli import _friendly_errors, _options_from, _print_table, _setup_logging
+
+METRIC_COLUMNS = ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+                  "t2i_r10", "sail_val_loss", "sail_best_epoch", "sail_epochs")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _encoding_options(func, batch_flag: str = "--batch-size"):
+    """The encode options of `alignprobe run`; ``train`` renames --batch-size (its own is the training batch)."""
+    decorators = [
+        click.option(batch_flag, "encode_batch_size", type=int, default=None, help="Encoding batch size [64]."),
+        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [auto]; encoders and training."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                     help="Encoder compute dtype [fp32 on CPU, fp16 on GPU]."),
+        click.option("--storage-dtype", type=click.Choice(["fp16", "fp32"]), default=None,
+                     help="Dtype of cached embeddings [fp16]."),
+        click.option("--num-workers", type=int, default=None, help="Image decoding workers [one per spare core]."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="ALIGNPROBE_CACHE_DIR",
+                     help="Embedding cache root [~/.cache/alignprobe]."),
+        click.option("--no-recompute", is_flag=True, help="Fail instead of encoding on a cache miss."),
+        click.option("--strict", is_flag=True, help="A missing or corrupt image is an error, not skipped."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs."),
+        click.option("--verbose", "-v", count=True, help="More logging (-vv for debug)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _train_encoding_options(func):
+    return _encoding_options(func, batch_flag="--encode-batch-size")
+
+
+def _options(kwargs):
+    kwargs["batch_size"] = kwargs.pop("encode_batch_size")
+    return _options_from(kwargs)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def _metrics_row(metrics: dict) -> dict:
+    return {k: _fmt(metrics.get(k)) for k in METRIC_COLUMNS if k in metrics}
+
+
+def _data_spec(value: str | None) -> str | None:
+    """None keeps the default; "none" / "" skips that evaluation set."""
+    if value is None:
+        return None
+    return "" if value.strip().lower() in ("", "none", "-") else value
+
+
+# --------------------------------------------------------------------------- train
+
+
+@click.command()
+@click.option("--vision", default=None, help="Vision encoder: name, alias, hf:/timm: id or local directory.")
+@click.option("--text", default=None, help="Text encoder: name, alias, hf:/st: id or local directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory: checkpoints, logs, aligned.json [with --from-sweep: RESULTS_DIR/sail].")
+@click.option("--from-sweep", "from_sweep", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Train the best pairs of this sweep's results directory (and add their records to it).")
+@click.option("--top-k", type=int, default=1, show_default=True, help="With --from-sweep: how many pairs.")
+@click.option("--by", default="zero_shot_top1", show_default=True, help="With --from-sweep: rank pairs by this metric.")
+@click.option("--preset", type=click.Choice(["sail", "probe"]), default="sail", show_default=True,
+              help="sail: star heads w=8 into 1024-d, Lion, lr 1e-5, wd 1e-4; probe: linear heads into 2048-d, "
+                   "AdamW, lr 1e-5, wd 1e-7. Both batch 32,768 and 100 epochs (adjusted below 100k pairs).")
+@click.option("--pairs", default=None, help="Image-caption pairs to train on [shapes:train].")
+@click.option("--labelled", default=None, help="Labelled images for zero-shot evaluation [shapes:test; 'none' skips].")
+@click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [shapes:test; 'none' skips].")
+@click.option("--vision-pooling", default=None, help="Override the registry's vision pooling (cls|mean|concat|pooler).")
+@click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last|encode).")
+@click.option("--head", type=click.Choice(["linear", "mlp", "star", "identity"]), default=None,
+              help="Head of both sides [preset's: star | linear].")
+@click.option("--image-head", type=click.Choice(["linear", "mlp", "star", "identity"]), default=None)
+@click.option("--text-head", type=click.Choice(["linear", "mlp", "star", "identity"]), default=None)
+@click.option("--width", type=int, default=None, help="Star head width factor [8].")
+@click.option("--dim", "out_dim", type=int, default=None, help="Shared space dimension [1024 sail, 2048 probe].")
+@click.option("--batch-size", type=int, default=None, help="Global training batch [32768; min(n, 1024) on small data].")
+@click.option("--micro-batch", default=None,
+              help="Rows per micro-batch of the two-pass (GradCache) step [4096]; 'none' for one pass.")
+@click.option("--optimizer", type=click.Choice(["lion", "adamw"]), default=None, help="[lion sail, adamw probe]")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [1e-5; small data 1e-4 Lion / 1e-3 AdamW].")
+@click.option("--weight-decay", type=float, default=None, help="[1e-4 sail, 1e-7 probe]")
+@click.option("--decay-all", is_flag=True, default=None,
+              help="Also decay LayerNorm gains, biases and the logit scale/bias (default: weight matrices only).")
+@click.option("--epochs", type=int, default=None, help="[100; small data 200 with early stopping]")
+@click.option("--warmup", type=float, default=None, help="Warm-up: steps (>= 1) or a fraction of all steps [0.05].")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None, help="[cosine]")
+@click.option("--grad-clip", type=float, default=None, help="Max global gradient norm [none].")
+@click.option("--loss", type=click.Choice(["sigmoid", "infonce"]), default=None, help="[sigmoid]")
+@click.option("--normalization", type=click.Choice(["n2", "n"]), default=None,
+              help="Sigmoid loss: mean over the N x N logits (n2, SAIL) or sum / N (n, SigLIP) [n2].")
+@click.option("--chunk-size", default=None, help="Tile size of the exact chunked loss [4096]; 'none' for naive.")
+@click.option("--positives", type=int, default=None,
+              help="Captions per image per step [2 when every image has two or more, else 1].")
+@click.option("--caption-sampling", type=click.Choice(["random", "fixed"]), default=None,
+              help="Draw each image's captions at random each epoch, or always the first ones [random].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Autocast of the heads on GPU [fp32].")
+@click.option("--val-fraction", type=float, default=None, help="Held-out share of the images [0.1].")
+@click.option("--patience", default=None, help="Early-stopping patience in epochs ['none' sail; 20 small data].")
+@click.option("--select-by", default=None, help="Keep the epoch best by val_loss or a metric (zero_shot_top1, i2t_r1...) [val_loss].")
+@click.option("--eval-every", type=int, default=None, help="Evaluate zero-shot/retrieval every N epochs [1; 0: at the end].")
+@click.option("--checkpoint-every", default=None, help="Also checkpoint every N steps [1000]; 'none': epoch ends only.")
+@click.option("--seed", type=int, default=None, help="Seed of the split, the initialisation and the data order [0].")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a 'sail' result record into this results directory (for `alignprobe report`).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in an --out that holds a run.")
+@click.option("--force", is_flag=True, help="Retrain even if a finished record exists (implies --overwrite).")
+@_train_encoding_options
+@_friendly_errors
+def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled, retrieval, vision_pooling,
+          text_pooling, head, image_head, text_head, width, out_dim, batch_size, micro_batch, optimizer, lr,
+          weight_decay, decay_all, epochs, warmup, schedule, grad_clip, loss, normalization, chunk_size, positives,
+          caption_sampling, precision, val_fraction, patience, select_by, eval_every, checkpoint_every, seed,
+          results_dir, resume, overwrite, force, verbose, **kwargs):
+    """Train SAIL alignment heads on a frozen vision x text pair (or on a sweep's best pairs).
+
+    \b
+    alignprobe train --vision dinov2-l --text gte --out runs/dl-gte --pairs wds:/data/cc3m
+    torchrun --nproc_per_node 8 --no-python alignprobe train --vision ... --out ...   (a process per GPU)
+    alignprobe train --from-sweep results --top-k 3 --by zero_shot_top1
+    """
+    from alignprobe.errors import ValidationError
+    from alignprobe.probe import distributed as D
+    from alignprobe.probe.sail_run import SailRunConfig, default_run_dir, train_from_sweep, train_pair
+
+    _setup_logging(kwargs["quiet"], verbose)
+    options = _options(kwargs)
+    ctx = D.init_distributed()
+    echo = click.echo if ctx.is_main else (lambda *a, **k: None)
+    if image_head is None and head is not None:
+        image_head = head
+    if text_head is None and head is not None:
+        text_head = head
+    values = dict(image_head=image_head, text_head=text_head, width=width, out_dim=out_dim, batch_size=batch_size,
+                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, decay_norm_bias_logit=decay_all,
+                  epochs=epochs, warmup=(int(warmup) if warmup is not None and warmup >= 1 else warmup),
+                  schedule=schedule, grad_clip=grad_clip, loss=loss, normalization=normalization,
+                  positives=positives, caption_sampling=caption_sampling, precision=precision,
+                  val_fraction=val_fraction, select_by=select_by, eval_every=eval_every)
+    overrides = {k: v for k, v in values.items() if v is not None}
+    # These four accept 'none' (an explicit None), so "not given" is told apart from it.
+    for name, flag, raw in (("micro_batch", "--micro-batch", micro_batch), ("chunk_size", "--chunk-size", chunk_size),
+                            ("patience", "--patience", patience),
+                            ("checkpoint_every", "--checkpoint-every", checkpoint_every)):
+        if raw is not None:
+            overrides[name] = _none_or_int(flag, raw)
+    data = dict(pairs=pairs, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
+                vision_pooling=vision_pooling, text_pooling=text_pooling, seed=seed)
+
+    if from_sweep:
+        if vision or text:
+            raise ValidationError("--from-sweep picks the encoders itself; drop --vision/--text")
+        results = train_from_sweep(from_sweep, top_k, by, out_root=out_dir, preset=preset, train=overrides,
+                                   data=data, options=options, resume=resume, force=force or overwrite)
+        rows = []
+        for res in results:
+            rec = res.record
+            pick = rec.get("selected_by") or {}
+            rows.append({"vision": rec["vision"], "text": rec["text"], f"probe {by}": _fmt(pick.get("probe_score")),
+                         **_metrics_row(rec["metrics"]), "status": "reused" if res.reused else "trained"})
+        echo(f"SAIL heads for the top {len(results)} pairs of {from_sweep} by {by}:")
+        if ctx.is_main:
+            _print_table(rows)
+            for res in results:
+                for note in res.notes:
+                    echo(f"  {res.record['vision']} x {res.record['text']}: {note}")
+        echo(f"\nrecords added to {from_sweep} (kind 'sail'); compare with the probes: alignprobe report {from_sweep}")
+        D.shutdown(ctx)
+        return
+
+    if not vision or not text:
+        raise ValidationError("give --vision and --text (or --from-sweep RESULTS_DIR)")
+    config = SailRunConfig(vision=vision, text=text, preset=preset, train=overrides,
+                           **{k: v for k, v in data.items() if v is not None})
+    run_dir = Path(out_dir) if out_dir else default_run_dir("runs", config)
+    result = train_pair(config, run_dir, options=options, results_dir=results_dir, resume=resume,
+                        overwrite=overwrite, force=force)
+    for note in result.notes:
+        echo(note)
+    if ctx.is_main:
+        _print_table([{"vision": vision, "text": text, **_metrics_row(result.record["metrics"])}])
+    echo(f"\nmodel: {result.record['checkpoint']}" + ("  (reused: a finished record exists; --force to retrain)"
+                                                      if result.reused else ""))
+    echo(f"use it: alignprobe eval --model {run_dir}  |  alignprobe classify --model {run_dir} --images DIR "
+         f"--classes a,b  |  alignprobe.load_aligned({str(run_dir)!r})")
+    if result.record_path is not None:
+        echo(f"record: {result.record_path}")
+    D.shutdown(ctx)
+
+
+def _none_or_int(flag: str, value: str) -> int | None:
+    from alignprobe.errors import ValidationError
+
+    if str(value).strip().lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError(f"{flag} must be an integer or 'none', got {value!r}") from None
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@click.command(name="eval")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="Run directory of `alignprobe train` (or its aligned.json).")
+@click.option("--labelled", default=None, help="Labelled images for zero-shot [the run's; 'none' skips].")
+@click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [the run's; 'none' skips].")
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
+              help="The kept (best held-out) weights or the latest checkpoint.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
+@_encoding_options
+@_friendly_errors
+def evaluate(model_path, labelled, retrieval, which, json_out, verbose, **kwargs):
+    """Zero-shot and retrieval scores of a trained model on labelled / captioned data."""
+    from alignprobe.io import write_json_atomic
+    from alignprobe.probe.sail_run import evaluate_checkpoint
+
+    _setup_logging(kwargs["quiet"], verbose)
+    options = _options(kwargs)
+    result = evaluate_checkpoint(model_path, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
+                                 options=options, which=which)
+    click.echo(f"model: {result['model']} ({which})  labelled: {result['labelled']}  retrieval: {result['retrieval']}")
+    _print_table([{k: _fmt(v) for k, v in result["metrics"].items()}])
+    if json_out:
+        write_json_atomic(json_out, result)
+        click.echo(f"wrote {json_out}", err=True)
+
+
+# --------------------------------------------------------------------------- classify
+
+
+def _image_files(images: str) -> list[Path]:
+    from alignprobe.errors import DataError
+
+    path = Path(images).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"--images {images!r} is neither an image file nor a directory")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+    return files
+
+
+def _class_names(classes: str) -> list[str]:
+    from alignprobe.errors import ValidationError
+
+    path = Path(classes).expanduser()
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = [c.strip() for c in classes.split(",")]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValidationError("--classes is empty; give comma-separated names or a file with one name per line")
+    return names
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="Run directory of `alignprobe train` (or its aligned.json).")
+@click.option("--images", required=True, help="An image file or a directory of images (searched recursively).")
+@click.option("--classes", required=True, help="Comma-separated class names, or a file with one per line.")
+@click.option("--templates", default=None, help="Prompt templates: simple, clip, or a file ['a photo of a {}.'].")
+@click.option("--top-k", type=int, default=1, show_default=True, help="Classes listed per image.")
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Encoder compute dtype.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write predictions here.")
+@_friendly_errors
+def classify(model_path, images, classes, templates, top_k, which, device, dtype, json_out):
+    """Zero-shot classification of images with a trained model."""
+    from alignprobe.io import write_json_atomic
+    from alignprobe.probe.aligned import load_aligned
+
+    files = _image_files(images)
+    names = _class_names(classes)
+    model = load_aligned(model_path, device=device, encoder_dtype=dtype, which=which)
+    result = model.classify(files, names, templates=templates)
+    rows, out = [], []
+    for f, top, i in zip(files, result.top(top_k), range(len(files))):
+        best = int(result.indices[i])
+        rows.append({"image": str(f), "class": names[best], "score": f"{result.scores[i, best]:.4f}",
+                     "prob": f"{result.probs[i, best]:.4f}",
+                     **({"top": ", ".join(f"{c} {s:.3f}" for c, s in top)} if top_k > 1 else {})})
+        out.append({"image": str(f), "class": names[best], "scores": dict(zip(names, map(float, result.scores[i]))),
+                    "probs": dict(zip(names, map(float, result.probs[i])))})
+    _print_table(rows)
+    if json_out:
+        write_json_atomic(json_out, {"model": str(model.path), "classes": names, "predictions": out})
+        click.echo(f"wrote {json_out}", err=True)
+
+
+__all__ = ["train", "evaluate", "classify"]

@@ -1,0 +1,175 @@
+"""SAIL training checkpoints: atomic, resumable, best and latest kept.
+
+Layout of a run directory::
+
+    OUT/aligned.json                      # the trained model: encoders, pooling, dims, configs,
+                                          # metrics, and the weights file of the best step
+    OUT/checkpoints/step-000001234/       # one directory per saved step, never modified once named
+        model.safetensors                 # the heads and the logit scale/bias
+        optimizer.pt                      # optimizer (and fp16 grad-scaler) state
+        rng.pt                            # torch / CUDA / numpy / python RNG states
+        state.json                        # epoch, position in the epoch, step, best-so-far, history
+    OUT/checkpoints/latest.json           # {"step": ..., "dir": "step-..."}
+    OUT/checkpoints/best.json
+
+A step directory is written under a temporary name and renamed into place, and
+the pointers are JSON files replaced atomically, so a run killed at any moment
+leaves a consistent latest checkpoint. Directories that neither pointer names
+are removed after each save.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignprobe.errors import ValidationError
+from alignprobe.io import write_json_atomic
+
+MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "rng.pt", "state.json"
+ALIGNED_FILE = "aligned.json"
+POINTERS = ("latest", "best")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` directory of a run (see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / "checkpoints"
+
+    # ---- pointers
+    def _pointer(self, name: str) -> dict | None:
+        path = self.root / f"{name}.json"
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
+    def path(self, name: str = "latest") -> Path | None:
+        """The step directory ``latest`` or ``best`` points at, or None."""
+        pointer = self._pointer(name)
+        if pointer is None:
+            return None
+        directory = self.root / pointer["dir"]
+        if directory.is_dir():
+            return directory
+        old = directory.with_name(directory.name + ".old")  # killed in the middle of a swap
+        return old if old.is_dir() else None
+
+    def exists(self) -> bool:
+        return self.path("latest") is not None
+
+    # ---- save
+    def save(self, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict, rng: dict,
+             state: dict, pointers: tuple[str, ...] = ("latest",)) -> Path:
+        """Write step ``step`` and point ``pointers`` at it; returns the step directory."""
+        from safetensors.torch import save_file
+
+        name = f"step-{step:09d}"
+        target = self.root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
+        try:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()},
+                      str(tmp / MODEL_FILE), metadata={"step": str(step), "format": "alignprobe.sail/1"})
+            torch.save(optimizer_state, tmp / OPTIM_FILE)
+            torch.save(rng, tmp / RNG_FILE)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True, default=_json_default))
+            for f in tmp.iterdir():
+                _fsync(f)
+            if target.exists():  # the same step saved again (epoch end right after a periodic save)
+                old = target.with_name(name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for pointer in pointers:
+            write_json_atomic(self.root / f"{pointer}.json", {"step": step, "dir": name})
+        self.prune()
+        return target
+
+    def prune(self) -> None:
+        """Remove the step directories that no pointer and no ``aligned.json`` names."""
+        keep = {p["dir"] for p in (self._pointer(n) for n in POINTERS) if p}
+        aligned = self.run_dir / ALIGNED_FILE
+        if aligned.is_file():
+            try:
+                keep.add(Path(json.loads(aligned.read_text())["weights"]).parent.name)
+            except (ValueError, KeyError, TypeError):
+                pass
+        if not self.root.is_dir():
+            return
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry.name.startswith("step-") and entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Forget a previous run in this directory (its checkpoints and ``aligned.json``)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        (self.run_dir / ALIGNED_FILE).unlink(missing_ok=True)
+
+    # ---- load
+    def load(self, name: str = "latest", device: torch.device | str = "cpu") -> dict[str, Any]:
+        """``{"model": state_dict, "optimizer": ..., "rng": ..., "state": ..., "dir": path}``."""
+        from safetensors.torch import load_file
+
+        directory = self.path(name)
+        if directory is None:
+            raise ValidationError(f"{self.run_dir} has no {name} checkpoint (no {self.root / (name + '.json')})")
+        return {
+            "model": load_file(str(directory / MODEL_FILE), device=str(device)),
+            "optimizer": torch.load(directory / OPTIM_FILE, map_location=device, weights_only=True),
+            "rng": torch.load(directory / RNG_FILE, map_location="cpu", weights_only=True),
+            "state": json.loads((directory / STATE_FILE).read_text()),
+            "dir": directory,
+        }
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

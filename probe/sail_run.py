@@ -1,0 +1,362 @@
+"""`alignprobe train`: SAIL training of one encoder pair end to end, or of a sweep's best pairs.
+
+registry -> encode (cached; the training pairs stay memory-mapped) -> `SailTrainer`
+-> checkpoint directory (``aligned.json``) -> optionally a ``"kind": "sail"``
+result record beside the probe records, so one report shows probe and SAIL
+scores of each pair side by side.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alignprobe.config import EncodeOptions
+from alignprobe.errors import DataError, ValidationError
+
+from . import distributed as D
+
+log = logging.getLogger("alignprobe.train")
+
+
+@dataclass
+class SailRunConfig:
+    """Everything that determines a SAIL training run's result (its hash names the record).
+
+    ``preset`` is ``"sail"`` or ``"probe"``; ``train`` holds `SailConfig`
+    overrides (flags the user set). Below 100k pairs the preset's small-data
+    variant is used (`SailConfig.auto`), unless ``train`` sets lr/batch_size.
+    """
+
+    vision: str
+    text: str
+    pairs: str = "shapes:train"
+    labelled: str | None = "shapes:test"
+    retrieval: str | None = "shapes:test"
+    seed: int = 0
+    vision_pooling: str | None = None
+    text_pooling: str | None = None
+    preset: str = "sail"
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from .sail_trainer import PRESETS, SailConfig
+
+        if self.preset not in PRESETS:
+            raise ValidationError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        known = {f for f in SailConfig.__dataclass_fields__}
+        unknown = sorted(set(self.train) - known)
+        if unknown:
+            raise ValidationError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.train.items())}
+        return out
+
+    def config_hash(self) -> str:
+        from .cache import stable_hash
+
+        return stable_hash({"kind": "sail", **self.as_dict()}, length=12)
+
+    def group_hash(self) -> str:
+        from .cache import stable_hash
+
+        return stable_hash({"kind": "sail", **{k: v for k, v in self.as_dict().items() if k != "seed"}}, length=12)
+
+    def run_config(self):
+        """The `RunConfig` whose pipeline encodes this run's data (same data, encoders, pooling)."""
+        from .pipeline import RunConfig
+
+        return RunConfig(vision=self.vision, text=self.text, pairs=self.pairs,
+                         labelled=self.labelled or "shapes:test", retrieval=self.retrieval or "shapes:test",
+                         metrics=("zero_shot", "retrieval"), seed=self.seed,
+                         vision_pooling=self.vision_pooling, text_pooling=self.text_pooling)
+
+
+@dataclass
+class SailRunResult:
+    record: dict
+    run_dir: Path
+    record_path: Path | None
+    reused: bool
+    notes: list[str]
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _encode_pairs(pipeline, spec: str, options: EncodeOptions, ctx: D.DistContext):
+    """Image and caption embeddings of the training pairs, memory-mapped (never loaded whole).
+
+    Under torchrun each rank encodes its share of the cache shards, then all
+    open the complete entry.
+    """
+    from .data_spec import flatten_captions, open_dataset
+    from .encoding import ImageSource, TextSource, encode_source
+
+    t0 = time.perf_counter()
+    dataset = open_dataset(spec, strict=options.strict)
+    if not dataset.has_captions:
+        raise DataError(f"--pairs {spec!r} has no captions; give a captioned data set (CSV, webdataset, COCO...)")
+    pipeline.data_info["pairs"] = dataset.describe()
+    texts, caption_image = flatten_captions(dataset)
+    common = dict(cache=options.cache(), batch_size=options.batch_size, storage_dtype=options.storage_dtype,
+                  recompute=options.recompute, strict=options.strict, quiet=options.quiet or not ctx.is_main)
+    out = {}
+    for key, modality, source, extra in (
+            ("images", "vision", ImageSource(dataset), {"num_workers": options.num_workers}),
+            ("captions", "text", TextSource(dataset.name, texts, "captions"), {})):
+        encoder = pipeline.encoder(modality)
+        result = encode_source(encoder, source, shard=(ctx.rank, ctx.world_size), **common, **extra)
+        if ctx.enabled:
+            D.barrier(ctx)
+            if result.embeddings is None:  # another rank finished last: the entry is complete now
+                result = encode_source(encoder, source, **common, **extra)
+        if result.embeddings is None:
+            raise DataError(f"the {key} of {spec!r} are not completely encoded; rerun to finish them")
+        out[key] = result.embeddings
+    pipeline.data_info["pairs"]["skipped_images"] = int((~out["images"].valid).sum())
+    pipeline.timings["encode_pairs"] = time.perf_counter() - t0
+    return out["images"], out["captions"], np.asarray(caption_image, dtype=np.int64)
+
+
+def _eval_sets(pipeline, config: SailRunConfig):
+    """Zero-shot and retrieval sets as in-memory embeddings (small by nature)."""
+    from .sail_eval import RetrievalData, ZeroShotData
+
+    zero_shot = retrieval = None
+    if config.labelled:
+        enc = pipeline._encode_set("labelled", config.labelled, True, False, True)
+        if enc.dataset.labels is None:
+            raise DataError(f"--labelled {config.labelled!r} has no labels")
+        valid = enc.image_valid
+        zero_shot = ZeroShotData(enc.images[valid], np.asarray(enc.dataset.labels)[valid], enc.prompts,
+                                 len(enc.dataset.class_names), enc.dataset.name)
+    if config.retrieval:
+        enc = pipeline._encode_set("retrieval", config.retrieval, True, True, False)
+        valid = np.flatnonzero(enc.image_valid)
+        keep = np.isin(enc.caption_image, valid)
+        remap = -np.ones(len(enc.image_valid), dtype=np.int64)
+        remap[valid] = np.arange(len(valid))
+        retrieval = RetrievalData(enc.images[valid], enc.captions[keep], remap[enc.caption_image[keep]],
+                                  enc.dataset.name)
+    return zero_shot, retrieval
+
+
+def encoder_entry(encoder, spec) -> dict:
+    """What `load_aligned` needs to rebuild a frozen encoder, and what identifies it."""
+    manifest = encoder.manifest()
+    return {"name": spec.name, "requested": None, "pooling": manifest.get("pooling"), "dim": encoder.dim,
+            "hub_id": manifest.get("hub_id"), "revision": manifest.get("revision"),
+            "prefix": manifest.get("prefix"), "local_path": (manifest.get("local_path") or {}).get("path"),
+            "manifest": manifest}
+
+
+# --------------------------------------------------------------------------- one pair
+
+
+def default_run_dir(root: str | Path, config: SailRunConfig) -> Path:
+    from .cache import _slug
+
+    return Path(root) / f"{_slug(config.vision)}__{_slug(config.text)}__{config.config_hash()}"
+
+
+def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOptions | None = None,
+               results_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+               force: bool = False, extra_record: dict | None = None) -> SailRunResult:
+    """Encode the data (cached), train SAIL heads into ``run_dir`` and, with
+    ``results_dir``, write a ``"kind": "sail"`` record there.
+
+    A finished record with the same config hash in ``results_dir`` is reused
+    unless ``force`` (or ``resume``): a finished result is never recomputed by accident.
+    """
+    from alignprobe.reports.records import environment, now_iso, read_record, record_path, write_record
+
+    from .pipeline import RunPipeline
+    from .sail_trainer import SMALL_DATA_PAIRS, SailConfig, SailTrainer, small_data_note
+
+    options = options or EncodeOptions()
+    run_dir = Path(run_dir)
+    ctx = D.init_distributed()
+    path = None
+    if results_dir is not None:
+        path = record_path(results_dir, config.vision, config.text, config.config_hash(), kind="sail")
+        if path.exists() and not (force or resume):
+            record = read_record(path)
+            if record.get("status") == "ok":
+                return SailRunResult(record, Path(record.get("checkpoint", run_dir)).parent, path, True, [])
+
+    started, t0 = now_iso(), time.perf_counter()
+    pipeline = RunPipeline(config.run_config(), options)
+    pipeline.check()
+    images, captions, caption_image = _encode_pairs(pipeline, config.pairs, options, ctx)
+    zero_shot = retrieval = None
+    if ctx.is_main:
+        zero_shot, retrieval = _eval_sets(pipeline, config)
+    D.barrier(ctx)
+
+    usable = int((images.valid & (np.bincount(caption_image, minlength=len(images)) > 0)).sum())
+    overrides = dict(config.train)
+    overrides.setdefault("seed", config.seed)
+    if options.device != "auto":
+        overrides.setdefault("device", options.device)
+    sail_config = SailConfig.auto(usable, config.preset, **overrides)
+    note = small_data_note(usable, sail_config, config.train) if usable < SMALL_DATA_PAIRS else None
+    notes = [note] if note else []
+    metadata = {
+        "vision": encoder_entry(pipeline.encoder("vision"), pipeline.vision_spec),
+        "text": encoder_entry(pipeline.encoder("text"), pipeline.text_spec),
+        "run_config": config.as_dict(),
+        "data": pipeline.data_info,
+    }
+    metadata["vision"]["requested"], metadata["text"]["requested"] = config.vision, config.text
+    trainer = SailTrainer(sail_config, run_dir, quiet=options.quiet, dist=ctx, metadata=metadata,
+                          overwrite=overwrite or force, notes=notes)
+    t_train = time.perf_counter()
+    trainer.fit(images, captions, caption_image, zero_shot=zero_shot, retrieval=retrieval, resume=resume)
+    pipeline.timings["train"] = time.perf_counter() - t_train
+    pipeline.timings["total"] = time.perf_counter() - t0
+    notes = trainer.summary()
+    record = {
+        "kind": "sail",
+        "status": "ok",
+        "vision": config.vision,
+        "text": config.text,
+        "config": config.as_dict(),
+        "config_hash": config.config_hash(),
+        "group_hash": config.group_hash(),
+        **pipeline.spec_info(),
+        "sail_config": sail_config.to_dict(),
+        "seed": config.seed,
+        "metrics": dict(trainer.metrics_),
+        "best_epoch": trainer.best_epoch_,
+        "notes": notes,
+        "encoders": pipeline.encoder_info,
+        "data": pipeline.data_info,
+        "encode_options": {k: v for k, v in options.as_dict().items() if k != "quiet"},
+        "timings_s": {k: round(v, 3) for k, v in pipeline.timings.items()},
+        "started": started,
+        "finished": now_iso(),
+        "environment": environment(),
+        "world_size": ctx.world_size,
+        "checkpoint": str(trainer.checkpoint_) if trainer.checkpoint_ else str(run_dir / "aligned.json"),
+        **(extra_record or {}),
+    }
+    if path is not None and ctx.is_main:
+        write_record(path, record)
+    return SailRunResult(record, run_dir, path, False, notes)
+
+
+# --------------------------------------------------------------------------- from a sweep
+
+
+def pick_top_pairs(results_dir: str | Path, top_k: int, by: str) -> list[dict]:
+    """The ``top_k`` best (vision, text) pairs of a sweep's probe records by metric ``by``.
+
+    Seeds of one experiment are averaged first. Returns, best first, dicts with
+    ``vision``, ``text``, ``score``, ``n_seeds`` and ``record`` (the probe
+    record of the lowest seed: its config names the data and pooling).
+    """
+    from alignprobe.reports.metric_info import metric_info
+    from alignprobe.reports.records import read_record
+    from alignprobe.reports.store import load_results
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValidationError(f"--top-k must be a positive int, got {top_k!r}")
+    df = load_results(results_dir)
+    df = df[df["kind"] == "probe"]
+    if df.empty:
+        raise ValidationError(f"{results_dir} holds no probe records; run `alignprobe sweep --out {results_dir}` first")
+    if by not in df.columns:
+        metrics = [c for c in df.columns if c not in ("kind", "status", "vision", "text", "path") and df[c].dtype.kind == "f"]
+        raise ValidationError(f"metric {by!r} is not in the probe records of {results_dir}; available: {', '.join(metrics)}")
+    higher = metric_info(by).higher_is_better
+    if higher is None:
+        raise ValidationError(f"metric {by!r} has no better direction; pick an alignment metric such as zero_shot_top1 or i2t_r1")
+    df = df[df[by].notna()]
+    if df.empty:
+        raise ValidationError(f"no probe record of {results_dir} has a value for {by!r}")
+    scores = df.groupby(["vision", "text"], sort=False)[by].agg(["mean", "count"]).reset_index()
+    scores = scores.sort_values(["mean", "vision", "text"], ascending=[not higher, True, True], kind="stable")
+    picked = []
+    for _, row in scores.head(top_k).iterrows():
+        rows = df[(df["vision"] == row["vision"]) & (df["text"] == row["text"])].sort_values("seed")
+        picked.append({"vision": row["vision"], "text": row["text"], "score": float(row["mean"]),
+                       "n_seeds": int(row["count"]), "record": read_record(rows.iloc[0]["path"]),
+                       "record_path": rows.iloc[0]["path"]})
+    return picked
+
+
+def train_from_sweep(results_dir: str | Path, top_k: int, by: str, *, out_root: str | Path | None = None,
+                     preset: str = "sail", train: dict | None = None, data: dict | None = None,
+                     options: EncodeOptions | None = None, resume: bool = False, force: bool = False
+                     ) -> list[SailRunResult]:
+    """Train SAIL heads for the ``top_k`` best pairs of a sweep (by ``by``) and add
+    their ``"kind": "sail"`` records to ``results_dir``.
+
+    Each pair trains on the data its probe was run on (``pairs``, ``labelled``,
+    ``retrieval``, pooling and seed from its record) unless ``data`` overrides
+    them; checkpoints go to ``out_root/<vision>__<text>__<hash>/``
+    (``out_root`` defaults to ``results_dir/sail``).
+    """
+    out_root = Path(out_root) if out_root is not None else Path(results_dir) / "sail"
+    results = []
+    for pick in pick_top_pairs(results_dir, top_k, by):
+        probe_config = pick["record"].get("config") or {}
+        values = {k: probe_config[k] for k in ("pairs", "labelled", "retrieval", "seed", "vision_pooling",
+                                               "text_pooling") if k in probe_config}
+        values.update({k: v for k, v in (data or {}).items() if v is not None})
+        config = SailRunConfig(vision=pick["vision"], text=pick["text"], preset=preset, train=dict(train or {}),
+                               **values)
+        log.info("training SAIL heads for %s x %s (%s = %.4g)", pick["vision"], pick["text"], by, pick["score"])
+        results.append(train_pair(
+            config, default_run_dir(out_root, config), options=options, results_dir=results_dir, resume=resume,
+            force=force, extra_record={"selected_by": {"metric": by, "probe_score": pick["score"],
+                                                       "probe_record": str(pick["record_path"])}}))
+    return results
+
+
+# --------------------------------------------------------------------------- evaluation of a checkpoint
+
+
+def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrieval: str | None = None,
+                        options: EncodeOptions | None = None, which: str = "best") -> dict[str, Any]:
+    """Zero-shot and retrieval metrics of a trained model on labelled / captioned data.
+
+    ``labelled`` / ``retrieval``: data specs; None uses the run's own
+    evaluation sets (from its ``aligned.json``), ``""`` skips that part.
+    Images and texts are encoded through the checkpoint's frozen encoders
+    (with the embedding cache). Returns ``{"metrics": {...}, "labelled":
+    spec, "retrieval": spec, "model": path}``.
+    """
+    from types import SimpleNamespace
+
+    from .aligned import load_aligned
+    from .pipeline import RunConfig, RunPipeline
+    from .sail_eval import evaluate
+
+    options = options or EncodeOptions()
+    aligned = load_aligned(path, device=options.device, encoder_dtype=options.dtype, which=which)
+    run_config = (aligned.info.get("metadata") or {}).get("run_config") or {}
+    labelled = run_config.get("labelled", "shapes:test") if labelled is None else labelled
+    retrieval = run_config.get("retrieval", "shapes:test") if retrieval is None else retrieval
+    if not labelled and not retrieval:
+        raise ValidationError("nothing to evaluate: give --labelled and/or --retrieval")
+    vision, text = aligned.encoder_info("vision"), aligned.encoder_info("text")
+    pipeline = RunPipeline(RunConfig(vision=vision["name"], text=text["name"], labelled=labelled or "shapes:test",
+                                     retrieval=retrieval or "shapes:test", metrics=("zero_shot", "retrieval")),
+                           options)
+    for modality in ("vision", "text"):
+        encoder = aligned.encoder(modality)
+        pipeline._encoders[modality] = encoder
+        pipeline.encoder_info[modality] = encoder.manifest()
+    zero_shot, retrieval_data = _eval_sets(pipeline, SimpleNamespace(labelled=labelled, retrieval=retrieval))
+    metrics = evaluate(lambda x: aligned.transform_image(x).numpy(), lambda x: aligned.transform_text(x).numpy(),
+                       zero_shot, retrieval_data)
+    return {"metrics": metrics, "labelled": labelled or None, "retrieval": retrieval or None,
+            "model": str(aligned.path), "data": pipeline.data_info}
