@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import struct
@@ -170,9 +171,13 @@ class CachedEmbeddings:
         """
         if index is None:
             index = slice(None)
+        contiguous = isinstance(index, slice) and index.step in (None, 1)
         if isinstance(index, slice):
             index = np.arange(len(self))[index]
         index = np.asarray(index, dtype=np.int64)
+        # Random gathers (training batches) should fault in only the rows asked
+        # for; the kernel's default read-around would map megabytes per row.
+        self._advise(mmap.MADV_NORMAL if contiguous else mmap.MADV_RANDOM)
         out = np.empty((len(index), self.dim), dtype=dtype)
         shard_of = np.searchsorted(self._starts, index, side="right") - 1
         for j in np.unique(shard_of):
@@ -180,6 +185,12 @@ class CachedEmbeddings:
             local = index[mask] - self._starts[j]
             out[mask] = self._shards[j]["embeddings"][local]
         return out
+
+    def _advise(self, advice: int) -> None:
+        for shard in self._shards:
+            handle = getattr(shard["embeddings"], "_mmap", None)
+            if handle is not None and hasattr(handle, "madvise"):
+                handle.madvise(advice)
 
     def to_numpy(self, dtype=np.float32) -> np.ndarray:
         return self.rows(None, dtype=dtype)
