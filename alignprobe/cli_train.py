@@ -5,12 +5,42 @@ parse flags and call the public API (`alignprobe.probe.sail_run`, `load_aligned`
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 import click
 
-from alignprobe.cli import _friendly_errors, _options_from, _print_table, _setup_logging
+# `alignprobe.cli` imports this module to register its commands, so its helpers
+# are looked up when a command runs, not at import (no import cycle either way).
+
+
+def _friendly_errors(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from alignprobe.cli import _friendly_errors as friendly
+
+        return friendly(func)(*args, **kwargs)
+
+    return wrapper
+
+
+def _options_from(kwargs):
+    from alignprobe.cli import _options_from as options_from
+
+    return options_from(kwargs)
+
+
+def _print_table(rows, columns=None):
+    from alignprobe.cli import _print_table as print_table
+
+    print_table(rows, columns)
+
+
+def _setup_logging(quiet, verbose):
+    from alignprobe.cli import _setup_logging as setup_logging
+
+    setup_logging(quiet, verbose)
 
 METRIC_COLUMNS = ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
                   "t2i_r10", "sail_val_loss", "sail_best_epoch", "sail_epochs")

@@ -263,8 +263,8 @@ def small_data_lr(quick: bool) -> None:
     from alignprobe.probe.sail_trainer import SailConfig, SailTrainer
 
     torch.set_num_threads(1)
-    n, epochs = (2000, 40) if quick else (3000, 80)
-    lrs = [1e-5, 1e-4, 1e-3] if quick else [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+    n, epochs = (2000, 200) if quick else (3000, 200)
+    lrs = [1e-4, 3e-4, 1e-3] if quick else [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
     image, text = planted(n, 3.0)
     print(f"{n} planted pairs, star heads w=8 -> 256-d, Lion, batch 1,024, up to {epochs} epochs; "
           f"chance R@1 = {1 / round(0.1 * n):.4f}")
