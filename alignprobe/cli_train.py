@@ -127,7 +127,7 @@ def _data_spec(value: str | None) -> str | None:
 @click.option("--micro-batch", default=None,
               help="Rows per micro-batch of the two-pass (GradCache) step [4096]; 'none' for one pass.")
 @click.option("--optimizer", type=click.Choice(["lion", "adamw"]), default=None, help="[lion sail, adamw probe]")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [1e-5; small data 1e-4 Lion / 1e-3 AdamW].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [1e-5; 1e-3 on small data].")
 @click.option("--weight-decay", type=float, default=None, help="[1e-4 sail, 1e-7 probe]")
 @click.option("--decay-all", is_flag=True, default=None,
               help="Also decay LayerNorm gains, biases and the logit scale/bias (default: weight matrices only).")

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py              # star heads at SAIL's dims, batch 4,096 / 16,384 / 32,768
     python benchmarks/train_step.py --quick      # small dims and batches (a minute)
     python benchmarks/train_step.py --device cuda --precision bf16   # on a GPU
+    python benchmarks/train_step.py --small-data-lr [--quick]         # Lion lr for small pair sets
 
 The step is `alignprobe.probe.sail_trainer.sail_step` -- what `SailTrainer`
 runs -- on random embeddings: star heads (w = 8, vision 2048 -> 1024, text

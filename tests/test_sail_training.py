@@ -117,8 +117,8 @@ def test_presets_and_small_data():
     probe = SailConfig.probe()
     assert (probe.image_head, probe.out_dim, probe.optimizer, probe.weight_decay) == ("linear", 2048, "adamw", 1e-7)
     small = SailConfig.auto(2400)
-    assert (small.batch_size, small.lr, small.epochs, small.patience, small.image_head) == (1024, 1e-4, 200, 20, "star")
-    assert SailConfig.auto(2400, "probe").lr == 1e-3
+    assert (small.batch_size, small.lr, small.epochs, small.patience, small.image_head) == (1024, 1e-3, 200, 20, "star")
+    assert SailConfig.auto(2400, "probe").image_head == "linear" and SailConfig.auto(300).batch_size == 300
     assert SailConfig.auto(500_000) == SailConfig.sail()
     assert SailConfig.auto(2400, lr=5e-4).lr == 5e-4  # the user's flags win
     assert SailConfig.from_dict(json.loads(json.dumps(small.to_dict()))) == small
