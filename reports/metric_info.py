@@ -62,6 +62,9 @@ _TABLE: tuple[MetricInfo, ...] = (
     _m("cknna", "CKNNA", True, "alignment", "CKNNA of the raw features"),
     _m("probe_val_loss", "probe val. loss", False, "other", "held-out sigmoid loss of the probe", ".3g"),
     _m("probe_epochs", "probe epochs", None, "other", "epochs the probe trained", ".4g"),
+    _m("sail_val_loss", "SAIL val. loss", False, "other", "held-out sigmoid loss of the SAIL heads", ".3g"),
+    _m("sail_epochs", "SAIL epochs", None, "other", "epochs the SAIL heads trained", ".4g"),
+    _m("sail_best_epoch", "SAIL best epoch", None, "other", "the kept (best held-out) epoch", ".4g"),
 )
 METRIC_INFO: dict[str, MetricInfo] = {m.name: m for m in _TABLE}
 _ORDER = {m.name: i for i, m in enumerate(_TABLE)}
