@@ -5,77 +5,23 @@ parse flags and call the public API (`alignprobe.probe.sail_run`, `load_aligned`
 """
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import click
 
-# `alignprobe.cli` imports this module to register its commands, so its helpers
-# are looked up when a command runs, not at import (no import cycle either way).
-
-
-def _friendly_errors(func):
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from alignprobe.cli import _friendly_errors as friendly
-
-        return friendly(func)(*args, **kwargs)
-
-    return wrapper
-
-
-def _options_from(kwargs):
-    from alignprobe.cli import _options_from as options_from
-
-    return options_from(kwargs)
-
-
-def _print_table(rows, columns=None):
-    from alignprobe.cli import _print_table as print_table
-
-    print_table(rows, columns)
-
-
-def _setup_logging(quiet, verbose):
-    from alignprobe.cli import _setup_logging as setup_logging
-
-    setup_logging(quiet, verbose)
+from alignprobe.cli_common import encode_options, friendly_errors as _friendly_errors
+from alignprobe.cli_common import options_from as _options
+from alignprobe.cli_common import print_table as _print_table
+from alignprobe.cli_common import setup_logging as _setup_logging
 
 METRIC_COLUMNS = ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
                   "t2i_r10", "sail_val_loss", "sail_best_epoch", "sail_epochs")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _encoding_options(func, batch_flag: str = "--batch-size"):
-    """The encode options of `alignprobe run`; ``train`` renames --batch-size (its own is the training batch)."""
-    decorators = [
-        click.option(batch_flag, "encode_batch_size", type=int, default=None, help="Encoding batch size [64]."),
-        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [auto]; encoders and training."),
-        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-                     help="Encoder compute dtype [fp32 on CPU, fp16 on GPU]."),
-        click.option("--storage-dtype", type=click.Choice(["fp16", "fp32"]), default=None,
-                     help="Dtype of cached embeddings [fp16]."),
-        click.option("--num-workers", type=int, default=None, help="Image decoding workers [one per spare core]."),
-        click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="ALIGNPROBE_CACHE_DIR",
-                     help="Embedding cache root [~/.cache/alignprobe]."),
-        click.option("--no-recompute", is_flag=True, help="Fail instead of encoding on a cache miss."),
-        click.option("--strict", is_flag=True, help="A missing or corrupt image is an error, not skipped."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs."),
-        click.option("--verbose", "-v", count=True, help="More logging (-vv for debug)."),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
-
-
-def _train_encoding_options(func):
-    return _encoding_options(func, batch_flag="--encode-batch-size")
-
-
-def _options(kwargs):
-    kwargs["batch_size"] = kwargs.pop("encode_batch_size")
-    return _options_from(kwargs)
+_encoding_options = encode_options
+_train_encoding_options = encode_options(batch_flag="--encode-batch-size")
 
 
 def _fmt(value) -> str:

@@ -362,78 +362,52 @@ def _text() -> list[EncoderSpec]:
     ]
 
 
+def _pixels_control(name: str, size: int, notes: str) -> EncoderSpec:
+    """Raw pixels at ``size`` x ``size``, ImageNet-normalised and flattened."""
+    return EncoderSpec(
+        name=name,
+        modality="vision",
+        source="builtin",
+        model_class=f"{_CONTROLS}:PixelsEncoder",
+        pooling="none",
+        dim=3 * size * size,
+        preprocessing=Preprocessing(size, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        family="control",
+        license="n/a",
+        is_control=True,
+        notes=notes,
+    )
+
+
+def _hog_control(name: str, cell: int, notes: str) -> EncoderSpec:
+    """scikit-image HOG of the 64 x 64 grey image with ``cell`` x ``cell`` cells."""
+    blocks = 64 // cell - 1  # 2 x 2 cell blocks slide one cell at a time
+    return EncoderSpec(
+        name=name,
+        modality="vision",
+        source="builtin",
+        model_class=f"{_CONTROLS}:HogEncoder",
+        pooling="none",
+        dim=blocks * blocks * 2 * 2 * 9,
+        preprocessing=Preprocessing(64, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear"),
+        model_kwargs={"orientations": 9, "pixels_per_cell": cell, "cells_per_block": 2},
+        family="control",
+        license="n/a",
+        is_control=True,
+        notes=notes,
+    )
+
+
 def _controls() -> list[EncoderSpec]:
     return [
-        EncoderSpec(
-            name="pixels",
-            modality="vision",
-            source="builtin",
-            model_class=f"{_CONTROLS}:PixelsEncoder",
-            pooling="none",
-            dim=768,
-            preprocessing=Preprocessing(16, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-            family="control",
-            license="n/a",
-            is_control=True,
-            notes="Raw pixels: resize to 16x16, ImageNet-normalise, flatten (3 x 16 x 16).",
-        ),
-        EncoderSpec(
-            name="hog",
-            modality="vision",
-            source="builtin",
-            model_class=f"{_CONTROLS}:HogEncoder",
-            pooling="none",
-            dim=1764,
-            preprocessing=Preprocessing(64, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear"),
-            model_kwargs={"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2},
-            family="control",
-            license="n/a",
-            is_control=True,
-            notes="scikit-image HOG of the 64x64 grey image (9 orientations, 8x8 cells, 2x2 "
-            "blocks, L2-Hys).",
-        ),
+        _pixels_control("pixels", 16, "Raw pixels: resize to 16x16, ImageNet-normalise, flatten (3 x 16 x 16)."),
+        _hog_control("hog", 8, "scikit-image HOG of the 64x64 grey image (9 orientations, 8x8 cells, 2x2 "
+                     "blocks, L2-Hys)."),
         # Coarser and finer variants of the controls: cheap encoders whose
         # feature quality differs, so an offline sweep has a spread to correlate.
-        EncoderSpec(
-            name="pixels-8",
-            modality="vision",
-            source="builtin",
-            model_class=f"{_CONTROLS}:PixelsEncoder",
-            pooling="none",
-            dim=192,
-            preprocessing=Preprocessing(8, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-            family="control",
-            license="n/a",
-            is_control=True,
-            notes="Raw pixels at 8x8 (3 x 8 x 8): a coarser pixels control.",
-        ),
-        EncoderSpec(
-            name="pixels-32",
-            modality="vision",
-            source="builtin",
-            model_class=f"{_CONTROLS}:PixelsEncoder",
-            pooling="none",
-            dim=3072,
-            preprocessing=Preprocessing(32, 1.0, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-            family="control",
-            license="n/a",
-            is_control=True,
-            notes="Raw pixels at 32x32 (3 x 32 x 32): a finer pixels control.",
-        ),
-        EncoderSpec(
-            name="hog-16",
-            modality="vision",
-            source="builtin",
-            model_class=f"{_CONTROLS}:HogEncoder",
-            pooling="none",
-            dim=324,
-            preprocessing=Preprocessing(64, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear"),
-            model_kwargs={"orientations": 9, "pixels_per_cell": 16, "cells_per_block": 2},
-            family="control",
-            license="n/a",
-            is_control=True,
-            notes="scikit-image HOG of the 64x64 grey image with coarse 16x16 cells.",
-        ),
+        _pixels_control("pixels-8", 8, "Raw pixels at 8x8 (3 x 8 x 8): a coarser pixels control."),
+        _pixels_control("pixels-32", 32, "Raw pixels at 32x32 (3 x 32 x 32): a finer pixels control."),
+        _hog_control("hog-16", 16, "scikit-image HOG of the 64x64 grey image with coarse 16x16 cells."),
         EncoderSpec(
             name="random-vit",
             modality="vision",

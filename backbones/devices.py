@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignprobe.errors import ValidationError
+
+if TYPE_CHECKING:  # torch is imported lazily: resolving a name must not load it
+    import torch
 
 _DTYPE_NAMES = {
     "fp32": "float32",
@@ -55,7 +58,7 @@ def resolve_device(device: Any = "auto"):
     return dev
 
 
-def resolve_dtype(dtype: Any, device) -> torch.dtype:  # noqa: F821
+def resolve_dtype(dtype: Any, device) -> "torch.dtype":
     """None/"auto": float16 on cuda, float32 elsewhere.
 
     Accepts "fp32"/"fp16"/"bf16", their long names, or torch dtypes.

@@ -175,15 +175,16 @@ def worker_step(args) -> dict:
     _sync(device)
     gemm_before = gemm_rate(device, args["gemm_dtype"], args["gemm_n"], 3)
     memory = _Memory(device)
-    times, cpu, losses = [], [], []
+    times, cpu, losses, faults = [], [], [], []
     for _ in range(args["steps"]):
         _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         loss, _ = sail_step(model, optimizer, images, captions, positive_index, batch, config,
                             positives=args["positives"])
         _sync(device)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         losses.append(loss)
     working, peak = memory.peak()
     # The GEMM peak again, in this process right after the step: on a shared
@@ -194,7 +195,7 @@ def worker_step(args) -> dict:
     seconds = min(times)
     return {"seconds": seconds, "all_seconds": times, "samples_per_s": batch / seconds, "two_pass": two_pass,
             "executed_flops": executed, "useful_flops": useful, "working_bytes": working, "peak_bytes": peak,
-            "loss": losses[-1], "cpu_seconds": min(cpu),
+            "loss": losses[-1], "cpu_seconds": min(cpu), "page_faults": faults[times.index(min(times))],
             "gemm_before": gemm_before[0], "gemm_after": gemm_after[0],
             "gemm_per_cpu_s": max(gemm_before[2], gemm_after[2])}
 
@@ -233,12 +234,22 @@ def worker_loss(args) -> dict:
 WORKERS = {"gemm": worker_gemm, "step": worker_step, "loss": worker_loss}
 
 
+# glibc serves allocations above 32 MiB with fresh mmap pages and unmaps them on
+# free, so a CPU step faults in (and the kernel zeroes) every large activation
+# anew: ~1.4 million page faults per batch-4,096 step. These settings (read by
+# glibc at process start) keep freed memory for reuse; later steps then fault
+# nothing. README "SAIL training" recommends them for CPU runs.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_TOP_PAD_": str(2**30)}
+
+
 def measure(kind: str, args: dict, device: str) -> dict:
     """Run one measurement; on the CPU in a fresh subprocess (for a clean peak RSS)."""
     args = {**args, "device": device}
     if device.startswith("cuda"):
         return WORKERS[kind](args)
-    out = subprocess.run([sys.executable, __file__, WORKER, kind, json.dumps(args)], capture_output=True, text=True)
+    env = {**os.environ, **(KEEP_FREED_MEMORY if args.get("malloc_keep") else {})}
+    out = subprocess.run([sys.executable, __file__, WORKER, kind, json.dumps(args)], capture_output=True, text=True,
+                         env=env)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -304,6 +315,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--skip-loss", action="store_true", help="only the training step")
+    parser.add_argument("--malloc-keep", action="store_true",
+                        help="run the CPU workers with glibc keeping freed memory (no page faults after the "
+                             "first step; use with --steps 2)")
     parser.add_argument("--json", default=None, help="also write all figures to this file")
     parser.add_argument("--small-data-lr", action="store_true",
                         help="instead: the Lion learning rate star heads need on a small pair set")
@@ -329,7 +343,7 @@ def main() -> None:
             naive_sizes = [4096, 8192, 16384]
     if args.batches:
         batches = [int(b) for b in args.batches.split(",")]
-    common = {"threads": args.threads}
+    common = {"threads": args.threads, "malloc_keep": args.malloc_keep}
     report: dict = {"device": args.device, "threads": args.threads, "torch": torch.__version__, "dims": dims,
                     "precision": args.precision, "micro_batch": micro, "positives": args.positives}
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, precision {args.precision}; "
@@ -353,8 +367,8 @@ def main() -> None:
     report["steps"] = []
     print("\n| batch | step | s/step | samples/s | working memory | peak memory | matmul FLOP/s | "
           "fraction of GEMM peak (peak measured around the step) | useful fraction | "
-          "per CPU-second: fraction (useful) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "per CPU-second: fraction (useful) | page faults |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, mb in runs:
         res = measure("step", {**common, "dims": dims, "batch": batch, "micro_batch": mb, "chunk": chunk,
                                "precision": args.precision, "positives": args.positives, "steps": args.steps,
@@ -373,7 +387,8 @@ def main() -> None:
         print(f"| {batch:,} | {mode} | {res['seconds']:.2f} | {res['samples_per_s']:.0f} | "
               f"{_gib(res['working_bytes'])} | {_gib(res['peak_bytes'])} | {rate / 1e9:.1f} G | "
               f"{rate / ref:.2f} ({ref / 1e9:.0f} G) | {res['useful_flops'] / res['seconds'] / ref:.2f} | "
-              f"{cpu_rate / cpu_ref:.2f} ({res['useful_flops'] / res['cpu_seconds'] / cpu_ref:.2f}) |", flush=True)
+              f"{cpu_rate / cpu_ref:.2f} ({res['useful_flops'] / res['cpu_seconds'] / cpu_ref:.2f}) | "
+              f"{res['page_faults']:,} |", flush=True)
 
     if not args.skip_loss:
         report["loss"] = {}

@@ -30,7 +30,7 @@ import numpy as np
 from alignprobe.errors import DataError, ImageLoadError
 
 # Bump when the fingerprint recipe changes, so old caches stop matching.
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -90,6 +90,8 @@ class Dataset:
         self.templates = list(templates)
         self.templates_source = "default"  # what open_dataset was asked for, for the record
         self._fingerprint: str | None = None
+        self._image_fingerprint: str | None = None
+        self._content_hash: bytes | None = None
 
     # -- the contract ---------------------------------------------------------
     def __len__(self) -> int:
@@ -106,19 +108,35 @@ class Dataset:
         return False
 
     def fingerprint(self) -> str:
+        """Digest of everything: images, ids, labels, captions, reader settings."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            head = {"kind": self.kind, "version": FINGERPRINT_VERSION,
-                    "params": self.params, "split": self.split}
-            h.update(json.dumps(head, sort_keys=True, default=str).encode())
-            for sid in self.ids:
-                h.update(sid.encode("utf-8", "surrogatepass") + b"\x00")
+            h = self._identity_hash()
             if self.labels is not None:
                 h.update(b"labels" + self.labels.tobytes())
             self._hash_captions(h)
-            self._hash_content(h)
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def image_fingerprint(self) -> str:
+        """Digest of what image embeddings depend on: ids, reader settings and the
+        image files -- not captions or labels, so editing a caption re-encodes the
+        captions only."""
+        if self._image_fingerprint is None:
+            self._image_fingerprint = self._identity_hash().hexdigest()
+        return self._image_fingerprint
+
+    def _identity_hash(self):
+        h = hashlib.sha256()
+        head = {"kind": self.kind, "version": FINGERPRINT_VERSION, "params": self.params, "split": self.split}
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        for sid in self.ids:
+            h.update(sid.encode("utf-8", "surrogatepass") + b"\x00")
+        if self._content_hash is None:  # stat-ing every file once is enough for both digests
+            content = hashlib.sha256()
+            self._hash_content(content)
+            self._content_hash = content.digest()
+        h.update(self._content_hash)
+        return h
 
     def describe(self) -> dict:
         return {

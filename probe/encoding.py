@@ -43,7 +43,10 @@ class ImageSource:
         return list(self.dataset.ids)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "fingerprint": self.dataset.fingerprint(), "n": len(self)}
+        # Image embeddings do not depend on captions or labels; duck-typed datasets
+        # without `image_fingerprint` fall back to their whole fingerprint.
+        digest = getattr(self.dataset, "image_fingerprint", None) or self.dataset.fingerprint
+        return {"kind": self.kind, "name": self.name, "fingerprint": digest(), "n": len(self)}
 
     def load(self, i: int):
         return self.dataset.load_image(i)

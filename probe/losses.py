@@ -150,14 +150,16 @@ class _TiledSigmoidSum(torch.autograd.Function):
             g_img = torch.zeros_like(img)
             g_txt = torch.zeros_like(txt)  # unscaled: sum over tiles of G @ img
             g_bias = torch.zeros((), dtype=torch.float64, device=img.device)
+        # One GEMM writes s * t.x + b (alpha and the broadcast bias), saving two
+        # passes over each tile; reading s once costs one device sync per call.
+        s = float(scale)
         for r0 in range(0, m, chunk):
             t = txt[r0 : r0 + chunk]
             pos = positive_index[r0 : r0 + chunk]
             for c0 in range(0, n, chunk):
                 x = img[c0 : c0 + chunk]
                 rows, cols = _tile_positives(pos, c0, c0 + x.shape[0])
-                z = t @ x.T
-                z.mul_(scale).add_(bias)  # z = -y L = L for the negatives (y = -1)
+                z = torch.addmm(bias.to(t.dtype), t, x.T, alpha=s)  # z = -y L = L for the negatives (y = -1)
                 z[rows, cols] = z[rows, cols].neg()  # and -L for the positives
                 total += F.softplus(z).sum()
                 if need_grad:

@@ -351,6 +351,32 @@ def _to_numpy(x) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- public
+def record_fields(kind: str, config, pipeline: RunPipeline, options: EncodeOptions, started: str) -> dict:
+    """The fields every result record has (probe runs and SAIL training alike):
+    what ran, on which encoders and data, with which options, when and where.
+    ``config`` is the run's own config (`RunConfig` or `SailRunConfig`)."""
+    from alignprobe.reports.records import environment, now_iso
+
+    return {
+        "kind": kind,
+        "status": "ok",
+        "vision": config.vision,
+        "text": config.text,
+        "config": config.as_dict(),
+        "config_hash": config.config_hash(),
+        "group_hash": config.group_hash(),
+        **pipeline.spec_info(),
+        "seed": config.seed,
+        "encoders": pipeline.encoder_info,
+        "data": pipeline.data_info,
+        "encode_options": {k: v for k, v in options.as_dict().items() if k != "quiet"},
+        "timings_s": {k: round(v, 3) for k, v in pipeline.timings.items()},
+        "started": started,
+        "finished": now_iso(),
+        "environment": environment(),
+    }
+
+
 def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: EncodeOptions | None = None,
              force: bool = False) -> tuple[dict, Path, bool]:
     """Run one pair and write its record; returns (record, path, reused).
@@ -358,7 +384,7 @@ def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: Enc
     A record with the same config hash is reused unless `force`: a finished
     result is never recomputed by accident, and never silently overwritten.
     """
-    from alignprobe.reports.records import environment, now_iso, read_record, record_path, write_record
+    from alignprobe.reports.records import now_iso, read_record, record_path, write_record
 
     options = options or EncodeOptions()
     path = record_path(out_dir, config.vision, config.text, config.config_hash())
@@ -371,26 +397,11 @@ def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: Enc
     t0 = time.perf_counter()
     metrics = pipeline.run()
     pipeline.timings["total"] = time.perf_counter() - t0
-    record = {
-        "kind": "probe",
-        "status": "ok",
-        "vision": config.vision,
-        "text": config.text,
-        "config": config.as_dict(),
-        "config_hash": config.config_hash(),
-        "group_hash": config.group_hash(),
-        **pipeline.spec_info(),
+    record = record_fields("probe", config, pipeline, options, started)
+    record.update({
         "probe_config": pipeline.probe_config.to_dict() if hasattr(pipeline, "probe_config") else None,
-        "seed": config.seed,
         "metrics": metrics,
         "details": pipeline.details,
-        "encoders": pipeline.encoder_info,
-        "data": pipeline.data_info,
-        "encode_options": {k: v for k, v in options.as_dict().items() if k not in ("quiet",)},
-        "timings_s": {k: round(v, 3) for k, v in pipeline.timings.items()},
-        "started": started,
-        "finished": now_iso(),
-        "environment": environment(),
-    }
+    })
     write_record(path, record)
     return record, path, False

@@ -62,7 +62,6 @@ def read_table(path: str, fmt: str, *, image: str | None = None, caption: str | 
 
     order: list[str] = []
     by_id: dict[str, dict] = {}
-    labels_raw: list = []
     n_rows = 0
     for where, keys, row in records:
         cols.resolve(keys, where)

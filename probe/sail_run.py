@@ -175,9 +175,9 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     A finished record with the same config hash in ``results_dir`` is reused
     unless ``force`` (or ``resume``): a finished result is never recomputed by accident.
     """
-    from alignprobe.reports.records import environment, now_iso, read_record, record_path, write_record
+    from alignprobe.reports.records import now_iso, read_record, record_path, write_record
 
-    from .pipeline import RunPipeline
+    from .pipeline import RunPipeline, record_fields
     from .sail_trainer import SMALL_DATA_PAIRS, SailConfig, SailTrainer, small_data_note
 
     options = options or EncodeOptions()
@@ -222,31 +222,16 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     pipeline.timings["train"] = time.perf_counter() - t_train
     pipeline.timings["total"] = time.perf_counter() - t0
     notes = trainer.summary()
-    record = {
-        "kind": "sail",
-        "status": "ok",
-        "vision": config.vision,
-        "text": config.text,
-        "config": config.as_dict(),
-        "config_hash": config.config_hash(),
-        "group_hash": config.group_hash(),
-        **pipeline.spec_info(),
+    record = record_fields("sail", config, pipeline, options, started)
+    record.update({
         "sail_config": sail_config.to_dict(),
-        "seed": config.seed,
         "metrics": dict(trainer.metrics_),
         "best_epoch": trainer.best_epoch_,
         "notes": notes,
-        "encoders": pipeline.encoder_info,
-        "data": pipeline.data_info,
-        "encode_options": {k: v for k, v in options.as_dict().items() if k != "quiet"},
-        "timings_s": {k: round(v, 3) for k, v in pipeline.timings.items()},
-        "started": started,
-        "finished": now_iso(),
-        "environment": environment(),
         "world_size": ctx.world_size,
         "checkpoint": str(trainer.checkpoint_) if trainer.checkpoint_ else str(run_dir / "aligned.json"),
         **(extra_record or {}),
-    }
+    })
     if path is not None and ctx.is_main:
         write_record(path, record)
     return SailRunResult(record, run_dir, path, False, notes)

@@ -44,6 +44,7 @@ from alignprobe.io import write_json_atomic
 from . import distributed as D
 from .distributed import gather_with_grad
 from .checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore, rng_state, set_rng_state
+from .config_fields import ConfigDictMixin, is_int as _is_int, require
 from .heads import AlignmentModel
 from .losses import pairwise_infonce_loss, pairwise_sigmoid_loss
 from .sail_eval import RetrievalData, ZeroShotData, autocast, evaluate, project
@@ -65,7 +66,7 @@ RUNTIME_FIELDS = ("device", "prefetch", "eval_batch_size", "log_every", "checkpo
 
 
 @dataclass(frozen=True)
-class SailConfig:
+class SailConfig(ConfigDictMixin):
     """Hyperparameters of SAIL training. Defaults are the SAIL recipe.
 
     Heads, loss and optimiser fields mean what they mean in `ProbeConfig`
@@ -205,34 +206,9 @@ class SailConfig:
             return cls.small_data(n_pairs, preset, **overrides)
         return cls.preset(preset, **overrides)
 
-    def replace(self, **changes) -> "SailConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["betas"] = list(self.betas)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SailConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValidationError(f"unknown SailConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
 
 def _check(name: str, value, ok, what: str) -> None:
-    try:
-        good = ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        raise ValidationError(f"SailConfig.{name} must be {what}, got {value!r}")
+    require("SailConfig", name, value, ok, what)
 
 
 def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, positive_index: torch.Tensor,
@@ -746,7 +722,6 @@ class SailTrainer:
             self._write_aligned(state, metrics=None)
 
     def _finish(self, state: dict, best_state: dict) -> None:
-        config = self.config_
         self.history_ = state["history"]
         self.initial_val_loss_ = state["initial_val_loss"]
         self.steps_ = state["step"]

@@ -14,7 +14,6 @@ large inputs are converted to fp32 batch by batch, never all at once.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -30,6 +29,7 @@ from alignprobe._version import __version__
 from alignprobe.errors import AlignprobeError, NotFittedError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
 
+from .config_fields import ConfigDictMixin, is_int as _is_int, is_real as _is_real, require
 from .heads import HEAD_KINDS, AlignmentModel
 from .losses import NORMALIZATIONS, pairwise_infonce_loss, pairwise_sigmoid_loss
 from .schedules import SCHEDULES, lr_at, warmup_steps_for
@@ -45,7 +45,7 @@ MODEL_FILE, SPLIT_FILE, META_FILE = "model.safetensors", "split.safetensors", "p
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(ConfigDictMixin):
     """Hyperparameters of an alignment probe. Defaults are the SAIL probe recipe.
 
     Heads: ``out_dim``, ``image_head`` / ``text_head`` (``linear``, ``mlp``,
@@ -170,38 +170,9 @@ class ProbeConfig:
             return cls.small_data(n_pairs, **overrides)
         return cls.sail_probe(**overrides)
 
-    def replace(self, **changes) -> "ProbeConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["betas"] = list(self.betas)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ProbeConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValidationError(f"unknown ProbeConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 def _require(name: str, value, ok, what: str) -> None:
-    try:
-        good = ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        raise ValidationError(f"ProbeConfig.{name} must be {what}, got {value!r}")
+    require("ProbeConfig", name, value, ok, what)
 
 
 def resolve_device(device: str) -> torch.device:

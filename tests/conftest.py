@@ -14,3 +14,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own embedding cache so no test sees another's entries."""
     monkeypatch.setenv("ALIGNPROBE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: with several threads on a busy shared machine the OpenMP
+    spin-waits cost 10x the arithmetic, so these modules run torch on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

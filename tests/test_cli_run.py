@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from alignprobe.cli import main

@@ -184,3 +184,39 @@ def test_table_dataset_pickles(pairs):
     clone = pickle.loads(pickle.dumps(ds))
     assert clone.ids == ds.ids and clone.captions(1) == ds.captions(1)
     assert clone.load_image(0).tobytes() == ds.load_image(0).tobytes()
+
+
+def test_image_fingerprint_ignores_captions_and_labels(pairs):
+    root, csv = pairs
+    before = open_dataset(f"csv:{csv}")
+    csv.write_text(csv.read_text().replace("a green square", "a lime square").replace(",0\n", ",1\n"))
+    after = open_dataset(f"csv:{csv}")
+    assert after.fingerprint() != before.fingerprint()
+    assert after.image_fingerprint() == before.image_fingerprint()
+    draw(root / "img" / "a.png", (250, 0, 0))
+    st = os.stat(root / "img" / "a.png")
+    os.utime(root / "img" / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert open_dataset(f"csv:{csv}").image_fingerprint() != before.image_fingerprint()
+
+
+def test_caption_edit_reuses_cached_image_embeddings(pairs):
+    from alignprobe.probe.cache import EmbeddingCache
+    from alignprobe.probe.encoding import ImageSource, TextSource, encode_source
+    from test_cache import ToyImageEncoder, ToyTextEncoder
+
+    root, csv = pairs
+    cache = EmbeddingCache(root / "cache")
+
+    def encode(ds):
+        captions = [c for i in range(len(ds)) for c in ds.captions(i)]
+        img = encode_source(ToyImageEncoder(), ImageSource(ds), cache=cache, quiet=True, num_workers=0)
+        txt = encode_source(ToyTextEncoder(), TextSource(ds.name, captions), cache=cache, quiet=True)
+        return img, txt
+
+    img1, txt1 = encode(open_dataset(f"csv:{csv}"))
+    assert not img1.cache_hit and not txt1.cache_hit
+    csv.write_text(csv.read_text().replace("a green square", "a lime square"))
+    img2, txt2 = encode(open_dataset(f"csv:{csv}"))
+    assert img2.cache_hit, "a caption edit must not re-encode the images"
+    assert not txt2.cache_hit
+    np.testing.assert_array_equal(img1.embeddings.to_numpy(), img2.embeddings.to_numpy())

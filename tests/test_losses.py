@@ -13,14 +13,7 @@ from alignprobe.probe.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with several threads on a busy shared machine the OpenMP
-    # spin-waits cost 10x the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def softplus(v: float) -> float:

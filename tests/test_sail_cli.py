@@ -15,12 +15,7 @@ TINY = ["--dim", "16", "--width", "2", "--text-head", "linear", "--epochs", "3",
         "--chunk-size", "64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ def two_process_result(tmp_path_factory):
     return torch.load(out, weights_only=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("case", [f"{loss}-{norm}" for loss, norm in worker.LOSS_CASES])

@@ -15,12 +15,7 @@ from alignprobe.probe.streaming import PairStream
 from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**changes):

@@ -11,14 +11,7 @@ from alignprobe.probe.schedules import lr_at, warmup_steps_for
 from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with several threads on a busy shared machine the OpenMP
-    # spin-waits cost 10x the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(n, seed=0, d_img=24, d_txt=16, latent=6, noise=0.3, structure=True):
