@@ -71,7 +71,8 @@ def _data_spec(value: str | None) -> str | None:
 @click.option("--dim", "out_dim", type=int, default=None, help="Shared space dimension [1024 sail, 2048 probe].")
 @click.option("--batch-size", type=int, default=None, help="Global training batch [32768; min(n, 1024) on small data].")
 @click.option("--micro-batch", default=None,
-              help="Rows per micro-batch of the two-pass (GradCache) step [4096]; 'none' for one pass.")
+              help="Rows per micro-batch of the two-pass (GradCache) step; 'none' for one pass; 'auto': one "
+                   "pass when it fits in half the free memory [auto].")
 @click.option("--optimizer", type=click.Choice(["lion", "adamw"]), default=None, help="[lion sail, adamw probe]")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [1e-5; 1e-3 on small data].")
 @click.option("--weight-decay", type=float, default=None, help="[1e-4 sail, 1e-7 probe]")
@@ -135,7 +136,8 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
                   positives=positives, caption_sampling=caption_sampling, precision=precision,
                   val_fraction=val_fraction, select_by=select_by, eval_every=eval_every)
     overrides = {k: v for k, v in values.items() if v is not None}
-    # These four accept 'none' (an explicit None), so "not given" is told apart from it.
+    # These four accept 'none' (an explicit None), so "not given" is told apart from it
+    # (--micro-batch also 'auto').
     for name, flag, raw in (("micro_batch", "--micro-batch", micro_batch), ("chunk_size", "--chunk-size", chunk_size),
                             ("patience", "--patience", patience),
                             ("checkpoint_every", "--checkpoint-every", checkpoint_every)):
@@ -190,6 +192,8 @@ def _none_or_int(flag: str, value: str) -> int | None:
 
     if str(value).strip().lower() == "none":
         return None
+    if flag == "--micro-batch" and str(value).strip().lower() == "auto":
+        return "auto"
     try:
         return int(value)
     except ValueError:

@@ -8,7 +8,7 @@
 The step is `alignprobe.probe.sail_trainer.sail_step` -- what `SailTrainer`
 runs -- on random embeddings: star heads (w = 8, vision 2048 -> 1024, text
 1024 -> 1024), Lion, the chunked sigmoid loss (chunk 4,096), one caption per
-image. ``--micro-batch`` (default 4,096, the trainer's) switches batches
+image. ``--micro-batch`` (default 4,096; the trainer's default is "auto") switches batches
 larger than it to the two-pass (GradCache) step; batch 16,384 is also run in
 one pass for comparison (``--one-pass-batches``).
 
@@ -305,7 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small dims (512/256 -> 256) and batches 1,024-4,096")
     parser.add_argument("--batches", default=None, help="comma-separated batches [4096,16384,32768]")
-    parser.add_argument("--micro-batch", type=int, default=4096, help="two-pass above this batch (the trainer's default)")
+    parser.add_argument("--micro-batch", type=int, default=4096,
+                        help="two-pass above this batch [4096; the trainer's default 'auto' picks per machine]")
     parser.add_argument("--one-pass-batches", default=None,
                         help="comma-separated batches also run in one pass, for comparison [the middle batch; "
                              "'none' for no comparison]")
@@ -356,6 +357,16 @@ def main() -> None:
     print(f"GEMM peak ({gemm_dtype}, {gemm['n']}^3, best of 5): {peak / 1e9:.1f} GFLOP/s "
           f"(median {gemm['median_flops_per_s'] / 1e9:.1f})", flush=True)
 
+    if not on_gpu:  # what the trainer's micro_batch='auto' would pick here (the rows below fix it)
+        from alignprobe.probe.heads import AlignmentModel
+        from alignprobe.probe.sail_trainer import resolve_micro_batch
+
+        probe_model = AlignmentModel(dims["vision"], dims["text"], dims["out"], dims["head"], dims["head"], dims["width"])
+        picks = {b: resolve_micro_batch(probe_model, b, b * args.positives, torch.device("cpu")) for b in batches}
+        del probe_model
+        print("trainer's micro_batch='auto' on this machine now: " + ", ".join(
+            f"{b:,} -> {'one pass' if m is None else f'micro {m:,}'}" for b, m in picks.items()), flush=True)
+        report["auto_micro_batch"] = picks
     runs = [(b, micro) for b in batches]
     if args.one_pass_batches is None:
         one_pass = [batches[1]] if len(batches) > 1 else []

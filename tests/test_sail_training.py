@@ -265,3 +265,41 @@ def test_star_heads_beat_linear_probe_on_non_linear_structure():
     assert probe_r["i2t_r1"] < 0.05 and probe_r["i2t_r5"] < 0.1  # chance is 1/200
     assert star_r["i2t_r1"] > probe_r["i2t_r1"] + 0.2
     assert star_r["t2i_r5"] > probe_r["t2i_r5"] + 0.4
+
+
+# --------------------------------------------------------------------------- micro_batch='auto'
+
+
+def test_auto_micro_batch_picks_one_pass_when_it_fits_else_a_bounded_micro_batch():
+    from alignprobe.probe.heads import AlignmentModel
+    from alignprobe.probe.sail_trainer import activation_bytes_per_row, resolve_micro_batch
+
+    model = AlignmentModel(2048, 1024, 1024, "star", "star", 8)
+    per_image = activation_bytes_per_row(model.image_head)
+    per_text = activation_bytes_per_row(model.text_head)
+    # 2 x (Linear widths 2*8*2048 + 1024, plus the 2048-wide LayerNorm input) fp32 values
+    assert per_image == 2 * (32768 + 1024 + 2048) * 4
+    assert per_text == 2 * (16384 + 1024 + 1024) * 4
+    one_pass = 16384 * (per_image + per_text)
+    cpu = torch.device("cpu")
+    assert resolve_micro_batch(model, 16384, 16384, cpu, free_bytes=2 * one_pass) is None
+    mb = resolve_micro_batch(model, 16384, 16384, cpu, free_bytes=one_pass)
+    assert mb is not None and mb & (mb - 1) == 0 and 512 <= mb < 16384
+    assert mb * per_image <= one_pass // 2 < 2 * mb * per_image  # the largest power of two that fits
+    assert resolve_micro_batch(model, 16384, 16384, cpu, free_bytes=1) == 512  # never below the floor
+    assert activation_bytes_per_row(model.image_head, "bf16") == per_image // 2
+
+
+def test_auto_micro_batch_in_training_matches_explicit_choice():
+    img, txt, extra = planted(80)
+    weights = {}
+    for micro in ("auto", None):
+        trainer = SailTrainer(tiny_config(micro_batch=micro, epochs=1, batch_size=80), quiet=True)
+        trainer.fit(img, txt, extra_text_emb=extra)
+        assert trainer.micro_batch_ is None  # tiny heads: one pass fits
+        weights[micro] = {k: v.clone() for k, v in trainer.model_.state_dict().items()}
+    for name in weights[None]:
+        torch.testing.assert_close(weights["auto"][name], weights[None][name], rtol=0, atol=0)
+    assert SailConfig().micro_batch == "auto"
+    with pytest.raises(ValidationError, match="micro_batch"):
+        tiny_config(micro_batch="big")
