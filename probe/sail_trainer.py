@@ -61,8 +61,10 @@ LOWER_IS_BETTER = {"val_loss"}
 SMALL_DATA_PAIRS = 100_000
 ALIGNED_FORMAT = "alignprobe.sail/1"
 # Settings that change where or how fast a run goes, not what it computes:
-# a resumed run may change them.
-RUNTIME_FIELDS = ("device", "prefetch", "eval_batch_size", "log_every", "checkpoint_every", "tensorboard")
+# a resumed run may change them (micro_batch changes the gradients only by
+# float rounding: resuming with another one is no longer bit-for-bit).
+RUNTIME_FIELDS = ("device", "prefetch", "eval_batch_size", "log_every", "checkpoint_every", "tensorboard",
+                  "micro_batch")
 
 
 @dataclass(frozen=True)

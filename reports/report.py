@@ -18,11 +18,13 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
 
     `format`: "md" | "csv" | "latex" | "html" (the HTML is the full
     self-contained page with figures unless `plots` is False); None infers
-    it from the suffix of `output`. With `output`, the text is also written
+    it from the suffix of `output`, or is Markdown without one. With `output`, the text is also written
     there atomically. The other arguments are those of `render_table`.
     """
+    if format is None and output is None:
+        format = "md"  # printed to a terminal
     if format is None:
-        suffix = Path(output).suffix.lower() if output is not None else ""
+        suffix = Path(output).suffix.lower()
         if suffix not in _SUFFIX_FORMATS:
             raise ValidationError(
                 f"cannot infer the report format from {str(output)!r}; pass format= one of md, csv, latex, html"

@@ -151,3 +151,16 @@ def test_write_report_writes_atomically_and_returns_text(results, tmp_path):
     assert out.read_text() == text and "\\toprule" in text
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp file left behind
     assert write_report(results, "md", metrics="kmeans_nmi").startswith("| vision")
+
+
+def test_report_without_format_or_output_is_markdown(results, tmp_path):
+    from click.testing import CliRunner
+
+    from alignprobe.cli import main
+
+    assert write_report(results, format=None, metrics="kmeans_nmi").startswith("| vision")
+    res = CliRunner().invoke(main, ["report", str(results), "--metrics", "kmeans_nmi"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("| vision")
+    with pytest.raises(ValidationError, match="cannot infer the report format"):
+        write_report(results, format=None, output=tmp_path / "table.docx")
