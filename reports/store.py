@@ -27,12 +27,26 @@ _INFO_FIELDS = ("family", "params_m", "is_control", "dim")
 BASE_COLUMNS = (
     "kind", "status", "vision", "text",
     *(f"{role}_{f}" for role in ("vision", "text") for f in _INFO_FIELDS),
-    "config_hash", "group_hash", "seed", "started", "finished", "total_seconds", "error", "path",
+    "heads", "config_hash", "group_hash", "seed", "started", "finished", "total_seconds", "error", "path",
 )
 #: Per-group columns of `aggregate` that are not metric statistics.
 AGG_BASE_COLUMNS = (
-    *GROUP_KEYS, "n_seeds", "seeds", *(f"{role}_{f}" for role in ("vision", "text") for f in _INFO_FIELDS),
+    *GROUP_KEYS, "n_seeds", "seeds", *(f"{role}_{f}" for role in ("vision", "text") for f in _INFO_FIELDS), "heads",
 )
+
+
+def _heads(record: dict) -> str | None:
+    """"image head / text head" of a probe or SAIL record (star heads with their
+    width), so tables can tell a probe from SAIL heads on the same pair."""
+    config = record.get("sail_config") or record.get("probe_config")
+    if not isinstance(config, dict) or "image_head" not in config:
+        return None
+
+    def one(kind):
+        return f"{kind} w{config.get('width')}" if kind == "star" and config.get("width") else str(kind)
+
+    image, text = config.get("image_head"), config.get("text_head", config.get("image_head"))
+    return one(image) if image == text else f"{one(image)} / {one(text)}"
 
 
 def _is_record(obj) -> bool:
@@ -54,6 +68,7 @@ def _row(path: Path, record: dict) -> dict:
             row[f"{role}_{field}"] = info.get(field)
     # Without a group hash the seeds cannot be told apart from configs: each record is its own group.
     row.update(
+        heads=_heads(record),
         config_hash=record.get("config_hash"),
         group_hash=record.get("group_hash", record.get("config_hash")),
         seed=record.get("seed"),
@@ -182,7 +197,7 @@ def aggregate(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Data
     keys = list(GROUP_KEYS)
     # group_hash may be missing in hand-made records; NaN keys must still form groups.
     grouped = df.groupby(keys, dropna=False, sort=True)
-    info_cols = [c for c in AGG_BASE_COLUMNS if c.startswith(("vision_", "text_"))]
+    info_cols = [c for c in AGG_BASE_COLUMNS if c.startswith(("vision_", "text_")) or c == "heads"]
     out = grouped[info_cols].first()
     out.insert(0, "n_seeds", grouped.size())
     out.insert(1, "seeds", grouped["seed"].agg(_seed_list))

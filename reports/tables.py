@@ -66,7 +66,8 @@ class PreparedTable:
         return f"{info.format(mean)} ± {info.format(std)}"
 
 
-_LABEL_HEADERS = {"vision": "vision", "text": "text", "kind": "kind", "group_hash": "config", "n_seeds": "seeds"}
+_LABEL_HEADERS = {"vision": "vision", "text": "text", "kind": "kind", "heads": "heads", "group_hash": "config",
+                  "n_seeds": "seeds"}
 
 
 def prepare_table(df_or_results_dir, metrics: str | Sequence[str] | None = None,
@@ -91,7 +92,11 @@ def prepare_table(df_or_results_dir, metrics: str | Sequence[str] | None = None,
     if agg["kind"].nunique() > 1:
         labels.insert(0, "kind")
     if agg.duplicated(subset=["kind", "vision", "text"]).any():
-        labels.append("group_hash")  # the same pair under several configs: say which is which
+        # The same pair under several configs: say which is which, by heads where they differ.
+        if "heads" in agg.columns and agg["heads"].notna().any():
+            labels.append("heads")
+        if agg.duplicated(subset=[c for c in ("kind", "vision", "text", "heads") if c in agg.columns]).any():
+            labels.append("group_hash")
     if (agg["n_seeds"] > 1).any():
         labels.append("n_seeds")
 
@@ -196,7 +201,7 @@ def to_latex(table: PreparedTable) -> str:
 
 def to_csv(table: PreparedTable) -> str:
     frame = table.frame
-    cols = ["kind", "vision", "text", "group_hash", "n_seeds", "seeds"]
+    cols = [c for c in ("kind", "vision", "text", "heads", "group_hash", "n_seeds", "seeds") if c in frame.columns]
     for m in table.metrics:
         cols += [f"{m}_mean", f"{m}_std"]
     return frame[cols].to_csv(index=False)

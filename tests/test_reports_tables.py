@@ -164,3 +164,24 @@ def test_report_without_format_or_output_is_markdown(results, tmp_path):
     assert res.output.startswith("| vision")
     with pytest.raises(ValidationError, match="cannot infer the report format"):
         write_report(results, format=None, output=tmp_path / "table.docx")
+
+
+def test_probe_and_sail_rows_of_one_pair_are_labelled_by_their_heads(tmp_path):
+    from alignprobe.reports.records import write_record
+    from reports_data import VISION, record
+
+    vision, text = sorted(VISION)[0], "minilm"
+    runs = [("probe", {"probe_config": {"image_head": "linear", "text_head": "linear", "width": 8}}, 0.5),
+            ("sail", {"sail_config": {"image_head": "linear", "text_head": "linear", "width": 8}}, 0.6),
+            ("sail", {"sail_config": {"image_head": "star", "text_head": "star", "width": 8}}, 0.4),
+            ("sail", {"sail_config": {"image_head": "star", "text_head": "mlp", "width": 4}}, 0.3)]
+    for i, (kind, extra, zs) in enumerate(runs):
+        rec = record(vision, text, keep={"zero_shot_top1"})
+        rec.update(kind=kind, config_hash=f"h{i}", group_hash=f"h{i}", metrics={"zero_shot_top1": zs}, **extra)
+        write_record(tmp_path / f"{kind}__{vision}__{text}__h{i}.json", rec)
+    table = pd.read_csv(io.StringIO(write_report(tmp_path, "csv", metrics="zero_shot_top1")))
+    got = dict(zip(zip(table["kind"], table["heads"]), table["zero_shot_top1_mean"]))
+    assert got == {("probe", "linear"): 0.5, ("sail", "linear"): 0.6, ("sail", "star w8"): 0.4,
+                   ("sail", "star w4 / mlp"): 0.3}
+    header = write_report(tmp_path, "md", metrics="zero_shot_top1").splitlines()[0]
+    assert "| heads |" in header and "config" not in header  # the heads tell the rows apart
