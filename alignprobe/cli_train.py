@@ -20,7 +20,7 @@ METRIC_COLUMNS = ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "i2t_r5", "i2t_r
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-_encoding_options = encode_options
+# `train` has its own --batch-size (the training batch), so its encoding batch flag is renamed.
 _train_encoding_options = encode_options(batch_flag="--encode-batch-size")
 
 
@@ -211,7 +211,7 @@ def _none_or_int(flag: str, value: str) -> int | None:
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
               help="The kept (best held-out) weights or the latest checkpoint.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
-@_encoding_options
+@encode_options
 @_friendly_errors
 def evaluate(model_path, labelled, retrieval, which, json_out, verbose, **kwargs):
     """Zero-shot and retrieval scores of a trained model on labelled / captioned data."""
