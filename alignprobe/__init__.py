@@ -16,15 +16,15 @@ _EXPORTS = {
     "register_encoder": "alignprobe.backbones",
     "resolve_spec": "alignprobe.backbones",
     "EncoderSpec": "alignprobe.backbones",
-    "open_dataset": "alignprobe.probe.data_spec",
-    "EmbeddingCache": "alignprobe.probe.cache",
-    "encode_dataset": "alignprobe.probe.encode_job",
+    "open_dataset": "alignprobe.probe.data.spec",
+    "EmbeddingCache": "alignprobe.probe.embeddings.cache",
+    "encode_dataset": "alignprobe.probe.embeddings.encode_job",
     "EncodeOptions": "alignprobe.config",
-    "RunConfig": "alignprobe.probe.pipeline",
-    "run_pair": "alignprobe.probe.pipeline",
-    "SweepConfig": "alignprobe.probe.sweep",
-    "run_sweep": "alignprobe.probe.sweep",
-    "load_aligned": "alignprobe.probe.aligned",
+    "RunConfig": "alignprobe.probe.pipelines.run",
+    "run_pair": "alignprobe.probe.pipelines.run",
+    "SweepConfig": "alignprobe.probe.pipelines.sweep",
+    "run_sweep": "alignprobe.probe.pipelines.sweep",
+    "load_aligned": "alignprobe.probe.pipelines.aligned",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

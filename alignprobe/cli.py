@@ -41,7 +41,7 @@ def models(modality):
 def encode(model, data, split, modality, shard, verbose, **kwargs):
     """Encode a data set with one encoder into the embedding cache."""
     from alignprobe.config import override
-    from alignprobe.probe.encode_job import encode_dataset
+    from alignprobe.probe.embeddings.encode_job import encode_dataset
 
     _setup_logging(kwargs["quiet"], verbose)
     options = override(_options_from(kwargs), shard=shard)
@@ -87,7 +87,7 @@ def encode(model, data, split, modality, shard, verbose, **kwargs):
 def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling, text_pooling, epochs,
         probe_batch_size, lr, out_dir, force, verbose, **kwargs):
     """Probe the alignment of one vision x text pair and write its result record."""
-    from alignprobe.probe.pipeline import RunConfig, run_pair
+    from alignprobe.probe.pipelines.run import RunConfig, run_pair
     from alignprobe.reports.summary import format_run_summary
 
     _setup_logging(kwargs["quiet"], verbose)
@@ -124,8 +124,8 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
           verbose, **kwargs):
     """Probe every pair of a vision x text grid; finished pairs are skipped."""
     from alignprobe.errors import ValidationError
-    from alignprobe.probe.encoding import parse_shard
-    from alignprobe.probe.sweep import SweepConfig, run_sweep
+    from alignprobe.probe.embeddings.encoding import parse_shard
+    from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 
     _setup_logging(kwargs["quiet"], verbose)
     options = _options_from(kwargs)

@@ -1,7 +1,7 @@
 """`alignprobe train`, `alignprobe eval`, `alignprobe classify`: SAIL training and use of its models.
 
 Defined standalone; `alignprobe.cli` adds them to the `main` group. They only
-parse flags and call the public API (`alignprobe.probe.sail_run`, `load_aligned`).
+parse flags and call the public API (`alignprobe.probe.pipelines.train`, `load_aligned`).
 """
 from __future__ import annotations
 
@@ -118,8 +118,8 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
     alignprobe train --from-sweep results --top-k 3 --by zero_shot_top1
     """
     from alignprobe.errors import ValidationError
-    from alignprobe.probe import distributed as D
-    from alignprobe.probe.sail_run import SailRunConfig, default_run_dir, train_from_sweep, train_pair
+    from alignprobe.probe.training import distributed as D
+    from alignprobe.probe.pipelines.train import SailRunConfig, default_run_dir, train_from_sweep, train_pair
 
     _setup_logging(kwargs["quiet"], verbose)
     options = _options(kwargs)
@@ -216,7 +216,7 @@ def _none_or_int(flag: str, value: str) -> int | None:
 def evaluate(model_path, labelled, retrieval, which, json_out, verbose, **kwargs):
     """Zero-shot and retrieval scores of a trained model on labelled / captioned data."""
     from alignprobe.io import write_json_atomic
-    from alignprobe.probe.sail_run import evaluate_checkpoint
+    from alignprobe.probe.pipelines.train import evaluate_checkpoint
 
     _setup_logging(kwargs["quiet"], verbose)
     options = _options(kwargs)
@@ -275,7 +275,7 @@ def _class_names(classes: str) -> list[str]:
 def classify(model_path, images, classes, templates, top_k, which, device, dtype, json_out):
     """Zero-shot classification of images with a trained model."""
     from alignprobe.io import write_json_atomic
-    from alignprobe.probe.aligned import load_aligned
+    from alignprobe.probe.pipelines.aligned import load_aligned
 
     files = _image_files(images)
     names = _class_names(classes)

@@ -37,7 +37,7 @@ class EncodeOptions:
             raise ValidationError(f"dtype must be one of fp32, fp16, bf16, got {self.dtype!r}")
 
     def cache(self):
-        from alignprobe.probe.cache import EmbeddingCache, default_cache_dir
+        from alignprobe.probe.embeddings.cache import EmbeddingCache, default_cache_dir
 
         return EmbeddingCache(Path(self.cache_dir) if self.cache_dir else default_cache_dir())
 

@@ -42,8 +42,8 @@ def forward_only(encoder, dataset, n: int, batch_size: int) -> float:
 
 
 def end_to_end(encoder, dataset, n: int, batch_size: int, workers: int | None) -> float:
-    from alignprobe.probe.cache import EmbeddingCache
-    from alignprobe.probe.encoding import ImageSource, encode_source
+    from alignprobe.probe.embeddings.cache import EmbeddingCache
+    from alignprobe.probe.embeddings.encoding import ImageSource, encode_source
 
     class FirstN:
         def __init__(self, ds, n):
@@ -67,7 +67,7 @@ def end_to_end(encoder, dataset, n: int, batch_size: int, workers: int | None) -
 
 
 def cache_open(rows: int, dim: int, shard_rows: int) -> dict:
-    from alignprobe.probe.cache import CacheIdentity, EmbeddingCache
+    from alignprobe.probe.embeddings.cache import CacheIdentity, EmbeddingCache
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = EmbeddingCache(Path(tmp))
@@ -108,7 +108,7 @@ def main():
     rows = 50_000 if args.quick else 1_000_000
 
     import alignprobe
-    from alignprobe.probe.data_spec import open_dataset
+    from alignprobe.probe.data.spec import open_dataset
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     encoder = alignprobe.create_vision_encoder(args.model, device="cpu")

@@ -51,7 +51,7 @@ def _inputs(n: int, d: int, dtype):
 
 
 def _run(leaves, chunk):
-    from alignprobe.probe.losses import sigmoid_loss
+    from alignprobe.probe.training.losses import sigmoid_loss
 
     loss = sigmoid_loss(leaves["image"], leaves["text"], leaves["t"].exp(), leaves["b"], chunk_size=chunk)
     loss.backward()

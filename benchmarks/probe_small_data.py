@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
 
 
 def planted(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@
     python benchmarks/train_step.py --device cuda --precision bf16   # on a GPU
     python benchmarks/train_step.py --small-data-lr [--quick]         # Lion lr for small pair sets
 
-The step is `alignprobe.probe.sail_trainer.sail_step` -- what `SailTrainer`
+The step is `alignprobe.probe.training.engine.sail_step` -- what `SailTrainer`
 runs -- on random embeddings: star heads (w = 8, vision 2048 -> 1024, text
 1024 -> 1024), Lion, the chunked sigmoid loss (chunk 4,096), one caption per
 image. ``--micro-batch`` (default 4,096; the trainer's default is "auto") switches batches
@@ -155,8 +155,8 @@ def worker_gemm(args) -> dict:
 
 def worker_step(args) -> dict:
     torch, device = _setup(args)
-    from alignprobe.probe.heads import AlignmentModel
-    from alignprobe.probe.sail_trainer import SailConfig, make_optimizer, sail_step
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.engine import SailConfig, make_optimizer, sail_step
 
     dims = args["dims"]
     batch, texts = args["batch"], args["batch"] * args["positives"]
@@ -204,7 +204,7 @@ def worker_loss(args) -> dict:
     torch, device = _setup(args)
     import math
 
-    from alignprobe.probe.losses import sigmoid_loss
+    from alignprobe.probe.training.losses import sigmoid_loss
 
     n, d = args["batch"], args["dim"]
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -271,8 +271,8 @@ def small_data_lr(quick: bool) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from probe_small_data import planted
 
-    from alignprobe.probe.sail_eval import retrieval_scores
-    from alignprobe.probe.sail_trainer import SailConfig, SailTrainer
+    from alignprobe.probe.training.evaluation import retrieval_scores
+    from alignprobe.probe.training.engine import SailConfig, SailTrainer
 
     torch.set_num_threads(1)
     n, epochs = (2000, 200) if quick else (3000, 200)
@@ -358,8 +358,8 @@ def main() -> None:
           f"(median {gemm['median_flops_per_s'] / 1e9:.1f})", flush=True)
 
     if not on_gpu:  # what the trainer's micro_batch='auto' would pick here (the rows below fix it)
-        from alignprobe.probe.heads import AlignmentModel
-        from alignprobe.probe.sail_trainer import resolve_micro_batch
+        from alignprobe.probe.training.heads import AlignmentModel
+        from alignprobe.probe.training.engine import resolve_micro_batch
 
         probe_model = AlignmentModel(dims["vision"], dims["text"], dims["out"], dims["head"], dims["head"], dims["width"])
         picks = {b: resolve_micro_batch(probe_model, b, b * args.positives, torch.device("cpu")) for b in batches}

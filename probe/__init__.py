@@ -9,21 +9,21 @@ import importlib
 
 _EXPORTS = {
     # data sources
-    "open_dataset": "data_spec", "parse_spec": "data_spec", "Dataset": "datasets",
-    "flatten_captions": "datasets", "class_prompts": "datasets",
-    "load_templates": "templates", "clip_imagenet_templates": "templates",
+    "open_dataset": "data.spec", "parse_spec": "data.spec", "Dataset": "data.datasets",
+    "flatten_captions": "data.datasets", "class_prompts": "data.datasets",
+    "load_templates": "data.templates", "clip_imagenet_templates": "data.templates",
     # cache and encoding
-    "EmbeddingCache": "cache", "CachedEmbeddings": "cache", "default_cache_dir": "cache",
-    "encode_source": "encoding", "ImageSource": "encoding", "TextSource": "encoding",
-    "encode_dataset": "encode_job",
+    "EmbeddingCache": "embeddings.cache", "CachedEmbeddings": "embeddings.cache", "default_cache_dir": "embeddings.cache",
+    "encode_source": "embeddings.encoding", "ImageSource": "embeddings.encoding", "TextSource": "embeddings.encoding",
+    "encode_dataset": "embeddings.encode_job",
     # heads, losses, training
-    "AlignmentHead": "heads", "AlignmentModel": "heads",
-    "sigmoid_loss": "losses", "infonce_loss": "losses",
-    "AlignmentProbe": "trainer", "ProbeConfig": "trainer",
+    "AlignmentHead": "training.heads", "AlignmentModel": "training.heads",
+    "sigmoid_loss": "training.losses", "infonce_loss": "training.losses",
+    "AlignmentProbe": "training.probe", "ProbeConfig": "training.probe",
     # pipelines
-    "RunConfig": "pipeline", "run_pair": "pipeline", "METRIC_GROUPS": "pipeline",
-    "SweepConfig": "sweep", "run_sweep": "sweep",
-    "load_aligned": "aligned",
+    "RunConfig": "pipelines.run", "run_pair": "pipelines.run", "METRIC_GROUPS": "pipelines.run",
+    "SweepConfig": "pipelines.sweep", "run_sweep": "pipelines.sweep",
+    "load_aligned": "pipelines.aligned",
 }
 __all__ = sorted(_EXPORTS)
 

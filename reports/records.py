@@ -19,7 +19,7 @@ RECORD_SUFFIX = ".json"
 
 
 def record_path(out_dir: str | Path, vision: str, text: str, config_hash: str, kind: str = "probe") -> Path:
-    from alignprobe.probe.cache import _slug
+    from alignprobe.probe.embeddings.cache import _slug
 
     return Path(out_dir) / f"{kind}__{_slug(vision)}__{_slug(text)}__{config_hash}{RECORD_SUFFIX}"
 

@@ -23,7 +23,7 @@ def make_data(seed: int = 0):
 
 
 def make_model():
-    from alignprobe.probe.heads import AlignmentModel
+    from alignprobe.probe.training.heads import AlignmentModel
 
     torch.manual_seed(0)
     return AlignmentModel(D_IMG, D_TXT, out_dim=8, image_head="star", text_head="mlp", width=2)
@@ -34,8 +34,8 @@ LOSS_CASES = (("sigmoid", "n2"), ("sigmoid", "n"), ("infonce", "n2"))
 
 def loss_and_grads(ctx, rows: np.ndarray, loss: str, normalization: str):
     """Loss of the global batch ``rows`` (this rank's share of it) and the summed gradients."""
-    from alignprobe.probe import distributed as D
-    from alignprobe.probe.sail_trainer import global_loss
+    from alignprobe.probe.training import distributed as D
+    from alignprobe.probe.training.engine import global_loss
 
     img, txt, extra = (torch.from_numpy(a) for a in make_data())
     model = make_model()
@@ -54,7 +54,7 @@ def loss_and_grads(ctx, rows: np.ndarray, loss: str, normalization: str):
 
 
 def train_config():
-    from alignprobe.probe.sail_trainer import SailConfig
+    from alignprobe.probe.training.engine import SailConfig
 
     return SailConfig(out_dim=8, image_head="star", text_head="mlp", width=2, batch_size=32, micro_batch=6,
                       chunk_size=7, optimizer="adamw", lr=1e-2, weight_decay=1e-4, epochs=2, warmup=1,
@@ -62,7 +62,7 @@ def train_config():
 
 
 def train(ctx):
-    from alignprobe.probe.sail_trainer import SailTrainer
+    from alignprobe.probe.training.engine import SailTrainer
 
     img, txt, extra = make_data()
     trainer = SailTrainer(train_config(), quiet=True, dist=ctx).fit(img, txt, extra_text_emb=extra)
@@ -71,7 +71,7 @@ def train(ctx):
 
 
 def main(out: str) -> None:
-    from alignprobe.probe import distributed as D
+    from alignprobe.probe.training import distributed as D
 
     torch.set_num_threads(1)
     ctx = D.init_distributed("gloo")

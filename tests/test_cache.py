@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from alignprobe.errors import CacheMismatchError, DataError, ImageLoadError, ValidationError
-from alignprobe.probe.cache import CacheIdentity, EmbeddingCache, memmap_safetensors
-from alignprobe.probe.encoding import ImageSource, TextSource, encode_source, parse_shard
+from alignprobe.probe.embeddings.cache import CacheIdentity, EmbeddingCache, memmap_safetensors
+from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source, parse_shard
 
 
 class ToyTextEncoder:

@@ -9,8 +9,8 @@ from PIL import Image
 
 from alignprobe.cli import main
 from alignprobe.config import EncodeOptions
-from alignprobe.probe import encoding
-from alignprobe.probe.encode_job import encode_dataset
+from alignprobe.probe.embeddings import encoding
+from alignprobe.probe.embeddings.encode_job import encode_dataset
 
 
 def invoke(*args):
@@ -121,7 +121,7 @@ def test_grid_of_two_by_two_encoders_encodes_four_times(monkeypatch, tmp_path):
         return res
 
     monkeypatch.setattr(encoding, "encode_source", counting)
-    from alignprobe.probe.sweep import SweepConfig, run_sweep
+    from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 
     sweep = SweepConfig(vision=["pixels", "hog"], text=["bow", "minilm"],
                         run={"pairs": "shapes:train?n=60", "metrics": ("similarity",)})

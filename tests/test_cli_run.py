@@ -7,7 +7,7 @@ import time
 from click.testing import CliRunner
 
 from alignprobe.cli import main
-from alignprobe.probe import encoding
+from alignprobe.probe.embeddings import encoding
 
 SMALL = ["--pairs", "shapes:train?n=300", "--labelled", "shapes:test?n=300", "--retrieval", "shapes:test?n=300",
          "--epochs", "30", "-q"]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from alignprobe.errors import DataError
-from alignprobe.probe.builtin_sets import SHAPES, shape_params
-from alignprobe.probe.data_spec import open_dataset
-from alignprobe.probe.datasets import class_prompts, flatten_captions
+from alignprobe.probe.data.builtin_sets import SHAPES, shape_params
+from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.data.datasets import class_prompts, flatten_captions
 
 
 def pixels(ds, i):

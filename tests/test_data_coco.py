@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.probe.data_spec import open_dataset
-from alignprobe.probe.datasets import flatten_captions
+from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.data.datasets import flatten_captions
 
 
 def draw(path, colour=(0, 0, 0)):

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.probe.data_spec import open_dataset
-from alignprobe.probe.datasets import class_prompts
-from alignprobe.probe.templates import clip_imagenet_templates
+from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.data.datasets import class_prompts
+from alignprobe.probe.data.templates import clip_imagenet_templates
 
 
 def draw(path, colour=(0, 0, 0)):

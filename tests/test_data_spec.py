@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from alignprobe.errors import DataError
-from alignprobe.probe.data_spec import KINDS, open_dataset, parse_spec
+from alignprobe.probe.data.spec import KINDS, open_dataset, parse_spec
 
 
 def test_parse_spec_forms(tmp_path):
@@ -57,8 +57,8 @@ def test_describe_is_json_and_complete():
 
 def test_import_is_light():
     # the contract modules must not pull torch or scikit-learn in at import time
-    code = ("import sys; import alignprobe.probe.data_spec, alignprobe.probe.datasets, "
-            "alignprobe.probe.templates; "
+    code = ("import sys; import alignprobe.probe.data.spec, alignprobe.probe.data.datasets, "
+            "alignprobe.probe.data.templates; "
             "bad = [m for m in ('torch', 'sklearn', 'pandas') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

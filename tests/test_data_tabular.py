@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.probe.data_spec import open_dataset
+from alignprobe.probe.data.spec import open_dataset
 
 
 def draw(path, colour):
@@ -200,8 +200,8 @@ def test_image_fingerprint_ignores_captions_and_labels(pairs):
 
 
 def test_caption_edit_reuses_cached_image_embeddings(pairs):
-    from alignprobe.probe.cache import EmbeddingCache
-    from alignprobe.probe.encoding import ImageSource, TextSource, encode_source
+    from alignprobe.probe.embeddings.cache import EmbeddingCache
+    from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
     from test_cache import ToyImageEncoder, ToyTextEncoder
 
     root, csv = pairs

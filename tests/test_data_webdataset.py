@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.probe.data_spec import open_dataset
-from alignprobe.probe.readers_webdataset import expand_braces
+from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.data.readers_webdataset import expand_braces
 
 
 def png(colour, fmt="PNG"):

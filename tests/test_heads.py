@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from alignprobe.errors import ValidationError
-from alignprobe.probe.heads import LOGIT_SCALE_MAX, AlignmentHead, AlignmentModel, StarBlock
+from alignprobe.probe.training.heads import LOGIT_SCALE_MAX, AlignmentHead, AlignmentModel, StarBlock
 
 # LayerNorm of x = [1, 3]: mean 2, variance 1 -> [-1, 1] / sqrt(1 + eps).
 X = torch.tensor([[1.0, 3.0]])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from alignprobe.errors import ValidationError
-from alignprobe.probe.losses import (
+from alignprobe.probe.training.losses import (
     infonce_loss,
     pairwise_infonce_loss,
     pairwise_sigmoid_loss,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from alignprobe import metrics as M
-from alignprobe.probe.data_spec import open_dataset
-from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
+from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
 
 NOISE = (0.05, 0.6, 1.5, 4.0)
 

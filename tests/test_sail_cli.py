@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def sweep(tmp_path_factory):
     """Probe records of pixels x bow and hog x bow, as `alignprobe sweep` writes them."""
     from alignprobe.config import EncodeOptions
-    from alignprobe.probe.sweep import SweepConfig, run_sweep
+    from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 
     root = tmp_path_factory.mktemp("sail_cli")
     cache = root / "cache"
@@ -75,8 +75,8 @@ def test_from_sweep_trains_top_k_and_report_shows_both_kinds(trained):
 
 def test_load_aligned_encode_and_classify(trained):
     import alignprobe
-    from alignprobe.probe.aligned import load_aligned
-    from alignprobe.probe.data_spec import open_dataset
+    from alignprobe.probe.pipelines.aligned import load_aligned
+    from alignprobe.probe.data.spec import open_dataset
 
     root, _, _ = trained
     run = next((root / "results" / "sail").glob("hog__bow__*"))
@@ -108,7 +108,7 @@ def test_eval_and_classify_commands(trained, tmp_path):
     record = json.loads(next((root / "results").glob("sail__hog__*.json")).read_text())
     assert metrics["zero_shot_top1"] == pytest.approx(record["metrics"]["zero_shot_top1"])
 
-    from alignprobe.probe.data_spec import open_dataset
+    from alignprobe.probe.data.spec import open_dataset
 
     ds = open_dataset("shapes:test?n=120")
     images = tmp_path / "imgs"

@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import sail_dist_worker as worker  # noqa: E402
 
-from alignprobe.probe import distributed as D  # noqa: E402
+from alignprobe.probe.training import distributed as D  # noqa: E402
 
 
 def _torchrun() -> list[str]:

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from alignprobe.errors import ValidationError
-from alignprobe.probe.heads import AlignmentHead
-from alignprobe.probe.losses import pairwise_sigmoid_loss, sigmoid_loss
-from alignprobe.probe.sail_eval import retrieval_scores
-from alignprobe.probe.sail_trainer import SailConfig, SailTrainer
-from alignprobe.probe.streaming import PairStream
-from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.heads import AlignmentHead
+from alignprobe.probe.training.losses import pairwise_sigmoid_loss, sigmoid_loss
+from alignprobe.probe.training.evaluation import retrieval_scores
+from alignprobe.probe.training.engine import SailConfig, SailTrainer
+from alignprobe.probe.training.streaming import PairStream
+from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -271,8 +271,8 @@ def test_star_heads_beat_linear_probe_on_non_linear_structure():
 
 
 def test_auto_micro_batch_picks_one_pass_when_it_fits_else_a_bounded_micro_batch():
-    from alignprobe.probe.heads import AlignmentModel
-    from alignprobe.probe.sail_trainer import activation_bytes_per_row, resolve_micro_batch
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.engine import activation_bytes_per_row, resolve_micro_batch
 
     model = AlignmentModel(2048, 1024, 1024, "star", "star", 8)
     per_image = activation_bytes_per_row(model.image_head)

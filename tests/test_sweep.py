@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from alignprobe.config import EncodeOptions
-from alignprobe.probe import sweep as sweep_module
-from alignprobe.probe.sweep import SweepConfig, run_sweep
+from alignprobe.probe.pipelines import sweep as sweep_module
+from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 from alignprobe.reports.store import load_results
 
 RUN = {"pairs": "shapes:train?n=60", "metrics": ("similarity",)}

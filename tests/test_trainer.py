@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from alignprobe.errors import NotFittedError, ValidationError
-from alignprobe.probe.losses import sigmoid_loss
-from alignprobe.probe.schedules import lr_at, warmup_steps_for
-from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.losses import sigmoid_loss
+from alignprobe.probe.training.schedules import lr_at, warmup_steps_for
+from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,7 +18,7 @@ import numpy as np
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, ValidationError
 
-from . import distributed as D
+from alignprobe.probe.training import distributed as D
 
 log = logging.getLogger("alignprobe.train")
 
@@ -44,7 +44,7 @@ class SailRunConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        from .sail_trainer import PRESETS, SailConfig
+        from alignprobe.probe.training.engine import PRESETS, SailConfig
 
         if self.preset not in PRESETS:
             raise ValidationError(f"preset must be one of {PRESETS}, got {self.preset!r}")
@@ -59,18 +59,18 @@ class SailRunConfig:
         return out
 
     def config_hash(self) -> str:
-        from .cache import stable_hash
+        from alignprobe.probe.embeddings.cache import stable_hash
 
         return stable_hash({"kind": "sail", **self.as_dict()}, length=12)
 
     def group_hash(self) -> str:
-        from .cache import stable_hash
+        from alignprobe.probe.embeddings.cache import stable_hash
 
         return stable_hash({"kind": "sail", **{k: v for k, v in self.as_dict().items() if k != "seed"}}, length=12)
 
     def run_config(self):
         """The `RunConfig` whose pipeline encodes this run's data (same data, encoders, pooling)."""
-        from .pipeline import RunConfig
+        from alignprobe.probe.pipelines.run import RunConfig
 
         return RunConfig(vision=self.vision, text=self.text, pairs=self.pairs,
                          labelled=self.labelled or "shapes:test", retrieval=self.retrieval or "shapes:test",
@@ -96,8 +96,8 @@ def _encode_pairs(pipeline, spec: str, options: EncodeOptions, ctx: D.DistContex
     Under torchrun each rank encodes its share of the cache shards, then all
     open the complete entry.
     """
-    from .data_spec import flatten_captions, open_dataset
-    from .encoding import ImageSource, TextSource, encode_source
+    from alignprobe.probe.data.spec import flatten_captions, open_dataset
+    from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
 
     t0 = time.perf_counter()
     dataset = open_dataset(spec, strict=options.strict)
@@ -127,7 +127,7 @@ def _encode_pairs(pipeline, spec: str, options: EncodeOptions, ctx: D.DistContex
 
 def _eval_sets(pipeline, config: SailRunConfig):
     """Zero-shot and retrieval sets as in-memory embeddings (small by nature)."""
-    from .sail_eval import RetrievalData, ZeroShotData
+    from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData
 
     zero_shot = retrieval = None
     if config.labelled:
@@ -161,7 +161,7 @@ def encoder_entry(encoder, spec) -> dict:
 
 
 def default_run_dir(root: str | Path, config: SailRunConfig) -> Path:
-    from .cache import _slug
+    from alignprobe.probe.embeddings.cache import _slug
 
     return Path(root) / f"{_slug(config.vision)}__{_slug(config.text)}__{config.config_hash()}"
 
@@ -177,8 +177,8 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     """
     from alignprobe.reports.records import now_iso, read_record, record_path, write_record
 
-    from .pipeline import RunPipeline, record_fields
-    from .sail_trainer import SMALL_DATA_PAIRS, SailConfig, SailTrainer, small_data_note
+    from alignprobe.probe.pipelines.run import RunPipeline, record_fields
+    from alignprobe.probe.training.engine import SMALL_DATA_PAIRS, SailConfig, SailTrainer, small_data_note
 
     options = options or EncodeOptions()
     run_dir = Path(run_dir)
@@ -321,9 +321,9 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
     """
     from types import SimpleNamespace
 
-    from .aligned import load_aligned
-    from .pipeline import RunConfig, RunPipeline
-    from .sail_eval import evaluate
+    from alignprobe.probe.pipelines.aligned import load_aligned
+    from alignprobe.probe.pipelines.run import RunConfig, RunPipeline
+    from alignprobe.probe.training.evaluation import evaluate
 
     options = options or EncodeOptions()
     aligned = load_aligned(path, device=options.device, encoder_dtype=options.dtype, which=which)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.probe.datasets import Dataset, decode_image
+from alignprobe.probe.data.datasets import Dataset, decode_image
 
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _GLOB_CHARS = re.compile(r"[*?\[]")

@@ -35,7 +35,7 @@ BUILTIN_TEMPLATE_SETS = ("clip", "clip_imagenet", "simple")
 @functools.lru_cache(maxsize=None)
 def clip_imagenet_templates() -> tuple[str, ...]:
     """The 80 CLIP ImageNet prompt templates (packaged resource file)."""
-    text = resources.files("alignprobe.probe").joinpath(
+    text = resources.files("alignprobe.probe.data").joinpath(
         "resources/clip_imagenet_templates.txt").read_text(encoding="utf-8")
     return tuple(_template_lines(text, "clip_imagenet_templates.txt"))
 

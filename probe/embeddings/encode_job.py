@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, UnknownEncoderError
-from alignprobe.probe.encoding import EncodeResult, ImageSource, TextSource, encode_source, parse_shard
+from alignprobe.probe.embeddings.encoding import EncodeResult, ImageSource, TextSource, encode_source, parse_shard
 
 log = logging.getLogger("alignprobe.encode")
 
@@ -42,7 +42,7 @@ def create_encoder(spec_or_name, modality: str | None = None, options: EncodeOpt
 
 def text_sources(dataset) -> list[TextSource]:
     """The texts a text encoder needs from `dataset`: its captions and its class prompts."""
-    from alignprobe.probe.data_spec import class_prompts, flatten_captions
+    from alignprobe.probe.data.spec import class_prompts, flatten_captions
 
     sources = []
     if dataset.has_captions:
@@ -79,7 +79,7 @@ def encode_with(encoder, dataset, options: EncodeOptions) -> dict[str, EncodeRes
 def encode_dataset(model: str, data: str, *, modality: str | None = None, split: str | None = None,
                    options: EncodeOptions | None = None) -> dict[str, EncodeResult]:
     """Public API behind `alignprobe encode`: resolve, check, open, encode (cached)."""
-    from alignprobe.probe.data_spec import open_dataset
+    from alignprobe.probe.data.spec import open_dataset
 
     options = options or EncodeOptions()
     spec = resolve_model(model, modality)

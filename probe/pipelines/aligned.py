@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from alignprobe.errors import ValidationError
 
-from .checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore
-from .heads import AlignmentModel
+from alignprobe.probe.training.checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore
+from alignprobe.probe.training.heads import AlignmentModel
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -75,7 +75,7 @@ class AlignedModel:
 
     def __init__(self, model: AlignmentModel, info: dict[str, Any], path: Path | None = None, *,
                  device: str | torch.device = "auto", encoder_dtype: str | None = None):
-        from .distributed import SINGLE, rank_device
+        from alignprobe.probe.training.distributed import SINGLE, rank_device
 
         self.model = model
         self.info = info
@@ -198,7 +198,7 @@ def _templates(templates) -> list[str]:
     if templates is None:
         return list(DEFAULT_TEMPLATES)
     if isinstance(templates, str):
-        from .templates import load_templates
+        from alignprobe.probe.data.templates import load_templates
 
         templates = load_templates(templates)
     templates = list(templates)

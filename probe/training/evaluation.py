@@ -26,7 +26,7 @@ class ZeroShotData:
     """A labelled image set and its class prompts, as embeddings of the frozen encoders.
 
     ``prompts`` is ``(n_classes * n_templates, d_txt)``, class-major (the
-    order of `alignprobe.probe.datasets.class_prompts`).
+    order of `alignprobe.probe.data.datasets.class_prompts`).
     """
 
     images: Any

@@ -70,13 +70,13 @@ class RunConfig:
         return d
 
     def config_hash(self) -> str:
-        from alignprobe.probe.cache import stable_hash
+        from alignprobe.probe.embeddings.cache import stable_hash
 
         return stable_hash(self.as_dict(), length=12)
 
     def group_hash(self) -> str:
         """The hash without the seed: records sharing it are seeds of one experiment."""
-        from alignprobe.probe.cache import stable_hash
+        from alignprobe.probe.embeddings.cache import stable_hash
 
         return stable_hash({k: v for k, v in self.as_dict().items() if k != "seed"}, length=12)
 
@@ -110,7 +110,7 @@ class RunPipeline:
     def check(self) -> None:
         """Resolve both encoders and check their weights are here, before any other work."""
         from alignprobe.backbones import check_available
-        from alignprobe.probe.encode_job import resolve_model
+        from alignprobe.probe.embeddings.encode_job import resolve_model
 
         self.vision_spec = resolve_model(self.config.vision, "vision")
         self.text_spec = resolve_model(self.config.text, "text")
@@ -142,8 +142,8 @@ class RunPipeline:
 
     def _encode_set(self, role: str, spec: str, need_images: bool, need_captions: bool,
                     need_prompts: bool) -> _Encoded:
-        from alignprobe.probe.data_spec import class_prompts, flatten_captions, open_dataset
-        from alignprobe.probe.encoding import ImageSource, TextSource, encode_source
+        from alignprobe.probe.data.spec import class_prompts, flatten_captions, open_dataset
+        from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
 
         t0 = time.perf_counter()
         dataset = open_dataset(spec, strict=self.options.strict)
@@ -250,7 +250,7 @@ class RunPipeline:
         return out
 
     def _train_probe(self, pairs: _Encoded):
-        from alignprobe.probe.trainer import AlignmentProbe, ProbeConfig
+        from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
 
         t0 = time.perf_counter()
         image_rows, main_caption, extra_caption = _pair_rows(pairs)

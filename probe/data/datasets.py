@@ -85,7 +85,7 @@ class Dataset:
         self.class_names = class_names
         self._check_class_names()
         if templates is None:
-            from alignprobe.probe.templates import load_templates
+            from alignprobe.probe.data.templates import load_templates
             templates = load_templates(None)
         self.templates = list(templates)
         self.templates_source = "default"  # what open_dataset was asked for, for the record
@@ -165,7 +165,7 @@ class Dataset:
 
     def set_class_names(self, path: str) -> None:
         """Replace the class names with those read from a class-names file."""
-        from alignprobe.probe.templates import load_class_names
+        from alignprobe.probe.data.templates import load_class_names
 
         if self.labels is None or self.class_keys is None:
             raise DataError(f"{self.name} has no labels, so a class-names file ({path}) "

@@ -34,7 +34,7 @@ import random
 import numpy as np
 
 from alignprobe.errors import DataError
-from alignprobe.probe.datasets import Dataset
+from alignprobe.probe.data.datasets import Dataset
 
 # Bump whenever drawing or captions change: it is part of the fingerprint, so
 # cached embeddings of the old images stop matching.

@@ -4,7 +4,7 @@ Each subdirectory of ``DIR`` is a class (sorted by name, so label ids match
 torchvision's ``ImageFolder``); the images under it (searched recursively,
 by extension) are its samples.  Class names default to the folder names; a
 class-names file maps them (for ImageNet, wnid -> readable name, see
-`alignprobe.probe.templates.load_class_names`).  Empty class folders stay
+`alignprobe.probe.data.templates.load_class_names`).  Empty class folders stay
 classes, so label ids do not shift when a subset of the images is present.
 
 With a split, the folder read is ``DIR/<split>`` (``folder:imagenet`` with
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from alignprobe.errors import DataError
-from alignprobe.probe.datasets import IMAGE_EXTENSIONS, FileDataset
+from alignprobe.probe.data.datasets import IMAGE_EXTENSIONS, FileDataset
 
 
 class FolderDataset(FileDataset):

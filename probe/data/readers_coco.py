@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from alignprobe.errors import DataError
-from alignprobe.probe.datasets import FileDataset
+from alignprobe.probe.data.datasets import FileDataset
 
 
 class CocoDataset(FileDataset):

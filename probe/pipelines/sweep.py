@@ -15,7 +15,7 @@ from typing import Any
 
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import AlignprobeError, ValidationError
-from alignprobe.probe.pipeline import RunConfig, run_pair
+from alignprobe.probe.pipelines.run import RunConfig, run_pair
 
 log = logging.getLogger("alignprobe.sweep")
 

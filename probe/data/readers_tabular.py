@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 
 from alignprobe.errors import DataError
-from alignprobe.probe.datasets import FileDataset
+from alignprobe.probe.data.datasets import FileDataset
 
 IMAGE_COLUMNS = ("image", "filepath", "image_path", "file_name", "filename", "path")
 CAPTION_COLUMNS = ("caption", "text")

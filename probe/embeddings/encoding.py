@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError, ValidationError
-from alignprobe.probe.cache import CacheIdentity, CachedEmbeddings, EmbeddingCache
+from alignprobe.probe.embeddings.cache import CacheIdentity, CachedEmbeddings, EmbeddingCache
 
 log = logging.getLogger("alignprobe.encode")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("alignprobe.encode")
 class ImageSource:
     """The images of a dataset, in dataset order."""
 
-    dataset: Any  # alignprobe.probe.datasets.Dataset
+    dataset: Any  # alignprobe.probe.data.datasets.Dataset
     kind: str = "images"
 
     def __len__(self) -> int:

@@ -41,17 +41,17 @@ from alignprobe._version import __version__
 from alignprobe.errors import AlignprobeError, DataError, NotFittedError, ValidationError
 from alignprobe.io import write_json_atomic
 
-from . import distributed as D
-from .distributed import gather_with_grad
-from .checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore, rng_state, set_rng_state
-from .config_fields import ConfigDictMixin, is_int as _is_int, require
-from .heads import AlignmentModel
-from .losses import pairwise_infonce_loss, pairwise_sigmoid_loss
-from .sail_eval import RetrievalData, ZeroShotData, autocast, evaluate, project
-from .schedules import lr_at, warmup_steps_for
-from .streaming import SAMPLINGS, CaptionIndex, ConcatStore, PairStream, as_store
-from .train_log import TrainLog
-from .trainer import ProbeConfig
+from alignprobe.probe.training import distributed as D
+from alignprobe.probe.training.distributed import gather_with_grad
+from alignprobe.probe.training.checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore, rng_state, set_rng_state
+from alignprobe.probe.training.config_fields import ConfigDictMixin, is_int as _is_int, require
+from alignprobe.probe.training.heads import AlignmentModel
+from alignprobe.probe.training.losses import pairwise_infonce_loss, pairwise_sigmoid_loss
+from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, autocast, evaluate, project
+from alignprobe.probe.training.schedules import lr_at, warmup_steps_for
+from alignprobe.probe.training.streaming import SAMPLINGS, CaptionIndex, ConcatStore, PairStream, as_store
+from alignprobe.probe.training.train_log import TrainLog
+from alignprobe.probe.training.probe import ProbeConfig
 
 log = logging.getLogger("alignprobe.train")
 

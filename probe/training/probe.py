@@ -29,10 +29,10 @@ from alignprobe._version import __version__
 from alignprobe.errors import AlignprobeError, NotFittedError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
 
-from .config_fields import ConfigDictMixin, is_int as _is_int, is_real as _is_real, require
-from .heads import HEAD_KINDS, AlignmentModel
-from .losses import NORMALIZATIONS, pairwise_infonce_loss, pairwise_sigmoid_loss
-from .schedules import SCHEDULES, lr_at, warmup_steps_for
+from alignprobe.probe.training.config_fields import ConfigDictMixin, is_int as _is_int, is_real as _is_real, require
+from alignprobe.probe.training.heads import HEAD_KINDS, AlignmentModel
+from alignprobe.probe.training.losses import NORMALIZATIONS, pairwise_infonce_loss, pairwise_sigmoid_loss
+from alignprobe.probe.training.schedules import SCHEDULES, lr_at, warmup_steps_for
 
 LOSSES = ("sigmoid", "infonce")
 OPTIMIZERS = ("adamw", "lion")

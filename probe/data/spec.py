@@ -48,7 +48,7 @@ and counts it.
 Templates: ``templates=None`` keeps the source's default (the 80 CLIP ImageNet
 templates; the built-ins have their own), ``"clip"``, ``"simple"`` or a file.
 ``class_names=FILE`` renames the classes of a labelled source (see
-`alignprobe.probe.templates.load_class_names`).
+`alignprobe.probe.data.templates.load_class_names`).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ from urllib.parse import quote, unquote
 
 from alignprobe.errors import DataError
 # Re-exported so callers need one import for the whole data API.
-from alignprobe.probe.datasets import Dataset, class_prompts, flatten_captions
+from alignprobe.probe.data.datasets import Dataset, class_prompts, flatten_captions
 
 __all__ = ["open_dataset", "parse_spec", "Dataset", "flatten_captions", "class_prompts", "KINDS"]
 
@@ -132,7 +132,7 @@ def open_dataset(spec: str, *, split: str | None = None, templates: str | None =
     if class_names is not None:
         ds.set_class_names(class_names)
     if templates is not None:
-        from alignprobe.probe.templates import load_templates
+        from alignprobe.probe.data.templates import load_templates
         ds.templates = load_templates(templates)
     ds.templates_source = templates or "default"
     if strict:
@@ -144,24 +144,24 @@ def _open(kind, target, split, query, name) -> Dataset:
     # Readers are imported here, not at module import, so opening `shapes`
     # never pays for tarfile/json/sklearn and vice versa.
     if kind == "shapes":
-        from alignprobe.probe.builtin_sets import make_shapes
+        from alignprobe.probe.data.builtin_sets import make_shapes
         ints = {k: _int(name, k, v) for k, v in query.items()}
         return make_shapes(split=split, name=name, **ints)
     if kind == "digits":
-        from alignprobe.probe.builtin_sets import make_digits
+        from alignprobe.probe.data.builtin_sets import make_digits
         ints = {k: _int(name, k, v) for k, v in query.items()}
         return make_digits(split=split, name=name, **ints)
     if kind in TABLE_KINDS:
-        from alignprobe.probe.readers_tabular import read_table
+        from alignprobe.probe.data.readers_tabular import read_table
         return read_table(target, kind, split=split, name=name, **query)
     if kind == "wds":
-        from alignprobe.probe.readers_webdataset import read_webdataset
+        from alignprobe.probe.data.readers_webdataset import read_webdataset
         return read_webdataset(target, split=split, name=name)
     if kind == "folder":
-        from alignprobe.probe.readers_folder import read_folder
+        from alignprobe.probe.data.readers_folder import read_folder
         return read_folder(target, split=split, name=name)
     if kind == "coco":
-        from alignprobe.probe.readers_coco import read_coco
+        from alignprobe.probe.data.readers_coco import read_coco
         return read_coco(target, split=split, name=name, **query)
     raise AssertionError(kind)  # parse_spec only returns known kinds
 

@@ -1,0 +1,1 @@
+"""Data sources: specs, readers, built-in sets, templates."""

@@ -1,0 +1,1 @@
+"""The embedding cache and batched encoding into it."""

@@ -1,0 +1,1 @@
+"""End-to-end jobs: run (one pair), sweep (a grid), train (full SAIL), loading a trained model."""

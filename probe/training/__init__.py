@@ -1,0 +1,1 @@
+"""The one alignment-training engine: heads, losses, streaming, steps, checkpoints, evaluation."""
