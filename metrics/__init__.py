@@ -8,16 +8,27 @@ message that names the argument, what it must be, and what it got.
 """
 from .clustering import kmeans, kmeans_nmi, kmeanspp_seeds
 from .correlation import correlate
-from .knn import knn_accuracy
+from .knn import DEFAULT_KNN_K, DEFAULT_KNN_TEMPERATURE, knn_accuracy
 from .linear_probe import DEFAULT_L2_GRID, linear_probe_accuracy
 from .reasoning import mmvp_scores, winoground_scores
 from .retrieval import recall_at_k, retrieval_metrics
 from .segmentation import SegmentationAccumulator, segmentation_scores
 from .similarity import RBF_MAX_SAMPLES, cka, cknna, mutual_knn, svcca
+from .similarity_protocol import (
+    DEFAULT_NULL_PERMUTATIONS,
+    DEFAULT_SIMILARITY_SAMPLES,
+    null_score,
+    similarity_sample,
+    similarity_scores,
+)
 from .zero_shot import build_class_embeddings, zero_shot_accuracy
 
 __all__ = [
+    "DEFAULT_KNN_K",
+    "DEFAULT_KNN_TEMPERATURE",
     "DEFAULT_L2_GRID",
+    "DEFAULT_NULL_PERMUTATIONS",
+    "DEFAULT_SIMILARITY_SAMPLES",
     "RBF_MAX_SAMPLES",
     "SegmentationAccumulator",
     "build_class_embeddings",
@@ -31,8 +42,11 @@ __all__ = [
     "linear_probe_accuracy",
     "mmvp_scores",
     "mutual_knn",
+    "null_score",
     "recall_at_k",
     "retrieval_metrics",
+    "similarity_sample",
+    "similarity_scores",
     "segmentation_scores",
     "svcca",
     "winoground_scores",

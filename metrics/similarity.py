@@ -216,6 +216,7 @@ def cka(
     unbiased: bool = False,
     *,
     sigma: float | None = None,
+    normalize: bool = True,
 ) -> float:
     """Centered kernel alignment (CKA) between two paired representations.
 
@@ -224,14 +225,17 @@ def cka(
     with K, L the kernel matrices of the rows of ``a`` and ``b``; HSIC is the
     biased estimator tr(HKHL) (H the centering matrix) or, with
     ``unbiased=True``, the unbiased estimator of Song et al. (2012) as used by
-    Huh et al. (2024). Linear CKA is invariant to orthogonal transforms and
-    isotropic scaling of either side. The Platonic-representation pipeline
-    L2-normalises rows before measuring; do that yourself if you want their numbers.
+    Huh et al. (2024) (platonic-rep ``metrics.py`` ``cka`` / ``unbiased_cka``).
+    Linear CKA is invariant to orthogonal transforms and isotropic scaling of
+    either side; with ``normalize`` (the default) rows are L2-normalised first,
+    as platonic-rep's ``measure_alignment.compute_score(normalize=True)`` does,
+    so the score is also invariant to rescaling individual rows.
 
     Args:
         a: (n, d_a) features.  b: (n, d_b) features, same samples, same order.
         kernel: "linear" (K = a a^T) or "rbf" (K_ij = exp(-|a_i - a_j|^2 / (2 sigma^2))).
         unbiased: use the unbiased HSIC estimator (needs n >= 4).
+        normalize: L2-normalise each row of a and b first (a zero row is an error).
         sigma: rbf bandwidth; None uses the median-distance heuristic
             (sigma^2 = median squared distance between distinct rows, per side),
             which keeps rbf CKA invariant to isotropic scaling.
@@ -250,16 +254,20 @@ def cka(
         if kernel != "rbf":
             raise ValidationError("sigma is only used with kernel='rbf'; leave it None for the linear kernel")
         sigma = as_positive_float(sigma, "sigma")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise ValidationError(f"normalize must be True or False; got {normalize!r}")
     ta, tb = _paired(a, b, dtype=torch.float64, min_rows=4 if unbiased else 2)
     n = ta.shape[0]
+    if kernel == "rbf" and n > RBF_MAX_SAMPLES:
+        raise ValidationError(
+            f"rbf CKA needs two dense n x n kernels; n must be <= {RBF_MAX_SAMPLES}, got {n}. "
+            "Subsample the same rows of a and b (e.g. idx = rng.choice(n, 8192, replace=False)) "
+            "or use kernel='linear'."
+        )
+    if normalize:
+        ta, tb = unit_rows(ta, "a"), unit_rows(tb, "b")
 
     if kernel == "rbf":
-        if n > RBF_MAX_SAMPLES:
-            raise ValidationError(
-                f"rbf CKA needs two dense n x n kernels; n must be <= {RBF_MAX_SAMPLES}, got {n}. "
-                "Subsample the same rows of a and b (e.g. idx = rng.choice(n, 8192, replace=False)) "
-                "or use kernel='linear'."
-            )
         K, L = _rbf_kernel(ta, sigma), _rbf_kernel(tb, sigma)
         h_ab, h_aa, h_bb = _dense_hsic(K, L, unbiased), _dense_hsic(K, K, unbiased), _dense_hsic(L, L, unbiased)
     else:
