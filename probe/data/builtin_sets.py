@@ -157,18 +157,34 @@ def draw_shape_scene(p: dict, size: int):
     bg = tuple(225 + t for t in p["tint"])
     img = Image.new("RGB", (side, side), bg)
     draw = ImageDraw.Draw(img)
+    fill = tuple(max(0, min(255, v + d)) for v, d in zip(COLOURS[p["colour"]], p["shade"]))
+    _draw_shape(draw, p, side, scale, fill)
+    return img.reduce(scale)
+
+
+def _draw_shape(draw, p: dict, side: int, scale: int, fill) -> None:
     r = p["radius"] * side
     # Clamp so large shapes in edge cells stay whole: a clipped shape is a
     # worse training signal than a slightly shifted one.
     lo, hi = r * _EXTENT + scale, side - r * _EXTENT - scale
     cx = min(hi, max(lo, (_CELL[COLS.index(p["col"])] + p["dx"]) * side))
     cy = min(hi, max(lo, (_CELL[ROWS.index(p["row"])] + p["dy"]) * side))
-    fill = tuple(max(0, min(255, v + d)) for v, d in zip(COLOURS[p["colour"]], p["shade"]))
     if p["shape"] == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
         draw.polygon(_shape_polygon(p["shape"], cx, cy, r, p["angle"]), fill=fill)
-    return img.reduce(scale)
+
+
+def draw_shape_mask(p: dict, size: int) -> np.ndarray:
+    """The per-pixel label map of `draw_shape_scene(p, size)` (the ``shapes-seg`` masks):
+    0 = background, 1 + SHAPES.index(shape) where the shape covers at least half the pixel."""
+    from PIL import Image, ImageDraw
+
+    scale = 4
+    cover = Image.new("L", (size * scale, size * scale), 0)
+    _draw_shape(ImageDraw.Draw(cover), p, size * scale, scale, 255)
+    inside = np.asarray(cover.reduce(scale)) >= 128
+    return np.where(inside, 1 + SHAPES.index(p["shape"]), 0).astype(np.uint8)
 
 
 class ShapesDataset(BuiltinDataset):
