@@ -21,6 +21,19 @@ from .hub import fingerprint_dir, fingerprint_file
 from .spec import EncoderSpec
 
 
+def split_patch_tokens(tokens: torch.Tensor, h: int, w: int, name: str):
+    """`(n, T, d)` tokens laid out `[prefix..., h*w patches row-major]` -> `(prefix, (n, h, w, d))`;
+    an `(n, C, h, w)` feature map -> `(None, (n, h, w, C))`."""
+    if tokens.ndim == 4:
+        return None, tokens.permute(0, 2, 3, 1)
+    num_prefix = tokens.shape[1] - h * w
+    if tokens.ndim != 3 or num_prefix < 0:
+        raise ValidationError(
+            f"{name}: {tuple(tokens.shape)} tokens for a {h}x{w} patch grid; some patches were "
+            "dropped (a masking ratio above 0?)")
+    return tokens[:, :num_prefix], tokens[:, num_prefix:].reshape(tokens.shape[0], h, w, -1)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
@@ -111,6 +124,29 @@ class Encoder:
 
     def _forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- dense (patch) features --------------------------------------------------------------
+    def encode_patches(self, images, *, return_prefix: bool = False):
+        """PIL images (preprocessed as for `encode`) or a ready `(n, 3, H, W)` input batch ->
+        `(n, H/p, W/p, hidden)` float32 CPU patch tokens: the pooling-free tokens the spec's
+        pooling starts from. `return_prefix=True` also returns the `(n, P, hidden)` prefix
+        tokens (CLS first, then registers; None for a feature map without them)."""
+        batch = images if torch.is_tensor(images) else self.collate(
+            [self.preprocess(x) for x in images])
+        with torch.inference_mode():
+            prefix, grid = self._forward_patches(batch)
+        grid = grid.detach().to("cpu", torch.float32).clone()
+        if prefix is not None:
+            prefix = prefix.detach().to("cpu", torch.float32).clone()
+        if not torch.isfinite(grid).all():
+            raise ValidationError(f"encoder {self.spec.name!r} produced NaN/Inf patch tokens in "
+                                  f"{dtype_name(self.dtype)}; {nonfinite_hint(dtype_name(self.dtype))}")
+        return (grid, prefix) if return_prefix else grid
+
+    def _forward_patches(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        raise ValidationError(
+            f"encoder {self.spec.name!r} ({type(self).__name__}) has no patch tokens; dense "
+            "features need a ViT (or CNN feature map) loaded through transformers or timm")
 
     def manifest(self) -> dict:
         """Everything that changes an embedding, JSON-able (the cache key of the embeddings)."""

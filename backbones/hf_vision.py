@@ -12,7 +12,7 @@ import torch
 
 from alignprobe.errors import ValidationError
 
-from .encoder import Encoder
+from .encoder import Encoder, split_patch_tokens
 from .hf_common import hf_read_json, load_pretrained, versions
 from .pooling import pool_vision
 from .resolve import hf_preprocessing
@@ -45,6 +45,25 @@ class HFVisionEncoder(Encoder):
         self._patch = _patch_size(model.config)
         self._takes_noise = "noise" in inspect.signature(model.forward).parameters
         self._finish()
+
+    def _forward_patches(self, batch: torch.Tensor):
+        """The tokens `_forward` pools (`last_hidden_state`; `hidden_states[layer]` for a layer
+        view) split into prefix tokens and the patch grid."""
+        if self._patch is None:
+            raise ValidationError(f"{self.spec.name}: the model config has no patch_size")
+        x = batch.to(self.device, self.dtype)
+        h, w = x.shape[-2] // self._patch[0], x.shape[-1] // self._patch[1]
+        kwargs = {}
+        if self._takes_noise:
+            kwargs["noise"] = torch.arange(h * w, device=self.device, dtype=torch.float32).expand(
+                x.shape[0], -1)
+        layer = getattr(self.spec, "layer", None)
+        out = self.model(pixel_values=x, output_hidden_states=layer is not None, **kwargs)
+        if layer is not None:
+            tokens = out.hidden_states[layer]
+        else:
+            tokens = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return split_patch_tokens(tokens, h, w, self.spec.name)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, self.dtype)

@@ -19,7 +19,7 @@ import torch
 
 from alignprobe.errors import EncoderNotAvailableError, ValidationError
 
-from .encoder import Encoder
+from .encoder import Encoder, split_patch_tokens
 from .hf_common import versions
 from .hub import (
     describe_load_failure,
@@ -56,6 +56,19 @@ class TimmVisionEncoder(Encoder):
         self._has_cls = getattr(model, "cls_token", None) is not None
         self._num_prefix = int(getattr(model, "num_prefix_tokens", 1 if self._has_cls else 0))
         self._finish()
+
+    def _forward_patches(self, batch: torch.Tensor):
+        """`forward_features` tokens (what `_forward` pools) split into prefix and patch grid."""
+        if getattr(self.spec, "layer", None) is not None:
+            raise ValidationError(f"{self.spec.name}: patch tokens of a timm encoder come from its "
+                                  "last block; drop the @layer")
+        x = batch.to(self.device, self.dtype)
+        feats = self.model.forward_features(x)
+        embed = getattr(self.model, "patch_embed", None)
+        if feats.ndim == 3 and embed is None:
+            raise ValidationError(f"{self.spec.name}: no patch_embed; cannot place the tokens")
+        h, w = embed.dynamic_feat_size(tuple(x.shape[-2:])) if feats.ndim == 3 else (0, 0)
+        return split_patch_tokens(feats, int(h), int(w), self.spec.name)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         feats = self.model.forward_features(batch.to(self.device, self.dtype))
