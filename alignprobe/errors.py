@@ -42,3 +42,19 @@ class ValidationError(AlignprobeError, ValueError):
 
 class NotFittedError(AlignprobeError, RuntimeError):
     """A model was used before `fit`."""
+
+
+class CacheDamagedError(CacheMismatchError):
+    """A cache entry is damaged (truncated shard or manifest) and recompute is off."""
+
+
+class OutputNotWritableError(AlignprobeError):
+    """An output or cache location cannot be written (below a file, read-only, missing permission)."""
+
+
+class DamagedRecordError(AlignprobeError):
+    """A result record exists but cannot be read (truncated or not JSON)."""
+
+
+class ResultNotSavedError(AlignprobeError):
+    """A finished result could not be written to its place; the message says where it was kept."""

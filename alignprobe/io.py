@@ -1,10 +1,11 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written file behind.
+"""Atomic file writes, text decoding with clear errors, and write checks before work starts.
 
 Written by hand because the pattern is four lines and no library of the field
 offers it for arbitrary writers (safetensors, JSON, images all need it).
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -12,13 +13,43 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from alignprobe.errors import DataError, OutputNotWritableError, ValidationError
+
+#: The encoding every reader assumes; "-sig" also drops a UTF-8 byte-order mark (Excel writes one).
+DEFAULT_ENCODING = "utf-8-sig"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # Elsewhere the only portable way is to set and restore it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give `path` the mode a plain `open`/`mkdir` would: 0666 (0777 for directories) minus the umask.
+
+    `tempfile.mkstemp` / `mkdtemp` create 0600 / 0700 whatever the umask, which
+    would make a group-shared cache or results directory unreadable to colleagues.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` on success.
 
     The temp file lives in the same directory so the final `os.replace` is atomic
-    on POSIX filesystems, including most shared network filesystems.
+    on POSIX filesystems, including most shared network filesystems. The file
+    ends with the mode the umask gives (not mkstemp's private 0600).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +58,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # After the writer ran: some writers recreate the file at their own mode.
+        apply_umask(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -42,3 +75,118 @@ def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+# --------------------------------------------------------------------------- reading text
+def check_encoding(encoding: str | None, where: str = "data spec") -> str:
+    """The codec name to read with (`None` = UTF-8, BOM allowed); an unknown name is a DataError."""
+    if encoding is None or encoding == "":
+        return DEFAULT_ENCODING
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(f"{where}: unknown text encoding {encoding!r}; use a Python codec name such as "
+                        f"utf-8, latin-1 or cp1252") from None
+    # Plain "utf-8" would keep a byte-order mark as a character of the first column name.
+    return DEFAULT_ENCODING if name == "utf-8" else name
+
+
+def first_undecodable_byte(path: str | os.PathLike, encoding: str) -> tuple[int, bytes] | None:
+    """(offset, the bytes there) of the first byte of `path` that `encoding` cannot decode, or None.
+
+    Streams the file through an incremental decoder, so the offset is exact in a file of any size.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # err.start counts from the start of what the decoder held: its buffered bytes plus this chunk.
+                buffered = len(err.object) - len(chunk)
+                return offset - buffered + err.start, bytes(err.object[err.start:err.end])
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def decode_error(path: str | os.PathLike, encoding: str | None = None, *, spec_key: bool = True) -> DataError:
+    """The error for a text file that does not decode: the file, the byte offset, and the fix."""
+    encoding = check_encoding(encoding)
+    found = first_undecodable_byte(path, encoding)
+    where = f" at byte offset {found[0]} (bytes {found[1]!r})" if found else ""
+    label = "UTF-8" if encoding == DEFAULT_ENCODING else encoding
+    fix = ("add the file's encoding to the data spec, e.g. '?encoding=latin-1' (or cp1252), or convert it: "
+           if spec_key else "convert it to UTF-8: ")
+    return DataError(f"{path} is not valid {label} text{where}; {fix}"
+                     f"iconv -f latin1 -t utf-8 {Path(path).name} > {Path(path).stem}.utf8{Path(path).suffix}")
+
+
+def read_text(path: str | os.PathLike, encoding: str | None = None, *, spec_key: bool = True) -> str:
+    """The text of `path` (UTF-8 with or without a BOM unless `encoding` says otherwise).
+
+    A file that does not decode raises DataError naming the file, the byte
+    offset and the fix, instead of a bare UnicodeDecodeError.
+    """
+    codec = check_encoding(encoding)
+    data = Path(path).read_bytes()
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        raise decode_error(path, codec, spec_key=spec_key) from None
+
+
+# --------------------------------------------------------------------------- checking outputs
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create `path` if needed and prove a file can be written there; raise a clear error otherwise.
+
+    Called by the CLI before any work, so a wrong `--out` or `--cache-dir` fails
+    in a second instead of after an hour of encoding. The probe is a real write
+    (a temp file, removed at once): permission bits alone do not tell about
+    read-only mounts, quotas or ACLs.
+    """
+    path = Path(path).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputNotWritableError(
+            f"{what} {str(path)!r} cannot be created: {str(blocker)!r} is a file, not a directory; "
+            f"choose another location")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".alignprobe-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputNotWritableError(
+            f"{what} {str(path)!r} is not writable ({err.strerror or err}); fix its permissions or "
+            f"choose another location") from None
+    return path
+
+
+def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check that `path` can be written (its directory is writable and it is not a directory)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputNotWritableError(f"{what} {str(path)!r} is a directory; name a file")
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), f"directory of the {what}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputNotWritableError(f"{what} {str(path)!r} exists and is read-only; choose another name")
+    return path
+
+
+def fallback_dir() -> Path:
+    """Where a result that could not be written to its place is kept instead."""
+    return Path(tempfile.gettempdir()) / "alignprobe-unsaved"
+
+
+def positive(value, name: str, *, minimum: float = 1, integer: bool = True):
+    """`value` if it is a number >= `minimum` (None passes); otherwise a ValidationError naming `name`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ValidationError(f"{name} must be {'an integer' if integer else 'a number'} >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValidationError(f"{name} must be >= {minimum}, got {value!r}")
+    return value

@@ -46,6 +46,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def nonfinite_hint(dtype: str) -> str:
+    """What to try after NaN/Inf outputs: a precision hint only below fp32 (in fp32 it would go in circles)."""
+    if dtype in ("fp16", "bf16"):
+        return "try --dtype fp32 (dtype='fp32'); overflow in reduced precision is the usual cause"
+    return ("it already computes in fp32, so precision is not the cause: the weights or the inputs are "
+            "broken (re-download the checkpoint, check the inputs)")
+
+
 class Encoder:
     """A frozen encoder of one modality producing `(n, dim)` float32 embeddings."""
 
@@ -111,7 +119,7 @@ class Encoder:
         if not torch.isfinite(out).all():
             raise ValidationError(
                 f"encoder {self.spec.name!r} produced NaN/Inf embeddings in "
-                f"{dtype_name(self.dtype)}; try dtype='bf16' or 'fp32'"
+                f"{dtype_name(self.dtype)}; {nonfinite_hint(dtype_name(self.dtype))}"
             )
         return out
 

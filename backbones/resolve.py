@@ -82,12 +82,17 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> EncoderSpec:
     raise unknown_encoder_error(name, modality)
 
 
+def _as(modality: str) -> str:
+    """How to pass an encoder as `modality`, for CLI users and API users alike."""
+    return (f"(--{modality} NAME or --modality {modality} on the command line; "
+            f"create_{modality}_encoder in Python)")
+
+
 def _with_modality(spec: EncoderSpec, modality: str) -> EncoderSpec:
     if spec.modality != modality:
-        factory = "create_vision_encoder" if spec.modality == "vision" else "create_text_encoder"
         raise WrongModalityError(
-            f"{spec.name!r} is a {spec.modality} encoder, not a {modality} one; load it with "
-            f"{factory}"
+            f"{spec.name!r} is a {spec.modality} encoder, not a {modality} one; use it as a "
+            f"{spec.modality} encoder " + _as(spec.modality)
         )
     return spec
 
@@ -174,7 +179,7 @@ def _from_prefix(prefix: str, ident: str, modality: str) -> EncoderSpec:
     if source == "sentence-transformers":
         if modality != "text":
             raise WrongModalityError(
-                f"st:{ident} is a sentence-transformers (text) model; use create_text_encoder"
+                f"st:{ident} is a sentence-transformers (text) model; use it as a text encoder " + _as("text")
             )
         return EncoderSpec(
             name=f"st:{hub_id}",
@@ -191,7 +196,7 @@ def _from_prefix(prefix: str, ident: str, modality: str) -> EncoderSpec:
 def timm_spec(model_name: str, modality: str) -> EncoderSpec:
     """A spec for any timm model name (`arch` or `arch.tag`), preprocessing from timm's metadata."""
     if modality != "vision":
-        raise WrongModalityError(f"timm:{model_name} is a vision model; use create_vision_encoder")
+        raise WrongModalityError(f"timm:{model_name} is a vision model; use it as a vision encoder " + _as("vision"))
     for spec in list_encoders("vision"):
         if spec.backend == "timm" and spec.hub_id == model_name:
             return spec
@@ -317,11 +322,11 @@ def _check_transformers_modality(path: Path, modality: str) -> None:
     if modality == "vision" and has_text and not has_vision:
         raise WrongModalityError(
             f"{path} holds a text model (tokenizer files, no image settings); "
-            f"use create_text_encoder"
+            f"use it as a text encoder " + _as("text")
         )
     if modality == "text" and has_vision and not has_text:
         raise WrongModalityError(
-            f"{path} holds a vision model (image settings, no tokenizer); use create_vision_encoder"
+            f"{path} holds a vision model (image settings, no tokenizer); use it as a vision encoder " + _as("vision")
         )
 
 
@@ -334,7 +339,7 @@ def local_spec(path: Path, modality: str) -> EncoderSpec:
     if fmt == "sentence-transformers":
         if modality != "text":
             raise WrongModalityError(
-                f"{path} holds a sentence-transformers (text) model; use create_text_encoder"
+                f"{path} holds a sentence-transformers (text) model; use it as a text encoder " + _as("text")
             )
         pooling = "encode"
     elif fmt == "timm":
@@ -343,7 +348,7 @@ def local_spec(path: Path, modality: str) -> EncoderSpec:
             preprocessing = preprocessing_from_timm_cfg(cfg.get("pretrained_cfg", cfg))
         else:
             raise WrongModalityError(
-                f"{path} holds a timm (vision) model; use create_vision_encoder"
+                f"{path} holds a timm (vision) model; use it as a vision encoder " + _as("vision")
             )
     else:
         _check_transformers_modality(path, modality)

@@ -163,14 +163,15 @@ class Dataset:
             return len(self.class_keys)
         return None
 
-    def set_class_names(self, path: str) -> None:
-        """Replace the class names with those read from a class-names file."""
+    def set_class_names(self, path: str, encoding: str | None = None) -> None:
+        """Replace the class names with those read from a class-names file (`encoding`: None = UTF-8)."""
         from alignprobe.probe.data.templates import load_class_names
 
         if self.labels is None or self.class_keys is None:
             raise DataError(f"{self.name} has no labels, so a class-names file ({path}) "
                             f"cannot apply; drop class_names or use a labelled source")
-        self.class_names = load_class_names(path, self.class_keys, what=self._class_key_word())
+        self.class_names = load_class_names(path, self.class_keys, what=self._class_key_word(),
+                                            encoding=encoding)
         self._check_class_names()
 
     def _class_key_word(self) -> str:

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from alignprobe.errors import DataError
+from alignprobe.io import read_text
 from alignprobe.probe.data.datasets import FileDataset
 
 
@@ -33,13 +34,12 @@ class CocoDataset(FileDataset):
 
 
 def read_coco(path: str, *, split: str | None = None, images: str | None = None,
-              name: str | None = None) -> CocoDataset:
+              name: str | None = None, encoding: str | None = None) -> CocoDataset:
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise DataError(f"coco:{path}: caption file {file} does not exist")
     try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(file, encoding))  # UTF-8, BOM allowed; decode errors name the byte
     except json.JSONDecodeError as exc:
         raise DataError(f"coco:{path}: {file} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -73,17 +73,37 @@ def _read_official(data: dict, file: Path, split: str | None):
     if not isinstance(anns, list):
         raise DataError(f"coco:{file}: 'annotations' must be a list")
     by_image: dict = {}
-    for k, a in enumerate(sorted(anns, key=lambda a: a.get("id", 0) if isinstance(a, dict) else 0)):
+    for k, a in sorted(enumerate(anns), key=lambda ka: _order_key(ka[1], ka[0])):
         if not (isinstance(a, dict) and "image_id" in a and isinstance(a.get("caption"), str)):
             raise DataError(f"coco:{file}: annotation {k} lacks 'image_id' or a 'caption' string")
-        by_image.setdefault(a["image_id"], []).append(a["caption"].strip())
+        by_image.setdefault(_opaque(a["image_id"]), []).append(a["caption"].strip())
     ids, caps = [], []
     for k, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str)):
             raise DataError(f"coco:{file}: images[{k}] lacks 'id' or 'file_name'")
         ids.append(img["file_name"])
-        caps.append([c for c in by_image.get(img["id"], []) if c])
+        caps.append([c for c in by_image.get(_opaque(img["id"]), []) if c])
     return ids, caps
+
+
+def _opaque(value):
+    """An id as a dict key: ids are opaque, compared as written (2 and "2" differ), any JSON value allowed."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return (type(value).__name__, value)
+    return ("json", json.dumps(value, sort_keys=True))
+
+
+def _order_key(ann, position: int):
+    """Annotation order: numeric ids ascending, then other ids as text, then file order.
+
+    Ids of mixed types ("a" and 2) are valid COCO; a plain sort would compare them and fail.
+    """
+    ident = ann.get("id") if isinstance(ann, dict) else None
+    if isinstance(ident, (int, float)) and not isinstance(ident, bool):
+        return (0, float(ident), "", position)
+    if ident is None:  # no id: as id 0, as before
+        return (0, 0.0, "", position)
+    return (1, 0.0, ident if isinstance(ident, str) else json.dumps(ident, sort_keys=True), position)
 
 
 def _read_karpathy(data: dict, file: Path, split: str | None):

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 
 from alignprobe.errors import DataError
+from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_error
 from alignprobe.probe.data.datasets import FileDataset
 
 IMAGE_COLUMNS = ("image", "filepath", "image_path", "file_name", "filename", "path")
@@ -50,14 +51,28 @@ class TableDataset(FileDataset):
 def read_table(path: str, fmt: str, *, image: str | None = None, caption: str | None = None,
                extra: str | None = None, label: str | None = None, split_col: str | None = None,
                split: str | None = None, root: str | None = None,
-               name: str | None = None) -> TableDataset:
-    """Read a CSV (``fmt="csv"``), TSV (``"tsv"``) or JSONL (``"jsonl"``) pair list."""
+               name: str | None = None, encoding: str | None = None) -> TableDataset:
+    """Read a CSV (``fmt="csv"``), TSV (``"tsv"``) or JSONL (``"jsonl"``) pair list.
+
+    `encoding`: the file's text encoding (None: UTF-8, with or without a BOM).
+    """
+    try:
+        return _read_table(path, fmt, image=image, caption=caption, extra=extra, label=label,
+                           split_col=split_col, split=split, root=root, name=name, encoding=encoding)
+    except UnicodeDecodeError:
+        # Raised mid-stream by the text reader; the offset is recomputed exactly from the bytes.
+        raise decode_error(Path(path).expanduser().resolve(), encoding) from None
+
+
+def _read_table(path, fmt, *, image, caption, extra, label, split_col, split, root, name,
+                encoding) -> TableDataset:
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise DataError(f"{fmt} file {path} does not exist")
     root_dir = Path(root).expanduser().resolve() if root else file.parent
-    records = _read_csv(file, "\t" if fmt == "tsv" else ",") if fmt in ("csv", "tsv") \
-        else _read_jsonl(file)
+    codec = check_encoding(encoding, f"{fmt}:{path}")
+    records = _read_csv(file, "\t" if fmt == "tsv" else ",", codec) if fmt in ("csv", "tsv") \
+        else _read_jsonl(file, codec)
     cols = _Columns(file, image, caption, extra, label, split_col)
 
     order: list[str] = []
@@ -175,12 +190,12 @@ class _Columns:
                 f"?image=COL&caption=COL&extra=COL&label=COL&split_col=COL")
 
 
-def _read_csv(file: Path, delimiter: str):
+def _read_csv(file: Path, delimiter: str, encoding: str = DEFAULT_ENCODING):
     """Yield (where, header, None) for the header, then (where, header, row dict) per row.
 
     Short or long rows are errors: csv.DictReader would silently pad or drop fields.
     """
-    with open(file, newline="", encoding="utf-8-sig") as f:
+    with open(file, newline="", encoding=encoding) as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
@@ -211,8 +226,8 @@ def _read_csv(file: Path, delimiter: str):
             yield where, header, dict(zip(header, fields))
 
 
-def _read_jsonl(file: Path):
-    with open(file, encoding="utf-8-sig") as f:
+def _read_jsonl(file: Path, encoding: str = DEFAULT_ENCODING):
+    with open(file, encoding=encoding) as f:
         row_no = 0
         for line_no, line in enumerate(f, 1):
             if not line.strip():

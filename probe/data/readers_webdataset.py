@@ -11,6 +11,12 @@ A shard is an uncompressed tar whose members are grouped into samples by key
 - label (optional): a ``.cls`` member (an integer) or ``"label"`` of the
   ``.json``; either every sample has one or none does.
 
+A shard that ends without the tar end-of-archive marker was cut short (at a
+member boundary tarfile itself reads on silently); so is one holding fewer
+samples than its img2dataset ``<shard>_stats.json`` counts.  Short shards are
+logged and listed in ``describe()["short_shards"]``; ``strict`` opening fails
+on them.
+
 Why tarfile with recorded offsets instead of the ``webdataset`` package: the
 probe needs random access (``load_image(i)``) for resumable, skippable,
 re-orderable encoding, while webdataset only streams.  Headers are parsed once
@@ -25,6 +31,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -34,9 +41,13 @@ from pathlib import Path
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
+from alignprobe.io import DEFAULT_ENCODING, check_encoding
 from alignprobe.probe.data.datasets import Dataset, decode_image
 
+log = logging.getLogger("alignprobe.data")
+
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_TAR_BLOCK = 512
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
@@ -100,8 +111,9 @@ class WebDataset(Dataset):
     kind = "wds"
 
     def __init__(self, name, shards, ids, shard_index, offsets, sizes, members, captions,
-                 labels=None, n_skipped=0, **kwargs):
+                 labels=None, n_skipped=0, short_shards=None, **kwargs):
         self.shards = list(shards)
+        self.short_shards = dict(short_shards or {})  # shard path -> why it is short
         self._shard_index = np.asarray(shard_index, dtype=np.int32)
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._sizes = np.asarray(sizes, dtype=np.int64)
@@ -133,11 +145,16 @@ class WebDataset(Dataset):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(n_shards=len(self.shards), n_skipped=self.n_skipped)
+        d.update(n_shards=len(self.shards), n_skipped=self.n_skipped, short_shards=dict(self.short_shards))
         return d
 
     def validate(self) -> None:
-        """Check that every indexed member lies inside its shard (catches truncation)."""
+        """Check that no shard was cut short and every indexed member lies inside its shard."""
+        if self.short_shards:
+            lines = "; ".join(f"{s}: {why}" for s, why in self.short_shards.items())
+            raise DataError(f"{self.name}: {len(self.short_shards)} shard(s) are short, samples are "
+                            f"missing: {lines}. Re-copy or re-create them, or drop --strict to use "
+                            f"the samples that remain")
         ends = np.zeros(len(self.shards), dtype=np.int64)
         np.maximum.at(ends, self._shard_index, self._offsets + self._sizes)
         for s, end in enumerate(ends):
@@ -182,17 +199,25 @@ class WebDataset(Dataset):
 
 
 def read_webdataset(path: str, *, split: str | None = None, name: str | None = None,
-                    progress: bool | None = None) -> WebDataset:
-    """Index the shards named by `path` (see module docstring) and return the dataset."""
+                    progress: bool | None = None, encoding: str | None = None) -> WebDataset:
+    """Index the shards named by `path` (see module docstring) and return the dataset.
+
+    `encoding`: of the ``.txt`` / ``.json`` members (None: UTF-8).
+    """
     from tqdm.auto import tqdm
 
     shards = resolve_shards(path, split)
     keys, shard_idx, offsets, sizes, members, caps, labels = [], [], [], [], [], [], []
     n_skipped = 0
+    short: dict[str, str] = {}
+    codec = check_encoding(encoding, f"wds:{path}")
     disable = None if progress is None else not progress
     for s, shard in enumerate(tqdm(shards, desc="indexing shards", unit="shard",
                                    disable=disable or len(shards) < 4)):
-        for key, sample in _index_shard(shard):
+        samples, why = _index_shard(shard, codec)
+        if why is not None:
+            short[shard] = why
+        for key, sample in samples:
             img = next((sample[e] for e in WDS_IMAGE_EXTS if e in sample), None)
             if img is None:
                 n_skipped += 1
@@ -223,6 +248,8 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
             members.append(img[2])
             caps.append(cap_list)
             labels.append(lab)
+    for shard, why in short.items():
+        log.warning("wds: shard %s is short: %s; re-copy it (--strict makes this an error)", shard, why)
     if not keys:
         raise DataError(f"wds:{path}: the shards hold no samples with an image "
                         f"({'/'.join(WDS_IMAGE_EXTS)} members)")
@@ -242,12 +269,12 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
         class_keys = [str(c) for c in range(int(label_arr.max()) + 1)]
     root = str(Path(shards[0]).parent)
     return WebDataset(name or f"wds:{path}", shards, ids, shard_idx, offsets, sizes, members,
-                      caps, labels=label_arr, n_skipped=n_skipped, class_keys=class_keys,
-                      root=root, split=split)
+                      caps, labels=label_arr, n_skipped=n_skipped, short_shards=short,
+                      class_keys=class_keys, root=root, split=split)
 
 
-def _index_shard(shard: str):
-    """Yield (key, {ext: value}) per sample in member order.
+def _index_shard(shard: str, encoding: str = DEFAULT_ENCODING):
+    """([(key, {ext: value}) per sample in member order], why the shard is short or None).
 
     Image members are recorded as (data offset, size, member name); text
     members (.txt, .json, .cls) are small and read now, so captions and labels
@@ -274,18 +301,51 @@ def _index_shard(shard: str):
                     sample.setdefault(ext, (m.offset_data, m.size, m.name))
                 elif ext in ("txt", "json", "cls"):
                     raw = tf.extractfile(m).read()
-                    sample[ext] = _parse_text_member(shard, m.name, ext, raw)
+                    sample[ext] = _parse_text_member(shard, m.name, ext, raw, encoding)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"{shard}: corrupt or truncated tar ({exc}); re-create or "
                             f"re-copy the shard") from None
-    return samples.items()
+        end = tf.offset  # where tarfile stopped: the end-of-archive marker in a whole shard
+    return list(samples.items()), _short_reason(shard, end, samples)
 
 
-def _parse_text_member(shard, member, ext, raw: bytes):
+def _short_reason(shard: str, end: int, samples: dict) -> str | None:
+    """Why a shard that tarfile read without error is still short, or None.
+
+    tarfile ends quietly when the file stops at a member boundary or a header
+    is garbled, so the samples after the cut vanish; a complete tar has a zero
+    block (the end-of-archive marker) where the members stop.
+    """
+    size = os.path.getsize(shard)
+    with open(shard, "rb") as fh:
+        fh.seek(end)
+        marker = fh.read(_TAR_BLOCK)
+    if len(marker) < _TAR_BLOCK or marker.count(0) != _TAR_BLOCK:
+        what = ("the file ends right after the last member" if end >= size
+                else f"unreadable data from byte {end} of {size}")
+        return (f"no tar end-of-archive marker ({what}): the shard was cut short, "
+                f"{len(samples)} samples read")
+    # img2dataset writes <shard>_stats.json beside each shard with the samples it wrote.
+    stats = Path(shard).with_name(Path(shard).stem + "_stats.json")
+    if stats.is_file():
+        try:
+            expected = json.loads(stats.read_text()).get("successes")
+        except (OSError, ValueError, AttributeError):
+            expected = None
+        with_image = sum(any(e in smp for e in WDS_IMAGE_EXTS) for smp in samples.values())
+        if isinstance(expected, int) and with_image < expected:
+            return f"{with_image} samples but {stats.name} counts {expected}"
+    return None
+
+
+def _parse_text_member(shard, member, ext, raw: bytes, encoding: str = DEFAULT_ENCODING):
     try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise DataError(f"{shard}:{member} is not UTF-8 text") from None
+        text = raw.decode(encoding).strip()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{shard}:{member} is not {'UTF-8' if encoding == DEFAULT_ENCODING else encoding} "
+                        f"text (byte offset {exc.start} of the member, bytes {raw[exc.start:exc.end]!r}); "
+                        f"add its encoding to the data spec, e.g. '?encoding=latin-1', or re-create the "
+                        f"shard with UTF-8 text") from None
     if ext == "txt":
         return text
     if ext == "cls":

@@ -49,6 +49,10 @@ Templates: ``templates=None`` keeps the source's default (the 80 CLIP ImageNet
 templates; the built-ins have their own), ``"clip"``, ``"simple"`` or a file.
 ``class_names=FILE`` renames the classes of a labelled source (see
 `alignprobe.probe.data.templates.load_class_names`).
+
+Text files are read as UTF-8 (a byte-order mark is fine); ``encoding=NAME``
+(any Python codec: ``latin-1``, ``cp1252``...) reads the spec's table,
+annotation file, ``.txt`` members, template and class-name files in it.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from alignprobe.errors import DataError
+from alignprobe.io import check_encoding
 # Re-exported so callers need one import for the whole data API.
 from alignprobe.probe.data.datasets import Dataset, class_prompts, flatten_captions
 
@@ -69,6 +74,8 @@ FILE_KINDS = TABLE_KINDS + ("wds", "folder", "coco")
 KINDS = BUILTIN_KINDS + FILE_KINDS
 
 _COMMON_KEYS = ("split", "templates", "class_names")
+# Of every text file the spec reads (table, annotations, .txt members, templates, class names).
+_ENCODING_KEY = "encoding"
 KIND_KEYS = {
     "shapes": ("n", "size", "seed"),
     "digits": ("size",),
@@ -114,7 +121,7 @@ def open_dataset(spec: str, *, split: str | None = None, templates: str | None =
                  class_names: str | None = None, strict: bool = False) -> Dataset:
     """Open the data source named by `spec` (syntax in the module docstring)."""
     kind, target, query = parse_spec(spec)
-    allowed = _COMMON_KEYS + KIND_KEYS[kind]
+    allowed = _COMMON_KEYS + KIND_KEYS[kind] + (_ENCODING_KEY,)
     unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise DataError(f"data spec {spec!r}: unknown key(s) {unknown} for kind {kind!r}; "
@@ -124,23 +131,26 @@ def open_dataset(spec: str, *, split: str | None = None, templates: str | None =
     split = _merge(spec, "split", query.pop("split", None), split)
     templates = _merge(spec, "templates", query.pop("templates", None), templates)
     class_names = _merge(spec, "class_names", query.pop("class_names", None), class_names)
+    encoding = query.get(_ENCODING_KEY)
+    if encoding is not None:
+        check_encoding(encoding, f"data spec {spec!r}")
     if kind in FILE_KINDS and not target:
         raise DataError(f"data spec {spec!r} names no path after '{kind}:'; {_usage()}")
 
     name = _canonical_name(kind, target, split, query)
-    ds = _open(kind, target, split, query, name)
+    ds = _open(kind, target, split, {k: v for k, v in query.items() if k != _ENCODING_KEY}, name, encoding)
     if class_names is not None:
-        ds.set_class_names(class_names)
+        ds.set_class_names(class_names, encoding=encoding)
     if templates is not None:
         from alignprobe.probe.data.templates import load_templates
-        ds.templates = load_templates(templates)
+        ds.templates = load_templates(templates, encoding=encoding)
     ds.templates_source = templates or "default"
     if strict:
         ds.validate()
     return ds
 
 
-def _open(kind, target, split, query, name) -> Dataset:
+def _open(kind, target, split, query, name, encoding=None) -> Dataset:
     # Readers are imported here, not at module import, so opening `shapes`
     # never pays for tarfile/json/sklearn and vice versa.
     if kind == "shapes":
@@ -153,16 +163,16 @@ def _open(kind, target, split, query, name) -> Dataset:
         return make_digits(split=split, name=name, **ints)
     if kind in TABLE_KINDS:
         from alignprobe.probe.data.readers_tabular import read_table
-        return read_table(target, kind, split=split, name=name, **query)
+        return read_table(target, kind, split=split, name=name, encoding=encoding, **query)
     if kind == "wds":
         from alignprobe.probe.data.readers_webdataset import read_webdataset
-        return read_webdataset(target, split=split, name=name)
+        return read_webdataset(target, split=split, name=name, encoding=encoding)
     if kind == "folder":
         from alignprobe.probe.data.readers_folder import read_folder
         return read_folder(target, split=split, name=name)
     if kind == "coco":
         from alignprobe.probe.data.readers_coco import read_coco
-        return read_coco(target, split=split, name=name, **query)
+        return read_coco(target, split=split, name=name, encoding=encoding, **query)
     raise AssertionError(kind)  # parse_spec only returns known kinds
 
 

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 
 from alignprobe.errors import DataError
+from alignprobe.io import read_text
 
 BUILTIN_TEMPLATE_SETS = ("clip", "clip_imagenet", "simple")
 
@@ -40,7 +41,7 @@ def clip_imagenet_templates() -> tuple[str, ...]:
     return tuple(_template_lines(text, "clip_imagenet_templates.txt"))
 
 
-def load_templates(spec: str | None) -> list[str]:
+def load_templates(spec: str | None, encoding: str | None = None) -> list[str]:
     """Return the templates named by `spec` (a built-in set name or a file path)."""
     if spec is None or spec in ("clip", "clip_imagenet"):
         return list(clip_imagenet_templates())
@@ -52,7 +53,7 @@ def load_templates(spec: str | None) -> list[str]:
             f"templates {spec!r} is neither a built-in set ({', '.join(BUILTIN_TEMPLATE_SETS)}) "
             f"nor an existing file; pass one of the set names or a .txt file with one "
             f"template per line containing '{{}}'")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, encoding)  # UTF-8 (BOM allowed); a decode error names the byte and the fix
     if path.suffix.lower() == ".json":
         try:
             items = json.loads(text)
@@ -95,7 +96,8 @@ def _template_lines(text: str, where: str) -> list[str]:
     return out
 
 
-def load_class_names(path: str, keys: list[str], *, what: str = "classes") -> list[str]:
+def load_class_names(path: str, keys: list[str], *, what: str = "classes",
+                     encoding: str | None = None) -> list[str]:
     """Read a class-names file and return one name per key, in the order of `keys`.
 
     `keys` are the data source's raw class keys in label order (folder names,
@@ -105,7 +107,7 @@ def load_class_names(path: str, keys: list[str], *, what: str = "classes") -> li
     if not p.is_file():
         raise DataError(f"class-names file {path!r} does not exist; pass a .json list/object "
                         f"or a text file with one name per line")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, encoding)
     if p.suffix.lower() == ".json":
         try:
             obj = json.loads(text)

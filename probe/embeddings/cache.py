@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,13 +34,19 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignprobe._version import __version__
-from alignprobe.errors import AlignprobeError, CacheMismatchError
+from alignprobe.errors import AlignprobeError, CacheDamagedError, CacheMismatchError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
+
+log = logging.getLogger("alignprobe.cache")
 
 #: Bump when the on-disk format changes; part of every key.
 CACHE_FORMAT = 1
 ENV_CACHE_DIR = "ALIGNPROBE_CACHE_DIR"
 STORAGE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+#: Rows per shard, the unit an interrupted encode resumes from. Small enough that a kill -9
+#: of a slow encoder (a 7B text embedder on CPU at ~2 rows/s) loses about half an hour at most,
+#: large enough that a 10M-row cache stays at a few thousand files. `--shard-rows` changes it.
+DEFAULT_SHARD_ROWS = 4096
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I64": np.int64}
 
 
@@ -69,7 +77,11 @@ class CacheIdentity:
     encoder: dict  # the encoder's manifest(): name, hub id, revision, pooling, preprocessing, prefix...
     source: dict  # what was encoded: kind ("images"|"captions"|"prompts"), name, fingerprint, n
     storage_dtype: str = "fp16"
-    shard_rows: int = 16384
+    shard_rows: int = DEFAULT_SHARD_ROWS
+
+    def __post_init__(self):
+        if isinstance(self.shard_rows, bool) or not isinstance(self.shard_rows, int) or self.shard_rows < 1:
+            raise ValidationError(f"shard_rows (--shard-rows) must be an integer >= 1, got {self.shard_rows!r}")
 
     def as_dict(self) -> dict:
         return {
@@ -99,10 +111,64 @@ class CacheIdentity:
 
 
 def _read_safetensors_header(path: Path) -> tuple[int, dict]:
-    with open(path, "rb") as fh:
-        (header_len,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(header_len))
+    """(data start, header) of a safetensors file; CacheDamagedError if it is truncated or garbled."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CacheDamagedError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                raise CacheDamagedError(f"{path}: truncated safetensors header ({size} bytes, "
+                                        f"header claims {header_len})")
+            header = json.loads(fh.read(header_len))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheDamagedError(f"{path}: unreadable safetensors header ({err})") from None
+    except OSError as err:
+        raise CacheDamagedError(f"{path}: cannot be read ({err})") from None
+    if not isinstance(header, dict):
+        raise CacheDamagedError(f"{path}: safetensors header is not a JSON object")
     return 8 + header_len, header
+
+
+def check_shard(path: str | os.PathLike, rows: int | None = None, dim: int | None = None) -> str | None:
+    """Why the shard file at `path` is unusable (truncated, garbled, wrong shape), or None if it is sound.
+
+    Reads only the header and the file size, so checking a whole entry costs
+    one small read per shard.
+    """
+    path = Path(path)
+    try:
+        data_start, header = _read_safetensors_header(path)
+    except CacheDamagedError as err:
+        return str(err).split(": ", 1)[-1]
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    emb, valid = tensors.get("embeddings"), tensors.get("valid")
+    if not isinstance(emb, dict) or not isinstance(valid, dict):
+        return "lacks the 'embeddings' or 'valid' tensor"
+    try:
+        end = max(int(t["data_offsets"][1]) for t in tensors.values())
+        shape = [int(v) for v in emb["shape"]]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "has a malformed tensor table"
+    size = os.path.getsize(path)
+    if data_start + end != size:
+        return f"truncated or padded: {size} bytes where its header needs {data_start + end}"
+    if rows is not None and shape[0] != rows:
+        return f"holds {shape[0]} rows, expected {rows}"
+    if dim is not None and len(shape) == 2 and shape[1] != dim:
+        return f"holds dim {shape[1]}, expected {dim}"
+    return None
+
+
+def shard_skipped(path: str | os.PathLike) -> dict[str, str]:
+    """The skipped sample ids (id -> reason) recorded in one shard's metadata."""
+    _, header = _read_safetensors_header(Path(path))
+    try:
+        return dict(json.loads((header.get("__metadata__") or {}).get("skipped", "{}")))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        raise CacheDamagedError(f"{path}: unreadable 'skipped' metadata") from None
 
 
 def memmap_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -126,7 +192,11 @@ def memmap_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if end == begin:
             arrays[name] = np.zeros(shape, dtype=dtype)
         else:
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+            try:
+                arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+            except ValueError as err:  # "mmap length is greater than file size": a truncated shard
+                raise CacheDamagedError(f"{path}: tensor {name!r} is truncated ({err}); delete the "
+                                        f"entry or re-encode (a lookup moves damaged entries aside)") from None
     return arrays
 
 
@@ -140,6 +210,7 @@ class CachedEmbeddings:
     def __init__(self, directory: Path, manifest: dict):
         self.directory = Path(directory)
         self.manifest = manifest
+        # A shard that fails to map is damaged; its path is in the message (no bare mmap error).
         self._shards = [memmap_safetensors(self.directory / name) for name in manifest["shards"]]
         self._starts = np.cumsum([0] + [s["embeddings"].shape[0] for s in self._shards])
 
@@ -219,24 +290,111 @@ class EmbeddingCache:
     def shard_path(self, identity: CacheIdentity, j: int) -> Path:
         return self.entry_dir(identity) / f"shard-{j:05d}.safetensors"
 
-    def lookup(self, identity: CacheIdentity) -> CachedEmbeddings | None:
-        """The complete entry for `identity`, or None. A manifest that disagrees is a miss."""
-        directory = self.entry_dir(identity)
+    def lookup(self, identity: CacheIdentity, *, repair: bool = True) -> CachedEmbeddings | None:
+        """The complete entry for `identity`, or None. A manifest that disagrees is a miss.
+
+        An entry made with another `shard_rows` but otherwise equal holds the
+        same rows, so it is a hit too. A damaged entry (unreadable manifest,
+        truncated or missing shard) is reported and its damaged files moved
+        aside into ``damaged-<time>/`` so the encode recomputes only them
+        (`repair`); with ``repair=False`` (``--no-recompute``) it is a
+        `CacheDamagedError` naming the entry.
+        """
+        found = self._lookup_dir(self.entry_dir(identity), identity, repair=repair, exact=True)
+        if found is not None:
+            return found
+        parent = self.entry_dir(identity).parent
+        if not parent.is_dir():
+            return None
+        # Same identity, another shard size: only complete, sound entries of the same encoder/source qualify.
+        want = _identity_json(identity)
+        want.pop("shard_rows")
+        for manifest_path in sorted(parent.glob("*/manifest.json")):
+            if manifest_path.parent == self.entry_dir(identity):
+                continue
+            manifest = _read_manifest(manifest_path)
+            other = dict((manifest or {}).get("identity") or {})
+            other.pop("shard_rows", None)
+            if other == want:
+                hit = self._lookup_dir(manifest_path.parent, None, repair=False, exact=False)
+                if hit is not None:
+                    return hit
+        return None
+
+    def _lookup_dir(self, directory: Path, identity: CacheIdentity | None, *, repair: bool,
+                    exact: bool) -> CachedEmbeddings | None:
         manifest_path = directory / "manifest.json"
         if not manifest_path.exists():
             return None
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("status") != "complete" or manifest.get("identity") != json.loads(
-            json.dumps(identity.as_dict(), default=str)
-        ):
+        manifest = _read_manifest(manifest_path)
+        if manifest is None:
+            if not exact:
+                return None
+            return self._damaged(directory, [manifest_path], "manifest.json is not readable JSON", repair)
+        if manifest.get("status") != "complete":
             return None
-        if not all((directory / name).exists() for name in manifest["shards"]):
+        if identity is not None and manifest.get("identity") != _identity_json(identity):
             return None
-        return CachedEmbeddings(directory, manifest)
+        problems = _manifest_problems(directory, manifest)
+        if problems:
+            if not exact:
+                return None
+            bad = [directory / name for name, _ in problems if (directory / name).exists()]
+            detail = "; ".join(f"{name}: {why}" for name, why in problems)
+            return self._damaged(directory, [manifest_path, *bad], detail, repair)
+        try:
+            return CachedEmbeddings(directory, manifest)
+        except (CacheDamagedError, KeyError, TypeError, ValueError) as err:
+            if not exact:
+                return None
+            return self._damaged(directory, [manifest_path], str(err), repair)
+
+    def _damaged(self, directory: Path, files: list[Path], detail: str, repair: bool) -> None:
+        if not repair:
+            raise CacheDamagedError(
+                f"cache entry {directory} is damaged ({detail}); run without --no-recompute to move the "
+                f"damaged files aside and re-encode them, or delete the entry")
+        aside = self.quarantine(directory, files)
+        log.warning("cache entry %s is damaged (%s); moved the damaged files to %s and re-encoding them",
+                    directory, detail, aside)
+        return None
+
+    def quarantine(self, directory: Path, files: Iterable[Path]) -> Path:
+        """Move `files` of an entry into ``<entry>/damaged-<time>/`` (kept for inspection, never deleted)."""
+        aside = Path(directory) / f"damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            try:
+                os.replace(f, aside / Path(f).name)
+            except FileNotFoundError:  # another process moved or replaced it first
+                pass
+        return aside
 
     def missing_shards(self, identity: CacheIdentity, shards: Iterable[int] | None = None) -> list[int]:
+        """Shards of `identity` not on disk; a damaged shard file is moved aside and counts as missing."""
         shards = range(identity.n_shards) if shards is None else shards
-        return [j for j in shards if not self.shard_path(identity, j).exists()]
+        missing = []
+        for j in shards:
+            path = self.shard_path(identity, j)
+            if not path.exists():
+                missing.append(j)
+                continue
+            start, end = identity.shard_range(j)
+            why = check_shard(path, rows=end - start)
+            if why is not None:
+                aside = self.quarantine(path.parent, [path])
+                log.warning("cache shard %s is damaged (%s); moved to %s, it will be re-encoded", path, why, aside)
+                missing.append(j)
+        return missing
+
+    def skipped_so_far(self, identity: CacheIdentity) -> dict[str, str]:
+        """Skipped ids recorded in the shards of `identity` already on disk (for `--strict` on resume)."""
+        out: dict[str, str] = {}
+        for j in range(identity.n_shards):
+            path = self.shard_path(identity, j)
+            if path.exists():
+                out.update(shard_skipped(path))
+        return out
 
     def begin(self, identity: CacheIdentity) -> None:
         """Record the identity of an entry being filled (so a resume can be checked)."""
@@ -255,6 +413,7 @@ class EmbeddingCache:
         if embeddings.shape[0] != end - start:
             raise AlignprobeError(f"shard {j} expects {end - start} rows, got {embeddings.shape[0]}")
         dtype = STORAGE_DTYPES[identity.storage_dtype]
+        check_storage_range(embeddings, identity.storage_dtype, f"{identity.encoder.get('name')} rows {start}-{end}")
         tensors = {
             "embeddings": np.ascontiguousarray(embeddings, dtype=dtype),
             "valid": np.ascontiguousarray(valid, dtype=np.uint8),
@@ -264,9 +423,13 @@ class EmbeddingCache:
             save_file(tensors, str(tmp), metadata=metadata)
 
     def finalize(self, identity: CacheIdentity, extra: dict | None = None) -> CachedEmbeddings | None:
-        """Write the complete manifest if every shard exists (any host may call this)."""
-        from safetensors import safe_open
+        """Write the complete manifest if every shard exists (any host may call this).
 
+        Idempotent and safe when several processes finish the same entry at
+        once: each writes the same manifest atomically (the last rename wins,
+        with equal content), and a partial manifest another process already
+        removed is not an error.
+        """
         if self.missing_shards(identity):
             return None
         directory = self.entry_dir(identity)
@@ -274,12 +437,12 @@ class EmbeddingCache:
         skipped: dict[str, str] = {}
         dim = None
         for name in names:
-            with safe_open(str(directory / name), framework="numpy") as fh:
-                skipped.update(json.loads(fh.metadata().get("skipped", "{}")))
-                dim = fh.get_slice("embeddings").get_shape()[1]
+            _, header = _read_safetensors_header(directory / name)
+            skipped.update(shard_skipped(directory / name))
+            dim = int(header["embeddings"]["shape"][1])
         manifest = {
             "status": "complete",
-            "identity": json.loads(json.dumps(identity.as_dict(), default=str)),
+            "identity": _identity_json(identity),
             "key": identity.key,
             "shape": [identity.n_rows, dim],
             "dtype": identity.storage_dtype,
@@ -289,9 +452,7 @@ class EmbeddingCache:
             **(extra or {}),
         }
         write_json_atomic(directory / "manifest.json", manifest)
-        partial = directory / "manifest.partial.json"
-        if partial.exists():
-            partial.unlink()
+        (directory / "manifest.partial.json").unlink(missing_ok=True)
         return CachedEmbeddings(directory, manifest)
 
     def near_misses(self, identity: CacheIdentity) -> list[tuple[Path, list[str]]]:
@@ -302,7 +463,7 @@ class EmbeddingCache:
         parent = self.entry_dir(identity).parent
         if not parent.exists():
             return []
-        want = json.loads(json.dumps(identity.as_dict(), default=str))
+        want = _identity_json(identity)
         out = []
         for manifest_path in parent.glob("*/manifest.json"):
             try:
@@ -329,6 +490,59 @@ class EmbeddingCache:
             + "\n".join(lines)
             + "\nrun without --no-recompute to encode with the current settings."
         )
+
+
+def _identity_json(identity: CacheIdentity) -> dict:
+    """The identity as it reads back from a manifest (JSON round trip: tuples become lists)."""
+    return json.loads(json.dumps(identity.as_dict(), default=str))
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at `path`, or None when it is truncated, empty or not a JSON object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _manifest_problems(directory: Path, manifest: dict) -> list[tuple[str, str]]:
+    """(shard name, reason) for each shard a complete manifest names that is missing or unsound."""
+    try:
+        names = list(manifest["shards"])
+        n_rows, dim = (int(v) for v in manifest["shape"])
+        shard_rows = int(manifest["identity"]["shard_rows"])
+    except (KeyError, TypeError, ValueError):
+        return [("manifest.json", "lacks shards, shape or shard_rows")]
+    problems = []
+    for j, name in enumerate(names):
+        path = directory / str(name)
+        if not path.exists():
+            problems.append((str(name), "missing"))
+            continue
+        rows = min(shard_rows, n_rows - j * shard_rows)
+        why = check_shard(path, rows=rows, dim=dim)
+        if why is not None:
+            problems.append((str(name), why))
+    if not problems and len(names) != max(1, -(-n_rows // shard_rows)):
+        problems.append(("manifest.json", f"names {len(names)} shards for {n_rows} rows"))
+    return problems
+
+
+def check_storage_range(embeddings: np.ndarray, storage_dtype: str, where: str) -> None:
+    """Refuse values that the storage dtype cannot hold (fp16 overflows to Inf above 65,504).
+
+    Checked before the cast: numpy would store Inf with only a warning, and a
+    later `run` would fail far from the cause.
+    """
+    if storage_dtype != "fp16" or embeddings.size == 0:
+        return
+    peak = float(np.max(np.abs(embeddings)))
+    limit = float(np.finfo(np.float16).max)
+    if peak > limit:
+        raise ValidationError(
+            f"{where}: embedding values reach {peak:.4g}, beyond the fp16 range (+-{limit:.0f}), so an fp16 "
+            f"cache would store Inf; encode with --storage-dtype fp32 (storage_dtype='fp32')")
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -18,7 +18,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError, ValidationError
-from alignprobe.probe.embeddings.cache import CacheIdentity, CachedEmbeddings, EmbeddingCache
+from alignprobe.probe.embeddings.cache import (
+    DEFAULT_SHARD_ROWS,
+    CacheIdentity,
+    CachedEmbeddings,
+    EmbeddingCache,
+    check_storage_range,
+)
 
 log = logging.getLogger("alignprobe.encode")
 
@@ -142,6 +148,24 @@ def default_num_workers(source) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def nonfinite_message(encoder_name, source_name, start: int, end: int, compute_dtype: str | None) -> str:
+    """What to say when an encoder produced NaN/Inf: a dtype hint only when a lower precision could be the cause."""
+    head = f"{encoder_name} produced NaN/Inf embeddings on {source_name} rows {start}-{end}"
+    if compute_dtype in ("fp16", "bf16"):
+        return f"{head} in {compute_dtype}; try --dtype fp32 (overflow in {compute_dtype} is the usual cause)."
+    return (f"{head} while already computing in {compute_dtype or 'fp32'}, so precision is not the cause: "
+            f"the weights or these inputs are broken; check the checkpoint (re-download it) and those rows.")
+
+
+def _strict_error(source, skipped: dict[str, str], where: str) -> DataError:
+    shown = "; ".join(f"{k!r} ({v})" for k, v in list(skipped.items())[:10])
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return DataError(
+        f"--strict: {len(skipped)} of the {len(source)} {source.kind} of {source.name} were skipped as "
+        f"unreadable by an earlier run without --strict ({where}): {shown}{more}. Fix or replace those "
+        f"files (a changed file changes the cache key, so it is re-encoded), or run without --strict.")
+
+
 # --------------------------------------------------------------------------- main entry
 @dataclass
 class EncodeResult:
@@ -160,7 +184,7 @@ def encode_source(
     batch_size: int = 64,
     num_workers: int | None = None,
     storage_dtype: str = "fp16",
-    shard_rows: int = 16384,
+    shard_rows: int | None = None,
     recompute: bool = True,
     shard: tuple[int, int] = (0, 1),
     strict: bool = False,
@@ -172,13 +196,20 @@ def encode_source(
     Returns the memory-mapped embeddings (rows in source order). With
     `recompute=False` a miss raises `CacheMismatchError` naming the settings that
     differ. Under `strict`, one unreadable image raises `DataError`; otherwise it
-    is skipped (its row stays zero, `valid` False) and named in the manifest.
+    is skipped (its row stays zero, `valid` False) and named in the manifest;
+    a cached entry (or finished shards) with skipped items is an error under
+    `strict` too, naming them. `shard_rows` (None: `DEFAULT_SHARD_ROWS`) is the
+    unit an interrupted encode resumes from. A damaged cache entry is moved
+    aside and re-encoded (`recompute`) or an error naming it.
     """
     import torch
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers is not None and num_workers < 0:
+        raise ValidationError(f"num_workers (--num-workers) must be >= 0, got {num_workers}")
+    shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
     if storage_dtype not in ("fp16", "fp32"):
         raise ValidationError(f"storage dtype must be 'fp16' or 'fp32', got {storage_dtype!r}")
     if len(source) == 0:
@@ -192,16 +223,23 @@ def encode_source(
         shard_rows=shard_rows,
     )
     started = time.perf_counter()
-    hit = cache.lookup(identity)
+    hit = cache.lookup(identity, repair=recompute)
     if hit is not None:
         log.info("cache hit: %s", hit)
-        return EncodeResult(hit, True, 0, dict(hit.manifest.get("skipped", {})), 0.0)
+        skipped = dict(hit.manifest.get("skipped", {}))
+        if strict and skipped:
+            raise _strict_error(source, skipped, f"the cached entry {hit.directory}")
+        return EncodeResult(hit, True, 0, skipped, 0.0)
 
     rank, world = shard
     mine = [j for j in range(identity.n_shards) if j % world == rank]
     todo = cache.missing_shards(identity, mine)
     if todo and not recompute:
         raise cache.mismatch_error(identity)
+    if strict:  # shards finished by an earlier lenient run must not carry their skips into a strict one
+        earlier = cache.skipped_so_far(identity)
+        if earlier:
+            raise _strict_error(source, earlier, f"shards already encoded in {cache.entry_dir(identity)}")
     cache.begin(identity)
 
     workers = default_num_workers(source) if num_workers is None else num_workers
@@ -236,18 +274,19 @@ def encode_source(
                     log.warning("skipped %s: %s", ids[i], reason)
                     skipped[ids[i]] = reason
                 if batch is not None:
-                    emb = encoder.forward(batch)
+                    emb = encoder.forward(batch).detach().float().cpu().numpy()
+                    # Checked per batch, before the shard is cast: fail within seconds of the cause.
+                    check_storage_range(emb, storage_dtype, f"{identity.encoder.get('name')} on {source.name} "
+                                                            f"rows {rows[0]}-{rows[-1]}")
                     local = np.asarray(rows) - start
-                    out[local] = emb.detach().float().cpu().numpy()
+                    out[local] = emb
                     valid[local] = True
                 bar.update(len(rows) + len(failed))
                 if on_batch is not None:
                     on_batch(len(rows))
             if not np.isfinite(out).all():
-                raise DataError(
-                    f"{identity.encoder.get('name')} produced NaN/Inf embeddings on {source.name} "
-                    f"rows {start}-{end}; try --dtype fp32 (fp16 overflow is the usual cause)."
-                )
+                raise DataError(nonfinite_message(identity.encoder.get("name"), source.name, start, end,
+                                                  identity.encoder.get("dtype")))
             cache.write_shard(identity, j, out, valid, skipped)
             skipped_all.update(skipped)
             encoded += end - start
