@@ -7,7 +7,13 @@ validates its inputs and raises ``alignprobe.errors.ValidationError`` with a
 message that names the argument, what it must be, and what it got.
 """
 from .clustering import kmeans, kmeans_nmi, kmeanspp_seeds
-from .correlation import correlate
+from .correlation import (
+    MIN_INTERVAL_N,
+    TOO_FEW_FOR_INTERVALS,
+    correlate,
+    correlation_difference,
+    permutation_p_value,
+)
 from .knn import DEFAULT_KNN_K, DEFAULT_KNN_TEMPERATURE, knn_accuracy
 from .linear_probe import DEFAULT_L2_GRID, linear_probe_accuracy
 from .reasoning import mmvp_scores, winoground_scores
@@ -29,12 +35,15 @@ __all__ = [
     "DEFAULT_L2_GRID",
     "DEFAULT_NULL_PERMUTATIONS",
     "DEFAULT_SIMILARITY_SAMPLES",
+    "MIN_INTERVAL_N",
     "RBF_MAX_SAMPLES",
+    "TOO_FEW_FOR_INTERVALS",
     "SegmentationAccumulator",
     "build_class_embeddings",
     "cka",
     "cknna",
     "correlate",
+    "correlation_difference",
     "kmeans",
     "kmeans_nmi",
     "kmeanspp_seeds",
@@ -43,6 +52,7 @@ __all__ = [
     "mmvp_scores",
     "mutual_knn",
     "null_score",
+    "permutation_p_value",
     "recall_at_k",
     "retrieval_metrics",
     "similarity_sample",
