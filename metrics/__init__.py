@@ -27,7 +27,7 @@ from .similarity_protocol import (
     similarity_sample,
     similarity_scores,
 )
-from .zero_shot import build_class_embeddings, zero_shot_accuracy
+from .zero_shot import ZERO_SHOT_TOPK, build_class_embeddings, reportable_topk, zero_shot_accuracy, zero_shot_scores
 
 __all__ = [
     "DEFAULT_KNN_K",
@@ -38,6 +38,7 @@ __all__ = [
     "MIN_INTERVAL_N",
     "RBF_MAX_SAMPLES",
     "TOO_FEW_FOR_INTERVALS",
+    "ZERO_SHOT_TOPK",
     "SegmentationAccumulator",
     "build_class_embeddings",
     "cka",
@@ -54,6 +55,7 @@ __all__ = [
     "null_score",
     "permutation_p_value",
     "recall_at_k",
+    "reportable_topk",
     "retrieval_metrics",
     "similarity_sample",
     "similarity_scores",
@@ -61,4 +63,5 @@ __all__ = [
     "svcca",
     "winoground_scores",
     "zero_shot_accuracy",
+    "zero_shot_scores",
 ]

@@ -103,3 +103,43 @@ def zero_shot_accuracy(
     chunk_size = as_chunk_size(chunk_size)
     img_u = unit_rows(img, "image_emb")
     return recall_at_k(lambda s, e: img_u[s:e] @ cls.T, y, ks, n_items=n_classes, chunk_size=chunk_size)
+
+
+#: Zero-shot accuracies a record carries (CLIP / CLIP_benchmark report top-1 and top-5).
+ZERO_SHOT_TOPK = (1, 5)
+
+
+def reportable_topk(n_classes: int, topk: Sequence[int] = ZERO_SHOT_TOPK) -> tuple[int, ...]:
+    """The ks of `topk` that `n_classes` classes allow (k <= n_classes): top-5 only with at least 5 classes.
+
+    Clamping to top-min(k, C), as a pipeline might, would report a different
+    metric under the top-5 name (with 3 classes, top-"5" is 1.0 by
+    construction); CLIP_benchmark's ``zeroshot_classification.py`` likewise
+    computes top-5 only when there are at least 5 classes.
+    """
+    n_classes = as_int(n_classes, "n_classes", low=1)
+    return tuple(k for k in as_ks(topk, "topk", high=max(max(topk), 1)) if k <= n_classes)
+
+
+def zero_shot_scores(
+    image_emb: Any,
+    class_text_emb: Any,
+    labels: Any,
+    topk: Sequence[int] = ZERO_SHOT_TOPK,
+    *,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """{"zero_shot_top1": ..., "zero_shot_top5": ...} for the ks of `topk` that the class count allows.
+
+    The record-ready form of ``zero_shot_accuracy``: with fewer than 5
+    classes there is no ``zero_shot_top5`` key at all (rather than a top-C
+    accuracy under the top-5 name).
+    """
+    cls = class_text_emb.detach() if isinstance(class_text_emb, torch.Tensor) else np.asarray(class_text_emb)
+    if cls.ndim not in (2, 3):
+        raise ValidationError(
+            f"class_text_emb must be (n_classes, d) or (n_classes, n_templates, d); got shape {tuple(cls.shape)}"
+        )
+    ks = reportable_topk(int(cls.shape[0]), topk)
+    res = zero_shot_accuracy(image_emb, class_text_emb, labels, topk=ks, chunk_size=chunk_size)
+    return {f"zero_shot_top{k}": float(res[k]) for k in ks}
