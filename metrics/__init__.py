@@ -17,7 +17,7 @@ from .correlation import (
 from .knn import DEFAULT_KNN_K, DEFAULT_KNN_TEMPERATURE, knn_accuracy
 from .linear_probe import DEFAULT_L2_GRID, linear_probe_accuracy
 from .reasoning import mmvp_scores, winoground_scores
-from .retrieval import recall_at_k, retrieval_metrics
+from .retrieval import MAX_CAPTIONS_PER_IMAGE, cap_captions_per_image, recall_at_k, retrieval_metrics
 from .segmentation import SegmentationAccumulator, segmentation_scores
 from .similarity import RBF_MAX_SAMPLES, cka, cknna, mutual_knn, svcca
 from .similarity_protocol import (
@@ -35,12 +35,14 @@ __all__ = [
     "DEFAULT_L2_GRID",
     "DEFAULT_NULL_PERMUTATIONS",
     "DEFAULT_SIMILARITY_SAMPLES",
+    "MAX_CAPTIONS_PER_IMAGE",
     "MIN_INTERVAL_N",
     "RBF_MAX_SAMPLES",
     "TOO_FEW_FOR_INTERVALS",
     "ZERO_SHOT_TOPK",
     "SegmentationAccumulator",
     "build_class_embeddings",
+    "cap_captions_per_image",
     "cka",
     "cknna",
     "correlate",

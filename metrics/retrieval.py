@@ -232,3 +232,37 @@ def retrieval_metrics(
     )
     out["t2i"] = recall_at_k(lambda s, e: txt_u[s:e] @ img_u.T, t2i, ks, n_items=n_img, chunk_size=chunk_size)
     return out
+
+
+#: Captions per image in COCO / Flickr30k retrieval (SAIL evaluation/coco_zs_retrieval.py
+#: `captions_per_image = 5`, "12/5000 have 6, and 1/5000 has 7 - I ignore these few extra captions").
+MAX_CAPTIONS_PER_IMAGE = 5
+
+
+def cap_captions_per_image(text_to_image: Any, max_per_image: int | None = MAX_CAPTIONS_PER_IMAGE) -> np.ndarray:
+    """Indices of the captions kept when each image keeps at most `max_per_image` of its captions.
+
+    Keeps each image's first captions in caption order (the reference takes
+    ``captions[:5]`` per image), so COCO val2017's few images with 6 or 7
+    captions count like the others and R@k is comparable with published
+    numbers. ``None`` keeps every caption.
+
+    Args:
+        text_to_image: (n_texts,) image row of each caption.
+        max_per_image: >= 1, or None.
+
+    Returns a sorted int64 array of caption indices; apply it to both the
+    caption embeddings and ``text_to_image`` before ``retrieval_metrics``.
+    """
+    t2i = as_labels(text_to_image, "text_to_image")
+    if t2i.min() < 0:
+        raise ValidationError(f"text_to_image entries must be image rows >= 0; got {int(t2i.min())}")
+    if max_per_image is None:
+        return np.arange(len(t2i), dtype=np.int64)
+    if isinstance(max_per_image, bool) or not isinstance(max_per_image, (int, np.integer)) or max_per_image < 1:
+        raise ValidationError(f"max_per_image must be a positive integer or None; got {max_per_image!r}")
+    order = np.argsort(t2i, kind="stable")  # captions grouped by image, caption order kept within a group
+    sorted_images = t2i[order]
+    group_start = np.searchsorted(sorted_images, sorted_images, side="left")
+    rank_in_image = np.arange(len(t2i)) - group_start
+    return np.sort(order[rank_in_image < max_per_image])
