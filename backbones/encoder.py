@@ -8,7 +8,9 @@ so DataLoader workers never pickle the model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +21,20 @@ from alignprobe.errors import ValidationError
 from .devices import dtype_name
 from .hub import fingerprint_dir, fingerprint_file
 from .spec import EncoderSpec
+
+
+def _layer_list(layers: Sequence[int]) -> list[int]:
+    if isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for n in layers:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValidationError(f"layers must be block indices >= 0, got {list(layers)!r}")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise ValidationError("give at least one layer")
+    return out
 
 
 def split_patch_tokens(tokens: torch.Tensor, h: int, w: int, name: str):
@@ -94,7 +110,7 @@ class Encoder:
         else:
             item = "a"
         with torch.inference_mode():
-            return self._forward(self.collate([self.preprocess(item)]))
+            return self._features(self.collate([self.preprocess(item)]))
 
     # -- the contract ----------------------------------------------------------------------
     def preprocess(self, item: Any) -> Any:
@@ -108,20 +124,63 @@ class Encoder:
     def forward(self, batch: Any) -> torch.Tensor:
         """Run the model on one batch; returns `(n, dim)` float32 on the CPU."""
         with torch.inference_mode():
-            out = self._forward(batch)
+            out = self._features(batch)
+        return self._checked(out, self.spec.name, self.dim)
+
+    def _checked(self, out: torch.Tensor, name: str, dim: int | None) -> torch.Tensor:
         # clone outside inference mode: callers may train on the result (inference tensors refuse)
         out = out.detach().to(device="cpu", dtype=torch.float32).clone()
-        if out.ndim != 2 or out.shape[1] != self.dim:
+        if out.ndim != 2 or (dim is not None and out.shape[1] != dim):
             raise ValidationError(
-                f"encoder {self.spec.name!r} produced shape {tuple(out.shape)}, expected (n, "
-                f"{self.dim}); the registry's dim or pooling for it is wrong"
+                f"encoder {name!r} produced shape {tuple(out.shape)}, expected (n, "
+                f"{dim}); the registry's dim or pooling for it is wrong"
             )
         if not torch.isfinite(out).all():
             raise ValidationError(
-                f"encoder {self.spec.name!r} produced NaN/Inf embeddings in "
+                f"encoder {name!r} produced NaN/Inf embeddings in "
                 f"{dtype_name(self.dtype)}; {nonfinite_hint(dtype_name(self.dtype))}"
             )
         return out
+
+    # -- layer-wise features -----------------------------------------------------------------
+    def _features(self, batch: Any) -> torch.Tensor:
+        """The spec's features: the last block (`_forward`) or block `spec.layer`."""
+        if self.spec.layer is None:
+            return self._forward(batch)
+        return self._forward_layers(batch, [self.spec.layer])[self.spec.layer]
+
+    def _forward_layers(self, batch: Any, layers: list[int]) -> dict[int, torch.Tensor]:
+        raise ValidationError(
+            f"encoder {self.spec.name!r} ({type(self).__name__}) cannot give layer-wise features; "
+            "layers are available for transformers and timm vision encoders"
+        )
+
+    def at_layer(self, layer: int) -> Encoder:
+        """This encoder (sharing its model) with the features of block `layer`: its own spec
+        (`NAME@layer`), width and manifest, hence its own cache entry."""
+        view = copy.copy(self)
+        view.spec = self.spec.with_layer(layer)
+        view.load_notes = list(self.load_notes)
+        view.library_versions = dict(self.library_versions)
+        if view.spec is not self.spec:
+            view._finish()
+        return view
+
+    def forward_layers(self, batch: Any, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """One forward pass, the pooled features of several blocks: `{layer: (n, dim_layer)}`
+        float32 on the CPU (the same values `at_layer(layer).forward(batch)` gives)."""
+        wanted = _layer_list(layers)
+        with torch.inference_mode():
+            out = self._forward_layers(batch, wanted)
+        return {n: self._checked(out[n], f"{self.spec.base_name}@{n}", None) for n in wanted}
+
+    def encode_layers(self, items: list, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """A list of PIL images -> `{layer: (n, dim_layer)}` from one forward pass."""
+        items = list(items)
+        wanted = _layer_list(layers)
+        if not items:
+            return {n: torch.empty(0, self.at_layer(n).dim) for n in wanted}
+        return self.forward_layers(self.collate([self.preprocess(x) for x in items]), wanted)
 
     def encode(self, items: list) -> torch.Tensor:
         """A list of PIL images or strings -> `(n, dim)` float32 CPU tensor."""
@@ -182,8 +241,15 @@ class Encoder:
             "library_versions": dict(sorted(self.library_versions.items())),
             "load_notes": list(self.load_notes),
         }
-        if s.path:
+        if s.layer is not None:
+            # only when set, so the cache keys of last-block features stay what they were
+            out["layer"] = s.layer
+        if s.path and not s.converter:
             out["local_path"] = {"path": s.path, "files": fingerprint_dir(s.path)}
+        elif s.path:
+            # a directory converted from the checkpoint (fingerprinted below) is derived data:
+            # converting it again must not change the key
+            out["local_path"] = {"converted_by": s.converter}
         if s.checkpoint:
             out["checkpoint"] = fingerprint_file(s.checkpoint)
         if s.is_control:

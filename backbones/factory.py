@@ -45,6 +45,7 @@ def _apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpe
             )
         # the registered width belongs to the registered pooling; measure the new one
         changes.update(pooling=pooling, dim=None)
+    layer = overrides.pop("layer", None)
     for key in ("prefix", "max_length"):
         if key in overrides:
             changes[key] = overrides.pop(key)
@@ -66,7 +67,9 @@ def _apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpe
         if spec.dim is not None and "dim" not in changes:
             # architecture kwargs may change the width; measure it after loading
             changes["dim"] = None
-    return spec.replace(**changes) if changes else spec
+    spec = spec.replace(**changes) if changes else spec
+    # last, so that the `@N` name is built on the final spec
+    return spec.with_layer(layer) if layer is not None else spec
 
 
 def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any]):
@@ -85,6 +88,9 @@ def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any
         spec = resolve_spec(name_or_path, modality)
     spec = _apply_overrides(spec, overrides)
     check_available(spec)
+    if spec.converter is not None and not spec.path:
+        # packaged weights in a foreign format: converted once into a model directory
+        spec = import_string(spec.converter)(spec)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec.backend == "builtin":
@@ -105,16 +111,23 @@ def create_vision_encoder(
     device: Any = "auto",
     dtype: Any = None,
     pooling: str | None = None,
+    layer: int | None = None,
     **overrides: Any,
 ):
     """A frozen vision `Encoder` from a name, alias, `timm:`/`hf:` id, hub id, directory or spec.
+
+    `layer=N` (or the name `NAME@N`) takes the features from block N instead of the last one
+    (transformers `hidden_states[N]`, timm's N-th `forward_intermediates` output), pooled with
+    the entry's pooling; the encoder is then named `NAME@N` and cached apart.
 
     `device="auto"` picks cuda, then mps, then cpu; `dtype` defaults to float16
     on cuda and float32 elsewhere ("fp32"/"fp16"/"bf16" or a torch dtype).
     Raises `UnknownEncoderError` for unknown names and `EncoderNotAvailableError`
     when the weights are neither local nor downloadable.
     """
-    return _create("vision", name_or_path, device, dtype, {"pooling": pooling, **overrides})
+    return _create(
+        "vision", name_or_path, device, dtype, {"pooling": pooling, "layer": layer, **overrides}
+    )
 
 
 def create_text_encoder(

@@ -98,6 +98,41 @@ class HFVisionEncoder(Encoder):
         )
 
 
+    # -- layer-wise features ------------------------------------------------------------------
+    def _forward_layers(self, batch: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Pool `hidden_states[n]` (n = 0: the embeddings; n = L: the last block, before the
+        final norm that `last_hidden_state` has) of one forward pass for each requested n."""
+        if self.spec.pooling == "pooler":
+            raise ValidationError(
+                f"{self.spec.name}: pooling 'pooler' is the model's head on its last block; for "
+                "layer features use pooling 'cls', 'mean' or 'concat'"
+            )
+        x = batch.to(self.device, self.dtype)
+        kwargs = {}
+        n_patches = None
+        if self._patch is not None:
+            n_patches = (x.shape[-2] // self._patch[0]) * (x.shape[-1] // self._patch[1])
+            if self._takes_noise:
+                kwargs["noise"] = torch.arange(
+                    n_patches, device=self.device, dtype=torch.float32
+                ).expand(x.shape[0], -1)
+        hidden = self.model(pixel_values=x, output_hidden_states=True, **kwargs).hidden_states
+        if hidden is None:
+            raise ValidationError(f"{self.spec.name}: the model returns no hidden_states")
+        too_deep = [n for n in layers if n >= len(hidden)]
+        if too_deep:
+            raise ValidationError(
+                f"{self.spec.name} has {len(hidden) - 1} blocks; layer {too_deep[0]} does not "
+                f"exist (choose 0..{len(hidden) - 1}; 0 is the patch embeddings)"
+            )
+        out = {}
+        for n in layers:
+            tokens = hidden[n]
+            num_prefix = 0 if tokens.ndim != 3 or n_patches is None else tokens.shape[1] - n_patches
+            out[n] = pool_vision(tokens, self.spec.pooling, num_prefix_tokens=num_prefix)
+        return out
+
+
 def _preprocessing(spec: EncoderSpec, model, notes: list[str]) -> Preprocessing:
     """The registry's preprocessing, else preprocessor_config.json, else a stated guess."""
     if spec.preprocessing is not None:

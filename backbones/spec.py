@@ -115,7 +115,15 @@ class EncoderSpec:
     `"module:attr"` (transformers) or a timm architecture name. `path` is a
     local directory with the weights, which wins over `hub_id`; `packaged`
     names weights shipped inside an installed Python package
-    (`"package:folder"`). `checkpoint` is a local weights file (timm).
+    (`"package:folder"`, or `"package:file"` for a weights file); `package` is
+    the pip requirement that provides it (named in the error when it is
+    missing). `checkpoint` is a local weights file (timm); `checkpoint_filter`
+    (`"module:attr"`) renames its keys for the architecture (timm's
+    `pretrained_filter_fn`); `converter` (`"module:attr"`) turns a packaged
+    file into a model directory once, before loading. `layer` takes the
+    features from block N instead of the last one (transformers
+    `hidden_states[N]`, N = 0 being the embeddings; timm's N-th
+    `forward_intermediates` output), pooled with `pooling`.
     """
 
     name: str
@@ -142,6 +150,11 @@ class EncoderSpec:
     local_format: str | None = None
     packaged: str | None = None
     checkpoint: str | None = None
+    # -- layer-wise features and packaged weights --
+    layer: int | None = None
+    package: str | None = None
+    checkpoint_filter: str | None = None
+    converter: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -180,6 +193,14 @@ class EncoderSpec:
             )
         if not isinstance(self.prefix, str):
             raise ValidationError(f"prefix must be a string, got {self.prefix!r}")
+        if self.layer is not None and (
+            isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0
+        ):
+            raise ValidationError(
+                f"layer must be a block index >= 0 (or None for the last block), got {self.layer!r}"
+            )
+        if self.layer is not None and self.modality != "vision":
+            raise ValidationError(f"layer= is for vision encoders; {self.name!r} is a text encoder")
         if self.source == "local" and self.local_format not in LOCAL_FORMATS:
             raise ValidationError(
                 f"a local spec needs local_format in {LOCAL_FORMATS}, got {self.local_format!r}"
@@ -205,3 +226,22 @@ class EncoderSpec:
 
     def replace(self, **changes: Any) -> EncoderSpec:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def base_name(self) -> str:
+        """The name without the `@N` layer suffix that `with_layer` adds."""
+        suffix = f"@{self.layer}"
+        if self.layer is not None and self.name.endswith(suffix):
+            return self.name[: -len(suffix)]
+        return self.name
+
+    def with_layer(self, layer: int) -> EncoderSpec:
+        """This encoder's features from block `layer`, named `NAME@layer` (its own encoder in a
+        sweep, its own cache entry). The width is measured again: CNN stages differ in width."""
+        if isinstance(layer, str) and layer.strip().isdigit():
+            layer = int(layer)
+        if layer == self.layer:
+            return self
+        if self.is_control:
+            raise ValidationError(f"control {self.name!r} has no layers to choose from")
+        return self.replace(layer=layer, name=f"{self.base_name}@{layer}", dim=None)

@@ -79,6 +79,50 @@ class TimmVisionEncoder(Encoder):
         )
 
 
+    # -- layer-wise features ------------------------------------------------------------------
+    def _forward_layers(self, batch: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Pool the N-th output of timm's `forward_intermediates` (N = 1..number of blocks for a
+        ViT, of feature stages for a CNN; raw, without the final norm) for each requested N."""
+        if self.spec.pooling == "pooler":
+            raise ValidationError(
+                f"{self.spec.name}: pooling 'pooler' is the model's head on its last block; for "
+                "layer features use pooling 'cls', 'mean' or 'concat' (CNNs: 'mean')"
+            )
+        if not hasattr(self.model, "forward_intermediates"):
+            raise ValidationError(
+                f"{self.spec.name}: timm's {type(self.model).__name__} has no forward_intermediates,"
+                " so it cannot give layer-wise features"
+            )
+        depth = len(getattr(self.model, "feature_info", None) or [])
+        bad = [n for n in layers if not 1 <= n <= depth]
+        if bad:
+            raise ValidationError(
+                f"{self.spec.name}: layer {bad[0]} does not exist; timm layers count the "
+                f"forward_intermediates outputs from 1 to {depth}"
+            )
+        import inspect
+
+        tokens_api = "return_prefix_tokens" in inspect.signature(
+            self.model.forward_intermediates
+        ).parameters
+        kwargs = {"output_fmt": "NLC", "return_prefix_tokens": True} if tokens_api else {}
+        ordered = sorted(layers)  # timm returns the intermediates in block order
+        feats = self.model.forward_intermediates(
+            batch.to(self.device, self.dtype),
+            indices=[n - 1 for n in ordered],
+            intermediates_only=True,
+            **kwargs,
+        )
+        out = {}
+        for n, f in zip(ordered, feats):
+            if isinstance(f, tuple):  # (patch tokens, prefix tokens)
+                f = torch.cat([f[1], f[0]], dim=1)
+            out[n] = pool_vision(
+                f, self.spec.pooling, num_prefix_tokens=self._num_prefix, has_cls=self._has_cls
+            )
+        return out
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors / .pth file, unwrapped from training checkpoints
     (`{"teacher": ...}`, `{"state_dict": ...}`) and stripped of `module.` / `backbone.` prefixes."""
@@ -167,6 +211,17 @@ def _build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
     try:
         if spec.path:
             model = timm.create_model("local-dir:" + spec.path, pretrained=True, **kwargs)
+        elif spec.checkpoint and spec.checkpoint_filter:
+            # timm reads the file and renames its keys with the entry's filter (packaged weights)
+            from .hf_common import import_string
+
+            model = timm.create_model(
+                _architecture(spec),
+                pretrained=True,
+                pretrained_cfg_overlay={"file": spec.checkpoint},
+                pretrained_filter_fn=import_string(spec.checkpoint_filter),
+                **kwargs,
+            )
         elif spec.checkpoint:
             arch = _architecture(spec)
             state = read_checkpoint(spec.checkpoint)
