@@ -344,14 +344,16 @@ def _knn_choice(present: Sequence[str]) -> str | None:
 
 
 def standard_figures(df, text: str | None = None, kind: str = "probe", n_boot: int = 1000,
-                     seed: int = 0) -> list[FigureResult]:
+                     seed: int = 0, notes: list[str] | None = None) -> list[FigureResult]:
     """The standard figure set of a results store, as `make_plots` writes it.
 
     Clustering (k-means NMI, k-NN) and linear separability (linear probe)
     against each alignment measure (zero-shot, I2T / T2I R@1, mutual k-NN),
     the heat map of the first alignment measure present, and the predictor
     summary. Metrics absent from the results are skipped with a logged note;
-    too few vision encoders for a plot whose metrics exist is an error.
+    so is a figure whose metric is constant across the vision encoders (its
+    correlation is undefined), the note appended to `notes`; the others are
+    drawn. Too few vision encoders for a plot whose metrics exist is an error.
     """
     df = as_results(df)
     present = [m for m in metric_columns(df) if df[m].notna().any()]
@@ -372,17 +374,59 @@ def standard_figures(df, text: str | None = None, kind: str = "probe", n_boot: i
             f"and an alignment metric ({', '.join(ALIGNMENT)}); these results have: {', '.join(present) or 'none'}"
         )
     out = []
+    notes = [] if notes is None else notes
+    degenerate: set[str] = set()  # metrics constant across the encoders: nothing to correlate
     for y in y_metrics:
         for x in x_metrics:
+            if x in degenerate or y in degenerate:
+                notes.append(f"skipped corr__{_slug(y)}__vs__{_slug(x)}: "
+                             f"{x if x in degenerate else y} is constant across the vision encoders")
+                continue
+            # One degenerate column (e.g. R@k on `digits`, whose captions repeat within a class)
+            # must not cost the other figures.
+            constant = _constant_metric(df, (x, y), text, kind)
+            if constant is not None:
+                degenerate.add(constant[0])
+                notes.append(f"skipped corr__{_slug(y)}__vs__{_slug(x)}: {constant[0]} is constant "
+                             f"({constant[1]}) across the vision encoders of text {constant[2]}, so its "
+                             f"correlation is undefined")
+                continue
             fig, stats = plot_correlation(df, x, y, text=text, n_boot=n_boot, seed=seed, kind=kind)
             out.append(FigureResult(f"corr__{_slug(y)}__vs__{_slug(x)}", fig, stats, "correlation", (y, x)))
-    fig, grid = plot_heatmap(df, y_metrics[0], kind=kind)
+    fig, grid = plot_heatmap(df, y_metrics[0], kind=kind)  # a constant metric is still a valid heat map
     out.append(FigureResult(f"heatmap__{_slug(y_metrics[0])}", fig, {"grid": grid}, "heatmap", (y_metrics[0],)))
-    fig, stats = plot_predictor_summary(df, alignment_metric=y_metrics[0], predictors=x_metrics, text=text,
-                                        n_boot=n_boot, seed=seed, kind=kind)
-    out.append(FigureResult(f"summary__{_slug(y_metrics[0])}", fig, stats, "summary",
-                            (y_metrics[0], *x_metrics)))
+    alignment = next((y for y in y_metrics if y not in degenerate), None)
+    predictors = [x for x in x_metrics if x not in degenerate]
+    if alignment is None or not predictors:
+        notes.append("skipped the predictor summary: every " + ("alignment" if alignment is None else
+                     "vision-quality") + " metric is constant across the vision encoders")
+    else:
+        try:
+            fig, stats = plot_predictor_summary(df, alignment_metric=alignment, predictors=predictors, text=text,
+                                                n_boot=n_boot, seed=seed, kind=kind)
+            out.append(FigureResult(f"summary__{_slug(alignment)}", fig, stats, "summary",
+                                    (alignment, *predictors)))
+        except ValidationError as err:
+            if "is constant" not in str(err):
+                raise
+            notes.append(f"skipped summary__{_slug(alignment)}: {err}")
+    for note in notes:
+        log.warning("plots: %s", note)
     return out
+
+
+def _constant_metric(df, metrics: Sequence[str], text: str | None, kind: str) -> tuple[str, float, str] | None:
+    """(metric, its value, text encoder) for the first of `metrics` that is constant over a panel's points."""
+    pts = points(df, list(metrics), kind=kind, text=text)
+    for t in sorted(pts["text"].unique()):
+        sub = pts[pts["text"] == t].dropna(subset=list(metrics))
+        if len(sub) < MIN_POINTS:
+            continue  # too few points is plot_correlation's own (clearer) error
+        for m in metrics:
+            values = sub[m].to_numpy(dtype=float)
+            if np.all(values == values[0]):
+                return m, float(values[0]), str(t)
+    return None
 
 
 def correlation_table(figures: Sequence[FigureResult]) -> pd.DataFrame:
@@ -399,7 +443,8 @@ def correlation_table(figures: Sequence[FigureResult]) -> pd.DataFrame:
 
 
 def make_plots(results_dir, output_dir: str | Path | None = None, formats: Sequence[str] = ("png", "pdf"),
-               text: str | None = None, kind: str = "probe", n_boot: int = 1000, seed: int = 0) -> list[Path]:
+               text: str | None = None, kind: str = "probe", n_boot: int = 1000, seed: int = 0,
+               notes: list[str] | None = None) -> list[Path]:
     """Write the standard figures (see `standard_figures`) in each format, plus `correlations.csv`.
 
     `results_dir`: a results directory (or a `load_results` frame, then
@@ -418,7 +463,7 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
                for f in str(item).split(",") if f.strip()]
     if not formats:
         raise ValidationError("no figure formats given; use e.g. formats=('png', 'pdf')")
-    figures = standard_figures(results_dir, text=text, kind=kind, n_boot=n_boot, seed=seed)
+    figures = standard_figures(results_dir, text=text, kind=kind, n_boot=n_boot, seed=seed, notes=notes)
     written = []
     for f in figures:
         for fmt in formats:

@@ -6,6 +6,8 @@ the same results directory never clobber each other (CLIP_benchmark's layout).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -13,7 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alignprobe._version import __version__
-from alignprobe.io import write_json_atomic
+from alignprobe.errors import DamagedRecordError, ResultNotSavedError
+from alignprobe.io import fallback_dir, write_json_atomic
+
+log = logging.getLogger("alignprobe.records")
 
 RECORD_SUFFIX = ".json"
 
@@ -55,18 +60,85 @@ def now_iso() -> str:
 
 
 def write_record(path: str | Path, record: dict) -> Path:
-    write_json_atomic(path, record)
-    return Path(path)
+    """Write `record` to `path` atomically; if that fails, keep it elsewhere and say where.
+
+    A record is the product of minutes to hours of work: a full disk or a
+    directory that became read-only must not lose it. It is written to
+    `alignprobe.io.fallback_dir()` instead (or, failing that too, carried in
+    the error message), and `ResultNotSavedError` names both places.
+    """
+    path = Path(path)
+    try:
+        write_json_atomic(path, record)
+        return path
+    except OSError as err:
+        reason = f"{type(err).__name__}: {err.strerror or err}"
+    kept = fallback_dir() / path.name
+    try:
+        write_json_atomic(kept, record)
+    except OSError:
+        blob = json.dumps(record, indent=1, sort_keys=True, default=str)
+        raise ResultNotSavedError(f"could not write the result record {path} ({reason}), nor a copy under "
+                                  f"{fallback_dir()}; here it is, save it as {path.name}:\n{blob}") from None
+    raise ResultNotSavedError(f"could not write the result record {path} ({reason}); the result was kept at "
+                              f"{kept}: move it into the results directory once it is writable") from None
 
 
 def read_record(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """The record at `path`; `DamagedRecordError` (naming the file) when it is truncated or not a JSON object."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedRecordError(f"result record {path} is damaged ({_reason(err)}); rerun that pair "
+                                 f"(`run` recomputes it, moving the damaged file aside) or delete it") from None
+    if not isinstance(obj, dict):
+        raise DamagedRecordError(f"result record {path} is damaged (holds a JSON {type(obj).__name__}, "
+                                 f"not an object); rerun that pair or delete it")
+    return obj
 
 
-def iter_records(out_dir: str | Path) -> Iterator[tuple[Path, dict]]:
-    """Every readable record under `out_dir` (unreadable files are skipped, not fatal)."""
+def _reason(err: Exception) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return "empty file" if not err.doc.strip() else f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+    return f"not UTF-8 text ({err})"
+
+
+def lookup_record(path: str | Path) -> dict | None:
+    """The record at `path`, or None when there is none or it is damaged (treated as missing).
+
+    A damaged record is renamed to ``<name>.damaged`` (kept, never deleted) with a
+    warning, so the caller recomputes the pair and writes a fresh record.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return read_record(path)
+    except DamagedRecordError as err:
+        aside = path.with_name(path.name + ".damaged")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another sweep shard moved it first
+            pass
+        log.warning("%s; moved it to %s, the pair is recomputed", err, aside)
+        return None
+
+
+def iter_records(out_dir: str | Path, unreadable: list[tuple[Path, str]] | None = None
+                 ) -> Iterator[tuple[Path, dict]]:
+    """Every readable record under `out_dir`.
+
+    Unreadable files are not fatal: each is appended to `unreadable` as
+    (path, reason) when a list is given, and logged otherwise, so a report
+    can name them instead of silently dropping the pair.
+    """
     for path in sorted(Path(out_dir).glob(f"*{RECORD_SUFFIX}")):
         try:
             yield path, read_record(path)
-        except (OSError, json.JSONDecodeError):
-            continue
+        except (OSError, DamagedRecordError) as err:
+            reason = str(err) if isinstance(err, DamagedRecordError) else f"unreadable ({err})"
+            if unreadable is not None:
+                unreadable.append((path, reason))
+            else:
+                log.warning("%s", reason)

@@ -116,13 +116,18 @@ def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.Da
             "pass the --out directory of `alignprobe run` / `alignprobe sweep`."
         )
     rows, other = [], 0
-    for path, record in iter_records(results_dir):
+    unreadable: list[tuple[Path, str]] = []
+    for path, record in iter_records(results_dir, unreadable):
         if _is_record(record):
             rows.append(_row(path, record))
         else:
             other += 1
+    for path, reason in unreadable:
+        log.warning("left out of the results: %s", reason)
     if not rows:
         extra = f" ({other} other JSON file(s) were not result records)" if other else ""
+        if unreadable:
+            extra += f" ({len(unreadable)} unreadable: {', '.join(str(p) for p, _ in unreadable)})"
         raise ValidationError(
             f"no result records in {str(results_dir)!r}{extra}; run `alignprobe run` or "
             "`alignprobe sweep --out DIR` first, and point the report at that DIR."
@@ -154,7 +159,25 @@ def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.Da
     if not include_failed:
         df = df[df["status"] == "ok"]
     df = df.sort_values(["kind", "text", "vision", "seed"], kind="stable").reset_index(drop=True)
+    # Carried with the frame so a report can name and count them (pandas keeps attrs through copies).
+    df.attrs["unreadable"] = [(str(p), reason) for p, reason in unreadable]
+    df.attrs["results_dir"] = str(results_dir)
     return df
+
+
+def unreadable_records(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(path, reason) of each record file `load_results` could not read (damaged JSON)."""
+    return list(df.attrs.get("unreadable", []))
+
+
+def results_header(df: pd.DataFrame) -> str:
+    """One line for a report's head: how many records were read and how many were not."""
+    bad = unreadable_records(df)
+    where = df.attrs.get("results_dir", "the results")
+    line = f"{len(df)} record(s) from {where}"
+    if bad:
+        line += f"; {len(bad)} unreadable record(s) left out: " + ", ".join(Path(p).name for p, _ in bad)
+    return line
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from alignprobe.errors import ValidationError
-from alignprobe.io import write_json_atomic
+from alignprobe.io import apply_umask, write_json_atomic
 
 MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "rng.pt", "state.json"
 ALIGNED_FILE = "aligned.json"
@@ -100,6 +100,7 @@ class CheckpointStore:
         target = self.root / name
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
+        apply_umask(tmp, directory=True)  # mkdtemp's 0700 would hide a shared run from colleagues
         try:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()},
                       str(tmp / MODEL_FILE), metadata={"step": str(step), "format": "alignprobe.sail/1"})
@@ -107,6 +108,7 @@ class CheckpointStore:
             torch.save(rng, tmp / RNG_FILE)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True, default=_json_default))
             for f in tmp.iterdir():
+                apply_umask(f)
                 _fsync(f)
             if target.exists():  # the same step saved again (epoch end right after a periodic save)
                 old = target.with_name(name + ".old")
@@ -136,6 +138,10 @@ class CheckpointStore:
             return
         for entry in self.root.iterdir():
             if entry.is_dir() and entry.name.startswith("step-") and entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
+            # A save killed before its rename leaves `.step-*.tmp`; only the saving process writes
+            # here and its own temp directory is already renamed, so any left now is stale.
+            elif entry.is_dir() and entry.name.startswith(".step-") and entry.name.endswith(".tmp"):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def clear(self) -> None:
