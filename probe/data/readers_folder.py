@@ -2,9 +2,11 @@
 
 Each subdirectory of ``DIR`` is a class (sorted by name, so label ids match
 torchvision's ``ImageFolder``); the images under it (searched recursively,
-by extension) are its samples.  Class names default to the folder names; a
-class-names file maps them (for ImageNet, wnid -> readable name, see
-`alignprobe.probe.data.templates.load_class_names`).  Empty class folders stay
+by extension) are its samples.  Class names default to the folder names,
+except that ImageNet WordNet-id folders (``n01440764``) get the CLIP
+ImageNet-1k class names ("tench"); see
+`alignprobe.probe.data.templates.default_class_names`.  A class-names file
+maps them otherwise (`alignprobe.probe.data.templates.load_class_names`).  Empty class folders stay
 classes, so label ids do not shift when a subset of the images is present.
 
 With a split, the folder read is ``DIR/<split>`` (``folder:imagenet`` with
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from alignprobe.errors import DataError
 from alignprobe.probe.data.datasets import IMAGE_EXTENSIONS, FileDataset
+from alignprobe.probe.data.templates import default_class_names
 
 
 class FolderDataset(FileDataset):
@@ -62,5 +65,6 @@ def read_folder(path: str, *, split: str | None = None, name: str | None = None)
         raise DataError(f"folder:{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) under the "
                         f"{len(classes)} class folders of {base}")
     return FolderDataset(name or f"folder:{base}", ids, paths, None, labels=labels,
-                         class_keys=classes, class_names=list(classes), root=str(base),
+                         class_keys=classes, class_names=default_class_names(classes, f"folder:{path}"),
+                         root=str(base),
                          split=split, params={})

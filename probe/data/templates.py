@@ -7,6 +7,12 @@ A template is a string with one ``{}`` where the class name goes
   stored in ``resources/clip_imagenet_templates.txt``; the default for file
   data sources.
 - ``"simple"``: the single template ``"a photo of a {}."``.
+- a data set's name (``DATASET_TEMPLATE_SETS``: ``imagenet``, ``cifar10``,
+  ``cifar100``, ``food101``, ``pets``, ``cars``, ``aircraft``, ``dtd``,
+  ``flowers``, ``sun397``, ``caltech101``): that data set's CLIP_benchmark
+  template set (``clip_benchmark/datasets/en_zeroshot_classification_templates.json``,
+  stored in ``resources/zero_shot_templates.json``); ``imagenet`` is the same
+  80 templates as ``clip``. In a spec: ``folder:DIR?templates=food101``.
 - a ``.txt`` file: one template per line; blank lines and lines starting with
   ``#`` are skipped.  A ``.json`` file: a JSON list of strings.
 
@@ -19,26 +25,96 @@ integer labels) to readable names:
   (whitespace-separated; ``LOC_synset_mapping.txt`` style
   ``n01440764 tench, Tinca tinca``), recognised when every line's first
   token is one of the keys and a name follows it.
+
+ImageNet class folders need no file: ``default_class_names`` maps WordNet ids
+(``n01440764``) to the CLIP ImageNet-1k class names (``resources/imagenet_classes.tsv``:
+the 1,000 wnids in ImageNet label order with the names of CLIP_benchmark's
+``en_classnames.json``, identical to SAIL ``evaluation/imagenet_constant.py``),
+and warns when keys look like ids but the table does not know them.
 """
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import re
 from importlib import resources
 from pathlib import Path
 
 from alignprobe.errors import DataError
 from alignprobe.io import read_text
 
-BUILTIN_TEMPLATE_SETS = ("clip", "clip_imagenet", "simple")
+log = logging.getLogger(__name__)
+
+#: Per-data-set template sets of CLIP_benchmark, by the name a spec uses.
+DATASET_TEMPLATE_SETS = ("imagenet", "cifar10", "cifar100", "food101", "pets", "cars", "aircraft", "dtd",
+                         "flowers", "sun397", "caltech101")
+BUILTIN_TEMPLATE_SETS = ("clip", "clip_imagenet", "simple", *DATASET_TEMPLATE_SETS)
+
+# Keys that name a class without describing it: WordNet ids, and long numeric codes.
+_ID_LIKE = re.compile(r"^(?:n\d{8}|\d{3,})$")
+
+
+def _resource_text(name: str) -> str:
+    return resources.files("alignprobe.probe.data").joinpath(f"resources/{name}").read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def dataset_templates() -> dict[str, tuple[str, ...]]:
+    """The CLIP_benchmark template set of each data set in DATASET_TEMPLATE_SETS (packaged JSON)."""
+    raw = json.loads(_resource_text("zero_shot_templates.json"))
+    out = {}
+    for name in DATASET_TEMPLATE_SETS:
+        for k, t in enumerate(raw[name]):
+            check_template(t, f"zero_shot_templates.json, {name} item {k}")
+        out[name] = tuple(raw[name])
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """The 1,000 (wnid, CLIP class name) pairs of ImageNet-1k in label order (sorted wnids)."""
+    rows = []
+    for line in _resource_text("imagenet_classes.tsv").splitlines():
+        if line and not line.startswith("#"):
+            wnid, name = line.split("\t")
+            rows.append((wnid, name))
+    return tuple(rows)
+
+
+def imagenet_class_names() -> list[str]:
+    """The CLIP ImageNet-1k class names in label order ("tench", "goldfish", ...)."""
+    return [name for _, name in imagenet_classes()]
+
+
+def looks_like_ids(keys: list[str]) -> bool:
+    """True when every key is a WordNet id or a numeric code: a name a text encoder cannot read."""
+    return bool(keys) and all(_ID_LIKE.match(str(k)) for k in keys)
+
+
+def default_class_names(keys: list[str], where: str) -> list[str]:
+    """Readable names for raw class keys: CLIP ImageNet names for wnids, else the keys themselves.
+
+    All keys must be in the wnid table for it to apply (a subset of ImageNet's
+    classes is fine). Keys that look like ids and are not all in the table
+    are kept, with a warning: prompts such as "a photo of a n12345678." make
+    zero-shot scores meaningless.
+    """
+    table = dict(imagenet_classes())
+    if keys and all(k in table for k in keys):
+        return [table[k] for k in keys]
+    if looks_like_ids(keys):
+        unknown = [k for k in keys if k not in table]
+        log.warning("%s: the class names look like ids (%s) and %d of %d are not ImageNet-1k WordNet ids; "
+                    "zero-shot prompts will contain these ids. Pass class_names=FILE (a JSON list/object or "
+                    "'KEY NAME' lines) to name the classes.", where, _preview(unknown), len(unknown), len(keys))
+    return list(keys)
 
 
 @functools.lru_cache(maxsize=None)
 def clip_imagenet_templates() -> tuple[str, ...]:
     """The 80 CLIP ImageNet prompt templates (packaged resource file)."""
-    text = resources.files("alignprobe.probe.data").joinpath(
-        "resources/clip_imagenet_templates.txt").read_text(encoding="utf-8")
-    return tuple(_template_lines(text, "clip_imagenet_templates.txt"))
+    return tuple(_template_lines(_resource_text("clip_imagenet_templates.txt"), "clip_imagenet_templates.txt"))
 
 
 def load_templates(spec: str | None, encoding: str | None = None) -> list[str]:
@@ -47,6 +123,8 @@ def load_templates(spec: str | None, encoding: str | None = None) -> list[str]:
         return list(clip_imagenet_templates())
     if spec == "simple":
         return ["a photo of a {}."]
+    if spec in DATASET_TEMPLATE_SETS:
+        return list(dataset_templates()[spec])
     path = Path(spec).expanduser()
     if not path.is_file():
         raise DataError(
