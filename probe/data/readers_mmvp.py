@@ -5,7 +5,8 @@
 consecutive rows form a pair. Images at ``DIR/MLLM_VLM Images/<type>/<id>.jpg`` (the type
 of the pair's first row names the folder of both, as in the reference). The statement with
 the odd id describes the pair's first image (``gt = img1 if qid % 2 == 1``), the other the
-second. Statements are kept raw; the evaluation adds the ``"a photo of "`` prefix.
+second; the reader requires that order (odd id first), where the reference's parity rule
+and "statement q describes image q.jpg" agree. Statements are kept raw; the evaluation adds the ``"a photo of "`` prefix.
 """
 from __future__ import annotations
 
@@ -62,14 +63,16 @@ def read_mmvp(path: str | Path) -> list[MMVPPair]:
         if t1 != t2:
             raise DataError(f"mmvp: {table}:{l1}-{l2}: a pair's rows have different types "
                             f"({t1!r}, {t2!r}); rows may be out of order")
-        if q1 % 2 == q2 % 2:
-            raise DataError(f"mmvp: {table}:{l1}-{l2}: ids {q1} and {q2} are both "
-                            f"{'odd' if q1 % 2 else 'even'}; a pair holds one odd id (the first "
-                            "image) and one even id (the second)")
+        if q1 % 2 != 1 or q2 % 2 != 0:
+            # The reference's rule (gt = img1 if qid % 2 == 1, img1 = the first row's image)
+            # maps statement q to image q.jpg only when the odd id comes first, as it does in
+            # the official file; any other order would pair statements with the wrong images.
+            raise DataError(f"mmvp: {table}:{l1}-{l2}: ids {q1}, {q2}; a pair is an odd id "
+                            "(the first image) followed by an even id (the second)")
         paths = tuple(str(root / IMAGE_FOLDER / t1 / f"{q}.jpg") for q in (q1, q2))
         for p in paths:
             if not Path(p).is_file():
                 raise DataError(f"mmvp: pair {q1}/{q2} needs image {p}, which does not exist")
-        targets = tuple(0 if q % 2 == 1 else 1 for q in (q1, q2))
+        targets = (0, 1)  # the odd id's statement describes the first image
         pairs.append(MMVPPair(t1, (q1, q2), (s1, s2), paths, targets))  # type: ignore[arg-type]
     return pairs
