@@ -260,6 +260,17 @@ def make_digits(*, split: str | None = None, size: int = 32,
         templates=list(DIGITS_TEMPLATES), split=split, params={"size": size})
 
 
+# -- fashion-mnist ----------------------------------------------------------------
+
+def make_fashion_mnist(*, split: str | None = None, name: str | None = None):
+    """Fashion-MNIST from its IDX files (the Debian package dataset-fashion-mnist, or
+    ``$ALIGNPROBE_DATA``): the official 60,000 / 10,000 train / test files, not a hash split;
+    captions from the class names (see `alignprobe.probe.data.readers_idx`)."""
+    from alignprobe.probe.data.readers_idx import read_fashion_mnist
+
+    return read_fashion_mnist(split=split, name=name)
+
+
 # -- shared -----------------------------------------------------------------------
 
 def split_indices(labels: np.ndarray, split: str | None, set_name: str, seed: int) -> np.ndarray:

@@ -19,6 +19,10 @@ spec                  what                                                 keys
                       ``.tar``, or ``shards/{00000..00009}.tar`` / globs
 ``folder:DIR``        labelled folder ``DIR/<class>/<image>``              (none)
 ``coco:FILE.json``    COCO or Karpathy caption JSON                        ``images`` (images root)
+``idx:DIR``           MNIST-style IDX image/label files (gzip or not)      (none)
+``fashion-mnist``     Fashion-MNIST (70,000, 28 px, 10 classes) from the   (none)
+``[:SPLIT]``          Debian package dataset-fashion-mnist or
+                      ``$ALIGNPROBE_DATA``; template captions
 ====================  ===================================================  ============================
 
 Splits: ``train`` / ``test`` for the built-ins (``shapes:train`` or
@@ -68,9 +72,9 @@ from alignprobe.probe.data.datasets import Dataset, class_prompts, flatten_capti
 
 __all__ = ["open_dataset", "parse_spec", "Dataset", "flatten_captions", "class_prompts", "KINDS"]
 
-BUILTIN_KINDS = ("shapes", "digits")
+BUILTIN_KINDS = ("shapes", "digits", "fashion-mnist")
 TABLE_KINDS = ("csv", "tsv", "jsonl")
-FILE_KINDS = TABLE_KINDS + ("wds", "folder", "coco")
+FILE_KINDS = TABLE_KINDS + ("wds", "folder", "coco", "idx")
 KINDS = BUILTIN_KINDS + FILE_KINDS
 
 _COMMON_KEYS = ("split", "templates", "class_names")
@@ -83,6 +87,8 @@ KIND_KEYS = {
     "wds": (),
     "folder": (),
     "coco": ("images",),
+    "fashion-mnist": (),
+    "idx": (),
 }
 KIND_KEYS["tsv"] = KIND_KEYS["jsonl"] = KIND_KEYS["csv"]
 _PATH_KEYS = ("root", "images")  # made absolute in the canonical name
@@ -170,6 +176,12 @@ def _open(kind, target, split, query, name, encoding=None) -> Dataset:
     if kind == "folder":
         from alignprobe.probe.data.readers_folder import read_folder
         return read_folder(target, split=split, name=name)
+    if kind == "fashion-mnist":
+        from alignprobe.probe.data.builtin_sets import make_fashion_mnist
+        return make_fashion_mnist(split=split, name=name)
+    if kind == "idx":
+        from alignprobe.probe.data.readers_idx import read_idx_dir
+        return read_idx_dir(target, split=split, name=name)
     if kind == "coco":
         from alignprobe.probe.data.readers_coco import read_coco
         return read_coco(target, split=split, name=name, encoding=encoding, **query)
