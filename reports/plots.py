@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from alignprobe.errors import ValidationError
+from alignprobe.reports.correlations import exclude_encoders, format_interval, format_p
 from alignprobe.reports.metric_info import knn_metrics, metric_info
 from alignprobe.reports.plot_style import (
     POINT_LABEL_SIZE,
@@ -65,16 +66,28 @@ def _correlate_cached(xb: bytes, yb: bytes, n: int, method: str, n_boot: int, se
 
 
 def format_ci(stats: dict, digits: int = 2) -> str:
-    """`0.83 [0.41, 0.97]`: a coefficient with its bootstrap 95% CI, as figures print it."""
-    def f(v):
-        return "nan" if v is None or math.isnan(float(v)) else f"{float(v):.{digits}f}"
+    """`0.83 [0.41, 0.97]`: a coefficient with its bootstrap 95% CI, as figures print it.
 
-    return f"{f(stats['coefficient'])} [{f(stats['ci_low'])}, {f(stats['ci_high'])}]"
+    Below 5 encoders `correlate` gives no interval: `0.95 (too few encoders for intervals)`.
+    """
+    return format_interval(stats, digits)
 
 
 def correlation_legend(stats: dict, methods: Sequence[str] = METHODS) -> list[str]:
-    """The legend lines of a correlation panel, e.g. "Pearson r = 0.83 [0.41, 0.97]"."""
-    return [f"{METHOD_LABELS[m]} = {format_ci(stats[m])}" for m in methods]
+    """The legend lines of a correlation panel, e.g. "Pearson r = 0.83 [0.41, 0.97], p = 0.004".
+
+    p is the permutation p-value. Without intervals (fewer than 5 encoders)
+    each line is "Pearson r = 0.95, p = 0.083" and one last line says
+    "too few encoders for intervals", instead of a degenerate [1.00, 1.00].
+    """
+    lines, note = [], None
+    for m in methods:
+        s = stats[m]
+        value = format_ci(s) if s.get("ci_low") is not None else f"{float(s['coefficient']):.2f}"
+        note = note or s.get("ci_note")
+        p = s.get("p_permutation")
+        lines.append(f"{METHOD_LABELS[m]} = {value}" + (f", p = {format_p(p)}" if p is not None else ""))
+    return lines + ([note] if note else [])
 
 
 def axis_label(metric: str) -> str:
@@ -304,9 +317,12 @@ def plot_predictor_summary(df, alignment_metric: str = "zero_shot_top1",
             for k, method in enumerate(methods):
                 offset = (k - (len(methods) - 1) / 2) * width
                 coef = np.array([per[p][method]["coefficient"] for p in names], dtype=float)
-                lo = np.array([per[p][method]["ci_low"] for p in names], dtype=float)
-                hi = np.array([per[p][method]["ci_high"] for p in names], dtype=float)
-                yerr = np.vstack([np.clip(coef - lo, 0, None), np.clip(hi - coef, 0, None)])
+                # No interval below 5 encoders: no error bar (None -> NaN -> 0), and a note on the panel.
+                lo = np.array([np.nan if per[p][method]["ci_low"] is None else per[p][method]["ci_low"]
+                               for p in names], dtype=float)
+                hi = np.array([np.nan if per[p][method]["ci_high"] is None else per[p][method]["ci_high"]
+                               for p in names], dtype=float)
+                yerr = np.nan_to_num(np.vstack([np.clip(coef - lo, 0, None), np.clip(hi - coef, 0, None)]))
                 st = style_for(k)
                 a.errorbar(np.arange(len(names)) + offset, coef, yerr=yerr, fmt=st["marker"], color=st["color"],
                            capsize=2, elinewidth=0.8, markersize=4, label=METHOD_LABELS[method])
@@ -317,6 +333,10 @@ def plot_predictor_summary(df, alignment_metric: str = "zero_shot_top1",
             a.set_ylabel(f"correlation with {metric_info(alignment_metric).label}")
             a.set_title(f"text: {t}")
             a.legend(loc="lower left")
+            notes = sorted({per[p][m].get("ci_note") for p in names for m in methods} - {None})
+            if notes:
+                a.text(0.98, 0.02, "; ".join(notes), transform=a.transAxes, ha="right", va="bottom",
+                       fontsize=POINT_LABEL_SIZE, color="0.3")
     return fig, panel_stats
 
 
@@ -438,18 +458,22 @@ def correlation_table(figures: Sequence[FigureResult]) -> pd.DataFrame:
         for t, s in f.stats.items():
             for m in METHODS:
                 rows.append({"text": t, "x_metric": s["x_metric"], "y_metric": s["y_metric"], "method": m,
-                             **{k: s[m].get(k) for k in ("coefficient", "ci_low", "ci_high", "p_value", "n")}})
+                             **{k: s[m].get(k) for k in ("coefficient", "ci_low", "ci_high", "ci_note", "p_value",
+                                                          "p_permutation", "n")}})
     return pd.DataFrame(rows)
 
 
 def make_plots(results_dir, output_dir: str | Path | None = None, formats: Sequence[str] = ("png", "pdf"),
                text: str | None = None, kind: str = "probe", n_boot: int = 1000, seed: int = 0,
-               notes: list[str] | None = None) -> list[Path]:
+               notes: list[str] | None = None, exclude: str | Sequence[str] | None = None) -> list[Path]:
     """Write the standard figures (see `standard_figures`) in each format, plus `correlations.csv`.
 
     `results_dir`: a results directory (or a `load_results` frame, then
     `output_dir` is required). `output_dir` defaults to `<results_dir>/plots`.
     Files are `<name>.<format>`, written atomically. Returns the paths written.
+    `exclude`: encoder names (e.g. controls) left out of every figure and
+    correlation. `differences.csv` holds the clustering-minus-separability
+    intervals (`alignprobe.reports.correlations.correlation_statistics`).
     """
     from alignprobe.reports.store import export_results
 
@@ -463,7 +487,8 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
                for f in str(item).split(",") if f.strip()]
     if not formats:
         raise ValidationError("no figure formats given; use e.g. formats=('png', 'pdf')")
-    figures = standard_figures(results_dir, text=text, kind=kind, n_boot=n_boot, seed=seed, notes=notes)
+    frame = exclude_encoders(as_results(results_dir), exclude)
+    figures = standard_figures(frame, text=text, kind=kind, n_boot=n_boot, seed=seed, notes=notes)
     written = []
     for f in figures:
         for fmt in formats:
@@ -471,5 +496,13 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
     table = correlation_table(figures)
     if not table.empty:
         written.append(export_results(table, output_dir / "correlations.csv"))
+    summary = next((f for f in figures if f.kind == "summary"), None)
+    if summary is not None:
+        from alignprobe.reports.correlations import correlation_statistics
+
+        _, diffs = correlation_statistics(frame, summary.metrics[0], list(summary.metrics[1:]), text=text,
+                                          kind=kind, n_boot=n_boot, seed=seed)
+        if not diffs.empty:
+            written.append(export_results(diffs, output_dir / "differences.csv"))
     log.info("wrote %d files to %s", len(written), output_dir)
     return written
