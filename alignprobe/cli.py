@@ -1,16 +1,24 @@
 """The `alignprobe` command line. It only parses flags and calls the public API."""
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import click
 
 from alignprobe._version import __version__
+from alignprobe.cli_common import SEED as _SEED
+from alignprobe.cli_common import POSITIVE_INT as _POSITIVE_INT
+from alignprobe.cli_common import check_writable as _check_writable
+from alignprobe.cli_common import check_writable_file as _check_writable_file
 from alignprobe.cli_common import encode_options as _encode_options
 from alignprobe.cli_common import friendly_errors as _friendly_errors
 from alignprobe.cli_common import options_from as _options_from
 from alignprobe.cli_common import print_table as _print_table
+from alignprobe.cli_common import seed_list_callback as _seed_list
 from alignprobe.cli_common import setup_logging as _setup_logging
+from alignprobe.cli_common import shard_option_callback as _shard_callback
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +43,8 @@ def models(modality):
 @click.option("--split", default=None, help="Split of the data set (train/test/val...).")
 @click.option("--modality", type=click.Choice(["vision", "text"]), default=None,
               help="Needed only when a local directory could be either.")
-@click.option("--shard", default=None, help="I/N: encode a deterministic share (default: torchrun's rank).")
+@click.option("--shard", default=None, callback=_shard_callback,
+              help="I/N: encode a deterministic share (default: torchrun's rank).")
 @_encode_options
 @_friendly_errors
 def encode(model, data, split, modality, shard, verbose, **kwargs):
@@ -73,12 +82,12 @@ def encode(model, data, split, modality, shard, verbose, **kwargs):
 @click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [shapes:test].")
 @click.option("--metrics", default=None,
               help="Comma-separated subset of: kmeans_nmi,knn,linear_probe,zero_shot,retrieval,similarity [all].")
-@click.option("--seed", type=int, default=None, help="Seed for splits, k-means and the probe [0].")
+@click.option("--seed", type=_SEED, default=None, help="Seed for splits, k-means and the probe [0].")
 @click.option("--vision-pooling", default=None, help="Override the registry's vision pooling (cls|mean|concat|pooler).")
 @click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last|encode).")
-@click.option("--epochs", type=int, default=None, help="Probe training epochs [by data size].")
-@click.option("--probe-batch-size", type=int, default=None, help="Probe training batch [by data size].")
-@click.option("--lr", type=float, default=None, help="Probe learning rate [by data size].")
+@click.option("--epochs", type=_POSITIVE_INT, default=None, help="Probe training epochs [by data size].")
+@click.option("--probe-batch-size", type=click.IntRange(min=2), default=None, help="Probe training batch [by data size].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Probe learning rate [by data size].")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Results directory (one JSON record per run).")
 @click.option("--force", is_flag=True, help="Recompute even if a finished record exists.")
@@ -91,6 +100,7 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
     from alignprobe.reports.summary import format_run_summary
 
     _setup_logging(kwargs["quiet"], verbose)
+    _check_writable(out_dir, "results directory (--out)")
     options = _options_from(kwargs)
     probe = {k: v for k, v in {"epochs": epochs, "batch_size": probe_batch_size, "lr": lr}.items()
              if v is not None}
@@ -110,13 +120,14 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
 @click.option("--text", default=None, help="Comma-separated text encoders, e.g. gte,minilm.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML/TOML sweep file (vision, text, seeds, run); flags override it.")
-@click.option("--seeds", default=None, help="Comma-separated seeds [0].")
+@click.option("--seeds", default=None, callback=_seed_list, help="Comma-separated seeds [0].")
 @click.option("--pairs", default=None, help="Image-caption pairs the probes train on [shapes:train].")
 @click.option("--labelled", default=None, help="Labelled images [shapes:test].")
 @click.option("--retrieval", default=None, help="Captioned images for retrieval [shapes:test].")
 @click.option("--metrics", default=None, help="Comma-separated metric groups [all].")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--shard", default=None, help="I/N: run a deterministic share of the pairs (Slurm array, hosts).")
+@click.option("--shard", default=None, callback=_shard_callback,
+              help="I/N: run a deterministic share of the pairs (Slurm array, hosts).")
 @click.option("--force", is_flag=True, help="Rerun pairs whose result already exists.")
 @_encode_options
 @_friendly_errors
@@ -128,11 +139,12 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
     from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 
     _setup_logging(kwargs["quiet"], verbose)
+    _check_writable(out_dir, "results directory (--out)")
     options = _options_from(kwargs)
     run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval).items() if v is not None}
     if metrics is not None:
         run["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    seed_list = seeds  # parsed and checked by the option's callback
     if config_file:
         cfg = SweepConfig.from_file(config_file, vision=vision, text=text, seeds=seed_list)
         cfg.run.update(run)
@@ -165,9 +177,31 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
 @_friendly_errors
 def report(results_dir, fmt, output, metrics, sort_by, rows, export):
     """Comparison tables of a results directory (Markdown, CSV, LaTeX, HTML)."""
+    from alignprobe.reports.records import iter_records
     from alignprobe.reports.report import write_report
 
-    text = write_report(results_dir, fmt, output, metrics=metrics, rows=rows, sort_by=sort_by)
+    for path, what in ((output, "report file (--output)"), (export, "export file (--export)")):
+        if path:
+            _check_writable_file(path, what)
+    unreadable: list = []
+    n_files = sum(1 for _ in iter_records(results_dir, unreadable)) if Path(results_dir).is_dir() else 0
+    logging.getLogger("alignprobe.reports.store").addFilter(  # named below, once
+        lambda r: not r.getMessage().startswith("left out of the results"))
+    try:
+        text = write_report(results_dir, fmt, output, metrics=metrics, rows=rows, sort_by=sort_by)
+    except OSError as err:  # the check above passed but the write failed (disk full, lost mount)
+        from alignprobe.reports.report import _SUFFIX_FORMATS
+
+        fallback = fmt or _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "md")
+        click.echo(write_report(results_dir, fallback, None, metrics=metrics, rows=rows, sort_by=sort_by))
+        click.echo(f"error: could not write {output} ({err.strerror or err}); the report is printed above "
+                   f"instead", err=True)
+        sys.exit(1)
+    # The header line: a damaged record is named and counted, never silently missing from the table.
+    click.echo(f"report: {n_files + len(unreadable)} record file(s) in {results_dir}"
+               + (f", {len(unreadable)} unreadable (left out of the table):" if unreadable else ""), err=True)
+    for path, reason in unreadable:
+        click.echo(f"  {reason}", err=True)
     if export:
         from alignprobe.reports.store import export_results, load_results
 
@@ -185,17 +219,21 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export):
               help="Directory for the figures [RESULTS_DIR/plots].")
 @click.option("--text", default=None, help="Fix the text encoder (default: one panel per text encoder).")
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="Comma-separated figure formats.")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n-boot", type=_POSITIVE_INT, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @_friendly_errors
 def plot(results_dir, output, text, formats, n_boot, seed):
     """Clustering-vs-alignment correlation plots, heat map and predictor summary."""
     from alignprobe.reports.plots import make_plots
 
+    _check_writable(output or Path(results_dir) / "plots", "plot directory (--output)")
+    notes: list[str] = []
     paths = make_plots(results_dir, output, formats=tuple(f.strip() for f in formats.split(",")),
-                       text=text, n_boot=n_boot, seed=seed)
+                       text=text, n_boot=n_boot, seed=seed, notes=notes)
     for path in paths:
         click.echo(str(path))
+    for note in notes:  # figures left out (e.g. a constant metric), so a missing file is explained
+        click.echo(f"note: {note}", err=True)
 
 
 # SAIL training commands live in their own module; registered here so `alignprobe --help` lists them.

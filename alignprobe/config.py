@@ -27,12 +27,17 @@ class EncodeOptions:
     shard: str | None = None  # "i/n"; None = torchrun's RANK/WORLD_SIZE or the whole set
     strict: bool = False  # an unreadable image is an error instead of skipped
     quiet: bool = False
+    shard_rows: int | None = None  # rows per cache shard (the resume unit); None = the cache's default
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValidationError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.storage_dtype not in ("fp16", "fp32"):
             raise ValidationError(f"storage_dtype must be 'fp16' or 'fp32', got {self.storage_dtype!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValidationError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.shard_rows is not None and self.shard_rows < 1:
+            raise ValidationError(f"shard_rows must be >= 1, got {self.shard_rows}")
         if self.dtype not in (None, "fp32", "fp16", "bf16"):
             raise ValidationError(f"dtype must be one of fp32, fp16, bf16, got {self.dtype!r}")
 

@@ -140,12 +140,13 @@ def read_text(path: str | os.PathLike, encoding: str | None = None, *, spec_key:
 
 # --------------------------------------------------------------------------- checking outputs
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
-    """Create `path` if needed and prove a file can be written there; raise a clear error otherwise.
+    """Prove that files can be written in directory `path` (or that it can be created); raise a clear error otherwise.
 
     Called by the CLI before any work, so a wrong `--out` or `--cache-dir` fails
-    in a second instead of after an hour of encoding. The probe is a real write
-    (a temp file, removed at once): permission bits alone do not tell about
-    read-only mounts, quotas or ACLs.
+    in a second instead of after an hour of encoding. Nothing is created: the
+    probe is a temp file, removed at once, in `path` or its nearest existing
+    parent (a real write, because permission bits alone do not tell about
+    read-only mounts, quotas or ACLs).
     """
     path = Path(path).expanduser()
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
@@ -153,9 +154,9 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
         raise OutputNotWritableError(
             f"{what} {str(path)!r} cannot be created: {str(blocker)!r} is a file, not a directory; "
             f"choose another location")
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), Path("."))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".alignprobe-write-check.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".alignprobe-write-check.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:

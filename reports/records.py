@@ -73,7 +73,8 @@ def write_record(path: str | Path, record: dict) -> Path:
         return path
     except OSError as err:
         reason = f"{type(err).__name__}: {err.strerror or err}"
-    kept = fallback_dir() / path.name
+    # A unique name: a later failure (a sweep's failed-pair record) must never overwrite a kept result.
+    kept = fallback_dir() / f"{path.stem}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}{path.suffix}"
     try:
         write_json_atomic(kept, record)
     except OSError:
@@ -81,7 +82,8 @@ def write_record(path: str | Path, record: dict) -> Path:
         raise ResultNotSavedError(f"could not write the result record {path} ({reason}), nor a copy under "
                                   f"{fallback_dir()}; here it is, save it as {path.name}:\n{blob}") from None
     raise ResultNotSavedError(f"could not write the result record {path} ({reason}); the result was kept at "
-                              f"{kept}: move it into the results directory once it is writable") from None
+                              f"{kept}: move it into the results directory as {path.name} once it is "
+                              f"writable") from None
 
 
 def read_record(path: str | Path) -> dict:

@@ -71,6 +71,7 @@ def encode_with(encoder, dataset, options: EncodeOptions) -> dict[str, EncodeRes
             recompute=options.recompute,
             shard=parse_shard(options.shard),
             strict=options.strict,
+            shard_rows=options.shard_rows,
             quiet=options.quiet,
         )
     return results
