@@ -31,7 +31,8 @@ def _inputs(results, x_metric, y_metric, text):
 def _legend_numbers(ax):
     found = {}
     for t in ax.get_legend().get_texts():
-        m = re.fullmatch(rf"(Pearson r|Spearman ρ|Kendall τ) = {NUM} \[{NUM}, {NUM}\]", t.get_text())
+        # "Pearson r = 0.83 [0.41, 0.97], p = 0.004": the interval, then the permutation p-value
+        m = re.fullmatch(rf"(Pearson r|Spearman ρ|Kendall τ) = {NUM} \[{NUM}, {NUM}\], p = (\S+)", t.get_text())
         if m:
             found[m.group(1)] = tuple(float(v) for v in m.groups()[1:])
     return found
@@ -56,8 +57,9 @@ def test_correlation_legend_equals_correlate(results):
             got = stats[text][method]
             for key in ("coefficient", "ci_low", "ci_high"):
                 assert got[key] == pytest.approx(want[key], abs=1e-12, nan_ok=True), (text, method, key)
-            assert printed[label] == pytest.approx(
+            assert printed[label][:3] == pytest.approx(
                 (want["coefficient"], want["ci_low"], want["ci_high"]), abs=0.0051, nan_ok=True)
+            assert printed[label][3] == pytest.approx(want["p_permutation"], abs=0.0006)  # printed to 3 places
         # Every point is labelled with its encoder.
         labels = {t.get_text() for t in panels[text].texts}
         assert set(visions) <= labels
@@ -119,9 +121,10 @@ def test_make_plots_writes_png_and_pdf(tmp_path, caplog):
     names = {p.name for p in paths}
     stems = ("corr__zero_shot_top1__vs__kmeans_nmi", "corr__zero_shot_top1__vs__linear_probe_top1",
              "heatmap__zero_shot_top1", "summary__zero_shot_top1")
-    assert names == {f"{s}.{fmt}" for s in stems for fmt in ("png", "pdf")} | {"correlations.csv"}
+    assert names == {f"{s}.{fmt}" for s in stems for fmt in ("png", "pdf")} | {"correlations.csv",
+                                                                               "differences.csv"}
     for p in paths:
-        assert p.exists() and p.stat().st_size > 1000, p
+        assert p.exists() and p.stat().st_size > (1000 if p.suffix != ".csv" else 100), p
         head = p.read_bytes()[:8]
         if p.suffix == ".png":
             assert head == b"\x89PNG\r\n\x1a\n"
