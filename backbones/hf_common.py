@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from alignprobe.console import quiet_loading
 from alignprobe.errors import EncoderNotAvailableError, ValidationError
 
 from .hub import (
@@ -43,14 +44,15 @@ def load_pretrained(spec: EncoderSpec, *, dtype, default_class: str = "transform
     cls = import_string(spec.model_class or default_class)
     src, kwargs = hf_location(spec)
     try:
-        model, info = cls.from_pretrained(
-            src,
-            dtype=dtype,
-            trust_remote_code=spec.trust_remote_code,
-            output_loading_info=True,
-            **kwargs,
-            **spec.kwargs,
-        )
+        with quiet_loading():  # no "Loading weights" bars; missing weights are checked below
+            model, info = cls.from_pretrained(
+                src,
+                dtype=dtype,
+                trust_remote_code=spec.trust_remote_code,
+                output_loading_info=True,
+                **kwargs,
+                **spec.kwargs,
+            )
     except load_errors() as exc:
         raise describe_load_failure(spec, exc) from None
     except ValueError as exc:

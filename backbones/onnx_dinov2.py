@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from alignprobe.console import quiet_loading
 from alignprobe.errors import EncoderNotAvailableError
 from alignprobe.io import write_json_atomic
 
@@ -153,7 +154,8 @@ def build_dinov2(onnx_path: str | os.PathLike, workdir: str | os.PathLike):
     cfg = Dinov2Config(**config)
     cfg.architectures = ["Dinov2Model"]
     cfg.save_pretrained(raw)
-    model, info = Dinov2Model.from_pretrained(raw, output_loading_info=True, dtype=torch.float32)
+    with quiet_loading():
+        model, info = Dinov2Model.from_pretrained(raw, output_loading_info=True, dtype=torch.float32)
     bad = {k: sorted(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
     if bad:
         raise EncoderNotAvailableError(
@@ -195,7 +197,10 @@ def _write(source: Path, target: Path, want: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         with tempfile.TemporaryDirectory(dir=target.parent) as raw:
-            build_dinov2(source, raw).save_pretrained(tmp)
+            model = build_dinov2(source, raw)
+            with quiet_loading():
+                model.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
         write_json_atomic(tmp / MANIFEST, want)
         if target.exists():  # a stale or half-copied folder: move it aside, then drop it
             stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))

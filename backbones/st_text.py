@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from alignprobe.console import quiet_loading
+
 from .encoder import Encoder
 from .hf_common import resolved_commit, versions
 from .hub import describe_load_failure, hf_location, load_errors
@@ -63,9 +65,10 @@ def load(spec: EncoderSpec, *, device, dtype) -> STTextEncoder:
     if spec.kwargs:
         st_kwargs["model_kwargs"] = spec.kwargs
     try:
-        model = SentenceTransformer(
-            src, device="cpu", trust_remote_code=spec.trust_remote_code, **st_kwargs
-        )
+        with quiet_loading():  # no "Loading weights" bars in the output
+            model = SentenceTransformer(
+                src, device="cpu", trust_remote_code=spec.trust_remote_code, **st_kwargs
+            )
     except load_errors() as exc:
         raise describe_load_failure(spec, exc) from None
     return STTextEncoder(spec, model, device=device, dtype=dtype, revision=resolved_commit(spec))

@@ -172,14 +172,17 @@ def _watch_timm_loading():
     """Collect timm's loading log. timm loads non-strictly whenever it drops a classifier head
     (num_classes differs from the checkpoint's) and then only logs missing weights at INFO level."""
     logger = logging.getLogger("timm.models._builder")
-    handler, level = _LoadLog(), logger.level
+    handler, level, propagate = _LoadLog(), logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # collected for the check, not shown: "Loading pretrained weights from file" is chatter
+    logger.propagate = False
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _random_init_messages(messages: list[str]) -> list[str]:

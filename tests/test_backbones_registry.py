@@ -55,7 +55,8 @@ def test_every_registered_spec_meets_the_contract():
         if s.source in ("transformers", "sentence-transformers"):
             assert s.hub_id and "/" in s.hub_id, s.name
         if s.hub_id is None and not s.is_control:
-            assert "checkpoint" in s.notes, s.name  # says how to provide the weights
+            # says how to provide the weights: a checkpoint file, or the pip package that has them
+            assert "checkpoint" in s.notes or s.package, s.name
         assert s.is_control == (s.source == "builtin"), s.name
 
 
@@ -321,6 +322,7 @@ def test_registry_table_rows():
         "family",
         "control",
         "license",
+        "offline",
     }
     vision = registry_table("vision")
     assert all(r["modality"] == "vision" for r in vision)

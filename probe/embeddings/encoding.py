@@ -203,7 +203,8 @@ def encode_source(
     aside and re-encoded (`recompute`) or an error naming it.
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from alignprobe.console import progress as tqdm  # summary lines, not redraws, in a log
 
     if batch_size < 1:
         raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
