@@ -152,15 +152,20 @@ def correlation_statistics(df, alignment: str | None = None, predictors: Sequenc
 def render_correlation_section(df, alignment: str | None = None, *, text: str | None = None, kind: str = "probe",
                                n_boot: int = 1000, seed: int = 0, exclude: str | Iterable[str] | None = None,
                                methods: Sequence[str] = ("spearman", "pearson")) -> str:
-    """A Markdown section: per-predictor correlations and the clustering-minus-separability intervals."""
+    """A Markdown section: per-predictor correlations and the clustering-minus-separability intervals.
+
+    Empty when there is nothing to correlate (no vision-quality or alignment
+    metric, or fewer than 3 vision encoders per text encoder): a report of
+    one or two runs is a table, not a study. A bad `exclude` name is an error.
+    """
+    exclude_encoders(as_results(df), exclude)  # a typo in --exclude must fail, not vanish with the section
     try:
         stats, diffs = correlation_statistics(df, alignment, text=text, kind=kind, n_boot=n_boot, seed=seed,
                                               exclude=exclude, methods=methods)
-    except ValidationError as err:
-        return f"\n## Correlations\n\nNo correlations: {err}\n"
+    except ValidationError:
+        return ""
     if stats.empty:
-        return (f"\n## Correlations\n\nNo correlations: fewer than {MIN_POINTS} vision encoders per text "
-                "encoder with both a vision-quality and an alignment metric.\n")
+        return ""
     align = stats["alignment"].iloc[0]
     lines = ["", f"## Correlations with {metric_info(align).label}", "",
              "Across vision encoders, per text encoder: coefficient [bootstrap 95% interval], two-sided "

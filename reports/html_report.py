@@ -18,6 +18,7 @@ from alignprobe._version import __version__
 from alignprobe.errors import ValidationError
 from alignprobe.reports.metric_info import metric_info
 from alignprobe.reports.plot_style import figure_png_bytes
+from alignprobe.reports.correlations import exclude_encoders, format_p
 from alignprobe.reports.plots import METHOD_LABELS, format_ci, standard_figures
 from alignprobe.reports.store import filter_rows, load_results
 from alignprobe.reports.tables import render_table, table_legend
@@ -48,18 +49,20 @@ def _img(fig, alt: str) -> str:
 
 
 def _summary_stats_table(stats: dict, alignment_metric: str) -> str:
-    """The predictor-summary numbers as a table (the figure's error bars, in digits)."""
+    """The predictor-summary numbers as a table (the figure's error bars, in digits, with permutation p)."""
     methods = [m for m in METHOD_LABELS if any(m in per for t in stats.values() for per in t.values())]
     head = "<th>text</th><th>predictor</th><th class='num'>n</th>" + "".join(
-        f"<th class='num'>{html.escape(METHOD_LABELS[m])} [95% CI]</th>" for m in methods)
+        f"<th class='num'>{html.escape(METHOD_LABELS[m])} [95% CI], p</th>" for m in methods)
     rows = []
     for t, per in stats.items():
         for p, s in per.items():
-            cells = "".join(f"<td class='num'>{html.escape(format_ci(s[m]))}</td>" for m in methods)
+            cells = "".join(f"<td class='num'>{html.escape(format_ci(s[m]))}, p = "
+                            f"{html.escape(format_p(s[m].get('p_permutation')))}</td>" for m in methods)
             rows.append(f"<tr><td>{html.escape(t)}</td><td>{html.escape(metric_info(p).label)}</td>"
                         f"<td class='num'>{s['n']}</td>{cells}</tr>")
     caption = (f"Correlation across vision encoders of each vision-quality measure with "
-               f"{html.escape(metric_info(alignment_metric).label)}; bootstrap 95% confidence intervals.")
+               f"{html.escape(metric_info(alignment_metric).label)}; bootstrap 95% confidence intervals "
+               f"(none below 5 encoders) and two-sided permutation p-values.")
     return (f'<table class="stats"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             f'<p class="note">{caption}</p>')
 
@@ -104,11 +107,13 @@ def _failed_section(failed: pd.DataFrame) -> str:
 
 def render_html_report(results_dir: str | Path, plots: bool = True, metrics: str | Sequence[str] | None = None,
                        rows: str | Sequence[str] | None = None, sort_by: str | None = None, mark_best: bool = True,
-                       text: str | None = None, n_boot: int = 1000, seed: int = 0) -> str:
+                       text: str | None = None, n_boot: int = 1000, seed: int = 0,
+                       exclude: str | Sequence[str] | None = None) -> str:
     """A self-contained HTML page: the comparison table, the figures (base64 PNG), failed runs.
 
     Arguments as in `render_table`; `rows` filters the plots too. Plots that
     cannot be made (too few encoders) are replaced by a note, not an error.
+    `exclude`: encoders (controls) left out of the plots and correlations; the table keeps them.
     """
     everything = filter_rows(load_results(results_dir, include_failed=True), rows)
     ok, failed = everything[everything["status"] == "ok"], everything[everything["status"] != "ok"]
@@ -125,7 +130,7 @@ def render_html_report(results_dir: str | Path, plots: bool = True, metrics: str
         body.append(render_table(ok, format="html", metrics=metrics, sort_by=sort_by, mark_best=mark_best))
         body.append(f'<p class="note">{html.escape(table_legend("html"))}</p>')
         if plots:
-            body.append(_plots_section(ok, text, n_boot, seed))
+            body.append(_plots_section(exclude_encoders(ok, exclude), text, n_boot, seed))
     body.append(_failed_section(failed))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"

@@ -6,6 +6,8 @@ from typing import Sequence
 
 from alignprobe.errors import ValidationError
 from alignprobe.io import write_text_atomic
+from alignprobe.reports.correlations import render_correlation_section
+from alignprobe.reports.store import filter_rows, load_results
 from alignprobe.reports.tables import normalize_format, render_table
 
 _SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex", ".html": "html", ".htm": "html"}
@@ -13,13 +15,22 @@ _SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex
 
 def write_report(results_dir: str | Path, format: str | None = "md", output: str | Path | None = None, *,
                  metrics: str | Sequence[str] | None = None, rows: str | Sequence[str] | None = None,
-                 sort_by: str | None = None, mark_best: bool = True, plots: bool = True) -> str:
+                 sort_by: str | None = None, mark_best: bool = True, plots: bool = True,
+                 correlations: bool = True, exclude: str | Sequence[str] | None = None, n_boot: int = 1000,
+                 seed: int = 0) -> str:
     """Render the results of `results_dir` as `format` and return the text.
 
     `format`: "md" | "csv" | "latex" | "html" (the HTML is the full
     self-contained page with figures unless `plots` is False); None infers
     it from the suffix of `output`, or is Markdown without one. With `output`, the text is also written
-    there atomically. The other arguments are those of `render_table`.
+    there atomically. `metrics`, `rows`, `sort_by`, `mark_best` are those of `render_table`.
+
+    With `correlations` (Markdown and HTML), the report also states, per
+    predictor, the correlation with alignment, its bootstrap interval and
+    permutation p-value, and the clustering-minus-separability interval
+    (`alignprobe.reports.correlations`); `exclude` names encoders (controls)
+    left out of those statistics, `n_boot` and `seed` drive the bootstrap.
+    CSV and LaTeX stay one table.
     """
     if format is None and output is None:
         format = "md"  # printed to a terminal
@@ -35,10 +46,13 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
         from alignprobe.reports.html_report import render_html_report  # matplotlib only when a page is asked for
 
         text = render_html_report(results_dir, plots=plots, metrics=metrics, rows=rows, sort_by=sort_by,
-                                  mark_best=mark_best)
+                                  mark_best=mark_best, n_boot=n_boot, seed=seed, exclude=exclude)
     else:
         text = render_table(results_dir, format=fmt, metrics=metrics, rows=rows, sort_by=sort_by,
                             mark_best=mark_best)
+        if fmt == "md" and correlations:
+            text = text.rstrip("\n") + "\n" + render_correlation_section(
+                filter_rows(load_results(results_dir), rows), n_boot=n_boot, seed=seed, exclude=exclude)
     if output is not None:
         write_text_atomic(output, text)
     return text
