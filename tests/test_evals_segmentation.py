@@ -1,0 +1,146 @@
+"""Open-vocabulary segmentation: windows, dense features, and a colour scene segmented by a
+real ViT whose patch tokens are known (a timm ViT with no blocks, its patch embedding set to
+average each patch's pixels) with the colour-word text side of `_colour_pair`."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _colour_pair import colour_pair
+from alignprobe.backbones import create_vision_encoder
+from alignprobe.errors import ValidationError
+from alignprobe.metrics import segmentation_scores
+from alignprobe.probe.evals import dense_features, evaluate_segmentation, segment
+from alignprobe.probe.evals.segmentation import _windows
+
+RED, BLUE, GREEN, GREY = (230, 20, 20), (20, 20, 230), (20, 230, 20), (128, 128, 128)
+CLASSES = [["background"], ["red"], ["blue", "navy"], ["green"]]
+
+
+@pytest.fixture(scope="module")
+def colour_vit(tmp_path_factory):
+    import timm
+    from timm.models._hub import save_for_hf
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                              embed_dim=3, depth=0, num_heads=1, num_classes=0, final_norm=False)
+    with torch.no_grad():
+        w = torch.zeros_like(model.patch_embed.proj.weight)  # (3, 3, 8, 8)
+        for c in range(3):
+            w[c, c] = 1.0 / 64
+        model.patch_embed.proj.weight.copy_(w)
+        model.patch_embed.proj.bias.zero_()
+        model.pos_embed.zero_()
+    d = tmp_path_factory.mktemp("colourvit")
+    save_for_hf(model, d, safe_serialization=True)
+    return create_vision_encoder(d, pooling="mean")
+
+
+def _to_rgb_space(x):
+    # the patch token is the patch mean of (pixel - 0.5) / 0.5, per channel
+    return torch.nn.functional.normalize((x + 1) / 2, dim=-1)
+
+
+def _scene():
+    """48 x 80: red left / blue right over a grey strip, a green square inside the red."""
+    img = np.zeros((48, 80, 3), np.uint8)
+    mask = np.zeros((48, 80), np.uint8)
+    img[:32, :40], mask[:32, :40] = RED, 1
+    img[:32, 40:], mask[:32, 40:] = BLUE, 2
+    img[8:24, 8:24], mask[8:24, 8:24] = GREEN, 3
+    img[32:], mask[32:] = GREY, 0
+    return Image.fromarray(img), mask
+
+
+def _interior(mask, margin=6):
+    """Pixels farther than `margin` from any label change (the bilinear blend zone)."""
+    h, w = mask.shape
+    keep = np.ones_like(mask, bool)
+    for y in range(h):
+        for x in range(w):
+            y0, y1, x0, x1 = max(0, y - margin), y + margin + 1, max(0, x - margin), x + margin + 1
+            keep[y, x] = (mask[y0:y1, x0:x1] == mask[y, x]).all()
+    return keep
+
+
+def test_windows_follow_the_reference_placement():
+    assert _windows(48, 80, 32, 16) == [(0, 0, 32, 32), (0, 16, 32, 48), (0, 32, 32, 64),
+                                        (0, 48, 32, 80), (16, 0, 48, 32), (16, 16, 48, 48),
+                                        (16, 32, 48, 64), (16, 48, 48, 80)]
+    assert _windows(20, 90, 32, 30) == [(0, 0, 20, 32), (0, 30, 20, 62), (0, 58, 20, 90)]
+    assert _windows(10, 10, 32, 16) == [(0, 0, 10, 10)]
+
+
+def test_sliding_windows_segment_the_colour_scene(colour_vit):
+    vision, text, _, text_to_space = colour_pair()
+    img, mask = _scene()
+    (pred,) = segment(colour_vit, text, _to_rgb_space, text_to_space, [img], CLASSES,
+                      templates=["a {} region."], background_threshold=0.5, logit_scale=10.0,
+                      progress=False)
+    assert pred.shape == mask.shape and pred.dtype == np.int64
+    inner = _interior(mask)
+    assert inner.sum() > 0.4 * mask.size
+    assert np.array_equal(pred[inner], mask[inner].astype(np.int64))
+    # grey is equally close to every colour: below the threshold, so background
+    assert (pred[36:, :] == 0).all()
+    # without the threshold the grey strip goes to some colour class
+    (loose,) = segment(colour_vit, text, _to_rgb_space, text_to_space, [img], CLASSES,
+                       templates=["a {} region."], progress=False)
+    assert (loose[40:] != 0).all() and np.array_equal(loose[:24, 30:34], pred[:24, 30:34])
+
+
+def test_evaluate_segmentation_on_a_seg_dir(colour_vit, tmp_path):
+    _, text, _, text_to_space = colour_pair()
+    img, mask = _scene()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img.save(tmp_path / "images" / "scene.png")
+    ignored = mask.copy()
+    ignored[30:34] = 255  # an unlabelled band
+    Image.fromarray(ignored).save(tmp_path / "masks" / "scene.png")
+    (tmp_path / "classes.txt").write_text("background\nred\nblue, navy\ngreen\n")
+    row = evaluate_segmentation(colour_vit, text, _to_rgb_space, text_to_space,
+                                f"seg:{tmp_path}", templates=["a {} region."],
+                                background_threshold=0.5, logit_scale=10.0, progress=False)
+    (pred,) = segment(colour_vit, text, _to_rgb_space, text_to_space, [img], CLASSES,
+                      templates=["a {} region."], background_threshold=0.5, logit_scale=10.0,
+                      progress=False)
+    expect = segmentation_scores(pred, ignored, 4)
+    assert row["miou"] == pytest.approx(expect["miou"]) and row["miou"] > 0.8
+    assert row["pixel_acc"] == pytest.approx(expect["pixel_acc"])
+    assert set(row) == {"miou", "pixel_acc", "iou_background", "iou_red", "iou_blue", "iou_green"}
+
+
+def test_an_image_larger_than_the_window_and_short_side(colour_vit):
+    _, text, _, text_to_space = colour_pair()
+    img, mask = _scene()
+    big = img.resize((160, 96), Image.NEAREST)
+    (pred,) = segment(colour_vit, text, _to_rgb_space, text_to_space, [big], CLASSES,
+                      templates=["a {} region."], background_threshold=0.5, logit_scale=10.0,
+                      short_side=48, progress=False)
+    assert pred.shape == (96, 160)
+    small = np.asarray(Image.fromarray(mask).resize((160, 96), Image.NEAREST))
+    inner = _interior(small, margin=10)
+    assert (pred[inner] == small[inner]).mean() == 1.0
+
+
+def test_dense_features_in_the_concat_layout(tmp_path):
+    import json
+
+    import transformers as T
+
+    torch.manual_seed(0)
+    T.Dinov2Model(T.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, image_size=16, patch_size=8)) \
+        .save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"height": 16, "width": 16}, "image_mean": [0.5] * 3,
+         "image_std": [0.5] * 3}))
+    enc = create_vision_encoder(tmp_path, pooling="concat")
+    img = Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype(np.uint8))
+    grid, prefix = enc.encode_patches([img], return_prefix=True)
+    dense = dense_features(enc, [img])
+    assert dense.shape == (1, 2, 2, 32) and enc.dim == 32
+    assert torch.allclose(dense[0, 1, 0], torch.cat([prefix[0, 0], grid[0, 1, 0]]))
+    with pytest.raises(ValidationError, match="token pooling"):
+        dense_features(create_vision_encoder(tmp_path, pooling="pooler"), [img])
