@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import subprocess
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -74,7 +75,7 @@ def write_record(path: str | Path, record: dict) -> Path:
     except OSError as err:
         reason = f"{type(err).__name__}: {err.strerror or err}"
     # A unique name: a later failure (a sweep's failed-pair record) must never overwrite a kept result.
-    kept = fallback_dir() / f"{path.stem}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}{path.suffix}"
+    kept = fallback_dir() / f"{path.stem}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}{path.suffix}"
     try:
         write_json_atomic(kept, record)
     except OSError:
@@ -92,11 +93,11 @@ def read_record(path: str | Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DamagedRecordError(f"result record {path} is damaged ({_reason(err)}); rerun that pair "
-                                 f"(`run` recomputes it, moving the damaged file aside) or delete it") from None
+        raise DamagedRecordError(f"result record {path} is damaged ({_reason(err)}); delete it, or rerun "
+                                 f"that pair with --force to recompute it") from None
     if not isinstance(obj, dict):
         raise DamagedRecordError(f"result record {path} is damaged (holds a JSON {type(obj).__name__}, "
-                                 f"not an object); rerun that pair or delete it")
+                                 f"not an object); delete it, or rerun that pair with --force to recompute it")
     return obj
 
 

@@ -1,0 +1,169 @@
+"""Reliability of the results store and reports (issue 11): damaged records (class 6), results
+that cannot be written (4), plots with a degenerate metric (12)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from alignprobe.cli import main
+from alignprobe.errors import DamagedRecordError, ResultNotSavedError
+from alignprobe.io import fallback_dir
+from alignprobe.reports.plots import make_plots
+from alignprobe.reports.records import lookup_record, read_record, write_record
+from alignprobe.reports.store import load_results, results_header, unreadable_records
+from reports_data import write_results
+
+FEW = ("kmeans_nmi", "linear_probe_top1", "zero_shot_top1", "i2t_r1")
+
+
+def _damage(path: Path, how: str) -> bytes:
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "list": b"[1, 2]",
+                      "binary": b"\xff\xfe\x00garbage"}[how])
+    return path.read_bytes()
+
+
+# --------------------------------------------------------------------------- class 6: damaged records
+@pytest.mark.parametrize("how", ["truncate", "empty", "list", "binary"])
+def test_read_record_names_the_damaged_file(tmp_path, how):
+    path = write_record(tmp_path / "probe__a__b__h.json", {"vision": "a", "text": "b", "status": "ok"})
+    _damage(path, how)
+    with pytest.raises(DamagedRecordError, match=rf"result record {path} is damaged .*--force"):
+        read_record(path)
+
+
+def test_store_names_and_counts_every_unreadable_record(tmp_path, caplog):
+    results = write_results(tmp_path / "r", keep=FEW)
+    victims = sorted(results.glob("probe__dino-b__*.json")) + sorted(results.glob("probe__clip-b__minilm*.json"))
+    assert len(victims) == 3
+    before = {p: _damage(p, how) for p, how in zip(victims, ("truncate", "empty", "list"))}
+    with caplog.at_level(logging.WARNING):
+        df = load_results(results)
+    bad = unreadable_records(df)
+    assert sorted(Path(p) for p, _ in bad) == sorted(victims)
+    assert all("is damaged" in why for _, why in bad)
+    assert "dino-b" not in set(df["vision"])  # left out of the table, but ...
+    header = results_header(df)
+    assert "3 unreadable record(s) left out" in header  # ... counted and named
+    assert all(p.name in header for p in victims)
+    assert all(str(p) in caplog.text for p in victims)
+    assert {p: p.read_bytes() for p in victims} == before  # reading never touches them
+
+
+def test_report_command_prints_the_header_and_names_damaged_records(tmp_path):
+    results = write_results(tmp_path / "r", keep=FEW)
+    [victim] = list(results.glob("probe__mae-b__minilm*.json"))
+    _damage(victim, "truncate")
+    result = CliRunner().invoke(main, ["report", str(results)])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "1 unreadable (left out of the table)" in result.output
+    assert str(victim) in result.output and "is damaged" in result.output
+    assert result.output.count(str(victim)) == 1  # named once, not once per logger
+    assert "dinov2-b" in result.output  # the table of the readable records is still there
+
+
+def test_lookup_treats_a_damaged_record_as_missing_and_keeps_it_aside(tmp_path, caplog):
+    path = write_record(tmp_path / "probe__a__b__h.json", {"vision": "a", "text": "b", "status": "ok"})
+    assert lookup_record(path)["status"] == "ok"
+    assert lookup_record(tmp_path / "none.json") is None
+    damaged = _damage(path, "truncate")
+    with caplog.at_level(logging.WARNING):
+        assert lookup_record(path) is None  # the caller recomputes the pair
+    assert not path.exists() and (tmp_path / "probe__a__b__h.json.damaged").read_bytes() == damaged
+    assert "moved it to" in caplog.text
+    write_record(path, {"vision": "a", "text": "b", "status": "ok", "metrics": {"m": 1.0}})
+    assert lookup_record(path)["metrics"] == {"m": 1.0}
+    # The moved-aside copy is not a record the store reads (it does not end in .json).
+    assert list(load_results(tmp_path)["path"]) == [str(path)]
+
+
+# --------------------------------------------------------------------------- class 4: unwritable results
+def test_a_record_that_cannot_be_written_is_kept_elsewhere_and_named(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    target = tmp_path / "blocker" / "results" / "probe__a__b__h.json"
+    record = {"vision": "a", "text": "b", "status": "ok", "metrics": {"zero_shot_top1": 0.5}}
+    with pytest.raises(ResultNotSavedError) as err:
+        write_record(target, record)
+    msg = str(err.value)
+    assert str(target) in msg and "was kept at" in msg
+    kept = Path(msg.split("was kept at ")[1].split(":")[0])
+    assert kept.parent == fallback_dir() == tmp_path / "tmp" / "alignprobe-unsaved"
+    assert json.loads(kept.read_text()) == record
+    # A second failure (a sweep's failed-pair record) never overwrites the first kept result.
+    with pytest.raises(ResultNotSavedError):
+        write_record(target, {"vision": "a", "text": "b", "status": "failed"})
+    assert json.loads(kept.read_text()) == record and len(list(fallback_dir().iterdir())) == 2
+
+
+def test_record_is_printed_when_no_place_at_all_can_be_written(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setattr("alignprobe.reports.records.fallback_dir", lambda: tmp_path / "f" / "also-blocked")
+    with pytest.raises(ResultNotSavedError) as err:
+        write_record(tmp_path / "f" / "r.json", {"vision": "a", "text": "b", "metrics": {"knn": 0.25}})
+    assert '"knn": 0.25' in str(err.value) and "save it as r.json" in str(err.value)
+
+
+def test_report_that_cannot_be_written_at_the_end_is_printed_instead(tmp_path, monkeypatch):
+    results = write_results(tmp_path / "r", keep=FEW)
+
+    def disk_full(target, text):
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr("alignprobe.reports.report.write_text_atomic", disk_full)
+    result = CliRunner().invoke(main, ["report", str(results), "--output", str(tmp_path / "table.md")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "No space left on device" in result.output and "printed above instead" in result.output
+    assert "| dinov2-b" in result.output or "dinov2-b" in result.output  # the table itself
+
+
+# --------------------------------------------------------------------------- class 12: degenerate plots
+def _make_constant(results: Path, metric: str, value: float) -> None:
+    for path in results.glob("probe__*.json"):
+        rec = json.loads(path.read_text())
+        if rec.get("metrics"):
+            rec["metrics"][metric] = value
+            path.write_text(json.dumps(rec))
+
+
+def test_plot_skips_a_constant_metric_with_a_note_and_draws_the_rest(tmp_path):
+    results = write_results(tmp_path / "r", keep=FEW)
+    _make_constant(results, "i2t_r1", 1.0)  # e.g. R@k on `digits`: every caption of a class is the same
+    notes: list[str] = []
+    paths = make_plots(results, tmp_path / "plots", formats=("png",), n_boot=50, notes=notes)
+    names = {p.name for p in paths}
+    assert "corr__zero_shot_top1__vs__kmeans_nmi.png" in names
+    assert "corr__zero_shot_top1__vs__linear_probe_top1.png" in names
+    assert "summary__zero_shot_top1.png" in names and "heatmap__zero_shot_top1.png" in names
+    assert not any("i2t_r1" in n for n in names if n.endswith(".png"))
+    assert any("corr__i2t_r1__vs__kmeans_nmi" in n and "i2t_r1 is constant (1.0)" in n for n in notes), notes
+    assert len([n for n in notes if "i2t_r1" in n]) == 2  # both of its figures, each named
+
+
+def test_plot_with_a_constant_predictor_keeps_the_other_predictor_in_the_summary(tmp_path):
+    results = write_results(tmp_path / "r", keep=FEW)
+    _make_constant(results, "linear_probe_top1", 0.5)
+    notes: list[str] = []
+    paths = make_plots(results, tmp_path / "plots", formats=("png",), n_boot=50, notes=notes)
+    names = {p.name for p in paths}
+    assert "corr__zero_shot_top1__vs__kmeans_nmi.png" in names and "summary__zero_shot_top1.png" in names
+    assert "corr__zero_shot_top1__vs__linear_probe_top1.png" not in names
+    assert any("linear_probe_top1 is constant" in n for n in notes)
+
+
+def test_plot_command_prints_the_notes(tmp_path):
+    results = write_results(tmp_path / "r", keep=FEW)
+    _make_constant(results, "i2t_r1", 0.0)
+    result = CliRunner().invoke(main, ["plot", str(results), "--format", "png", "--n-boot", "20",
+                                       "-o", str(tmp_path / "p")])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "note: skipped corr__i2t_r1__vs__kmeans_nmi" in result.output
+    assert (tmp_path / "p" / "corr__zero_shot_top1__vs__kmeans_nmi.png").exists()
