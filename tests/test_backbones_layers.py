@@ -155,3 +155,50 @@ def test_pooler_and_text_layers_are_refused(tiny_dinov2):
         resolve_spec("minilm", "text").with_layer(2)
     with pytest.raises(ValidationError, match="block index"):
         create_vision_encoder(tiny_dinov2, layer=-1)
+
+
+class _Images:
+    """Six images; a plain dataset of the encode loop's contract."""
+
+    name, ids = "tiny-images", [f"img{i}" for i in range(6)]
+    imgs = _images(6, seed=3)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def fingerprint(self):
+        return "tiny-6"
+
+    def load_image(self, i):
+        return self.imgs[i]
+
+
+def test_one_encode_fills_the_cache_of_several_layers(tiny_dinov2, tmp_path):
+    from alignprobe.probe.embeddings.encoding import ImageSource
+    from alignprobe.probe.embeddings.layers import encode_source_layers, parse_layers
+
+    assert parse_layers("4, 8,12,8") == [4, 8, 12] and parse_layers(None) is None
+    with pytest.raises(ValidationError, match="block numbers"):
+        parse_layers("4,x")
+    cache = EmbeddingCache(tmp_path)
+    src = ImageSource(_Images())
+    enc = create_vision_encoder(tiny_dinov2, pooling="concat")
+    calls = []
+    forward = enc._forward_layers
+    enc._forward_layers = lambda batch, layers: calls.append((len(batch), list(layers))) or forward(
+        batch, layers)
+    common = dict(cache=cache, batch_size=4, num_workers=0, shard_rows=4, quiet=True)
+    got = encode_source_layers(enc, src, [3, 1], **common)
+    assert list(got) == [3, 1] and not any(r.cache_hit for r in got.values())
+    # 6 rows in shards of 4: two forward passes give both layers (besides one-image width probes)
+    assert [c for c in calls if c[0] > 1] == [(4, [3, 1]), (2, [3, 1])]
+    for n, res in got.items():
+        # the same entry a single-layer encode reads: a hit, with the same rows
+        alone = encode_source(enc.at_layer(n), src, **common)
+        assert alone.cache_hit and alone.embeddings.directory == res.embeddings.directory
+        expect = create_vision_encoder(tiny_dinov2, pooling="concat", layer=n).encode(_Images.imgs)
+        assert np.allclose(res.embeddings.to_numpy(), expect.numpy(), atol=2e-3)  # fp16 storage
+    calls.clear()
+    again = encode_source_layers(enc, src, [1, 2, 3], **common)
+    assert again[1].cache_hit and again[3].cache_hit and not again[2].cache_hit
+    assert [c for c in calls if c[0] > 1] == [(4, [2]), (2, [2])]  # only the missing layer

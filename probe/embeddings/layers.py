@@ -1,0 +1,169 @@
+"""One encode, several layers: fill the cache entries of blocks N1, N2, ... of one vision
+encoder with a single forward pass per batch (`--vision-layer 4,8,12`).
+
+Each layer is its own encoder view (`encoder.at_layer(n)`, named `NAME@n`), so
+each has its own manifest, cache key and entry -- the same entries that
+`encode_source(encoder.at_layer(n), ...)` reads and writes, so a later run of one
+layer alone is a cache hit. Layers already cached are not recomputed; with a
+single layer left this is `encode_source` itself. The loop mirrors
+`encode_source` (shards written atomically, resumable, `--shard i/n`, skipped
+images, `strict`), calling `encoder.forward_layers` once per batch.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+from alignprobe.console import progress
+from alignprobe.errors import DataError, ValidationError
+from alignprobe.probe.embeddings.cache import (
+    DEFAULT_SHARD_ROWS,
+    CacheIdentity,
+    EmbeddingCache,
+    check_storage_range,
+)
+from alignprobe.probe.embeddings.encoding import (
+    EncodeResult,
+    _Collate,
+    _preprocessor,
+    _ShardItems,
+    _strict_error,
+    default_num_workers,
+    encode_source,
+    nonfinite_message,
+)
+
+log = logging.getLogger("alignprobe.encode")
+
+
+def parse_layers(text: str | int | Sequence[int] | None) -> list[int] | None:
+    """`"4,8,12"` (the `--vision-layer` flag) -> [4, 8, 12]; None -> None (the last block)."""
+    if text is None:
+        return None
+    items = [text] if isinstance(text, int) else (str(text).split(",") if isinstance(text, str) else list(text))
+    out: list[int] = []
+    for item in items:
+        try:
+            n = int(str(item).strip())
+        except ValueError:
+            raise ValidationError(f"--vision-layer takes block numbers like 4,8,12; got {text!r}") from None
+        if n < 0:
+            raise ValidationError(f"--vision-layer numbers must be >= 0, got {n}")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise ValidationError(f"--vision-layer names no layer: {text!r}")
+    return out
+
+
+def encode_source_layers(
+    encoder,
+    source,
+    layers: Sequence[int],
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    storage_dtype: str = "fp16",
+    shard_rows: int | None = None,
+    recompute: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    strict: bool = False,
+    quiet: bool = False,
+) -> dict[int, EncodeResult]:
+    """Encode `source` at each of `layers` into `cache`; `{layer: EncodeResult}` in order."""
+    import torch
+
+    layers = parse_layers(list(layers))
+    cache = cache or EmbeddingCache()
+    shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
+    common = dict(cache=cache, batch_size=batch_size, num_workers=num_workers,
+                  storage_dtype=storage_dtype, shard_rows=shard_rows, recompute=recompute,
+                  shard=shard, strict=strict, quiet=quiet)
+    views = {n: encoder.at_layer(n) for n in layers}
+    if len(source) == 0:
+        raise DataError(f"{source.name!r} has no {source.kind} to encode")
+    described = source.describe()
+    identities = {n: CacheIdentity(modality=v.modality, encoder=v.manifest(), source=described,
+                                   storage_dtype=storage_dtype, shard_rows=shard_rows)
+                  for n, v in views.items()}
+    results: dict[int, EncodeResult] = {}
+    for n, identity in identities.items():
+        if cache.lookup(identity, repair=recompute) is not None:
+            results[n] = encode_source(views[n], source, **common)  # a hit: cheap, and checks strict
+    left = [n for n in layers if n not in results]
+    if len(left) == 1:
+        results[left[0]] = encode_source(views[left[0]], source, **common)
+    elif left:
+        results.update(_encode_together(encoder, views, identities, left, source, torch, **common))
+    return {n: results[n] for n in layers}
+
+
+def _encode_together(encoder, views, identities, left, source, torch, *, cache, batch_size, num_workers,
+                     storage_dtype, shard_rows, recompute, shard, strict, quiet) -> dict[int, EncodeResult]:
+    started = time.perf_counter()
+    rank, world = shard
+    first = identities[left[0]]
+    mine = [j for j in range(first.n_shards) if j % world == rank]
+    todo = {n: set(cache.missing_shards(identities[n], mine)) for n in left}
+    if any(todo.values()) and not recompute:
+        raise cache.mismatch_error(identities[next(n for n in left if todo[n])])
+    for n in left:
+        if strict and cache.skipped_so_far(identities[n]):
+            raise _strict_error(source, cache.skipped_so_far(identities[n]),
+                                f"shards already encoded in {cache.entry_dir(identities[n])}")
+        cache.begin(identities[n])
+    shards = sorted(set().union(*todo.values()))
+    workers = default_num_workers(source) if num_workers is None else num_workers
+    pre = _preprocessor(encoder)
+    total = sum(first.shard_range(j)[1] - first.shard_range(j)[0] for j in shards)
+    names = ",".join(str(n) for n in left)
+    bar = progress(total=total, disable=quiet, unit="img", unit_scale=True,
+                   desc=f"encode {encoder.spec.base_name}@{names} [{source.name} {source.kind}]")
+    ids, skipped_all, encoded = source.ids, {}, 0
+    try:
+        for j in shards:
+            start, end = first.shard_range(j)
+            loader = torch.utils.data.DataLoader(
+                _ShardItems(source, pre, start, end), batch_size=batch_size, shuffle=False,
+                num_workers=workers, collate_fn=_Collate(pre), persistent_workers=False,
+                prefetch_factor=4 if workers > 0 else None)
+            wanted = [n for n in left if j in todo[n]]
+            outs = {n: np.zeros((end - start, views[n].dim), dtype=np.float32) for n in wanted}
+            valid = np.zeros(end - start, dtype=bool)
+            skipped: dict[str, str] = {}
+            for rows, batch, failed in loader:
+                for i, reason in failed:
+                    if strict:
+                        raise DataError(f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
+                                        "fix or remove it, or run without --strict to skip it.")
+                    log.warning("skipped %s: %s", ids[i], reason)
+                    skipped[ids[i]] = reason
+                if batch is not None:
+                    local = np.asarray(rows) - start
+                    for n, emb in encoder.forward_layers(batch, wanted).items():
+                        emb = emb.numpy()
+                        check_storage_range(emb, storage_dtype, f"{views[n].spec.name} on {source.name} "
+                                                                f"rows {rows[0]}-{rows[-1]}")
+                        outs[n][local] = emb
+                    valid[local] = True
+                bar.update(len(rows) + len(failed))
+            for n in wanted:
+                if not np.isfinite(outs[n]).all():
+                    raise DataError(nonfinite_message(views[n].spec.name, source.name, start, end,
+                                                      identities[n].encoder.get("dtype")))
+                cache.write_shard(identities[n], j, outs[n], valid, skipped)
+            skipped_all.update(skipped)
+            encoded += end - start
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    out = {}
+    for n in left:
+        result = cache.finalize(identities[n])
+        skipped = dict(result.manifest.get("skipped", {})) if result is not None else dict(skipped_all)
+        out[n] = EncodeResult(result, False, encoded if todo[n] else 0, skipped, seconds)
+    return out
