@@ -144,3 +144,23 @@ def test_dense_features_in_the_concat_layout(tmp_path):
     assert torch.allclose(dense[0, 1, 0], torch.cat([prefix[0, 0], grid[0, 1, 0]]))
     with pytest.raises(ValidationError, match="token pooling"):
         dense_features(create_vision_encoder(tmp_path, pooling="pooler"), [img])
+
+
+def test_segmentation_figure_is_written(tmp_path):
+    from alignprobe.reports.segmentation_figure import class_colours, colourise, segmentation_figure
+
+    img, mask = _scene()
+    pred = mask.astype(np.int64).copy()
+    pred[:4] = 2
+    target = mask.copy()
+    target[30:34] = 255
+    names = ["background", "red", "blue", "green"]
+    fig = segmentation_figure([img, img], [pred, pred], [target, target], names,
+                              tmp_path / "seg.png", title="colour scene")
+    data = (tmp_path / "seg.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert len(fig.axes) == 6
+    rgb = colourise(target, class_colours(4))
+    assert np.allclose(rgb[31, 0], 0.55) and np.allclose(rgb[0, 0], class_colours(4)[1])
+    with pytest.raises(ValidationError, match="outside the 4 classes"):
+        colourise(np.full((2, 2), 7), class_colours(4))
