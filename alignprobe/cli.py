@@ -45,16 +45,23 @@ def models(modality):
               help="Needed only when a local directory could be either.")
 @click.option("--shard", default=None, callback=_shard_callback,
               help="I/N: encode a deterministic share (default: torchrun's rank).")
+@click.option("--vision-layer", default=None,
+              help="Vision block(s) N or N1,N2,...: features of those blocks, one pass filling one cache "
+                   "entry per layer (each the encoder NAME@N).")
 @_encode_options
 @_friendly_errors
-def encode(model, data, split, modality, shard, verbose, **kwargs):
+def encode(model, data, split, modality, shard, vision_layer, verbose, **kwargs):
     """Encode a data set with one encoder into the embedding cache."""
     from alignprobe.config import override
     from alignprobe.probe.embeddings.encode_job import encode_dataset
+    from alignprobe.probe.embeddings.layers import encode_dataset_layers
 
     _setup_logging(kwargs["quiet"], verbose)
     options = override(_options_from(kwargs), shard=shard)
-    results = encode_dataset(model, data, modality=modality, split=split, options=options)
+    if vision_layer is not None:
+        results = encode_dataset_layers(model, data, vision_layer, split=split, options=options)
+    else:
+        results = encode_dataset(model, data, modality=modality, split=split, options=options)
     rows = []
     for kind, res in results.items():
         emb = res.embeddings

@@ -202,3 +202,20 @@ def test_one_encode_fills_the_cache_of_several_layers(tiny_dinov2, tmp_path):
     again = encode_source_layers(enc, src, [1, 2, 3], **common)
     assert again[1].cache_hit and again[3].cache_hit and not again[2].cache_hit
     assert [c for c in calls if c[0] > 1] == [(4, [2]), (2, [2])]  # only the missing layer
+
+
+def test_cli_encode_vision_layers(tiny_dinov2, tmp_path):
+    from click.testing import CliRunner
+
+    from alignprobe.cli import main
+
+    args = ["encode", "-m", str(tiny_dinov2), "-d", "shapes:test?n=40", "--vision-layer", "1,3",
+            "--cache-dir", str(tmp_path), "--num-workers", "0", "-q"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    rows = [line.split() for line in first.output.splitlines() if line.startswith("images@")]
+    assert [r[0] for r in rows] == ["images@1", "images@3"] and all("miss" in r for r in rows)
+    again = CliRunner().invoke(main, args)
+    assert again.output.count(" hit ") == 2, again.output
+    bad = CliRunner().invoke(main, [a if a != "1,3" else "a,b" for a in args])
+    assert bad.exit_code == 2 and "block numbers" in bad.output

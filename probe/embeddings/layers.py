@@ -167,3 +167,25 @@ def _encode_together(encoder, views, identities, left, source, torch, *, cache, 
         skipped = dict(result.manifest.get("skipped", {})) if result is not None else dict(skipped_all)
         out[n] = EncodeResult(result, False, encoded if todo[n] else 0, skipped, seconds)
     return out
+
+
+def encode_dataset_layers(model: str, data: str, layers, *, split: str | None = None,
+                          options=None) -> dict[str, EncodeResult]:
+    """`alignprobe encode --vision-layer 4,8,12`: one vision encoder, one pass over the images,
+    one cache entry per layer; results keyed `images@N` (the `kind` column of `encode`)."""
+    from alignprobe.config import EncodeOptions
+    from alignprobe.probe.data.spec import open_dataset
+    from alignprobe.probe.embeddings.encode_job import create_encoder, resolve_model
+    from alignprobe.probe.embeddings.encoding import ImageSource, parse_shard
+
+    options = options or EncodeOptions()
+    wanted = parse_layers(layers)
+    spec = resolve_model(model, "vision")
+    encoder = create_encoder(spec, options=options)
+    dataset = open_dataset(data, split=split, strict=options.strict)
+    results = encode_source_layers(
+        encoder, ImageSource(dataset), wanted, cache=options.cache(), batch_size=options.batch_size,
+        num_workers=options.num_workers, storage_dtype=options.storage_dtype,
+        shard_rows=options.shard_rows, recompute=options.recompute, shard=parse_shard(options.shard),
+        strict=options.strict, quiet=options.quiet)
+    return {f"images@{n}": r for n, r in results.items()}
