@@ -44,7 +44,8 @@ class EncodeOptions:
     def cache(self):
         from alignprobe.probe.embeddings.cache import EmbeddingCache, default_cache_dir
 
-        return EmbeddingCache(Path(self.cache_dir) if self.cache_dir else default_cache_dir())
+        root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        return EmbeddingCache(root) if self.shard_rows is None else EmbeddingCache(root, shard_rows=self.shard_rows)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

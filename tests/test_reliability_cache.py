@@ -340,3 +340,14 @@ def test_encoder_nonfinite_and_wrong_modality_wording_speaks_to_cli_users():
     assert "--text NAME" in str(err.value) and "create_text_encoder in Python" in str(err.value)
     with pytest.raises(UnknownEncoderError, match="--vision NAME"):
         create_text_encoder("pixels")
+
+
+def test_shard_rows_travels_with_the_cache_of_the_options(tmp_path):
+    # How `--shard-rows` reaches every command that encodes (run, sweep, train build caches from options).
+    from alignprobe.config import EncodeOptions
+
+    cache = EncodeOptions(cache_dir=str(tmp_path), shard_rows=3).cache()
+    res = encode_source(Toy(), TextSource("caps", _texts(10)), cache=cache, quiet=True)
+    assert len(res.embeddings.manifest["shards"]) == 4 and res.embeddings.manifest["identity"]["shard_rows"] == 3
+    with pytest.raises(ValidationError, match="shard_rows must be >= 1"):
+        EncodeOptions(shard_rows=0)

@@ -277,9 +277,14 @@ class EmbeddingCache:
     """Root of the on-disk embedding cache (see module docstring for the layout)."""
 
     root: Path = field(default_factory=default_cache_dir)
+    #: Rows per shard for entries encoded through this cache when the caller names none
+    #: (`--shard-rows` travels this way, so every command that encodes honours it).
+    shard_rows: int = DEFAULT_SHARD_ROWS
 
     def __post_init__(self):
         self.root = Path(self.root).expanduser()
+        if isinstance(self.shard_rows, bool) or not isinstance(self.shard_rows, int) or self.shard_rows < 1:
+            raise ValidationError(f"shard_rows (--shard-rows) must be an integer >= 1, got {self.shard_rows!r}")
 
     def entry_dir(self, identity: CacheIdentity) -> Path:
         enc_name = identity.encoder.get("name", "encoder")

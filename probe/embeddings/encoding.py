@@ -19,7 +19,6 @@ import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError, ValidationError
 from alignprobe.probe.embeddings.cache import (
-    DEFAULT_SHARD_ROWS,
     CacheIdentity,
     CachedEmbeddings,
     EmbeddingCache,
@@ -198,7 +197,7 @@ def encode_source(
     differ. Under `strict`, one unreadable image raises `DataError`; otherwise it
     is skipped (its row stays zero, `valid` False) and named in the manifest;
     a cached entry (or finished shards) with skipped items is an error under
-    `strict` too, naming them. `shard_rows` (None: `DEFAULT_SHARD_ROWS`) is the
+    `strict` too, naming them. `shard_rows` (None: the cache's, `DEFAULT_SHARD_ROWS`) is the
     unit an interrupted encode resumes from. A damaged cache entry is moved
     aside and re-encoded (`recompute`) or an error naming it.
     """
@@ -210,12 +209,12 @@ def encode_source(
         raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers is not None and num_workers < 0:
         raise ValidationError(f"num_workers (--num-workers) must be >= 0, got {num_workers}")
-    shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
+    cache = cache or EmbeddingCache()
+    shard_rows = cache.shard_rows if shard_rows is None else shard_rows
     if storage_dtype not in ("fp16", "fp32"):
         raise ValidationError(f"storage dtype must be 'fp16' or 'fp32', got {storage_dtype!r}")
     if len(source) == 0:
         raise DataError(f"{source.name!r} has no {source.kind} to encode")
-    cache = cache or EmbeddingCache()
     identity = CacheIdentity(
         modality=encoder.modality,
         encoder=encoder.manifest(),
