@@ -42,6 +42,7 @@ def _dinov2() -> list[EncoderSpec]:
                 family="dinov2",
                 params_m=params,
                 license="apache-2.0",
+                # Pooling: SAIL model/vision_model.py ImageEmbedding.forward, agg_mode='concat' default.
                 notes="SAIL pools DINOv2 as CLS ++ mean of patch tokens (2 x hidden).",
                 aliases=(f"dinov2-{short}",) + (("dinov2",) if short == "l" else ()),
             )
@@ -53,6 +54,7 @@ def _dinov2() -> list[EncoderSpec]:
                 source="transformers",
                 hub_id=f"facebook/dinov2-with-registers-{word}",
                 model_class="transformers:Dinov2WithRegistersModel",
+                # Pooling: as SAIL's DINOv2 (model/vision_model.py, agg_mode='concat'), registers left out.
                 pooling="concat",
                 dim=2 * hidden,
                 preprocessing=SSL_EVAL_224,
@@ -77,6 +79,7 @@ def _vision() -> list[EncoderSpec]:
                 source="transformers",
                 hub_id=f"facebook/dino-vit{word}16",
                 model_class="transformers:ViTModel",
+                # Pooling: SAIL model/vision_model.py ('dinov1': the hub model's forward = final-norm CLS).
                 pooling="cls",
                 dim=hidden,
                 preprocessing=SSL_EVAL_224,
@@ -99,15 +102,19 @@ def _vision() -> list[EncoderSpec]:
                 hub_id=f"facebook/vit-mae-{word}",
                 model_class="transformers:ViTMAEModel",
                 model_kwargs={"mask_ratio": 0.0},
-                pooling="mean",
+                # Pooling: SAIL model/mae.py VisionTransformer.forward_features with global_pool=False
+                # (its default): x = self.norm(x); x[:, 0], the CLS token after the final norm, which is
+                # ViTMAEModel's last_hidden_state[:, 0]. The patch-mean variant: pooling="mean".
+                pooling="cls",
                 dim=hidden,
                 preprocessing=SSL_EVAL_224,
                 family="mae",
                 params_m=params,
                 license="cc-by-nc-4.0",
-                notes="ViTMAE masks 75% of patches by default; mask_ratio=0 keeps all of them. "
-                "License: the MAE weights are CC-BY-NC-4.0 upstream (the hub card says "
-                "apache-2.0).",
+                notes="CLS token after the final norm, as SAIL (model/mae.py); pooling='mean' "
+                "(--vision-pooling mean) gives the patch mean. ViTMAE masks 75% of patches by "
+                "default; mask_ratio=0 keeps all of them. License: the MAE weights are CC-BY-NC-4.0 "
+                "upstream (the hub card says apache-2.0).",
                 aliases=(f"mae-{short}",),
             )
         )
@@ -128,6 +135,7 @@ def _vision() -> list[EncoderSpec]:
                 source="timm",
                 hub_id=None,
                 model_class=arch,
+                # Pooling: SAIL model/ibot.py forward (final-norm CLS), used as-is by model/vision_model.py.
                 pooling="cls",
                 dim=hidden,
                 preprocessing=SSL_EVAL_224,
@@ -145,6 +153,7 @@ def _vision() -> list[EncoderSpec]:
             source="transformers",
             hub_id="facebook/ijepa_vith14_1k",
             model_class="transformers:IJepaModel",
+            # Pooling: SAIL model/vision_model.py ('ijepa': outputs.mean(dim=1), all tokens).
             pooling="mean",
             dim=1280,
             preprocessing=SSL_EVAL_224,
@@ -159,6 +168,8 @@ def _vision() -> list[EncoderSpec]:
             modality="vision",
             source="timm",
             hub_id="aimv2_large_patch14_224.apple_pt",
+            # Pooling: SAIL evaluation/eval_knn_aimv2.py and model/vision_model.py ('aimv2':
+            # mean of last_hidden_state).
             pooling="mean",
             dim=1024,
             preprocessing=CLIP_224,
@@ -176,6 +187,7 @@ def _vision() -> list[EncoderSpec]:
             source="transformers",
             hub_id="openai/clip-vit-large-patch14",
             model_class="transformers:CLIPVisionModel",
+            # Pooling: SAIL model/vision_model.py ('clip': outputs.pooler_output).
             pooling="pooler",
             dim=1024,
             preprocessing=CLIP_224,
@@ -192,6 +204,7 @@ def _vision() -> list[EncoderSpec]:
             source="transformers",
             hub_id="google/siglip-so400m-patch14-384",
             model_class="transformers:SiglipVisionModel",
+            # Pooling: not in SAIL; the SigLIP paper's MAP head (transformers SiglipVisionModel.pooler_output).
             pooling="pooler",
             dim=1152,
             preprocessing=SIGLIP_384,
@@ -207,6 +220,7 @@ def _vision() -> list[EncoderSpec]:
             source="transformers",
             hub_id="google/siglip-base-patch16-224",
             model_class="transformers:SiglipVisionModel",
+            # Pooling: not in SAIL; the SigLIP paper's MAP head (transformers SiglipVisionModel.pooler_output).
             pooling="pooler",
             dim=768,
             preprocessing=SIGLIP_224,
@@ -220,7 +234,9 @@ def _vision() -> list[EncoderSpec]:
     return v
 
 
-# NV-Embed's instruction for semantic-similarity tasks; captions are embedded as such queries.
+# NV-Embed's instruction for semantic-similarity tasks. SAIL encodes captions without it
+# (model/language_model.py: self.model.encode(sentences, max_length=1024)), so the default entry
+# has no prefix; `nv-embed-v2-instruct` (or prefix=NV_EMBED_PREFIX) embeds captions as queries.
 NV_EMBED_PREFIX = "Instruct: Retrieve semantically similar text.\nQuery: "
 
 
@@ -232,6 +248,7 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="Alibaba-NLP/gte-base-en-v1.5",
             trust_remote_code=True,
+            # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'BOS' (last_hidden_state[:, 0]).
             pooling="cls",
             dim=768,
             max_length=8192,
@@ -246,6 +263,7 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="Alibaba-NLP/gte-large-en-v1.5",
             trust_remote_code=True,
+            # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'BOS' (last_hidden_state[:, 0]).
             pooling="cls",
             dim=1024,
             max_length=8192,
@@ -260,6 +278,7 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="Alibaba-NLP/gte-Qwen2-1.5B-instruct",
             trust_remote_code=True,
+            # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'LastToken' (last_token_pool).
             pooling="last",
             dim=1536,
             max_length=8192,
@@ -276,6 +295,25 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="nvidia/NV-Embed-v2",
             trust_remote_code=True,
+            # Pooling: SAIL model/language_model.py get_sentence_embeddings ('NV': model.encode(sentences,
+            # max_length=1024), no instruction): the model's latent-attention pooling.
+            pooling="encode",
+            dim=4096,
+            max_length=32768,
+            family="nv-embed",
+            params_m=7851.0,
+            license="cc-by-nc-4.0",
+            notes="Model-native encode(texts) without an instruction, as SAIL; nv-embed-v2-instruct "
+            "(or prefix=...) passes an instruction, which the latent-attention pooling excludes.",
+            aliases=("nv-embed",),
+        ),
+        EncoderSpec(
+            name="nv-embed-v2-instruct",
+            modality="text",
+            source="transformers",
+            hub_id="nvidia/NV-Embed-v2",
+            trust_remote_code=True,
+            # Pooling: as nv-embed-v2, with NV-Embed's semantic-similarity query instruction (its model card).
             pooling="encode",
             dim=4096,
             max_length=32768,
@@ -283,15 +321,15 @@ def _text() -> list[EncoderSpec]:
             family="nv-embed",
             params_m=7851.0,
             license="cc-by-nc-4.0",
-            notes="Model-native encode(texts, instruction=prefix): latent-attention pooling that "
-            "excludes the instruction tokens.",
-            aliases=("nv-embed",),
+            notes="NV-Embed-v2 with captions embedded as queries: encode(texts, instruction=prefix).",
+            aliases=("nv-embed-instruct",),
         ),
         EncoderSpec(
             name="all-mpnet-base-v2",
             modality="text",
             source="sentence-transformers",
             hub_id="sentence-transformers/all-mpnet-base-v2",
+            # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'mean' (attention-masked mean).
             pooling="mean",
             dim=768,
             max_length=384,
@@ -305,6 +343,7 @@ def _text() -> list[EncoderSpec]:
             modality="text",
             source="sentence-transformers",
             hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            # Pooling: not in SAIL; the sentence-transformers model's own mean pooling (modules.json).
             pooling="mean",
             dim=384,
             max_length=256,
@@ -322,6 +361,7 @@ def _text() -> list[EncoderSpec]:
             modality="text",
             source="transformers",
             hub_id="BAAI/bge-large-en-v1.5",
+            # Pooling: not in SAIL; BGE's model card / FlagEmbedding (CLS of the last hidden state).
             pooling="cls",
             dim=1024,
             max_length=512,
@@ -335,6 +375,7 @@ def _text() -> list[EncoderSpec]:
             modality="text",
             source="transformers",
             hub_id="intfloat/e5-large-v2",
+            # Pooling: not in SAIL; E5's model card (average_pool over the attention mask, "query: " prefix).
             pooling="mean",
             dim=1024,
             max_length=512,
@@ -349,6 +390,7 @@ def _text() -> list[EncoderSpec]:
             modality="text",
             source="sentence-transformers",
             hub_id="sentence-transformers/sentence-t5-large",
+            # Pooling: not in SAIL; the sentence-transformers pipeline of the model (modules.json).
             pooling="encode",
             dim=768,
             max_length=256,
@@ -413,6 +455,7 @@ def _controls() -> list[EncoderSpec]:
             modality="vision",
             source="builtin",
             model_class=f"{_CONTROLS}:random_vit",
+            # Pooling: a control, no reference; the patch mean of an untrained ViT.
             pooling="mean",
             dim=384,
             preprocessing=SSL_EVAL_224,

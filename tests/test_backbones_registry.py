@@ -67,7 +67,7 @@ def test_registry_has_the_sail_encoders_with_their_dims():
         "dinov2-g": ("facebook/dinov2-giant", "concat", 3072),
         "dinov2-reg-b": ("facebook/dinov2-with-registers-base", "concat", 1536),
         "dino-s": ("facebook/dino-vits16", "cls", 384),
-        "mae-h": ("facebook/vit-mae-huge", "mean", 1280),
+        "mae-h": ("facebook/vit-mae-huge", "cls", 1280),  # SAIL model/mae.py: CLS after the final norm
         "ijepa": ("facebook/ijepa_vith14_1k", "mean", 1280),
         "clip-l": ("openai/clip-vit-large-patch14", "pooler", 1024),
         "siglip": ("google/siglip-so400m-patch14-384", "pooler", 1152),
@@ -99,7 +99,8 @@ def test_registry_has_the_sail_encoders_with_their_dims():
         s = resolve_spec(alias, modality)
         assert (s.hub_id, s.pooling, s.dim) == (hub_id, pooling, dim), alias
     assert resolve_spec("e5", "text").prefix == "query: "
-    assert resolve_spec("nv-embed", "text").prefix.startswith("Instruct: ")
+    assert resolve_spec("nv-embed", "text").prefix == ""  # SAIL encodes captions without an instruction
+    assert resolve_spec("nv-embed-instruct", "text").prefix.startswith("Instruct: ")
     assert resolve_spec("gte", "text").trust_remote_code
     assert not resolve_spec("bge", "text").trust_remote_code
     assert dict(resolve_spec("mae-b", "vision").model_kwargs) == {"mask_ratio": 0.0}
