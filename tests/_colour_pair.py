@@ -49,3 +49,16 @@ def word_vector(sentence):
 def cosine(a, b):
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     return 0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb))
+
+
+class Aligned:
+    """What `load_aligned` returns, reduced to the members the evaluations use."""
+
+    def __init__(self, vision, text, image_to_space, text_to_space, logit_scale=10.0):
+        self._enc = {"vision": vision, "text": text}
+        self.transform_image, self.transform_text = image_to_space, text_to_space
+        self.model = torch.nn.Module()
+        self.model.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(logit_scale))))
+
+    def encoder(self, modality):
+        return self._enc[modality]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _colour_pair import colour_pair, cosine, word_vector
+from _colour_pair import Aligned, colour_pair, cosine, word_vector
 from alignprobe.probe.evals import evaluate_mmvp, mmvp_similarities
 
 # (type, (id, statement, rgb of that id's image)) x 2; the odd id's image is the pair's first
@@ -66,3 +66,19 @@ def test_an_even_id_first_is_refused(tmp_path):
     (tmp_path / "Questions.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match="odd id"):
         evaluate_mmvp(*colour_pair(), tmp_path, progress=False)
+
+
+def test_evaluate_aligned_gives_one_row_for_winoground_and_mmvp(tmp_path):
+    from test_evals_winoground import _write as write_winoground
+
+    from alignprobe.probe.evals import evaluate_aligned, evaluate_winoground
+
+    (tmp_path / "mmvp").mkdir()
+    (tmp_path / "wino").mkdir()
+    _write(tmp_path / "mmvp")
+    write_winoground(tmp_path / "wino")
+    pair = colour_pair()
+    row = evaluate_aligned(Aligned(*pair), winoground=tmp_path / "wino", mmvp=tmp_path / "mmvp",
+                           progress=False)
+    assert row == {**evaluate_winoground(*pair, tmp_path / "wino", progress=False),
+                   **evaluate_mmvp(*pair, tmp_path / "mmvp", progress=False)}

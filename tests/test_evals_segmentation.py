@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _colour_pair import colour_pair
+from _colour_pair import Aligned, colour_pair
 from alignprobe.backbones import create_vision_encoder
 from alignprobe.errors import ValidationError
 from alignprobe.metrics import segmentation_scores
@@ -164,3 +164,25 @@ def test_segmentation_figure_is_written(tmp_path):
     assert np.allclose(rgb[31, 0], 0.55) and np.allclose(rgb[0, 0], class_colours(4)[1])
     with pytest.raises(ValidationError, match="outside the 4 classes"):
         colourise(np.full((2, 2), 7), class_colours(4))
+
+
+def test_segment_aligned_writes_scores_and_a_figure(colour_vit, tmp_path):
+    from alignprobe.probe.evals import evaluate_aligned, segment_aligned
+
+    _, text, _, text_to_space = colour_pair()
+    img, mask = _scene()
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    img.save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    (tmp_path / "classes.txt").write_text("background\nred\nblue\ngreen\n")
+    aligned = Aligned(colour_vit, text, _to_rgb_space, text_to_space)
+    row = segment_aligned(aligned, f"seg:{tmp_path}", figure=tmp_path / "fig.png",
+                          templates=["a {} region."], background_threshold=0.5, progress=False)
+    assert row["miou"] > 0.8 and (tmp_path / "fig.png").stat().st_size > 1000
+    # the head's exp(t) = 10 is the softmax scale, so the threshold acts as with logit_scale=10
+    same = evaluate_aligned(aligned, segmentation=f"seg:{tmp_path}", templates=["a {} region."],
+                            background_threshold=0.5, progress=False)
+    assert same == pytest.approx(row)
+    with pytest.raises(ValidationError, match="nothing to evaluate"):
+        evaluate_aligned(aligned)

@@ -6,6 +6,12 @@ Each takes the frozen encoders and two *projection callables* into the shared sp
 `AlignedModel`'s ``transform_image`` / ``transform_text``, or any function), so that they
 depend on no training-engine class. Results are dicts of record columns.
 """
+from alignprobe.probe.evals.aligned import (
+    RECORD_COLUMNS,
+    evaluate_aligned,
+    head_logit_scale,
+    segment_aligned,
+)
 from alignprobe.probe.evals.mmvp import evaluate_mmvp, mmvp_similarities
 from alignprobe.probe.evals.segmentation import (
     class_text_embeddings,
@@ -16,6 +22,10 @@ from alignprobe.probe.evals.segmentation import (
 from alignprobe.probe.evals.winoground import evaluate_winoground, winoground_similarities
 
 __all__ = [
+    "RECORD_COLUMNS",
+    "evaluate_aligned",
+    "head_logit_scale",
+    "segment_aligned",
     "class_text_embeddings",
     "dense_features",
     "evaluate_mmvp",

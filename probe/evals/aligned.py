@@ -1,0 +1,78 @@
+"""The three evaluations on an aligned model in one call, for `eval` / `segment` / `train`.
+
+Duck-typed on what `alignprobe.load_aligned` returns (``encoder("vision" | "text")``,
+``transform_image``, ``transform_text``, ``model.logit_scale``), so this module imports no
+training-engine class; any object with those members works.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignprobe.errors import ValidationError
+from alignprobe.probe.data.readers_seg import SegmentationDataset, open_segmentation
+from alignprobe.probe.evals.mmvp import evaluate_mmvp
+from alignprobe.probe.evals.segmentation import evaluate_segmentation, segment
+from alignprobe.probe.evals.winoground import evaluate_winoground
+
+#: the record columns these evaluations add (fractions, higher is better); the per-class
+#: ``iou_<class>`` and per-category ``mmvp_<category>`` columns come along with them
+RECORD_COLUMNS = ("winoground_text", "winoground_image", "winoground_group", "mmvp", "miou",
+                  "pixel_acc")
+
+
+def head_logit_scale(aligned) -> float:
+    """``exp(t)`` of the trained heads (1.0 when the object has none)."""
+    model = getattr(aligned, "model", None)
+    t = getattr(model, "logit_scale", None)
+    if t is None:
+        return 1.0
+    return float(t.detach().exp()) if hasattr(t, "detach") else float(t)
+
+
+def _parts(aligned):
+    return (aligned.encoder("vision"), aligned.encoder("text"), aligned.transform_image,
+            aligned.transform_text)
+
+
+def evaluate_aligned(aligned, *, winoground: str | Path | None = None,
+                     mmvp: str | Path | None = None, segmentation: str | None = None,
+                     segmentation_limit: int | None = None, templates=None,
+                     progress: bool = True, **segmentation_settings) -> dict:
+    """One record row with the evaluations whose data is given (None skips one)."""
+    if winoground is None and mmvp is None and segmentation is None:
+        raise ValidationError("nothing to evaluate: give winoground=DIR, mmvp=DIR or "
+                              "segmentation=SPEC")
+    parts = _parts(aligned)
+    row: dict = {}
+    if winoground is not None:
+        row.update(evaluate_winoground(*parts, winoground, progress=progress))
+    if mmvp is not None:
+        row.update(evaluate_mmvp(*parts, mmvp, progress=progress))
+    if segmentation is not None:
+        segmentation_settings.setdefault("logit_scale", head_logit_scale(aligned))
+        row.update(evaluate_segmentation(*parts, segmentation, templates=templates,
+                                         limit=segmentation_limit, progress=progress,
+                                         **segmentation_settings))
+    return row
+
+
+def segment_aligned(aligned, data, *, figure: str | Path | None = None, n_figure: int = 4,
+                    limit: int | None = None, templates=None, progress: bool = True,
+                    **settings) -> dict:
+    """`alignprobe segment`: scores on ``data`` (a spec or a `SegmentationDataset`) and, with
+    ``figure``, a PNG of image / prediction / ground truth for its first ``n_figure`` images."""
+    from alignprobe.reports.segmentation_figure import segmentation_figure
+
+    ds = data if isinstance(data, SegmentationDataset) else open_segmentation(data)
+    settings.setdefault("logit_scale", head_logit_scale(aligned))
+    parts = _parts(aligned)
+    row = evaluate_segmentation(*parts, ds, templates=templates, limit=limit, progress=progress,
+                                **settings)
+    if figure is not None:
+        k = min(n_figure, len(ds))
+        images = [ds.load_image(i) for i in range(k)]
+        preds = segment(*parts, images, ds.class_queries, templates=templates,
+                        progress=progress, **settings)
+        segmentation_figure(images, preds, [ds.load_mask(i) for i in range(k)], ds.class_names,
+                            figure, ignore_index=ds.ignore_index, title=ds.name)
+    return row
