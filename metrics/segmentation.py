@@ -139,7 +139,8 @@ def iou_columns(iou: Iterable[float], class_names: list[str]) -> dict[str, float
 
 
 def slug(name: str) -> str:
-    """A record-column-safe form of a class or category name: ``"Texts & Signs"`` -> ``texts_signs``."""
+    """A record-column-safe form of a class or category name (``"Texts & Signs"`` ->
+    ``texts_signs``)."""
     out = "".join(ch.lower() if ch.isalnum() else "_" for ch in str(name).strip())
     while "__" in out:
         out = out.replace("__", "_")

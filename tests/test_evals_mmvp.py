@@ -9,12 +9,14 @@ from _colour_pair import Aligned, colour_pair, cosine, word_vector
 from alignprobe.probe.evals import evaluate_mmvp, mmvp_similarities
 
 # (type, (id, statement, rgb of that id's image)) x 2; the odd id's image is the pair's first
+COLOUR = "Color and Appearance"
 PAIRS = [
-    ("Color and Appearance", (1, "the cup is red", (255, 0, 0)), (2, "the cup is blue", (0, 0, 255))),
-    ("Color and Appearance", (3, "the cup is red", (255, 0, 100)), (4, "the cup is blue", (255, 0, 0))),
+    (COLOUR, (1, "the cup is red", (255, 0, 0)), (2, "the cup is blue", (0, 0, 255))),
+    (COLOUR, (3, "the cup is red", (255, 0, 100)), (4, "the cup is blue", (255, 0, 0))),
     ("Texts", (5, "a green sign", (0, 255, 0)), (6, "a blue sign", (0, 0, 255))),
     ("Texts", (7, "a green sign", (0, 200, 60)), (8, "a blue sign", (0, 120, 255))),
-    ("Quantity and Count", (9, "two red apples", (255, 120, 0)), (10, "two green apples", (255, 60, 60))),
+    ("Quantity and Count", (9, "two red apples", (255, 120, 0)),
+     (10, "two green apples", (255, 60, 60))),
 ]
 
 

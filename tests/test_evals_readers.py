@@ -47,7 +47,8 @@ def test_winoground_official_layout(tmp_path):
     ex = read_winoground(tmp_path)
     assert [e.id for e in ex] == ["0", "1", "2"]
     assert ex[1].captions == ("a red thing 1", "a blue thing 1")
-    assert ex[1].image_paths[1].endswith("images/ex_1_img_1.png") and ex[1].extra == {"tag": "Object"}
+    assert ex[1].image_paths[1].endswith("images/ex_1_img_1.png")
+    assert ex[1].extra == {"tag": "Object"}
     a, b = ex[0].load_images()
     assert a.getpixel((0, 0)) == (200, 30, 30) and b.getpixel((0, 0)) == (30, 30, 200)
     (tmp_path / "images" / "ex_2_img_1.png").unlink()

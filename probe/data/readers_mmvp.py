@@ -6,7 +6,8 @@ consecutive rows form a pair. Images at ``DIR/MLLM_VLM Images/<type>/<id>.jpg`` 
 of the pair's first row names the folder of both, as in the reference). The statement with
 the odd id describes the pair's first image (``gt = img1 if qid % 2 == 1``), the other the
 second; the reader requires that order (odd id first), where the reference's parity rule
-and "statement q describes image q.jpg" agree. Statements are kept raw; the evaluation adds the ``"a photo of "`` prefix.
+and "statement q describes image q.jpg" agree. Statements are kept raw; the evaluation adds
+the ``"a photo of "`` prefix.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def dense_features(vision_encoder, batch) -> torch.Tensor:
         grid = torch.cat([cls, grid], dim=-1)
     if grid.shape[-1] != vision_encoder.dim:
         raise ValidationError(f"{vision_encoder.spec.name}: per-patch features are "
-                              f"{grid.shape[-1]}-d but its pooled features are {vision_encoder.dim}-d")
+                              f"{grid.shape[-1]}-d but its pooled features are "
+                              f"{vision_encoder.dim}-d")
     return grid
 
 
