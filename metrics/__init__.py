@@ -27,6 +27,7 @@ from .similarity_protocol import (
     similarity_sample,
     similarity_scores,
 )
+from .vision_protocol import VISION_PROTOCOLS, vision_quality
 from .zero_shot import ZERO_SHOT_TOPK, build_class_embeddings, reportable_topk, zero_shot_accuracy, zero_shot_scores
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "MIN_INTERVAL_N",
     "RBF_MAX_SAMPLES",
     "TOO_FEW_FOR_INTERVALS",
+    "VISION_PROTOCOLS",
     "ZERO_SHOT_TOPK",
     "SegmentationAccumulator",
     "build_class_embeddings",
@@ -63,6 +65,7 @@ __all__ = [
     "similarity_scores",
     "segmentation_scores",
     "svcca",
+    "vision_quality",
     "winoground_scores",
     "zero_shot_accuracy",
     "zero_shot_scores",
