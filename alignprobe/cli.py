@@ -27,6 +27,44 @@ def main():
     """Assess and learn the alignment of frozen vision and language encoders (SAIL)."""
 
 
+def _probe_training_options(func):
+    """The probe-training flags `run` and `sweep` share (the engine's `TrainConfig` fields)."""
+    options = [
+        click.option("--preset", type=click.Choice(["sail-probe", "sail"]), default=None,
+                     help="Force this reference recipe exactly, at any data size (default: sail-probe, "
+                          "adapted below 100k pairs with each change recorded)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Probe epochs [100; 200 small data]."),
+        click.option("--probe-batch-size", type=click.IntRange(min=2), default=None,
+                     help="Probe batch [32,768; min(n, 1024) small data]."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Probe peak learning rate [1e-5; 1e-3 small data]."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Hold out this share of the *pairs* for early stopping [0; 0.1 small data]. "
+                          "Never a reported test set."),
+        click.option("--log-to", type=click.Choice(["tensorboard", "wandb"]), default=None,
+                     help="Also log the probe's training to TensorBoard or W&B (optional extras)."),
+        click.option("--vision-layer", type=click.IntRange(min=0), default=None,
+                     help="Take vision features from block N instead of the last one."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _probe_training_values(kwargs: dict):
+    """Pop the `_probe_training_options` values: (preset, explicit TrainConfig fields, vision layer)."""
+    from alignprobe.probe.training.train_log import check_backend
+
+    preset = kwargs.pop("preset")
+    train = {name: value for name, value in (
+        ("epochs", kwargs.pop("epochs")), ("batch_size", kwargs.pop("probe_batch_size")),
+        ("lr", kwargs.pop("lr")), ("val_fraction", kwargs.pop("val_fraction")),
+        ("log_to", kwargs.pop("log_to"))) if value is not None}
+    if "log_to" in train:
+        check_backend(train["log_to"])
+    return preset, train, kwargs.pop("vision_layer")
+
+
 @main.command()
 @click.option("--modality", type=click.Choice(["vision", "text"]), default=None)
 @_friendly_errors
@@ -92,27 +130,33 @@ def encode(model, data, split, modality, shard, vision_layer, verbose, **kwargs)
 @click.option("--seed", type=_SEED, default=None, help="Seed for splits, k-means and the probe [0].")
 @click.option("--vision-pooling", default=None, help="Override the registry's vision pooling (cls|mean|concat|pooler).")
 @click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last|encode).")
-@click.option("--epochs", type=_POSITIVE_INT, default=None, help="Probe training epochs [by data size].")
-@click.option("--probe-batch-size", type=click.IntRange(min=2), default=None, help="Probe training batch [by data size].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Probe learning rate [by data size].")
+@_probe_training_options
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Results directory (one JSON record per run).")
 @click.option("--force", is_flag=True, help="Recompute even if a finished record exists.")
 @_encode_options
 @_friendly_errors
-def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling, text_pooling, epochs,
-        probe_batch_size, lr, out_dir, force, verbose, **kwargs):
-    """Probe the alignment of one vision x text pair and write its result record."""
+def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling, text_pooling, out_dir, force,
+        verbose, **kwargs):
+    """Probe the alignment of one vision x text pair and write its result record.
+
+    \b
+    The probe follows the SAIL reference (scripts/alignment_probing.sh): linear heads into 2048-d,
+    sigmoid loss with every caption a positive, Lion (0.9, 0.99), lr 1e-5, wd 1e-7, batch 32,768,
+    100 epochs, 10% warm-up then cosine, no held-out split. Below 100k pairs the recipe is adapted
+    (batch min(n, 1024), lr 1e-3, 200 epochs, early stopping on 10% held-out pairs); each change is
+    printed and recorded. --preset sail-probe forces the exact recipe at any size.
+    """
     from alignprobe.probe.pipelines.run import RunConfig, run_pair
     from alignprobe.reports.summary import format_run_summary
 
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(out_dir, "results directory (--out)")
+    preset, train, vision_layer = _probe_training_values(kwargs)
     options = _options_from(kwargs)
-    probe = {k: v for k, v in {"epochs": epochs, "batch_size": probe_batch_size, "lr": lr}.items()
-             if v is not None}
     values = dict(vision=vision, text=text, pairs=pairs, labelled=labelled, retrieval=retrieval,
-                  seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, probe=probe)
+                  seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, train=train,
+                  preset=preset, vision_layer=vision_layer)
     if metrics is not None:
         values["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
     config = RunConfig(**{k: v for k, v in values.items() if v is not None})
@@ -136,19 +180,27 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
 @click.option("--shard", default=None, callback=_shard_callback,
               help="I/N: run a deterministic share of the pairs (Slurm array, hosts).")
 @click.option("--force", is_flag=True, help="Rerun pairs whose result already exists.")
+@_probe_training_options
 @_encode_options
 @_friendly_errors
 def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics, out_dir, shard, force,
           verbose, **kwargs):
-    """Probe every pair of a vision x text grid; finished pairs are skipped."""
+    """Probe every pair of a vision x text grid; finished pairs are skipped.
+
+    Each encoder loads at most once (and not at all when its embeddings are cached); the probe
+    recipe is that of `alignprobe run` (see its --help)."""
     from alignprobe.errors import ValidationError
     from alignprobe.probe.embeddings.encoding import parse_shard
     from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(out_dir, "results directory (--out)")
+    preset, train, vision_layer = _probe_training_values(kwargs)
     options = _options_from(kwargs)
-    run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval).items() if v is not None}
+    run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval, preset=preset,
+                                 vision_layer=vision_layer).items() if v is not None}
+    if train:
+        run["train"] = train
     if metrics is not None:
         run["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
     seed_list = seeds  # parsed and checked by the option's callback

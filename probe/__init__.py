@@ -19,7 +19,8 @@ _EXPORTS = {
     # heads, losses, training
     "AlignmentHead": "training.heads", "AlignmentModel": "training.heads",
     "sigmoid_loss": "training.losses", "infonce_loss": "training.losses",
-    "AlignmentProbe": "training.probe", "ProbeConfig": "training.probe",
+    "AlignmentProbe": "training.probe", "TrainConfig": "training.config", "resolve_recipe": "training.config",
+    "PRESETS": "training.config", "Trainer": "training.engine",
     # pipelines
     "RunConfig": "pipelines.run", "run_pair": "pipelines.run", "METRIC_GROUPS": "pipelines.run",
     "SweepConfig": "pipelines.sweep", "run_sweep": "pipelines.sweep",

@@ -54,18 +54,18 @@ def loss_and_grads(ctx, rows: np.ndarray, loss: str, normalization: str):
 
 
 def train_config():
-    from alignprobe.probe.training.engine import SailConfig
+    from alignprobe.probe.training.config import TrainConfig
 
-    return SailConfig(out_dim=8, image_head="star", text_head="mlp", width=2, batch_size=32, micro_batch=6,
-                      chunk_size=7, optimizer="adamw", lr=1e-2, weight_decay=1e-4, epochs=2, warmup=1,
-                      val_fraction=0.25, device="cpu", prefetch=False, tensorboard=False, checkpoint_every=None)
+    return TrainConfig(out_dim=8, image_head="star", text_head="mlp", width=2, batch_size=32, micro_batch=6,
+                      chunk_size=7, optimizer="adamw", lr=1e-2, weight_decay=1e-4, epochs=2, warmup_fraction=0.3,
+                      val_fraction=0.25, device="cpu", prefetch=False, checkpoint_every=None)
 
 
 def train(ctx):
-    from alignprobe.probe.training.engine import SailTrainer
+    from alignprobe.probe.training.engine import Trainer
 
     img, txt, extra = make_data()
-    trainer = SailTrainer(train_config(), quiet=True, dist=ctx).fit(img, txt, extra_text_emb=extra)
+    trainer = Trainer(train_config(), quiet=True, dist=ctx).fit(img, txt, extra_text_emb=extra)
     state = {k: v.detach().clone() for k, v in trainer.model_.state_dict().items()}
     return state, [h["val_loss"] for h in trainer.history_], [h["train_loss"] for h in trainer.history_]
 

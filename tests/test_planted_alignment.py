@@ -13,7 +13,8 @@ import torch
 
 from alignprobe import metrics as M
 from alignprobe.probe.data.spec import open_dataset
-from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.config import resolve_recipe
+from alignprobe.probe.training.probe import AlignmentProbe
 
 NOISE = (0.05, 0.6, 1.5, 4.0)
 
@@ -42,7 +43,8 @@ def planted_pairs(noise: float, seed: int = 0):
 
 def alignment_scores(noise: float) -> dict:
     vision, text = planted_pairs(noise)
-    config = ProbeConfig.auto(len(vision), out_dim=64, epochs=60, patience=None, seed=0, device="cpu")
+    config, _ = resolve_recipe("sail-probe", len(vision), dict(out_dim=64, epochs=60, patience=None, seed=0,
+                                                               device="cpu"))
     probe = AlignmentProbe(config, quiet=True).fit(vision, text)
     held = probe.val_index_
     img = probe.transform_image(vision[held])

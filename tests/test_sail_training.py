@@ -10,9 +10,10 @@ from alignprobe.errors import ValidationError
 from alignprobe.probe.training.heads import AlignmentHead
 from alignprobe.probe.training.losses import pairwise_sigmoid_loss, sigmoid_loss
 from alignprobe.probe.training.evaluation import retrieval_scores
-from alignprobe.probe.training.engine import SailConfig, SailTrainer
+from alignprobe.probe.training.config import TrainConfig
+from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.streaming import PairStream
-from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.probe import AlignmentProbe
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_config(**changes):
     values = dict(out_dim=8, image_head="star", text_head="star", width=2, batch_size=64, micro_batch=24,
-                  chunk_size=16, optimizer="lion", lr=1e-3, epochs=3, warmup=2, val_fraction=0.2,
-                  device="cpu", tensorboard=False, checkpoint_every=None)
+                  chunk_size=16, optimizer="lion", lr=1e-3, epochs=3, warmup_fraction=0.2, val_fraction=0.2,
+                  device="cpu", checkpoint_every=None, positives=2)
     values.update(changes)
-    return SailConfig(**values)
+    return TrainConfig(**values)
 
 
 def planted(n, seed=0, d_img=12, d_txt=10, latent=4, noise=0.3):
@@ -105,22 +106,11 @@ def test_chunked_loss_with_divisor_equals_naive_values_and_gradients():
 # --------------------------------------------------------------------------- config
 
 
-def test_presets_and_small_data():
-    sail = SailConfig.sail()
-    assert (sail.image_head, sail.width, sail.out_dim, sail.optimizer, sail.lr, sail.weight_decay,
-            sail.batch_size, sail.epochs) == ("star", 8, 1024, "lion", 1e-5, 1e-4, 32768, 100)
-    probe = SailConfig.probe()
-    assert (probe.image_head, probe.out_dim, probe.optimizer, probe.weight_decay) == ("linear", 2048, "adamw", 1e-7)
-    small = SailConfig.auto(2400)
-    assert (small.batch_size, small.lr, small.epochs, small.patience, small.image_head) == (1024, 1e-3, 200, 20, "star")
-    assert SailConfig.auto(2400, "probe").image_head == "linear" and SailConfig.auto(300).batch_size == 300
-    assert SailConfig.auto(500_000) == SailConfig.sail()
-    assert SailConfig.auto(2400, lr=5e-4).lr == 5e-4  # the user's flags win
-    assert SailConfig.from_dict(json.loads(json.dumps(small.to_dict()))) == small
+def test_config_validation_names_the_field():
     for bad in (dict(lr=0), dict(micro_batch=0), dict(image_head="cnn"), dict(precision="fp8"),
                 dict(caption_sampling="all"), dict(eval_every=-1)):
-        with pytest.raises(ValidationError, match="SailConfig"):
-            SailConfig(**bad)
+        with pytest.raises(ValidationError, match="TrainConfig"):
+            TrainConfig(**bad)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -181,7 +171,7 @@ def test_two_pass_step_equals_one_pass(loss):
     img, txt, extra = planted(80)
     grads = {}
     for micro in (None, 7):
-        trainer = SailTrainer(tiny_config(micro_batch=micro, loss=loss, epochs=1, batch_size=80, val_fraction=0.1),
+        trainer = Trainer(tiny_config(micro_batch=micro, loss=loss, epochs=1, batch_size=80, val_fraction=0.1),
                               quiet=True)
         captured = {}
 
@@ -199,7 +189,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     img, txt, extra = planted(150)
     config = tiny_config(checkpoint_every=3, epochs=3, batch_size=32)  # 120 training images: 4 steps an epoch
 
-    uninterrupted = SailTrainer(config, tmp_path / "a", quiet=True).fit(img, txt, extra_text_emb=extra)
+    uninterrupted = Trainer(config, tmp_path / "a", quiet=True).fit(img, txt, extra_text_emb=extra)
 
     class Killed(Exception):
         pass
@@ -209,13 +199,13 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        SailTrainer(config, tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra, callbacks=[kill])
+        Trainer(config, tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra, callbacks=[kill])
     assert json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())["step"] == 6
     with pytest.raises(ValidationError, match="resume"):
-        SailTrainer(config, tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra)
+        Trainer(config, tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra)
     with pytest.raises(ValidationError, match="lr"):
-        SailTrainer(config.replace(lr=2e-3), tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra, resume=True)
-    resumed = SailTrainer(config, tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra, resume=True)
+        Trainer(config.replace(lr=2e-3), tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra, resume=True)
+    resumed = Trainer(config, tmp_path / "b", quiet=True).fit(img, txt, extra_text_emb=extra, resume=True)
 
     a, b = uninterrupted.model_.state_dict(), resumed.model_.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -253,9 +243,9 @@ def test_star_heads_beat_linear_probe_on_non_linear_structure():
     image, text = quadratic_pairs(1000)
     common = dict(out_dim=16, batch_size=256, lr=3e-3, optimizer="adamw", weight_decay=0.0, epochs=30,
                   patience=None, val_fraction=0.2, device="cpu", chunk_size=None)
-    star = SailTrainer(SailConfig(image_head="star", text_head="star", width=4, micro_batch=None,
-                                  tensorboard=False, checkpoint_every=None, **common), quiet=True).fit(image, text)
-    probe = AlignmentProbe(ProbeConfig(**common), quiet=True).fit(image, text)
+    star = Trainer(TrainConfig(image_head="star", text_head="star", width=4, micro_batch=None,
+                                  checkpoint_every=None, **common), quiet=True).fit(image, text)
+    probe = AlignmentProbe(TrainConfig(**common), quiet=True).fit(image, text)
     held_out = star.val_index_
     assert np.array_equal(held_out, probe.val_index_)  # same seeded split
     star_r = retrieval_scores(star.transform_image(image[held_out]), star.transform_text(text[held_out]),
@@ -272,7 +262,7 @@ def test_star_heads_beat_linear_probe_on_non_linear_structure():
 
 def test_auto_micro_batch_picks_one_pass_when_it_fits_else_a_bounded_micro_batch():
     from alignprobe.probe.training.heads import AlignmentModel
-    from alignprobe.probe.training.engine import activation_bytes_per_row, resolve_micro_batch
+    from alignprobe.probe.training.step import activation_bytes_per_row, resolve_micro_batch
 
     model = AlignmentModel(2048, 1024, 1024, "star", "star", 8)
     per_image = activation_bytes_per_row(model.image_head)
@@ -294,12 +284,12 @@ def test_auto_micro_batch_in_training_matches_explicit_choice():
     img, txt, extra = planted(80)
     weights = {}
     for micro in ("auto", None):
-        trainer = SailTrainer(tiny_config(micro_batch=micro, epochs=1, batch_size=80), quiet=True)
+        trainer = Trainer(tiny_config(micro_batch=micro, epochs=1, batch_size=80), quiet=True)
         trainer.fit(img, txt, extra_text_emb=extra)
         assert trainer.micro_batch_ is None  # tiny heads: one pass fits
         weights[micro] = {k: v.clone() for k, v in trainer.model_.state_dict().items()}
     for name in weights[None]:
         torch.testing.assert_close(weights["auto"][name], weights[None][name], rtol=0, atol=0)
-    assert SailConfig().micro_batch == "auto"
+    assert TrainConfig().micro_batch == "auto"
     with pytest.raises(ValidationError, match="micro_batch"):
         tiny_config(micro_batch="big")

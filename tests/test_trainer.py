@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from alignprobe.errors import NotFittedError, ValidationError
+from alignprobe.errors import DataError, NotFittedError, ValidationError
 from alignprobe.probe.training.losses import sigmoid_loss
 from alignprobe.probe.training.schedules import lr_at, warmup_steps_for
-from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.config import PRESETS, TrainConfig, resolve_recipe
+from alignprobe.probe.training.engine import warmup_steps
+from alignprobe.probe.training.probe import AlignmentProbe
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,10 +27,12 @@ def planted(n, seed=0, d_img=24, d_txt=16, latent=6, noise=0.3, structure=True):
 
 
 def small_config(**changes):
-    values = dict(out_dim=16, batch_size=128, lr=1e-2, weight_decay=0.0, epochs=8, warmup=2,
-                  chunk_size=48, val_fraction=0.2, patience=None, device="cpu", seed=0)
+    # AdamW at lr 1e-2: a few epochs move these tiny heads far (the recipe's Lion at 1e-5 would not)
+    values = dict(out_dim=16, batch_size=128, optimizer="adamw", lr=1e-2, weight_decay=0.0, epochs=8,
+                  warmup_fraction=0.25, chunk_size=48, val_fraction=0.2, patience=None, device="cpu", seed=0,
+                  prefetch=False)
     values.update(changes)
-    return ProbeConfig(**values)
+    return TrainConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def test_early_stopping_keeps_best_epoch():
     probe.fit(image, text)
     val_losses = [h["val_loss"] for h in probe.history_]
     assert probe.stopped_early_
-    best = int(np.argmin([probe.initial_val_loss_] + val_losses))
+    best = int(np.argmin(val_losses)) + 1
     assert probe.best_epoch_ == best
     assert len(probe.history_) == probe.best_epoch_ + 3
     # the weights in model_ are those of the best epoch: recompute its validation loss
@@ -97,7 +101,7 @@ def test_not_fitted_errors(tmp_path):
 
 def test_save_load_round_trip(fitted, data, tmp_path):
     fitted.save(tmp_path / "probe", metadata={"vision": "tiny-vit", "dataset": "abc123"})
-    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == ["model.safetensors", "probe.json", "split.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == ["model.safetensors", "probe.json"]
     loaded = AlignmentProbe.load(tmp_path / "probe")
     image, text = data
     np.testing.assert_array_equal(loaded.transform_image(image), fitted.transform_image(image))
@@ -117,7 +121,7 @@ def test_fp16_memmap_read_in_batches_matches_in_memory(data, tmp_path):
     mm[:] = image
     mm.flush()
     mm = np.memmap(path, dtype=np.float16, mode="r", shape=image.shape)
-    streamed = AlignmentProbe(small_config(epochs=2, preload_bytes=0), quiet=True).fit(mm, text)
+    streamed = AlignmentProbe(small_config(epochs=2), quiet=True).fit(mm, text)
     in_memory = AlignmentProbe(small_config(epochs=2), quiet=True).fit(image.astype(np.float16).astype(np.float32), text)
     for name, value in streamed.state_dict().items():
         assert torch.equal(value, in_memory.state_dict()[name]), name
@@ -145,11 +149,11 @@ def test_other_recipes_train(data, changes):
 def test_input_validation(data):
     image, text = data
     probe = AlignmentProbe(small_config(epochs=1), quiet=True)
-    with pytest.raises(ValidationError, match="caption_image_index"):
+    with pytest.raises(ValidationError, match="caption_image"):
         probe.fit(image, text[:-1])
     bad = image.copy()
     bad[7, 3] = np.nan
-    with pytest.raises(ValidationError, match="row: 7"):
+    with pytest.raises(DataError, match="row 7 holds NaN"):
         probe.fit(bad, text)
     with pytest.raises(ValidationError, match="extra_text_emb"):
         probe.fit(image, text, extra_text_emb=text[:10])
@@ -158,27 +162,96 @@ def test_input_validation(data):
         fitted.transform_image(text)
 
 
-def test_config_presets_and_validation():
-    recipe = ProbeConfig.sail_probe()
-    assert (recipe.out_dim, recipe.batch_size, recipe.lr, recipe.weight_decay, recipe.betas, recipe.epochs) == \
-        (2048, 32768, 1e-5, 1e-7, (0.9, 0.99), 100)
-    assert (recipe.image_head, recipe.text_head, recipe.optimizer, recipe.normalization) == ("linear", "linear", "adamw", "n2")
-    assert recipe.logit_scale_init == pytest.approx(math.log(20)) and recipe.logit_bias_init == -10
-    train = ProbeConfig.sail_train()
-    assert (train.image_head, train.optimizer, train.out_dim, train.weight_decay) == ("star", "lion", 1024, 1e-4)
-    assert ProbeConfig.small_data(500).batch_size == 500
-    assert ProbeConfig.auto(5000).lr > recipe.lr and ProbeConfig.auto(10**6) == recipe
-    assert ProbeConfig.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+def test_presets_are_the_reference_recipes():
+    probe = TrainConfig.preset("sail-probe").to_dict()
+    required = {"optimizer", "lr", "weight_decay", "betas", "batch_size", "epochs", "warmup_fraction", "out_dim",
+                "image_head", "text_head", "width", "logit_scale_init", "logit_bias_init", "val_fraction"}
+    assert required <= set(probe)
+    # scripts/alignment_probing.sh with train/params.py defaults
+    assert {k: probe[k] for k in required - {"logit_scale_init"}} == dict(
+        optimizer="lion", lr=1e-5, weight_decay=1e-7, betas=[0.9, 0.99], batch_size=32768, epochs=100,
+        warmup_fraction=0.1, out_dim=2048, image_head="linear", text_head="linear", width=8,
+        logit_bias_init=-10.0, val_fraction=0.0)
+    assert probe["logit_scale_init"] == pytest.approx(math.log(20))
+    # scripts/sail_train.sh
+    sail = TrainConfig.preset("sail", epochs=3).to_dict()
+    assert (sail["image_head"], sail["text_head"], sail["width"], sail["out_dim"], sail["weight_decay"],
+            sail["optimizer"], sail["lr"], sail["batch_size"], sail["val_fraction"], sail["epochs"]) == \
+        ("star", "star", 8, 1024, 1e-4, "lion", 1e-5, 32768, 0.0, 3)
+    assert TrainConfig() == TrainConfig.preset("sail-probe")
+    assert TrainConfig.from_dict(json.loads(json.dumps(probe))) == TrainConfig.preset("sail-probe")
+    with pytest.raises(ValidationError, match="unknown preset"):
+        TrainConfig.preset("clip")
+
+
+def test_small_data_adaptation_is_listed_and_explicit_values_win():
+    config, changes = resolve_recipe("sail-probe", 2400, {"epochs": 7, "device": "cpu"})
+    assert (config.batch_size, config.lr, config.epochs, config.patience, config.val_fraction) == (1024, 1e-3, 7, 20, 0.1)
+    by_field = {c["field"]: c for c in changes}
+    assert set(by_field) == {"batch_size", "lr", "patience", "val_fraction", "epochs"}  # device is no recipe change
+    assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 1e-3, "why": "small data: 2,400 pairs < 100,000"}
+    assert by_field["epochs"]["why"] == "set explicitly"
+    # forced preset: the reference at any size, but explicit flags still override single values
+    exact, changes = resolve_recipe("sail-probe", 2400, {"epochs": 2}, exact=True)
+    assert exact == TrainConfig.preset("sail-probe", epochs=2)
+    assert changes == [{"field": "epochs", "reference": 100, "used": 2, "why": "set explicitly"}]
+    big, changes = resolve_recipe("sail", 500_000)
+    assert big == TrainConfig.preset("sail") and changes == []
+    with pytest.raises(ValidationError, match="unknown training option"):
+        resolve_recipe("sail", 10, {"lerning_rate": 1})
+
+
+def test_config_validation():
     for bad in (dict(lr=0), dict(batch_size=0), dict(image_head="conv"), dict(val_fraction=1.0),
-                dict(warmup=1.5), dict(betas=(0.9,)), dict(chunk_size=True), dict(optimizer="sgd")):
-        with pytest.raises(ValidationError):
-            ProbeConfig(**bad)
+                dict(warmup_fraction=1.5), dict(betas=(0.9,)), dict(chunk_size=True), dict(optimizer="sgd"),
+                dict(positives=0), dict(positives="some"), dict(log_to="mlflow")):
+        with pytest.raises(ValidationError, match="TrainConfig"):
+            TrainConfig(**bad)
     with pytest.raises(ValidationError):
         AlignmentProbe(lr=-1.0)
 
 
+def test_estimator_protocol(data):
+    probe = AlignmentProbe(preset="sail-probe", quiet=True, epochs=1)
+    params = probe.get_params()
+    assert params["preset"] == "sail-probe" and params["overrides"] == {"epochs": 1}
+    assert probe.set_params(lr=1e-3, quiet=False) is probe and probe.overrides == {"epochs": 1, "lr": 1e-3}
+    with pytest.raises(ValidationError, match="unknown AlignmentProbe parameter"):
+        probe.set_params(colour="red")
+
+
+def test_ragged_captions_all_count_as_positives(data):
+    image, text = data
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 4, size=len(image))  # 1, 2 or 3 captions per image
+    caption_image = np.repeat(np.arange(len(image)), counts)
+    captions = text[caption_image] + 0.05 * rng.standard_normal((len(caption_image), text.shape[1])).astype(np.float32)
+    probe = AlignmentProbe(small_config(epochs=2), quiet=True).fit(image, captions, caption_image_index=caption_image)
+    assert sorted(set(counts.tolist())) == [1, 2, 3]
+    assert probe.train_captions_ == int(counts[probe.train_index_].sum())  # every caption of every training image
+    assert probe.best_val_loss_ < probe.initial_val_loss_
+
+
+def test_ragged_loss_equals_reference_extra_block_with_two_captions_each():
+    # With two captions per image, the generalised loss is the reference's: the N x N block of the
+    # raw captions and the N x N block of the extra ones, one mean over both (SAIL train/loss.py).
+    from alignprobe.probe.training.losses import pairwise_sigmoid_loss
+
+    g = torch.Generator().manual_seed(0)
+    img, raw, extra = (torch.randn(6, 5, generator=g) for _ in range(3))
+    scale, bias = torch.tensor(20.0), torch.tensor(-10.0)
+    def block(t):
+        logits = scale * torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(img, dim=-1).T + bias
+        labels = 2 * torch.eye(6) - 1
+        return torch.nn.functional.logsigmoid(labels * logits)
+    reference = -torch.cat([block(raw), block(extra)]).mean()
+    ragged = pairwise_sigmoid_loss(img, torch.cat([raw, extra]), torch.arange(6).repeat(2), scale, bias)
+    assert ragged.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
 def test_schedule():
     assert warmup_steps_for(0.1, 200) == 20 and warmup_steps_for(5, 200) == 5
+    assert warmup_steps(0.1, 205) == 21 and warmup_steps(0.1, 3) == 1  # ceil, as the reference's main.py
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)

@@ -1,12 +1,16 @@
 """`alignprobe run`: probe the alignment of one vision x text pair, end to end.
 
 registry -> encode (cached) -> vision-quality metrics + linear alignment probe
--> alignment scores -> one JSON result record. Every step reads embeddings
-from the cache, so a sweep over M x N pairs encodes M + N times.
+-> alignment scores -> one JSON result record. The probe is the one training
+engine (`alignprobe.probe.training`) with the ``"sail-probe"`` recipe; its
+pairs stream from the memory-mapped cache. A finished record is reused only
+when everything that changes its numbers matches (`reuse_key`), and a run
+killed mid-training resumes from its last checkpoint.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +21,15 @@ import numpy as np
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, ValidationError
 
+from alignprobe.probe.embeddings.cache import stable_hash
+from alignprobe.probe.embeddings.lazy import MEMO_DIR, LazyEncoder
+from alignprobe.probe.training.config import (PRESETS, SMALL_DATA_PAIRS, TrainConfig, describe_changes,
+                                             resolve_recipe, small_data_changes)
+
 log = logging.getLogger("alignprobe.run")
+
+#: Bumped whenever a record's numbers would change for the same inputs (new metric definitions, ...).
+RESULT_FORMAT = 2
 
 #: Metric groups `--metrics` may select; each maps to the record keys it fills.
 METRIC_GROUPS = {
@@ -29,11 +41,18 @@ METRIC_GROUPS = {
     "similarity": "alignment: mutual-kNN, CKA and CKNNA between raw paired features",
 }
 PROBE_METRICS = {"zero_shot", "retrieval"}
+CHECKPOINTS_DIR = ".checkpoints"
 
 
 @dataclass
 class RunConfig:
-    """Everything that determines a run's result (its hash names the record)."""
+    """Everything that determines a run's result (its hash names the record).
+
+    ``preset``: None trains the ``"sail-probe"`` recipe, adapted (and the
+    changes recorded) below 100k pairs; ``"sail-probe"`` / ``"sail"`` force
+    that reference recipe at any size. ``train``: `TrainConfig` fields set
+    explicitly (they override single values; the record lists them).
+    """
 
     vision: str
     text: str
@@ -44,78 +63,90 @@ class RunConfig:
     seed: int = 0
     vision_pooling: str | None = None
     text_pooling: str | None = None
-    knn_k: tuple[int, ...] = (10, 20)
+    vision_layer: int | None = None
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)  # SAIL evaluation/eval_knn_*.py
     similarity_k: int = 10
     labelled_test_fraction: float = 0.3  # of the labelled set, held out for k-NN / linear probe
-    probe: dict[str, Any] = field(default_factory=dict)  # ProbeConfig overrides
+    preset: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields set explicitly
 
     def __post_init__(self):
         self.metrics = tuple(self.metrics)
+        self.knn_k = tuple(int(k) for k in self.knn_k)
         unknown = [m for m in self.metrics if m not in METRIC_GROUPS]
         if unknown:
-            raise ValidationError(
-                f"unknown metric(s) {unknown}; choose from: {', '.join(METRIC_GROUPS)}"
-            )
+            raise ValidationError(f"unknown metric(s) {unknown}; choose from: {', '.join(METRIC_GROUPS)}")
         if not self.metrics:
             raise ValidationError("no metrics selected; choose from: " + ", ".join(METRIC_GROUPS))
         if not 0.0 < self.labelled_test_fraction < 1.0:
-            raise ValidationError(
-                f"labelled_test_fraction must be in (0, 1), got {self.labelled_test_fraction}"
-            )
+            raise ValidationError(f"labelled_test_fraction must be in (0, 1), got {self.labelled_test_fraction}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValidationError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        TrainConfig.preset(self.preset or "sail-probe", **self.train)  # one validation step, before any work
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["metrics"] = list(self.metrics)
         d["knn_k"] = list(self.knn_k)
+        d["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.train.items())}
         return d
 
     def config_hash(self) -> str:
-        from alignprobe.probe.embeddings.cache import stable_hash
-
         return stable_hash(self.as_dict(), length=12)
 
     def group_hash(self) -> str:
         """The hash without the seed: records sharing it are seeds of one experiment."""
-        from alignprobe.probe.embeddings.cache import stable_hash
-
         return stable_hash({k: v for k, v in self.as_dict().items() if k != "seed"}, length=12)
+
+
+def training_defaults_hash() -> str:
+    """Changes when a recipe default or the small-data adaptation changes (so old records are not reused)."""
+    return stable_hash({"presets": PRESETS, "small": small_data_changes(SMALL_DATA_PAIRS - 1),
+                        "threshold": SMALL_DATA_PAIRS}, length=12)
 
 
 @dataclass
 class _Encoded:
-    """Embeddings of one data set by both encoders, as in-memory float32 arrays."""
+    """Embeddings of one data set by both encoders: cache entries (memory-mapped) and small arrays."""
 
     dataset: Any
-    images: np.ndarray | None = None
+    images: Any = None  # CachedEmbeddings
     image_valid: np.ndarray | None = None
-    captions: np.ndarray | None = None
+    captions: Any = None  # CachedEmbeddings
     caption_image: np.ndarray | None = None  # caption row -> image row
     prompts: np.ndarray | None = None
     prompt_class: np.ndarray | None = None
 
+    def image_array(self) -> np.ndarray:
+        """The valid images as fp32 (evaluation sets only: they are small)."""
+        return self.images.rows(np.flatnonzero(self.image_valid))
+
 
 class RunPipeline:
-    """Runs one RunConfig. Use `run_pair(config, ...)` unless you need the pieces."""
+    """Runs one RunConfig. Use `run_pair(config, ...)` unless you need the pieces.
 
-    def __init__(self, config: RunConfig, options: EncodeOptions | None = None):
+    ``encoders``: a shared pool ``{key: LazyEncoder}`` (a sweep passes one, so
+    each encoder loads at most once); ``checkpoint_dir``: where the probe's
+    checkpoints go (resumed when present).
+    """
+
+    def __init__(self, config: RunConfig, options: EncodeOptions | None = None, *,
+                 encoders: dict | None = None, checkpoint_dir: str | Path | None = None):
         self.config = config
         self.options = options or EncodeOptions()
         self.timings: dict[str, float] = {}
         self.details: dict[str, Any] = {}  # chosen hyperparameters etc.: recorded, not metrics
         self.data_info: dict[str, dict] = {}
         self.encoder_info: dict[str, dict] = {}
-        self._encoders: dict[str, Any] = {}
+        self._encoders = encoders if encoders is not None else {}
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.messages: list[str] = []
 
     # ------------------------------------------------------------------ encoders
     def check(self) -> None:
         """Resolve both encoders and check their weights are here, before any other work."""
-        from alignprobe.backbones import check_available
-        from alignprobe.probe.embeddings.encode_job import resolve_model
-
-        self.vision_spec = resolve_model(self.config.vision, "vision")
-        self.text_spec = resolve_model(self.config.text, "text")
-        check_available(self.vision_spec)
-        check_available(self.text_spec)
+        self.vision_spec = self.encoder("vision").spec
+        self.text_spec = self.encoder("text").spec
 
     def spec_info(self) -> dict:
         """Registry facts the reports group and label by (family, size, control)."""
@@ -123,30 +154,63 @@ class RunPipeline:
         for role, spec in (("vision_info", self.vision_spec), ("text_info", self.text_spec)):
             out[role] = {"name": spec.name, "family": spec.family, "params_m": spec.params_m,
                          "is_control": spec.is_control, "source": spec.source, "hub_id": spec.hub_id,
-                         "dim": self.encoder_info.get(spec.modality, {}).get("dim", spec.dim)}
+                         "dim": self.encoder_info.get(spec.modality, {}).get("dim", spec.dim),
+                         "layer": getattr(spec, "layer", None)}
         return out
 
-    def encoder(self, modality: str):
-        if modality not in self._encoders:
-            from alignprobe.backbones import create_text_encoder, create_vision_encoder
+    def encoder_key(self, modality: str) -> tuple:
+        cfg = self.config
+        if modality == "vision":
+            return ("vision", cfg.vision, cfg.vision_pooling, cfg.vision_layer)
+        return ("text", cfg.text, cfg.text_pooling)
 
-            if modality == "vision":
-                enc = create_vision_encoder(self.config.vision, device=self.options.device,
-                                            dtype=self.options.dtype, pooling=self.config.vision_pooling)
-            else:
-                enc = create_text_encoder(self.config.text, device=self.options.device,
-                                          dtype=self.options.dtype, pooling=self.config.text_pooling)
-            self._encoders[modality] = enc
-            self.encoder_info[modality] = enc.manifest()
-        return self._encoders[modality]
+    def encoder(self, modality: str) -> LazyEncoder:
+        key = self.encoder_key(modality)
+        if key not in self._encoders:
+            cfg, opts = self.config, self.options
+            overrides = ({"pooling": cfg.vision_pooling, "layer": cfg.vision_layer} if modality == "vision"
+                         else {"pooling": cfg.text_pooling})
+            self._encoders[key] = LazyEncoder(modality, key[1], memo_dir=opts.cache().root / MEMO_DIR,
+                                              device=opts.device, dtype=opts.dtype, **overrides)
+        return self._encoders[key]
+
+    def reuse_key(self) -> str:
+        """Everything that changes the record's numbers, computed without loading a model."""
+        opts = self.options
+        return stable_hash({
+            "format": RESULT_FORMAT, "run": self.config.as_dict(), "training_defaults": training_defaults_hash(),
+            "encoders": {m: self.encoder(m).identity_key() for m in ("vision", "text")},
+            "storage_dtype": opts.storage_dtype, "strict": opts.strict,
+            "data": {role: self._dataset(spec).describe().get("fingerprint")
+                     for role, spec in self._specs().items()},
+        }, length=16)
+
+    def _specs(self) -> dict[str, str]:
+        cfg, wanted = self.config, set(self.config.metrics)
+        specs = {}
+        if wanted & PROBE_METRICS or "similarity" in wanted:
+            specs["pairs"] = cfg.pairs
+        if wanted & {"kmeans_nmi", "knn", "linear_probe", "zero_shot"}:
+            specs["labelled"] = cfg.labelled
+        if "retrieval" in wanted:
+            specs["retrieval"] = cfg.retrieval
+        return specs
+
+    def _dataset(self, spec: str):
+        from alignprobe.probe.data.spec import open_dataset
+
+        cache = self.__dict__.setdefault("_datasets", {})
+        if spec not in cache:
+            cache[spec] = open_dataset(spec, strict=self.options.strict)
+        return cache[spec]
 
     def _encode_set(self, role: str, spec: str, need_images: bool, need_captions: bool,
                     need_prompts: bool) -> _Encoded:
-        from alignprobe.probe.data.spec import class_prompts, flatten_captions, open_dataset
+        from alignprobe.probe.data.datasets import class_prompts, flatten_captions
         from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
 
         t0 = time.perf_counter()
-        dataset = open_dataset(spec, strict=self.options.strict)
+        dataset = self._dataset(spec)
         self.data_info[role] = dataset.describe()
         enc = _Encoded(dataset)
         common = dict(cache=self.options.cache(), batch_size=self.options.batch_size,
@@ -155,21 +219,22 @@ class RunPipeline:
         if need_images:
             res = encode_source(self.encoder("vision"), ImageSource(dataset),
                                 num_workers=self.options.num_workers, **common)
-            enc.images = res.embeddings.to_numpy()
-            enc.image_valid = res.embeddings.valid
+            enc.images, enc.image_valid = res.embeddings, np.asarray(res.embeddings.valid, bool)
             self.data_info[role]["skipped_images"] = len(res.skipped)
         if need_captions:
             if not dataset.has_captions:
                 raise DataError(f"--{role} {spec!r} has no captions; give a captioned data set")
             texts, caption_image = flatten_captions(dataset)
             res = encode_source(self.encoder("text"), TextSource(dataset.name, texts, "captions"), **common)
-            enc.captions, enc.caption_image = res.embeddings.to_numpy(), np.asarray(caption_image)
+            enc.captions, enc.caption_image = res.embeddings, np.asarray(caption_image, dtype=np.int64)
         if need_prompts:
             if not dataset.class_names:
                 raise DataError(f"--{role} {spec!r} has no class names; give a labelled data set")
             prompts, prompt_class = class_prompts(dataset)
             res = encode_source(self.encoder("text"), TextSource(dataset.name, prompts, "prompts"), **common)
             enc.prompts, enc.prompt_class = res.embeddings.to_numpy(), np.asarray(prompt_class)
+        for modality in ("vision", "text"):
+            self.encoder_info.setdefault(modality, self.encoder(modality).manifest())
         self.timings[f"encode_{role}"] = time.perf_counter() - t0
         return enc
 
@@ -179,24 +244,19 @@ class RunPipeline:
         wanted = set(cfg.metrics)
         metrics: dict[str, Any] = {}
         self.check()
-        need_probe = bool(wanted & PROBE_METRICS)
-        need_labelled = bool(wanted & {"kmeans_nmi", "knn", "linear_probe", "zero_shot"})
-
-        pairs = None
-        if need_probe or "similarity" in wanted:
-            pairs = self._encode_set("pairs", cfg.pairs, True, True, False)
+        specs = self._specs()
+        pairs = self._encode_set("pairs", cfg.pairs, True, True, False) if "pairs" in specs else None
         labelled = None
-        if need_labelled:
+        if "labelled" in specs:
             labelled = self._encode_set("labelled", cfg.labelled, True, False, "zero_shot" in wanted)
             metrics.update(self._vision_quality(labelled, wanted))
-
         probe = None
-        if need_probe:
+        if wanted & PROBE_METRICS:
             probe = self._train_probe(pairs)
-            metrics["probe_val_loss"] = float(min(h["val_loss"] for h in probe.history_))
+            val = [h["val_loss"] for h in probe.history_ if h.get("val_loss") is not None]
+            if val:
+                metrics["probe_val_loss"] = float(min(val))
             metrics["probe_epochs"] = len(probe.history_)
-            self.details["probe_best_epoch"] = int(probe.best_epoch_)
-            self.details["probe_stopped_early"] = bool(probe.stopped_early_)
         if "similarity" in wanted:
             metrics.update(self._similarity(pairs, probe))
         if "zero_shot" in wanted:
@@ -223,7 +283,7 @@ class RunPipeline:
         if labelled.dataset.labels is None:
             raise DataError(f"--labelled {self.config.labelled!r} has no labels")
         valid = labelled.image_valid
-        x = labelled.images[valid]
+        x = labelled.image_array()
         y = np.asarray(labelled.dataset.labels)[valid]
         out: dict[str, Any] = {}
         t0 = time.perf_counter()
@@ -250,23 +310,33 @@ class RunPipeline:
         return out
 
     def _train_probe(self, pairs: _Encoded):
-        from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
+        from alignprobe.probe.training.probe import AlignmentProbe
 
         t0 = time.perf_counter()
-        image_rows, main_caption, extra_caption = _pair_rows(pairs)
-        images = pairs.images[image_rows]
-        texts = pairs.captions[main_caption]
-        extra = pairs.captions[extra_caption] if extra_caption is not None else None
-        overrides = dict(self.config.probe)
-        overrides.setdefault("seed", self.config.seed)
+        counts = np.bincount(pairs.caption_image, minlength=len(pairs.image_valid))
+        n_usable = int((pairs.image_valid & (counts > 0)).sum())
+        if n_usable < 4:
+            raise DataError(f"only {n_usable} usable image-caption pairs in --pairs {self.config.pairs!r}; "
+                            f"the probe needs at least 4")
+        explicit = dict(self.config.train)
+        explicit.setdefault("seed", self.config.seed)
         if self.options.device != "auto":
-            overrides.setdefault("device", self.options.device)
-        # Below 100k pairs the SAIL recipe (lr 1e-5, batch 32,768) barely moves the
-        # heads; `auto` switches to the measured small-data settings (see trainer).
-        probe_config = ProbeConfig.auto(len(image_rows), **overrides)
-        probe = AlignmentProbe(probe_config, quiet=self.options.quiet).fit(images, texts, extra_text_emb=extra)
-        self.probe_config = probe_config
-        self.pair_image_rows = image_rows
+            explicit.setdefault("device", self.options.device)
+        preset = self.config.preset or "sail-probe"
+        config, changes = resolve_recipe(preset, n_usable, explicit, exact=self.config.preset is not None)
+        for line in describe_changes(changes, preset):
+            log.info("%s", line)
+            self.messages.append(line)
+        probe = AlignmentProbe(config, quiet=self.options.quiet, out_dir=self.checkpoint_dir,
+                               resume=self.checkpoint_dir is not None)
+        probe.fit(pairs.images, pairs.captions, caption_image_index=pairs.caption_image,
+                  image_valid=pairs.image_valid)
+        self.probe_config = config
+        self.details.update({
+            "preset": preset, "preset_forced": self.config.preset is not None, "recipe_changes": changes,
+            "train_captions": int(probe.train_captions_), "train_images": int(len(probe.train_index_)),
+            "probe_best_epoch": int(probe.best_epoch_), "probe_stopped_early": bool(probe.stopped_early_),
+        })
         self.timings["probe"] = time.perf_counter() - t0
         return probe
 
@@ -274,43 +344,36 @@ class RunPipeline:
         from alignprobe import metrics as M
 
         t0 = time.perf_counter()
-        image_rows, main_caption, _ = _pair_rows(pairs)
-        held_out = probe.val_index_ if probe is not None else np.arange(len(image_rows))
-        a = pairs.images[image_rows[held_out]]
-        b = pairs.captions[main_caption[held_out]]
+        # Scored on pairs the probe did not train on when it held some out, else on all usable ones.
+        first = _first_caption(pairs.caption_image, len(pairs.image_valid))
+        rows = probe.val_index_ if probe is not None and len(probe.val_index_) > 1 else \
+            np.flatnonzero(pairs.image_valid & (first >= 0))
+        a, b = pairs.images.rows(rows), pairs.captions.rows(first[rows])
         k = min(self.config.similarity_k, len(a) - 1)
-        out = {
-            "mutual_knn": float(M.mutual_knn(a, b, k)),
-            "cka": float(M.cka(a, b)),
-            "cknna": float(M.cknna(a, b, k)),
-        }
+        out = {"mutual_knn": float(M.mutual_knn(a, b, k)), "cka": float(M.cka(a, b)),
+               "cknna": float(M.cknna(a, b, k))}
+        self.details["similarity_pairs"] = int(len(rows))
         self.timings["similarity"] = time.perf_counter() - t0
         return out
 
     def _zero_shot(self, labelled: _Encoded, probe) -> dict:
-        from alignprobe import metrics as M
+        from alignprobe.probe.training.evaluation import zero_shot_metrics
 
-        valid = labelled.image_valid
-        image = probe.transform_image(labelled.images[valid])
+        image = probe.transform_image(labelled.image_array())
         prompts = probe.transform_text(labelled.prompts)
-        n_classes = len(labelled.dataset.class_names)
-        class_emb = _to_numpy(prompts).reshape(n_classes, -1, _to_numpy(prompts).shape[-1])
-        topk = (1, min(5, n_classes))
-        res = M.zero_shot_accuracy(_to_numpy(image), class_emb, np.asarray(labelled.dataset.labels)[valid],
-                                   topk=topk)
-        return {"zero_shot_top1": float(res[1]), "zero_shot_top5": float(res[topk[1]])}
+        labels = np.asarray(labelled.dataset.labels)[labelled.image_valid]
+        return zero_shot_metrics(image, prompts, labels, len(labelled.dataset.class_names))
 
     def _retrieval(self, retrieval: _Encoded, probe) -> dict:
-        from alignprobe import metrics as M
+        from alignprobe.probe.training.evaluation import retrieval_scores
 
         valid_images = np.flatnonzero(retrieval.image_valid)
         keep = np.isin(retrieval.caption_image, valid_images)
         remap = -np.ones(len(retrieval.image_valid), dtype=np.int64)
         remap[valid_images] = np.arange(len(valid_images))
-        image = _to_numpy(probe.transform_image(retrieval.images[valid_images]))
-        text = _to_numpy(probe.transform_text(retrieval.captions[keep]))
-        res = M.retrieval_metrics(image, text, remap[retrieval.caption_image[keep]], ks=(1, 5, 10))
-        return {f"{direction}_r{k}": float(value) for direction, by_k in res.items() for k, value in by_k.items()}
+        image = probe.transform_image(retrieval.images.rows(valid_images))
+        text = probe.transform_text(retrieval.captions.rows(np.flatnonzero(keep)))
+        return retrieval_scores(image, text, remap[retrieval.caption_image[keep]])
 
 
 def _knn_items(res) -> list[tuple[int, float]]:
@@ -326,28 +389,12 @@ def _knn_items(res) -> list[tuple[int, float]]:
     return items
 
 
-def _pair_rows(pairs: _Encoded):
-    """Rows for training: valid images, their first caption, and a second caption if all have one."""
-    valid = np.flatnonzero(pairs.image_valid)
-    first = {}
-    second = {}
-    for row, image in enumerate(pairs.caption_image):
-        if image not in first:
-            first[image] = row
-        elif image not in second:
-            second[image] = row
-    valid = np.array([i for i in valid if i in first], dtype=np.int64)
-    if len(valid) < 4:
-        raise DataError(f"only {len(valid)} usable image-caption pairs; the probe needs at least 4")
-    main = np.array([first[i] for i in valid], dtype=np.int64)
-    extra = None
-    if all(i in second for i in valid):
-        extra = np.array([second[i] for i in valid], dtype=np.int64)
-    return valid, main, extra
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+def _first_caption(caption_image: np.ndarray, n_images: int) -> np.ndarray:
+    """For each image, the row of its first caption (-1: none)."""
+    first = np.full(n_images, -1, dtype=np.int64)
+    rows = np.arange(len(caption_image))[::-1]
+    first[caption_image[::-1]] = rows  # reversed, so the first caption's row is written last
+    return first
 
 
 # ---------------------------------------------------------------------- public
@@ -377,31 +424,65 @@ def record_fields(kind: str, config, pipeline: RunPipeline, options: EncodeOptio
     }
 
 
+def reusable_record(path: Path, reuse_key: str) -> dict | None:
+    """The finished record at ``path`` if it was computed from exactly these inputs, else None.
+
+    A damaged (unreadable) record counts as missing: it is recomputed, not fatal.
+    """
+    from alignprobe.reports.records import read_record
+
+    if not path.exists():
+        return None
+    try:
+        record = read_record(path)
+    except (OSError, ValueError) as err:
+        log.warning("result record %s is unreadable (%s); recomputing it", path, err)
+        return None
+    if not isinstance(record, dict) or record.get("status") != "ok":
+        return None
+    if record.get("reuse_key") != reuse_key:
+        log.info("%s was computed with other settings, defaults or inputs; recomputing it", path.name)
+        return None
+    return record
+
+
 def run_pair(config: RunConfig, *, out_dir: str | Path = "results", options: EncodeOptions | None = None,
-             force: bool = False) -> tuple[dict, Path, bool]:
+             force: bool = False, encoders: dict | None = None) -> tuple[dict, Path, bool]:
     """Run one pair and write its record; returns (record, path, reused).
 
-    A record with the same config hash is reused unless `force`: a finished
-    result is never recomputed by accident, and never silently overwritten.
+    The record is reused when its ``reuse_key`` matches -- the run config, the
+    training defaults, each encoder's identity (no model is loaded to tell),
+    the data fingerprints, the storage dtype and the result format -- unless
+    ``force``. Training checkpoints go to ``out_dir/.checkpoints/<record>/``;
+    a killed run resumes from them, and they are removed once the record is written.
     """
-    from alignprobe.reports.records import now_iso, read_record, record_path, write_record
+    from alignprobe.reports.records import now_iso, record_path, write_record
 
     options = options or EncodeOptions()
     path = record_path(out_dir, config.vision, config.text, config.config_hash())
-    if path.exists() and not force:
-        record = read_record(path)
-        if record.get("status") == "ok":
+    pipeline = RunPipeline(config, options, encoders=encoders)
+    key = pipeline.reuse_key()
+    if not force:
+        record = reusable_record(path, key)
+        if record is not None:
             return record, path, True
-    pipeline = RunPipeline(config, options)
+    pipeline.checkpoint_dir = Path(out_dir) / CHECKPOINTS_DIR / f"{path.stem}__{key}"
     started = now_iso()
     t0 = time.perf_counter()
     metrics = pipeline.run()
     pipeline.timings["total"] = time.perf_counter() - t0
     record = record_fields("probe", config, pipeline, options, started)
     record.update({
+        "reuse_key": key,
+        "result_format": RESULT_FORMAT,
         "probe_config": pipeline.probe_config.to_dict() if hasattr(pipeline, "probe_config") else None,
         "metrics": metrics,
         "details": pipeline.details,
     })
     write_record(path, record)
+    shutil.rmtree(pipeline.checkpoint_dir, ignore_errors=True)
+    try:
+        pipeline.checkpoint_dir.parent.rmdir()  # only when no other run's checkpoints are in it
+    except OSError:
+        pass
     return record, path, False

@@ -101,11 +101,19 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
     options = options or EncodeOptions()
     todo = shard_of(sweep.pairs(), shard)
     outcomes = []
+    # One pool of lazily loaded encoders for the whole grid: each loads at most once (none
+    # when its embeddings are cached) and is dropped as soon as no later pair needs it.
+    pool: dict = {}
+    last_use: dict = {}
+    for i, config in enumerate(todo):
+        for key in (("vision", config.vision, config.vision_pooling, config.vision_layer),
+                    ("text", config.text, config.text_pooling)):
+            last_use[key] = i
     bar = tqdm(todo, disable=options.quiet, desc=f"sweep (shard {shard[0]}/{shard[1]})", unit="pair")
-    for config in bar:
+    for index, config in enumerate(bar):
         bar.set_postfix_str(f"{config.vision} x {config.text} seed {config.seed}")
         try:
-            _, path, reused = run_pair(config, out_dir=out_dir, options=options, force=force)
+            _, path, reused = run_pair(config, out_dir=out_dir, options=options, force=force, encoders=pool)
             outcomes.append(PairOutcome(config, "skipped" if reused else "done", path))
         except (AlignprobeError, RuntimeError, ValueError, OSError, MemoryError) as err:
             # One bad pair must not cost the rest of the grid: record it and go on.
@@ -119,5 +127,9 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
                 "traceback": traceback.format_exc(limit=20), "finished": now_iso(),
             })
             outcomes.append(PairOutcome(config, "failed", path, f"{type(err).__name__}: {err}"))
+        finally:
+            done = index
+            for key in [k for k, last in last_use.items() if last == done and k in pool]:
+                pool.pop(key).release()
     bar.close()
     return outcomes

@@ -1,6 +1,7 @@
 """`alignprobe train`: SAIL training of one encoder pair end to end, or of a sweep's best pairs.
 
-registry -> encode (cached; the training pairs stay memory-mapped) -> `SailTrainer`
+registry -> encode (cached; the training pairs stay memory-mapped) -> the training
+engine (`Trainer`, the same one `alignprobe run` probes with)
 -> checkpoint directory (``aligned.json``) -> optionally a ``"kind": "sail"``
 result record beside the probe records, so one report shows probe and SAIL
 scores of each pair side by side.
@@ -27,9 +28,12 @@ log = logging.getLogger("alignprobe.train")
 class SailRunConfig:
     """Everything that determines a SAIL training run's result (its hash names the record).
 
-    ``preset`` is ``"sail"`` or ``"probe"``; ``train`` holds `SailConfig`
-    overrides (flags the user set). Below 100k pairs the preset's small-data
-    variant is used (`SailConfig.auto`), unless ``train`` sets lr/batch_size.
+    ``preset``: None trains the ``"sail"`` recipe, adapted below 100k pairs
+    (each change printed and recorded); ``"sail"`` / ``"sail-probe"`` force
+    that reference recipe at any size. ``train`` holds `TrainConfig` fields
+    the user set (they override single values and are listed as changes).
+    ``selection``: a data spec scored for ``select_by`` a metric (never one of
+    the reported sets).
     """
 
     vision: str
@@ -40,18 +44,26 @@ class SailRunConfig:
     seed: int = 0
     vision_pooling: str | None = None
     text_pooling: str | None = None
-    preset: str = "sail"
+    vision_layer: int | None = None
+    preset: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
+    selection: str | None = None
 
     def __post_init__(self):
-        from alignprobe.probe.training.engine import PRESETS, SailConfig
+        from alignprobe.probe.training.config import PRESETS, TrainConfig
 
-        if self.preset not in PRESETS:
-            raise ValidationError(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        known = {f for f in SailConfig.__dataclass_fields__}
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValidationError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        known = set(TrainConfig.__dataclass_fields__)
         unknown = sorted(set(self.train) - known)
         if unknown:
             raise ValidationError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        TrainConfig.preset(self.preset or "sail", **self.train)  # one validation step, before any work
+        if self.train.get("select_by", "val_loss") != "val_loss" and not self.selection:
+            raise ValidationError(
+                f"--select-by {self.train['select_by']} picks the epoch by a downstream score: give it a "
+                f"selection set of its own with --selection SPEC (selecting on a reported test set would "
+                f"inflate its score)")
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -75,7 +87,8 @@ class SailRunConfig:
         return RunConfig(vision=self.vision, text=self.text, pairs=self.pairs,
                          labelled=self.labelled or "shapes:test", retrieval=self.retrieval or "shapes:test",
                          metrics=("zero_shot", "retrieval"), seed=self.seed,
-                         vision_pooling=self.vision_pooling, text_pooling=self.text_pooling)
+                         vision_pooling=self.vision_pooling, text_pooling=self.text_pooling,
+                         vision_layer=self.vision_layer)
 
 
 @dataclass
@@ -125,26 +138,45 @@ def _encode_pairs(pipeline, spec: str, options: EncodeOptions, ctx: D.DistContex
     return out["images"], out["captions"], np.asarray(caption_image, dtype=np.int64)
 
 
+def _zero_shot_set(pipeline, role: str, spec: str):
+    from alignprobe.probe.training.evaluation import ZeroShotData
+
+    enc = pipeline._encode_set(role, spec, True, False, True)
+    if enc.dataset.labels is None:
+        raise DataError(f"--{role} {spec!r} has no labels")
+    valid = enc.image_valid
+    return ZeroShotData(enc.image_array(), np.asarray(enc.dataset.labels)[valid], enc.prompts,
+                        len(enc.dataset.class_names), enc.dataset.name)
+
+
+def _retrieval_set(pipeline, role: str, spec: str):
+    from alignprobe.probe.training.evaluation import RetrievalData
+
+    enc = pipeline._encode_set(role, spec, True, True, False)
+    valid = np.flatnonzero(enc.image_valid)
+    keep = np.isin(enc.caption_image, valid)
+    remap = -np.ones(len(enc.image_valid), dtype=np.int64)
+    remap[valid] = np.arange(len(valid))
+    return RetrievalData(enc.images.rows(valid), enc.captions.rows(np.flatnonzero(keep)),
+                         remap[enc.caption_image[keep]], enc.dataset.name)
+
+
 def _eval_sets(pipeline, config: SailRunConfig):
     """Zero-shot and retrieval sets as in-memory embeddings (small by nature)."""
-    from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData
+    zero_shot = _zero_shot_set(pipeline, "labelled", config.labelled) if config.labelled else None
+    retrieval = _retrieval_set(pipeline, "retrieval", config.retrieval) if config.retrieval else None
+    return zero_shot, retrieval
 
-    zero_shot = retrieval = None
-    if config.labelled:
-        enc = pipeline._encode_set("labelled", config.labelled, True, False, True)
-        if enc.dataset.labels is None:
-            raise DataError(f"--labelled {config.labelled!r} has no labels")
-        valid = enc.image_valid
-        zero_shot = ZeroShotData(enc.images[valid], np.asarray(enc.dataset.labels)[valid], enc.prompts,
-                                 len(enc.dataset.class_names), enc.dataset.name)
-    if config.retrieval:
-        enc = pipeline._encode_set("retrieval", config.retrieval, True, True, False)
-        valid = np.flatnonzero(enc.image_valid)
-        keep = np.isin(enc.caption_image, valid)
-        remap = -np.ones(len(enc.image_valid), dtype=np.int64)
-        remap[valid] = np.arange(len(valid))
-        retrieval = RetrievalData(enc.images[valid], enc.captions[keep], remap[enc.caption_image[keep]],
-                                  enc.dataset.name)
+
+def _selection_sets(pipeline, spec: str | None):
+    """A selection set for ``select_by`` a metric: zero-shot if it is labelled, retrieval if captioned."""
+    if not spec:
+        return None
+    dataset = pipeline._dataset(spec)
+    zero_shot = _zero_shot_set(pipeline, "selection", spec) if dataset.class_names else None
+    retrieval = _retrieval_set(pipeline, "selection", spec) if dataset.has_captions else None
+    if zero_shot is None and retrieval is None:
+        raise DataError(f"--selection {spec!r} has neither class names nor captions to score")
     return zero_shot, retrieval
 
 
@@ -178,7 +210,8 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     from alignprobe.reports.records import now_iso, read_record, record_path, write_record
 
     from alignprobe.probe.pipelines.run import RunPipeline, record_fields
-    from alignprobe.probe.training.engine import SMALL_DATA_PAIRS, SailConfig, SailTrainer, small_data_note
+    from alignprobe.probe.training.config import describe_changes, resolve_recipe
+    from alignprobe.probe.training.engine import Trainer
 
     options = options or EncodeOptions()
     run_dir = Path(run_dir)
@@ -187,48 +220,60 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     if results_dir is not None:
         path = record_path(results_dir, config.vision, config.text, config.config_hash(), kind="sail")
         if path.exists() and not (force or resume):
-            record = read_record(path)
+            try:
+                record = read_record(path)
+            except (OSError, ValueError):
+                record = {}
             if record.get("status") == "ok":
-                return SailRunResult(record, Path(record.get("checkpoint", run_dir)).parent, path, True, [])
+                kept = Path(record.get("run_dir") or Path(record.get("checkpoint", run_dir)).parent)
+                return SailRunResult(record, kept, path, True, [])
 
     started, t0 = now_iso(), time.perf_counter()
     pipeline = RunPipeline(config.run_config(), options)
     pipeline.check()
     images, captions, caption_image = _encode_pairs(pipeline, config.pairs, options, ctx)
-    zero_shot = retrieval = None
+    zero_shot = retrieval = selection = None
     if ctx.is_main:
         zero_shot, retrieval = _eval_sets(pipeline, config)
+        selection = _selection_sets(pipeline, config.selection)
     D.barrier(ctx)
 
     usable = int((images.valid & (np.bincount(caption_image, minlength=len(images)) > 0)).sum())
-    overrides = dict(config.train)
-    overrides.setdefault("seed", config.seed)
+    explicit = dict(config.train)
+    explicit.setdefault("seed", config.seed)
     if options.device != "auto":
-        overrides.setdefault("device", options.device)
-    sail_config = SailConfig.auto(usable, config.preset, **overrides)
-    note = small_data_note(usable, sail_config, config.train) if usable < SMALL_DATA_PAIRS else None
-    notes = [note] if note else []
+        explicit.setdefault("device", options.device)
+    preset = config.preset or "sail"
+    train_config, changes = resolve_recipe(preset, usable, explicit, exact=config.preset is not None)
+    notes = describe_changes(changes, preset)
     metadata = {
         "vision": encoder_entry(pipeline.encoder("vision"), pipeline.vision_spec),
         "text": encoder_entry(pipeline.encoder("text"), pipeline.text_spec),
         "run_config": config.as_dict(),
+        "recipe_changes": changes,
         "data": pipeline.data_info,
     }
     metadata["vision"]["requested"], metadata["text"]["requested"] = config.vision, config.text
-    trainer = SailTrainer(sail_config, run_dir, quiet=options.quiet, dist=ctx, metadata=metadata,
-                          overwrite=overwrite or force, notes=notes)
+    trainer = Trainer(train_config, run_dir, quiet=options.quiet, dist=ctx, metadata=metadata,
+                      overwrite=overwrite or force, notes=notes)
     t_train = time.perf_counter()
-    trainer.fit(images, captions, caption_image, zero_shot=zero_shot, retrieval=retrieval, resume=resume)
+    trainer.fit(images, captions, caption_image, zero_shot=zero_shot, retrieval=retrieval, selection=selection,
+                resume=resume)
     pipeline.timings["train"] = time.perf_counter() - t_train
     pipeline.timings["total"] = time.perf_counter() - t0
     notes = trainer.summary()
+    # the engine's bookkeeping (train_epochs, ...) is named after the run kind in the records
+    metrics = {(f"sail_{k[len('train_'):]}" if k.startswith("train_") else k): v for k, v in trainer.metrics_.items()}
     record = record_fields("sail", config, pipeline, options, started)
     record.update({
-        "sail_config": sail_config.to_dict(),
-        "metrics": dict(trainer.metrics_),
+        "train_config": train_config.to_dict(),
+        "metrics": metrics,
+        "details": {"preset": preset, "preset_forced": config.preset is not None, "recipe_changes": changes,
+                    "train_captions": int(trainer.train_captions_), "train_images": int(len(trainer.train_index_))},
         "best_epoch": trainer.best_epoch_,
         "notes": notes,
         "world_size": ctx.world_size,
+        "run_dir": str(run_dir),
         "checkpoint": str(trainer.checkpoint_) if trainer.checkpoint_ else str(run_dir / "aligned.json"),
         **(extra_record or {}),
     })
@@ -278,7 +323,7 @@ def pick_top_pairs(results_dir: str | Path, top_k: int, by: str) -> list[dict]:
 
 
 def train_from_sweep(results_dir: str | Path, top_k: int, by: str, *, out_root: str | Path | None = None,
-                     preset: str = "sail", train: dict | None = None, data: dict | None = None,
+                     preset: str | None = None, train: dict | None = None, data: dict | None = None,
                      options: EncodeOptions | None = None, resume: bool = False, force: bool = False
                      ) -> list[SailRunResult]:
     """Train SAIL heads for the ``top_k`` best pairs of a sweep (by ``by``) and add
@@ -310,7 +355,8 @@ def train_from_sweep(results_dir: str | Path, top_k: int, by: str, *, out_root: 
 
 
 def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrieval: str | None = None,
-                        options: EncodeOptions | None = None, which: str = "best") -> dict[str, Any]:
+                        options: EncodeOptions | None = None, which: str = "best",
+                        allow_unfinished: bool = False) -> dict[str, Any]:
     """Zero-shot and retrieval metrics of a trained model on labelled / captioned data.
 
     ``labelled`` / ``retrieval``: data specs; None uses the run's own
@@ -327,6 +373,16 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
 
     options = options or EncodeOptions()
     aligned = load_aligned(path, device=options.device, encoder_dtype=options.dtype, which=which)
+    info = aligned.info
+    unfinished = None
+    if not info.get("finished", True):
+        epoch = (info.get("best") or {}).get("epoch") if which == "best" else info.get("epochs_run")
+        total = (info.get("train_config") or {}).get("epochs")
+        unfinished = (f"{aligned.path} is an unfinished training run ({info.get('epochs_run')} of {total} epochs "
+                      f"done): the weights evaluated are those of epoch {epoch} ({which})")
+        if not allow_unfinished:
+            raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --out {aligned.path}` "
+                                  f"(same flags), or pass --allow-unfinished to evaluate it as it is")
     run_config = (aligned.info.get("metadata") or {}).get("run_config") or {}
     labelled = run_config.get("labelled", "shapes:test") if labelled is None else labelled
     retrieval = run_config.get("retrieval", "shapes:test") if retrieval is None else retrieval
@@ -338,10 +394,10 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
                            options)
     for modality in ("vision", "text"):
         encoder = aligned.encoder(modality)
-        pipeline._encoders[modality] = encoder
+        pipeline._encoders[pipeline.encoder_key(modality)] = encoder
         pipeline.encoder_info[modality] = encoder.manifest()
     zero_shot, retrieval_data = _eval_sets(pipeline, SimpleNamespace(labelled=labelled, retrieval=retrieval))
     metrics = evaluate(lambda x: aligned.transform_image(x).numpy(), lambda x: aligned.transform_text(x).numpy(),
                        zero_shot, retrieval_data)
     return {"metrics": metrics, "labelled": labelled or None, "retrieval": retrieval or None,
-            "model": str(aligned.path), "data": pipeline.data_info}
+            "model": str(aligned.path), "data": pipeline.data_info, "unfinished": unfinished}

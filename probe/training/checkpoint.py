@@ -35,6 +35,7 @@ from alignprobe.io import apply_umask, write_json_atomic
 
 MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "rng.pt", "state.json"
 ALIGNED_FILE = "aligned.json"
+BEST_FILE = "best.safetensors"
 POINTERS = ("latest", "best")
 
 
@@ -92,8 +93,12 @@ class CheckpointStore:
 
     # ---- save
     def save(self, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict, rng: dict,
-             state: dict, pointers: tuple[str, ...] = ("latest",)) -> Path:
-        """Write step ``step`` and point ``pointers`` at it; returns the step directory."""
+             state: dict, pointers: tuple[str, ...] = ("latest",),
+             best_state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write step ``step`` and point ``pointers`` at it; returns the step directory.
+
+        ``best_state``: the weights kept so far (best epoch), written beside the
+        step's own as ``best.safetensors`` -- so one directory resumes a run."""
         from safetensors.torch import save_file
 
         name = f"step-{step:09d}"
@@ -104,6 +109,9 @@ class CheckpointStore:
         try:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()},
                       str(tmp / MODEL_FILE), metadata={"step": str(step), "format": "alignprobe.sail/1"})
+            if best_state is not None:
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in best_state.items()},
+                          str(tmp / BEST_FILE), metadata={"step": str(step)})
             torch.save(optimizer_state, tmp / OPTIM_FILE)
             torch.save(rng, tmp / RNG_FILE)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True, default=_json_default))

@@ -127,6 +127,32 @@ def gather_with_grad(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
+def row_counts(n: int, ctx: DistContext) -> list[int]:
+    """Every rank's ``n`` (e.g. its number of captions in a step), in rank order."""
+    if not ctx.enabled:
+        return [int(n)]
+    t = torch.zeros(ctx.world_size, dtype=torch.long, device=_collective_device(ctx))
+    t[ctx.rank] = int(n)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [int(v) for v in t.tolist()]
+
+
+def gather_varlen_with_grad(x: torch.Tensor, counts: Sequence[int], ctx: DistContext) -> torch.Tensor:
+    """Like `gather_with_grad` for ranks with different row counts (``counts``, from `row_counts`).
+
+    Collectives need equal shapes, so each rank pads to the largest count, the
+    padded tensors are gathered, and the padding is sliced away again (slicing
+    routes each rank's gradient back to its real rows only).
+    """
+    if not ctx.enabled:
+        return x
+    longest = max(counts)
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])
+    gathered = _GatherWithGrad.apply(x)
+    return torch.cat([gathered[r * longest : r * longest + c] for r, c in enumerate(counts)])
+
+
 def all_reduce_sum_(tensors: Sequence[torch.Tensor], ctx: DistContext) -> None:
     """Sum each tensor over ranks, in place (one flat buffer, one collective)."""
     tensors = [t for t in tensors if t is not None]

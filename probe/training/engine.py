@@ -1,35 +1,26 @@
-"""Full SAIL training of alignment heads on frozen-encoder embeddings (Zhang et al., CVPR 2025).
+"""The alignment-training engine: the probe and full SAIL training are one program.
 
-`SailConfig` holds the recipe (`SailConfig.sail()`: star heads w = 8 into
-1024-d, Lion, lr 1e-5, wd 1e-4, batch 32,768, 100 epochs; `SailConfig.probe()`:
-the linear probe recipe run through this trainer), `SailTrainer` runs it:
+As in the reference (lezhang7/SAIL ``main.py``, switched by ``--linear-type``),
+the alignment probe (linear heads, `TrainConfig.preset("sail-probe")`) and SAIL
+training (star heads, ``preset("sail")``) run through this one `Trainer`:
 
-    trainer = SailTrainer(SailConfig.auto(n_pairs), out_dir="runs/dinov2-l__gte")
+    trainer = Trainer(TrainConfig.preset("sail"), out_dir="runs/dinov2-l__gte")
     trainer.fit(image_cache, caption_cache, caption_image, zero_shot=zs, retrieval=ret)
 
-What it adds to `AlignmentProbe`:
-
 * batches stream from the memory-mapped embedding cache (`PairStream`),
-  shuffled each epoch, with several captions per image (multi-positive loss);
-* large batches at small-batch memory: with ``micro_batch`` set, a step embeds
-  the batch without a graph, takes the loss gradient w.r.t. the embeddings
-  (exact, chunked loss), then backpropagates the heads micro-batch by
-  micro-batch (GradCache, Gao et al. 2021) -- the gradient of the full-batch
-  loss with the activations of one micro-batch;
-* many processes (`torchrun`): the loss of each rank sees every rank's texts
-  (`distributed.gather_with_grad`), so the effective batch is the global one;
-  gradients are summed over ranks; only rank 0 writes;
-* periodic zero-shot / retrieval evaluation, best-epoch selection on a
-  held-out split, atomic checkpoints (best and latest) and bit-for-bit
-  ``resume``; per-step CSV/JSONL/TensorBoard logs.
+  shuffled each epoch; every caption of an image is a positive (ragged counts);
+* large batches at small-batch memory (two-pass GradCache steps, `step.py`);
+* many processes (`torchrun`): each rank's loss sees every rank's texts, so the
+  effective batch is the global one; only rank 0 writes;
+* periodic zero-shot / retrieval evaluation, optional selection on a held-out
+  split or on a selection set, atomic checkpoints (best and latest) and
+  bit-for-bit ``resume``; per-step CSV/JSONL logs and TensorBoard / W&B.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,361 +33,26 @@ from alignprobe.errors import AlignprobeError, DataError, NotFittedError, Valida
 from alignprobe.io import write_json_atomic
 
 from alignprobe.probe.training import distributed as D
-from alignprobe.probe.training.distributed import gather_with_grad
-from alignprobe.probe.training.checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore, rng_state, set_rng_state
-from alignprobe.probe.training.config_fields import ConfigDictMixin, is_int as _is_int, require
+from alignprobe.probe.training.checkpoint import (ALIGNED_FILE, BEST_FILE, MODEL_FILE, CheckpointStore, rng_state,
+                                                  set_rng_state)
+from alignprobe.probe.training.config import LOWER_IS_BETTER, RUNTIME_FIELDS, TrainConfig
+from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate, project
 from alignprobe.probe.training.heads import AlignmentModel
-from alignprobe.probe.training.losses import pairwise_infonce_loss, pairwise_sigmoid_loss
-from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, autocast, evaluate, project
-from alignprobe.probe.training.schedules import lr_at, warmup_steps_for
-from alignprobe.probe.training.streaming import SAMPLINGS, CaptionIndex, ConcatStore, PairStream, as_store
+from alignprobe.probe.training.schedules import lr_at
+from alignprobe.probe.training.step import embed, global_loss, make_optimizer, resolve_micro_batch, train_step
+from alignprobe.probe.training.streaming import CaptionIndex, ConcatStore, PairStream, as_store
 from alignprobe.probe.training.train_log import TrainLog
-from alignprobe.probe.training.probe import ProbeConfig
 
 log = logging.getLogger("alignprobe.train")
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-PRESETS = ("sail", "probe")
-LOWER_IS_BETTER = {"val_loss"}
-SMALL_DATA_PAIRS = 100_000
-ALIGNED_FORMAT = "alignprobe.sail/1"
-# Settings that change where or how fast a run goes, not what it computes:
-# a resumed run may change them (micro_batch changes the gradients only by
-# float rounding: resuming with another one is no longer bit-for-bit).
-RUNTIME_FIELDS = ("device", "prefetch", "eval_batch_size", "log_every", "checkpoint_every", "tensorboard",
-                  "micro_batch")
+#: Format of ``aligned.json`` and of the checkpoints' state.
+ALIGNED_FORMAT = "alignprobe.sail/2"
 
 
-@dataclass(frozen=True)
-class SailConfig(ConfigDictMixin):
-    """Hyperparameters of SAIL training. Defaults are the SAIL recipe.
+def warmup_steps(fraction: float, total_steps: int) -> int:
+    """``ceil(fraction * total_steps)``, as the reference's ``main.py`` sets ``args.warmup``."""
+    return min(total_steps, math.ceil(fraction * total_steps))
 
-    Heads, loss and optimiser fields mean what they mean in `ProbeConfig`
-    (and are validated by it). SAIL adds:
-
-    * ``positives`` -- captions per image per step (each an ``N x N`` block of
-      the multi-positive sigmoid loss); None: 2 when every image has at least
-      two captions (SAIL's raw + extra caption), else 1.
-    * ``caption_sampling`` -- ``random``: each epoch, each image's captions
-      are drawn at random among all it has; ``fixed``: always its first ones.
-    * ``micro_batch`` -- rows per micro-batch of the two-pass (GradCache)
-      step, used when a rank's batch is larger; None: one pass (the whole
-      batch's activations in memory at once); ``auto`` (default): one pass
-      when its activations fit in half the free memory of the device, else
-      the largest power-of-two micro-batch that does (`resolve_micro_batch`).
-      One pass is ~1.3x faster (the two-pass step runs the forward twice).
-    * ``val_max_images`` -- cap on the held-out split (``val_fraction`` of
-      23M pairs would be 2.3M images to score each epoch).
-    * ``select_by`` -- ``val_loss`` (held-out sigmoid loss, lower is better)
-      or an evaluation metric (``zero_shot_top1``, ``i2t_r1``, ...; higher is
-      better): the epoch that is best by it is the one kept.
-    * ``eval_every`` -- run zero-shot / retrieval evaluation every this many
-      epochs (0: only at the end).
-    * ``checkpoint_every`` -- also checkpoint every this many steps (None:
-      at epoch ends only).
-    * ``log_every`` -- write a step row every this many steps.
-    * ``precision`` -- ``fp32``, ``bf16`` or ``fp16`` autocast of the heads
-      (``fp16`` with loss scaling, CUDA only); the loss always runs in fp32.
-    * ``prefetch`` -- gather the next batch in a background thread.
-    * ``tensorboard`` -- also log to TensorBoard when it is installed.
-    """
-
-    out_dim: int = 1024
-    image_head: str = "star"
-    text_head: str = "star"
-    width: int = 8
-    logit_scale_init: float = math.log(20.0)
-    logit_bias_init: float = -10.0
-    loss: str = "sigmoid"
-    normalization: str = "n2"
-    chunk_size: int | None = 4096
-    positives: int | None = None
-    caption_sampling: str = "random"
-    optimizer: str = "lion"
-    lr: float = 1e-5
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-8
-    decay_norm_bias_logit: bool = False
-    batch_size: int = 32768
-    micro_batch: int | str | None = "auto"
-    epochs: int = 100
-    warmup: int | float = 0.05
-    schedule: str = "cosine"
-    min_lr: float = 0.0
-    grad_clip: float | None = None
-    val_fraction: float = 0.1
-    val_max_images: int | None = 100_000
-    patience: int | None = None
-    min_delta: float = 0.0
-    select_by: str = "val_loss"
-    eval_every: int = 1
-    checkpoint_every: int | None = 1000
-    log_every: int = 1
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    eval_batch_size: int = 8192
-    prefetch: bool = True
-    tensorboard: bool = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        shared = {f.name for f in dataclasses.fields(ProbeConfig)} & {f.name for f in dataclasses.fields(self)}
-        values = {name: getattr(self, name) for name in shared}
-        if self.precision not in PRECISIONS:
-            raise ValidationError(f"SailConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        values["precision"] = "fp32"  # fp16 is SAIL-only; the rest is validated by ProbeConfig
-        try:
-            ProbeConfig(**values)
-        except ValidationError as err:
-            raise ValidationError(str(err).replace("ProbeConfig.", "SailConfig.")) from None
-        _check("positives", self.positives, lambda v: v is None or (_is_int(v) and v > 0), "None or a positive int")
-        _check("micro_batch", self.micro_batch, lambda v: v is None or v == "auto" or (_is_int(v) and v > 0),
-               "'auto', None or a positive int")
-        _check("val_max_images", self.val_max_images, lambda v: v is None or (_is_int(v) and v > 0), "None or a positive int")
-        _check("checkpoint_every", self.checkpoint_every, lambda v: v is None or (_is_int(v) and v > 0), "None or a positive int")
-        _check("eval_every", self.eval_every, lambda v: _is_int(v) and v >= 0, "an int >= 0")
-        _check("log_every", self.log_every, lambda v: _is_int(v) and v > 0, "a positive int")
-        _check("caption_sampling", self.caption_sampling, lambda v: v in SAMPLINGS, f"one of {SAMPLINGS}")
-        _check("select_by", self.select_by, lambda v: isinstance(v, str) and v, "'val_loss' or a metric name")
-        _check("prefetch", self.prefetch, lambda v: isinstance(v, bool), "True or False")
-        _check("tensorboard", self.tensorboard, lambda v: isinstance(v, bool), "True or False")
-
-    # ---- presets
-    @classmethod
-    def sail(cls, **overrides) -> "SailConfig":
-        """The SAIL training recipe (the defaults): star heads (w = 8) into 1024-d,
-        multi-positive sigmoid loss, Lion, lr 1e-5, wd 1e-4, batch 32,768, 100 epochs."""
-        return cls(**overrides)
-
-    @classmethod
-    def probe(cls, **overrides) -> "SailConfig":
-        """The alignment-probe recipe through this trainer: linear heads into
-        2048-d, AdamW (0.9, 0.99), lr 1e-5, wd 1e-7, batch 32,768, 100 epochs."""
-        values = dict(out_dim=2048, image_head="linear", text_head="linear", optimizer="adamw",
-                      lr=1e-5, weight_decay=1e-7)
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "SailConfig":
-        if name not in PRESETS:
-            raise ValidationError(f"preset must be one of {PRESETS}, got {name!r}")
-        return getattr(cls, name)(**overrides)
-
-    @staticmethod
-    def small_data_changes(n_pairs: int) -> dict[str, Any]:
-        """What `small_data` changes for ``n_pairs`` pairs (see its docstring)."""
-        return dict(batch_size=max(2, min(1024, int(n_pairs))), lr=1e-3, epochs=200, patience=20,
-                    checkpoint_every=None)
-
-    @classmethod
-    def small_data(cls, n_pairs: int, preset: str = "sail", **overrides) -> "SailConfig":
-        """A preset adjusted for small pair sets (< 100k pairs, e.g. the built-in
-        sets): batch ``min(n, 1024)``, lr 1e-3, 200 epochs with early stopping
-        (patience 20). With the recipe's lr 1e-5 and batch 32,768 a few thousand
-        pairs make one step an epoch and the heads barely move. Measured on
-        planted-structure data (benchmarks/README.md, "probe_small_data.py" for
-        AdamW and linear heads, "train_step.py --small-data-lr" for Lion and
-        star heads): lr 1e-3 reached the lowest held-out loss with both. Heads
-        and loss stay those of the preset."""
-        values = cls.small_data_changes(n_pairs)
-        values.update(overrides)
-        return cls.preset(preset, **values)
-
-    @classmethod
-    def auto(cls, n_pairs: int, preset: str = "sail", **overrides) -> "SailConfig":
-        """`small_data` below 100k pairs, the preset as it is above."""
-        if n_pairs < SMALL_DATA_PAIRS:
-            return cls.small_data(n_pairs, preset, **overrides)
-        return cls.preset(preset, **overrides)
-
-
-def _check(name: str, value, ok, what: str) -> None:
-    require("SailConfig", name, value, ok, what)
-
-
-def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, positive_index: torch.Tensor,
-                logit_scale: torch.Tensor, logit_bias: torch.Tensor, *, n_global: int, loss: str = "sigmoid",
-                normalization: str = "n2", chunk_size: int | None = None, positives: int = 1,
-                ctx: D.DistContext = D.SINGLE) -> torch.Tensor:
-    """This rank's part of the loss of the global batch; the ranks' parts add up to it.
-
-    Args:
-        image_features: ``(n, d)`` this rank's raw image-head outputs.
-        text_features: ``(positives * n, d)``: ``positives`` blocks of ``n``
-            captions, row ``j`` of each block captioning image ``j``.
-        positive_index: ``(positives * n,)`` the image row of each text.
-        logit_scale: ``exp(t)``; logit_bias: ``b``.
-        n_global: images in the global batch (``n * world_size``).
-        loss, normalization, chunk_size: as in `SailConfig`.
-        ctx: the process's `DistContext`; single-process by default.
-
-    Sigmoid: this rank's images are scored against the texts of *every* rank
-    (gathered with gradient), positives only on its own block, and the sum is
-    divided by the global count, so summing the ranks' losses -- and their
-    gradients -- gives the single-process loss of the global batch. InfoNCE
-    needs softmaxes over all images and all texts, so every rank gathers both,
-    computes the whole loss and divides it by the world size.
-    """
-    if loss == "sigmoid":
-        if not ctx.enabled:
-            return pairwise_sigmoid_loss(image_features, text_features, positive_index, logit_scale, logit_bias,
-                                         normalization, chunk_size)
-        texts = gather_with_grad(text_features, ctx)
-        m_local = text_features.shape[0]
-        index = torch.full((texts.shape[0],), -1, dtype=torch.long, device=image_features.device)
-        index[ctx.rank * m_local : (ctx.rank + 1) * m_local] = positive_index
-        divisor = texts.shape[0] * n_global if normalization == "n2" else n_global
-        return pairwise_sigmoid_loss(image_features, texts, index, logit_scale, logit_bias,
-                                     chunk_size=chunk_size, divisor=float(divisor))
-    world, n_local = ctx.world_size, image_features.shape[0]
-    images = gather_with_grad(image_features, ctx)
-    texts = gather_with_grad(text_features, ctx).reshape(world, positives, n_local, -1)
-    texts = texts.transpose(0, 1).reshape(positives, world * n_local, -1)
-    target = torch.arange(world * n_local, device=image_features.device)
-    losses = [pairwise_infonce_loss(images, block, target, logit_scale, chunk_size) for block in texts]
-    return torch.stack(losses).mean() / world
-
-
-def make_optimizer(model: torch.nn.Module, config: SailConfig) -> torch.optim.Optimizer:
-    """AdamW or Lion over the model's parameters; weight decay only on weight
-    matrices unless ``config.decay_norm_bias_logit``."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if config.decay_norm_bias_logit:
-        groups = [{"params": [p for _, p in named], "weight_decay": config.weight_decay}]
-    else:
-        # pulling LayerNorm gains, biases or the logit scale/bias towards 0 is
-        # not a prior anyone wants for them
-        groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": config.weight_decay},
-                  {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
-    if config.optimizer == "lion":
-        from lion_pytorch import Lion
-
-        return Lion(groups, lr=config.lr, betas=config.betas)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Memory free for new tensors on ``device``: CUDA's free memory, or the
-    kernel's MemAvailable on a Linux CPU; None where it cannot be told."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return None
-
-
-def activation_bytes_per_row(head: torch.nn.Module, precision: str = "fp32") -> int:
-    """Estimated training-time memory of one input row through ``head``.
-
-    Autograd keeps each Linear's output and, for the star head's ReLU6(x1) * x2,
-    as much again for the elementwise intermediates and their gradients; the
-    input side adds a LayerNorm output. So: 2 x (sum of Linear widths + input
-    width) values per row. Checked against a measured 7.13 GiB for the
-    one-pass step at batch 16,384 with SAIL's star heads (estimate: 6.6 GiB).
-    """
-    linear = sum(m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear))
-    inputs = next((m.normalized_shape[0] for m in head.modules() if isinstance(m, torch.nn.LayerNorm)), 0)
-    itemsize = 4 if precision == "fp32" else 2
-    return 2 * (linear + inputs) * itemsize
-
-
-def resolve_micro_batch(model: AlignmentModel, n_images: int, n_texts: int, device: torch.device,
-                        precision: str = "fp32", *, free_bytes: int | None = None, floor: int = 512) -> int | None:
-    """``micro_batch='auto'``: None (one pass) when the step's activations fit in
-    half of the free memory, else the largest power of two >= ``floor`` that fits.
-    ``free_bytes`` overrides the measured free memory (tests)."""
-    free = free_memory_bytes(device) if free_bytes is None else free_bytes
-    per_image = activation_bytes_per_row(model.image_head, precision)
-    per_text = activation_bytes_per_row(model.text_head, precision)
-    if free is None:
-        return 4096 if max(n_images, n_texts) > 4096 else None  # cannot tell: the bounded choice
-    budget = free // 2
-    if n_images * per_image + n_texts * per_text <= budget:
-        return None
-    # The second pass backpropagates one micro-batch of one side at a time.
-    mb = floor
-    while mb * 2 < max(n_images, n_texts) and mb * 2 * max(per_image, per_text) <= budget:
-        mb *= 2
-    return mb
-
-
-def embed(head: torch.nn.Module, x: torch.Tensor, micro_batch: int | None, device: torch.device,
-          precision: str = "fp32") -> torch.Tensor:
-    """Head outputs computed micro-batch by micro-batch (the same split in both
-    passes of a two-pass step, so both passes see identical outputs)."""
-    mb = micro_batch or len(x)
-    with autocast(device, precision):
-        return torch.cat([head(x[s : s + mb]) for s in range(0, len(x), mb)])
-
-
-def sail_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, texts: torch.Tensor,
-              positive_index: torch.Tensor, n_global: int, config: SailConfig, *, positives: int = 1,
-              ctx: D.DistContext = D.SINGLE, scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
-    """One optimizer step on this rank's share of a global batch; returns (global loss, grad norm).
-
-    With ``config.micro_batch`` smaller than the share, the step runs in two
-    passes (GradCache, Gao et al. 2021): the heads embed the batch without a
-    graph, the exact (chunked) loss gives the gradient w.r.t. the embeddings,
-    then each micro-batch is embedded again with a graph and backpropagated
-    with its slice of that gradient. The parameter gradient is that of the
-    full-batch loss; the activations alive at once are those of one micro-batch.
-    """
-    device = images.device
-    optimizer.zero_grad(set_to_none=True)
-
-    def loss_of(zi, zt):
-        return global_loss(zi, zt, positive_index, model.logit_scale.exp(), model.logit_bias, n_global=n_global,
-                           loss=config.loss, normalization=config.normalization, chunk_size=config.chunk_size,
-                           positives=positives, ctx=ctx)
-
-    def backward(loss):
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-
-    mb = config.micro_batch
-    if mb == "auto":
-        mb = resolve_micro_batch(model, len(images), len(texts), device, config.precision)
-    if mb is not None and max(len(images), len(texts)) > mb:
-        with torch.no_grad():
-            zi = embed(model.image_head, images, mb, device, config.precision)
-            zt = embed(model.text_head, texts, mb, device, config.precision)
-        zi.requires_grad_(True)
-        zt.requires_grad_(True)
-        loss = loss_of(zi, zt)
-        backward(loss)
-        for head, x, grad in ((model.image_head, images, zi.grad), (model.text_head, texts, zt.grad)):
-            if not any(p.requires_grad for p in head.parameters()):
-                continue
-            for s in range(0, len(x), mb):
-                with autocast(device, config.precision):
-                    out = head(x[s : s + mb])
-                out.backward(grad[s : s + mb])
-    else:
-        with autocast(device, config.precision):
-            zi, zt = model.image_head(images), model.text_head(texts)
-        loss = loss_of(zi, zt)
-        backward(loss)
-    params = [p for p in model.parameters() if p.requires_grad]
-    D.all_reduce_sum_([p.grad for p in params], ctx)
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    model.clamp_()
-    return D.sum_scalar(loss.item(), ctx), grad_norm
 
 
 def _extra_sources(extra) -> list:
@@ -424,11 +80,12 @@ def _valid_mask(data, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------- trainer
 
 
-class SailTrainer:
+class Trainer:
     """Train alignment heads with the SAIL recipe (see the module docstring).
 
     Args:
-        config: a `SailConfig`; None picks `SailConfig.auto(n_pairs)` at fit time.
+        config: a `TrainConfig` (already resolved: see `resolve_recipe`); None: `TrainConfig()`,
+            the ``"sail-probe"`` recipe.
         out_dir: run directory for checkpoints, logs and ``aligned.json``
             (None: nothing is written, nothing can be resumed).
         quiet: no progress bar.
@@ -438,21 +95,22 @@ class SailTrainer:
             data descriptions; `load_aligned` needs the encoder names.
         overwrite: allow starting afresh in an ``out_dir`` that holds a run.
         notes: lines to report with the run (e.g. why the config was adjusted).
-        **overrides: `SailConfig` fields replacing those of ``config``.
+        **overrides: `TrainConfig` fields replacing those of ``config``.
 
     After `fit`: ``model_`` (the best epoch's weights), ``history_`` (one dict
     per epoch), ``best_epoch_``, ``best_score_``, ``select_by_``,
     ``metrics_`` (evaluation of the kept weights), ``stopped_early_``,
     ``notes_`` (what was adjusted and why), ``train_index_``/``val_index_``
-    (image rows), ``positives_``, ``steps_``, ``checkpoint_`` (path of
+    (image rows), ``positives_``, ``train_captions_`` (captions the loss
+    saw per epoch), ``steps_``, ``checkpoint_`` (path of
     ``aligned.json`` or None).
     """
 
-    def __init__(self, config: SailConfig | None = None, out_dir: str | Path | None = None, *,
+    def __init__(self, config: TrainConfig | None = None, out_dir: str | Path | None = None, *,
                  quiet: bool = False, dist: D.DistContext | None = None, metadata: dict | None = None,
                  overwrite: bool = False, notes: Sequence[str] = (), **overrides):
-        if config is not None and not isinstance(config, SailConfig):
-            raise ValidationError(f"config must be a SailConfig or None, got {type(config).__name__}")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise ValidationError(f"config must be a TrainConfig or None, got {type(config).__name__}")
         if overrides and config is not None:
             config = config.replace(**overrides)
         self.config, self.overrides = config, overrides
@@ -464,8 +122,9 @@ class SailTrainer:
     # ------------------------------------------------------------------ fit
     def fit(self, image_emb, text_emb, caption_image=None, *, extra_text_emb=None, image_valid=None,
             zero_shot: ZeroShotData | None = None, retrieval: RetrievalData | None = None,
-            resume: bool = False, callbacks: Sequence[Callable[["SailTrainer", str, dict], None]] = ()
-            ) -> "SailTrainer":
+            selection: tuple[ZeroShotData | None, RetrievalData | None] | None = None,
+            resume: bool = False, callbacks: Sequence[Callable[["Trainer", str, dict], None]] = ()
+            ) -> "Trainer":
         """Train the heads.
 
         Args:
@@ -479,7 +138,10 @@ class SailTrainer:
                 captions (SAIL's LLM-written captions).
             image_valid: ``(N,)`` bool, False for images that could not be
                 encoded (default: the cache's ``valid`` mask, else all).
-            zero_shot, retrieval: evaluation sets (`ZeroShotData`, `RetrievalData`).
+            zero_shot, retrieval: evaluation sets (`ZeroShotData`, `RetrievalData`),
+                scored every ``eval_every`` epochs and for the kept weights.
+            selection: ``(zero_shot, retrieval)`` sets for ``select_by`` a
+                metric: a selection set of its own, never a reported test set.
             resume: continue from ``out_dir``'s latest checkpoint (a fresh
                 start when there is none).
             callbacks: ``f(trainer, event, info)`` after each ``"step"`` and ``"epoch"``.
@@ -518,18 +180,11 @@ class SailTrainer:
             raise DataError(f"only {len(usable)} images have an embedding and a caption; SAIL training needs at least 4")
 
         notes: list[str] = list(self.extra_notes)
-        config = self.config
-        if config is None:
-            config = SailConfig.auto(len(usable), **self.overrides)
-            note = small_data_note(len(usable), config, self.overrides) if len(usable) < SMALL_DATA_PAIRS else None
-            if note:
-                notes.append(note)
+        config = self.config if self.config is not None else TrainConfig(**self.overrides)
         if config.precision == "fp16" and not torch.cuda.is_available():
             raise ValidationError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32'")
         positives = config.positives
-        if positives is None:
-            positives = 2 if int(index.counts[usable].min()) >= 2 else 1
-        elif int(index.counts[usable].min()) < positives:
+        if positives != "all" and int(index.counts[usable].min()) < positives:
             notes.append(f"some images have fewer than positives={positives} captions; their captions repeat")
         self.config_, self.positives_, self.notes_ = config, positives, notes
         self.device_ = D.rank_device(self.dist_, config.device)
@@ -538,6 +193,7 @@ class SailTrainer:
 
         train_rows, val_rows = self._split(usable, config)
         self.train_index_, self.val_index_ = train_rows, val_rows
+        self.train_captions_ = int(index.counts[train_rows].sum()) if positives == "all" else positives * len(train_rows)
         stream_args = dict(caption_index=index, rank=self.dist_.rank, world_size=self.dist_.world_size,
                            positives=positives, seed=config.seed, prefetch=config.prefetch)
         self._train_stream = PairStream(images, captions, caption_image, train_rows, batch_size=config.batch_size,
@@ -547,8 +203,12 @@ class SailTrainer:
             self._val_stream = PairStream(images, captions, caption_image, val_rows, batch_size=config.batch_size,
                                           sampling="fixed", shuffle=False, stream=1, **stream_args)
         self._zero_shot, self._retrieval = zero_shot, retrieval
-        if config.select_by != "val_loss" and zero_shot is None and retrieval is None:
-            raise ValidationError(f"select_by={config.select_by!r} needs evaluation data (zero_shot / retrieval)")
+        self._selection = tuple(selection) if selection is not None else (None, None)
+        if config.select_by != "val_loss" and not any(s is not None for s in self._selection):
+            raise ValidationError(
+                f"select_by={config.select_by!r} picks the epoch by a downstream score, which needs a selection "
+                f"set of its own (selection=(zero_shot, retrieval); `train --selection SPEC`): selecting on a "
+                f"reported test set would inflate its score")
         if config.select_by == "val_loss" and self._val_stream is None and config.val_fraction > 0:
             notes.append("the held-out split is smaller than the number of ranks; the last epoch is kept")
 
@@ -560,7 +220,8 @@ class SailTrainer:
         self.micro_batch_ = config.micro_batch
         if config.micro_batch == "auto":
             share = -(-config.batch_size // self.dist_.world_size)
-            self.micro_batch_ = resolve_micro_batch(self.model_, share, share * positives, self.device_,
+            per_image = self.train_captions_ / max(1, len(train_rows))
+            self.micro_batch_ = resolve_micro_batch(self.model_, share, math.ceil(share * per_image), self.device_,
                                                     config.precision)
             if self.micro_batch_ is not None:
                 notes.append(f"micro_batch auto: {share:,} images a step do not fit one pass in half the free "
@@ -577,7 +238,7 @@ class SailTrainer:
         return self
 
     @staticmethod
-    def _split(usable: np.ndarray, config: SailConfig) -> tuple[np.ndarray, np.ndarray]:
+    def _split(usable: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
         n_val = int(round(config.val_fraction * len(usable)))
         if config.val_fraction > 0:
             n_val = max(n_val, 1)
@@ -601,7 +262,7 @@ class SailTrainer:
 
     def _train_step(self, batch) -> tuple[float, float]:
         device = self.device_
-        return sail_step(self.model_, self._optimizer, batch.images.to(device, non_blocking=True),
+        return train_step(self.model_, self._optimizer, batch.images.to(device, non_blocking=True),
                          batch.texts.to(device, non_blocking=True),
                          batch.positive_index.to(device, non_blocking=True), batch.global_size,
                          self._step_config,
@@ -622,12 +283,14 @@ class SailTrainer:
         self.model_.train()
         return total / count
 
-    def _evaluate(self) -> dict[str, float]:
-        """Zero-shot / retrieval metrics of the current weights (computed on rank 0, shared)."""
+    def _evaluate(self, sets: tuple | None = None) -> dict[str, float]:
+        """Zero-shot / retrieval metrics of the current weights on ``sets`` (default: the
+        reported evaluation sets); computed on rank 0, shared with every rank."""
+        zero_shot, retrieval = sets if sets is not None else (self._zero_shot, self._retrieval)
         metrics: dict[str, float] = {}
-        if self.dist_.is_main and (self._zero_shot is not None or self._retrieval is not None):
+        if self.dist_.is_main and (zero_shot is not None or retrieval is not None):
             self.model_.eval()
-            metrics = evaluate(self.transform_image, self.transform_text, self._zero_shot, self._retrieval)
+            metrics = evaluate(self.transform_image, self.transform_text, zero_shot, retrieval)
             self.model_.train()
         return D.broadcast_object(metrics, self.dist_)
 
@@ -636,11 +299,12 @@ class SailTrainer:
         config, model, ctx = self.config_, self.model_, self.dist_
         steps_per_epoch = len(self._train_stream)
         total_steps = steps_per_epoch * config.epochs
-        warmup = warmup_steps_for(config.warmup, total_steps)
+        warmup = warmup_steps(config.warmup_fraction, total_steps)
         self.select_by_ = config.select_by
         higher_is_better = config.select_by not in LOWER_IS_BETTER
         state = self._fresh_state()
         best_state = None
+        self._last_save = time.monotonic()
         if resume and self._store is not None and self._store.exists():
             state, best_state = self._restore()
         elif self._store is not None and (self._store.exists() or (self.out_dir / ALIGNED_FILE).exists()):
@@ -658,9 +322,9 @@ class SailTrainer:
             state["initial_val_loss"] = self._val_loss()
         if best_state is None:
             best_state = _cpu_state(model)
-        self._log = TrainLog(self.out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard,
+        self._log = TrainLog(self.out_dir, enabled=ctx.is_main, backend=config.log_to, run_config=config.to_dict(),
                              resume_step=state["step"] if state["step"] > 0 else None)
-        bar = tqdm(total=total_steps, initial=state["step"], desc="SAIL training", unit="step",
+        bar = tqdm(total=total_steps, initial=state["step"], desc="training heads", unit="step",
                    disable=self.quiet or not ctx.is_main, dynamic_ncols=True)
         params_lr = self._optimizer.param_groups
         model.train()
@@ -692,15 +356,17 @@ class SailTrainer:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", samples_s=f"{speed:.0f}", refresh=False)
                     if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
-                        self._save(state, best_state, ("latest",))
+                        self._save(state, best_state, force=True)
                     for cb in callbacks:
                         cb(self, "step", {"step": state["step"], "epoch": epoch, "loss": loss})
                 # ---- epoch end: validation, evaluation, selection, checkpoint
                 val_loss = self._val_loss()
                 last = epoch + 1 == config.epochs
-                metrics = {}
+                metrics, selection = {}, {}
                 if (config.eval_every and (epoch + 1) % config.eval_every == 0) or last:
                     metrics = self._evaluate()
+                    if config.select_by != "val_loss":
+                        selection = self._evaluate(self._selection)
                 row = {"epoch": epoch + 1, "step": state["step"],
                        "train_loss": state["loss_sum"] / max(1, state["seen"]), "val_loss": val_loss,
                        "lr": lr_at(max(0, state["step"] - 1), total_steps, config.lr, warmup, config.schedule,
@@ -709,11 +375,11 @@ class SailTrainer:
                        "logit_scale": float(model.logit_scale.detach().exp()),
                        "logit_bias": float(model.logit_bias.detach()), **metrics}
                 state["history"].append(row)
-                score = val_loss if config.select_by == "val_loss" else metrics.get(config.select_by)
-                if config.select_by != "val_loss" and metrics and score is None:
-                    raise ValidationError(f"select_by={config.select_by!r} is not among the evaluation metrics "
-                                          f"{sorted(metrics)}")
-                pointers = ("latest",)
+                row.update({f"selection_{k}": v for k, v in selection.items()})
+                score = val_loss if config.select_by == "val_loss" else selection.get(config.select_by)
+                if config.select_by != "val_loss" and selection and score is None:
+                    raise ValidationError(f"select_by={config.select_by!r} is not among the selection set's "
+                                          f"metrics {sorted(selection)}")
                 best = state["best"]
                 no_selection = score is None and config.select_by == "val_loss" and self._val_stream is None
                 if no_selection or (score is not None and (
@@ -723,7 +389,6 @@ class SailTrainer:
                     state["best"] = {"score": score, "epoch": epoch + 1, "step": state["step"], **metrics}
                     state["bad_epochs"] = 0
                     best_state = _cpu_state(model)
-                    pointers = ("latest", "best")
                 elif score is not None:
                     state["bad_epochs"] += 1
                     if config.patience is not None and state["bad_epochs"] >= config.patience:
@@ -732,7 +397,7 @@ class SailTrainer:
                 self._log.epoch(row)
                 bar.set_postfix(epoch=epoch + 1, val_loss=f"{val_loss:.4g}" if val_loss is not None else "-",
                                 refresh=False)
-                self._save(state, best_state, pointers)
+                self._save(state, best_state, force=state["epoch"] == config.epochs or state["stopped"])
                 for cb in callbacks:
                     cb(self, "epoch", row)
         finally:
@@ -769,10 +434,12 @@ class SailTrainer:
         if self._scaler is not None and ckpt["optimizer"].get("scaler"):
             self._scaler.load_state_dict(ckpt["optimizer"]["scaler"])
         set_rng_state(ckpt["rng"])
-        best_dir = self._store.path("best")
-        if best_dir is not None:
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
+        best_dir = self._store.path("best")
+        if (ckpt["dir"] / BEST_FILE).is_file():
+            best_state = load_file(str(ckpt["dir"] / BEST_FILE))
+        elif best_dir is not None:  # a checkpoint of format 1: the best weights in their own step
             best_state = load_file(str(best_dir / MODEL_FILE))
         else:
             best_state = _cpu_state(self.model_)
@@ -781,14 +448,25 @@ class SailTrainer:
                      state["batch"], state["step"])
         return state, best_state
 
-    def _save(self, state: dict, best_state: dict, pointers: tuple[str, ...]) -> None:
+    def _save(self, state: dict, best_state: dict, force: bool = False) -> None:
+        """Checkpoint (latest weights, the best so far, optimizer, RNG, loop state) and ``aligned.json``.
+
+        Epoch-end saves are throttled to one per ``checkpoint_seconds``: a
+        small set trains hundreds of one-second epochs, and writing 50 MB with
+        fsync after each would cost more than the training. A kill loses at
+        most that much work; the resumed run is the same run bit for bit.
+        """
         if self._store is None or not self.dist_.is_main:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_save < self.config_.checkpoint_seconds:
             return
         optimizer = {"optimizer": self._optimizer.state_dict(),
                      "scaler": self._scaler.state_dict() if self._scaler is not None else None}
-        self._store.save(state["step"], _cpu_state(self.model_), optimizer, rng_state(), state, pointers)
-        if "best" in pointers:
-            self._write_aligned(state, metrics=None)
+        self._store.save(state["step"], _cpu_state(self.model_), optimizer, rng_state(), state, ("latest",),
+                         best_state=best_state)
+        self._last_save = time.monotonic()
+        self._write_aligned(state, metrics=None)
 
     def _finish(self, state: dict, best_state: dict) -> None:
         self.history_ = state["history"]
@@ -809,21 +487,23 @@ class SailTrainer:
 
     def _bookkeeping(self) -> dict[str, float]:
         val = [h["val_loss"] for h in self.history_ if h.get("val_loss") is not None]
-        out = {"sail_epochs": float(len(self.history_)), "sail_best_epoch": float(self.best_epoch_)}
+        out = {"train_epochs": float(len(self.history_)), "train_best_epoch": float(self.best_epoch_)}
         if val:
-            out["sail_val_loss"] = float(self.history_[self.best_epoch_ - 1]["val_loss"]
+            out["train_val_loss"] = float(self.history_[self.best_epoch_ - 1]["val_loss"]
                                          if self.best_epoch_ else min(val))
         return out
 
     def _write_aligned(self, state: dict, metrics: dict | None) -> Path:
-        best_dir = self._store.path("best") or self._store.path("latest")
+        latest = self._store.path("latest")
+        weights = latest / BEST_FILE if latest is not None and (latest / BEST_FILE).is_file() else \
+            (self._store.path("best") or latest) / MODEL_FILE
         record = {
             "format": ALIGNED_FORMAT,
             "alignprobe_version": __version__,
             **{k: self.metadata.get(k) for k in ("vision", "text")},
             "model_config": self.model_.config(),
             "train_config": self.config_.to_dict(),
-            "weights": str((best_dir / MODEL_FILE).relative_to(self.out_dir)),
+            "weights": str(weights.relative_to(self.out_dir)),
             "best": {"epoch": state["best"]["epoch"], "step": state["best"]["step"],
                      "select_by": self.config_.select_by, "score": state["best"]["score"]},
             "epochs_run": len(state["history"]),
@@ -831,6 +511,7 @@ class SailTrainer:
             "finished": metrics is not None,
             "stopped_early": state["stopped"],
             "positives": self.positives_,
+            "train_captions": self.train_captions_,
             "n_train": len(self.train_index_),
             "n_val": len(self.val_index_),
             "world_size": self.dist_.world_size,
@@ -846,7 +527,7 @@ class SailTrainer:
     # ------------------------------------------------------------------ use
     def _check_fitted(self) -> None:
         if not hasattr(self, "history_"):
-            raise NotFittedError("this SailTrainer is not fitted yet; call fit(...) first")
+            raise NotFittedError("this Trainer is not fitted yet; call fit(...) first")
 
     def transform_image(self, x) -> np.ndarray:
         """``(N, d_img)`` embeddings -> L2-normalised ``(N, out_dim)`` fp32 numpy."""
@@ -877,15 +558,3 @@ class SailTrainer:
         return lines
 
 
-def small_data_note(n_pairs: int, config: SailConfig, user_set: Sequence[str] = ()) -> str | None:
-    """What the small-data adjustment changed (leaving out what the user set), or None."""
-    recipe = SailConfig.probe() if config.image_head == "linear" and config.text_head == "linear" else SailConfig.sail()
-    shown = {"batch_size": lambda v: f"batch {v:,}", "lr": lambda v: f"lr {v:g}", "epochs": lambda v: f"{v} epochs",
-             "patience": lambda v: "no early stopping" if v is None else f"early stopping (patience {v})"}
-    changed = [name for name in shown if name not in user_set and getattr(config, name) != getattr(recipe, name)]
-    if not changed:
-        return None
-    now = ", ".join(shown[name](getattr(config, name)) for name in changed)
-    was = ", ".join(shown[name](getattr(recipe, name)) for name in changed)
-    return (f"small data: {n_pairs:,} pairs (< {SMALL_DATA_PAIRS:,}), so {now} instead of the recipe's {was}: "
-            f"with those the heads would take about one step an epoch and barely move")

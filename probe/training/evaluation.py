@@ -63,7 +63,8 @@ def project(head: torch.nn.Module, x, device: torch.device, batch_size: int = 81
     n = len(x)
     out = None
     for start in range(0, n, batch_size):
-        block = x[start : start + batch_size]
+        # a memory-mapped cache entry is read one block at a time, never whole
+        block = x.rows(slice(start, start + batch_size)) if hasattr(x, "manifest") else x[start : start + batch_size]
         block = block if torch.is_tensor(block) else torch.from_numpy(np.asarray(block, dtype=np.float32))
         with autocast(device, precision):
             z = head(block.to(device=device, dtype=torch.float32))

@@ -10,10 +10,11 @@ memory-mapped shards -- and nothing ever holds the whole matrix.
 * each epoch the image rows are shuffled by a permutation drawn from
   ``(seed, epoch)`` alone, so a resumed run can rebuild the order of any epoch
   without having saved it;
-* each image contributes ``positives`` captions per step (SAIL's multi-positive
-  loss: the raw caption and its extra captions, each in its own ``N x N``
-  block), chosen at random among the image's captions each epoch
-  (``sampling="random"``) or always the first ones (``"fixed"``);
+* each image contributes all its captions per step (``positives="all"``:
+  SAIL's multi-positive loss, the raw caption and its extra captions, with
+  ragged counts -- COCO's 5, CC3M's raw + long caption, images with one), or
+  ``positives=k`` captions, chosen at random among the image's captions each
+  epoch (``sampling="random"``) or always the first ones (``"fixed"``);
 * a global batch is split across the ranks of a distributed run, each rank
   reading only its share; the choice of captions is made for the global batch
   first, so a run on one process and on several see the same pairs.
@@ -112,6 +113,14 @@ class CaptionIndex:
         self.counts = np.bincount(caption_image, minlength=n_images).astype(np.int64)
         self.indptr = np.concatenate([[0], np.cumsum(self.counts)])
 
+    def all_of(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every caption row of ``images`` and, for each, the position of its image in ``images``."""
+        counts = self.counts[images]
+        owner = np.repeat(np.arange(len(images)), counts)
+        first = np.cumsum(counts) - counts
+        rows = self.order[np.repeat(self.indptr[images], counts) + np.arange(int(counts.sum())) - first[owner]]
+        return rows.astype(np.int64), owner
+
     def pick(self, images: np.ndarray, offsets: np.ndarray, positives: int) -> np.ndarray:
         """``(positives, len(images))`` caption rows: caption ``(offset + j) mod count`` of each image."""
         counts = self.counts[images]
@@ -123,8 +132,9 @@ class CaptionIndex:
 class Batch:
     """One rank's share of a global batch, on the CPU (the trainer moves it).
 
-    ``texts`` holds ``positives`` blocks of ``n`` captions; row ``j`` of block
-    ``k`` captions image ``j``, so ``positive_index = tile(arange(n), positives)``.
+    ``texts`` holds this rank's captions; ``positive_index[j]`` is the row in
+    ``images`` of the image caption ``j`` describes (with ``positives=k``: ``k``
+    blocks of ``n`` captions, ``positive_index = tile(arange(n), k)``).
     """
 
     epoch: int
@@ -145,7 +155,7 @@ class PairStream:
         image_rows: the image rows this stream draws from (e.g. the training split);
             each must have at least one caption.
         batch_size: global batch (images per step, over all ranks).
-        positives: captions per image per step (SAIL multi-positive: 2).
+        positives: captions per image per step: ``"all"`` (every caption; ragged) or an int.
         sampling: ``"random"`` (new captions each epoch) or ``"fixed"`` (the first ones).
         seed, stream: the permutation of epoch ``e`` is drawn from ``(seed, stream, e)``.
         shuffle: False keeps ``image_rows`` in order (evaluation).
@@ -157,20 +167,21 @@ class PairStream:
     out, different ones each epoch); a batch never shrinks to a noisy remainder.
     """
 
-    def __init__(self, images, captions, caption_image, image_rows, *, batch_size: int, positives: int = 1,
+    def __init__(self, images, captions, caption_image, image_rows, *, batch_size: int, positives: int | str = 1,
                  sampling: str = "random", seed: int = 0, stream: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1, prefetch: bool = True,
                  caption_index: CaptionIndex | None = None):
         if sampling not in SAMPLINGS:
             raise ValidationError(f"caption sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if positives < 1:
-            raise ValidationError(f"positives must be >= 1, got {positives}")
+        if positives != "all" and (isinstance(positives, str) or positives < 1):
+            raise ValidationError(f"positives must be 'all' or >= 1, got {positives!r}")
         self.images, self.captions = as_store("image embeddings", images), as_store("caption embeddings", captions)
         self.index = caption_index or CaptionIndex(caption_image, self.images.n)
         self.image_rows = np.asarray(image_rows, dtype=np.int64)
         if len(self.image_rows) and (self.index.counts[self.image_rows] == 0).any():
             raise DataError("some images of the stream have no caption; drop them before training")
-        self.batch_size, self.positives, self.sampling = int(batch_size), int(positives), sampling
+        self.batch_size, self.sampling = int(batch_size), sampling
+        self.positives = positives if positives == "all" else int(positives)
         self.seed, self.stream, self.shuffle = int(seed), int(stream), shuffle
         self.rank, self.world_size, self.prefetch = int(rank), int(world_size), prefetch
         self.units = len(self.image_rows) // self.world_size
@@ -208,12 +219,16 @@ class PairStream:
         rows, offsets = rows[mine], offsets[mine]
         order = np.argsort(rows, kind="stable")  # sorted reads: sequential on disk
         rows, offsets = rows[order], offsets[order]
-        caption_rows = self.index.pick(rows, offsets, self.positives).reshape(-1)
+        if self.positives == "all":
+            caption_rows, owner = self.index.all_of(rows)
+            positive_index = torch.from_numpy(owner)
+        else:
+            caption_rows = self.index.pick(rows, offsets, self.positives).reshape(-1)
+            positive_index = torch.arange(len(rows)).repeat(self.positives)
         # Each block of captions is read in sorted order, then put back in image order.
         sort = np.argsort(caption_rows, kind="stable")
         texts = torch.empty(len(caption_rows), self.captions.dim, dtype=torch.float32)
         texts[torch.from_numpy(sort)] = self.captions.take(caption_rows[sort])
-        positive_index = torch.arange(len(rows)).repeat(self.positives)
         return Batch(epoch, index, self.images.take(rows), texts, positive_index, share * self.world_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:

@@ -1,4 +1,4 @@
-"""Training logs: one row per step and per epoch, as CSV and JSON Lines, and TensorBoard if installed.
+"""Training logs: one row per step and per epoch, as CSV and JSON Lines, and TensorBoard or W&B on request.
 
 Files in the run directory: ``log_steps.csv``, ``log_epochs.csv`` and
 ``log.jsonl`` (both kinds of rows, tagged ``"kind": "step" | "epoch"``). A
@@ -8,7 +8,10 @@ a killed-and-resumed run read like those of an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.util
 import json
+import os
 import logging
 import math
 from pathlib import Path
@@ -23,6 +26,22 @@ STEP_FIELDS = ("step", "epoch", "batch", "loss", "lr", "grad_norm", "logit_scale
 STEPS_CSV, EPOCHS_CSV, JSONL = "log_steps.csv", "log_epochs.csv", "log.jsonl"
 
 
+#: ``log_to`` backend -> (module it needs, the pip extra that installs it)
+BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def check_backend(name: str) -> None:
+    """Fail now, with the install command, when the logging backend ``name`` is not installed."""
+    from alignprobe.errors import ValidationError
+
+    if name not in BACKENDS:
+        raise ValidationError(f"--log-to must be one of {sorted(BACKENDS)}, got {name!r}")
+    module, extra = BACKENDS[name]
+    if importlib.util.find_spec(module) is None:
+        raise ValidationError(f"--log-to {name} needs the {module!r} package, which is not installed; "
+                              f"install it with: pip install \"alignprobe[{extra}]\"")
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -32,12 +51,14 @@ def _clean(value: Any) -> Any:
 class TrainLog:
     """Writes the logs of one run; does nothing on ranks other than the main one."""
 
-    def __init__(self, run_dir: str | Path | None, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path | None, enabled: bool = True, backend: str | None = None,
+                 resume_step: int | None = None, run_config: dict | None = None):
         self.enabled = enabled and run_dir is not None
         self.dir = Path(run_dir) if run_dir is not None else None
         self.epochs: list[dict] = []
-        self._tb = None
+        self._tb = self._wandb = None
+        if backend is not None:
+            check_backend(backend)
         if not self.enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -52,13 +73,18 @@ class TrainLog:
         if new_file:
             self._steps.writeheader()
         self._jsonl = open(self.dir / JSONL, "a")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                log.debug("tensorboard is not installed; logging to CSV/JSONL only")
-            else:
-                self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
+        if backend == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
+        elif backend == "wandb":
+            import wandb
+
+            # One W&B run per run directory, resumed with it; WANDB_MODE=offline is honoured by wandb itself.
+            run_id = "alignprobe-" + hashlib.sha1(str(self.dir.resolve()).encode()).hexdigest()[:12]
+            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "alignprobe"), id=run_id,
+                                     resume="allow", dir=str(self.dir), config=run_config or {},
+                                     name=self.dir.name)
 
     def _truncate(self, step: int) -> None:
         jsonl = self.dir / JSONL
@@ -85,10 +111,9 @@ class TrainLog:
         self._steps_fh.flush()
         self._jsonl.write(json.dumps({"kind": "step", **row}) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
-            for key in ("loss", "lr", "grad_norm", "logit_scale", "logit_bias", "samples_per_s"):
-                if row.get(key) is not None:
-                    self._tb.add_scalar(f"train/{key}", row[key], row["step"])
+        scalars = {f"train/{k}": row[k] for k in ("loss", "lr", "grad_norm", "logit_scale", "logit_bias",
+                                                  "samples_per_s") if row.get(k) is not None}
+        self._scalars(scalars, row["step"])
 
     def epoch(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -98,11 +123,17 @@ class TrainLog:
         self._jsonl.write(json.dumps({"kind": "epoch", **row}) + "\n")
         self._jsonl.flush()
         self._write_epochs()
+        self._scalars({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")
+                       and isinstance(v, (int, float)) and not isinstance(v, bool)}, row["step"])
         if self._tb is not None:
-            for key, value in row.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)) and value is not None:
-                    self._tb.add_scalar(f"epoch/{key}", value, row["step"])
             self._tb.flush()
+
+    def _scalars(self, values: dict[str, float], step: int) -> None:
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None and values:
+            self._wandb.log(values, step=step)
 
     def _write_epochs(self) -> None:
         fields: list[str] = []
@@ -123,3 +154,5 @@ class TrainLog:
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
