@@ -18,6 +18,9 @@ _LABELS = {
     "mutual_knn": "mutual k-NN (raw features)",
     "cka": "CKA (raw features)",
     "cknna": "CKNNA (raw features)",
+    "mutual_knn_null": "mutual k-NN, random pairing (chance)",
+    "cka_null": "CKA, random pairing (chance)",
+    "cknna_null": "CKNNA, random pairing (chance)",
     "probe_val_loss": "probe held-out loss",
     "probe_epochs": "probe epochs",
 }
@@ -38,12 +41,23 @@ def format_run_summary(record: dict) -> str:
     lines = [f"alignment probe: vision={record.get('vision')}  text={record.get('text')}  "
              f"seed={record.get('seed')}"]
     data = record.get("data", {})
-    for role in ("pairs", "labelled", "retrieval"):
+    for role in ("pairs", "labelled_train", "labelled", "retrieval"):
         if role in data:
             info = data[role]
             skipped = info.get("skipped_images")
             lines.append(f"  {role:<9} {info.get('name')} (n={info.get('n')}"
                          + (f", {skipped} images skipped" if skipped else "") + ")")
+    details = record.get("details", {})
+    # Say what the numbers were measured on: the vision protocol, the similarity sample, allowed overlap.
+    if details.get("vision_protocol"):
+        lines.append(f"  vision quality protocol: {details['vision_protocol']}")
+    if details.get("similarity_n") is not None:
+        lines.append(f"  similarity on {details['similarity_n']} held-out pairs "
+                     f"(chance levels: {details.get('similarity_null_permutations', '?')} random pairings)")
+    for role, ov in (details.get("overlap") or {}).items():
+        if isinstance(ov, dict) and ov.get("n"):
+            lines.append(f"  WARNING: {ov['n']} of {ov.get('n_test')} {role} images are also training images "
+                         "(--allow-overlap)")
     width = max([len(_LABELS.get(k, k)) for k in order] + [6])
     lines.append("")
     lines.append(f"  {'metric'.ljust(width)}  value")

@@ -94,3 +94,17 @@ def test_cli_flags(results, tmp_path):
     corr = pd.read_csv(tmp_path / "p" / "correlations.csv")
     assert set(corr[corr.text == "minilm"]["n"]) == {5}  # the control was left out of the figures too
     assert np.all((corr["p_permutation"] > 0) & (corr["p_permutation"] <= 1))
+
+
+def test_run_summary_says_what_the_numbers_were_measured_on():
+    from alignprobe.reports.summary import format_run_summary
+
+    rec = {"vision": "v", "text": "t", "seed": 0, "metrics": {"cka": 0.5, "cka_null": 0.1},
+           "details": {"vision_protocol": "train->val", "similarity_n": 1024, "similarity_null_permutations": 10,
+                       "overlap": {"retrieval": {"n": 3, "n_test": 5000, "allowed": True}}}}
+    text = format_run_summary(rec)
+    assert "vision quality protocol: train->val" in text
+    assert "similarity on 1024 held-out pairs" in text
+    assert "CKA, random pairing (chance)  0.1000" in text
+    assert "3 of 5000 retrieval images are also training images" in text
+    assert "protocol" not in format_run_summary({"vision": "v", "text": "t", "metrics": {"cka": 0.5}})
