@@ -1,6 +1,5 @@
 """Registry defaults follow the SAIL reference: MAE = CLS after the final norm, NV-Embed-v2 without instruction."""
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
