@@ -267,11 +267,11 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export, exclude, co
         click.echo(f"error: could not write {output} ({err.strerror or err}); the report is printed above "
                    f"instead", err=True)
         sys.exit(1)
-    # The header line: a damaged record is named and counted, never silently missing from the table.
-    click.echo(f"report: {n_files + len(unreadable)} record file(s) in {results_dir}"
-               + (f", {len(unreadable)} unreadable (left out of the table):" if unreadable else ""), err=True)
-    for path, reason in unreadable:
-        click.echo(f"  {reason}", err=True)
+    if unreadable:  # a header line: damaged records are named and counted, never silently missing
+        click.echo(f"report: {n_files + len(unreadable)} record file(s) in {results_dir}, {len(unreadable)} "
+                   f"unreadable (left out of the table):", err=True)
+        for path, reason in unreadable:
+            click.echo(f"  {reason}", err=True)
     if export:
         from alignprobe.reports.store import export_results, load_results
 
