@@ -1,7 +1,6 @@
 """The `alignprobe` command line. It only parses flags and calls the public API."""
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from alignprobe.cli_common import check_writable as _check_writable
 from alignprobe.cli_common import check_writable_file as _check_writable_file
 from alignprobe.cli_common import encode_options as _encode_options
 from alignprobe.cli_common import friendly_errors as _friendly_errors
+from alignprobe.cli_common import omit_unreadable_notes as _omit_unreadable_notes
 from alignprobe.cli_common import options_from as _options_from
 from alignprobe.cli_common import print_table as _print_table
 from alignprobe.cli_common import seed_list_callback as _seed_list
@@ -254,8 +254,7 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export, exclude, co
             _check_writable_file(path, what)
     unreadable: list = []
     n_files = sum(1 for _ in iter_records(results_dir, unreadable)) if Path(results_dir).is_dir() else 0
-    logging.getLogger("alignprobe.reports.store").addFilter(  # named below, once
-        lambda r: not r.getMessage().startswith("left out of the results"))
+    _omit_unreadable_notes()  # named below, once
     try:
         text = write_report(results_dir, fmt, output, metrics=metrics, rows=rows, sort_by=sort_by,
                             correlations=correlations, exclude=exclude, n_boot=n_boot, seed=seed)

@@ -92,6 +92,18 @@ def seed_list_callback(ctx, param, value):
     return seeds
 
 
+def omit_unreadable_notes() -> None:
+    """While the current command runs, drop the store's per-record "left out" warnings: the
+    command names those records itself, once (and the filter must not outlive the command)."""
+    store_log = logging.getLogger("alignprobe.reports.store")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("left out of the results")
+
+    store_log.addFilter(keep)
+    click.get_current_context().call_on_close(lambda: store_log.removeFilter(keep))
+
+
 def check_writable(path, what: str):
     """Fail now, before any work, if `path` (a directory) cannot be written."""
     from alignprobe.io import ensure_writable_dir
