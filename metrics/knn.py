@@ -32,6 +32,8 @@ def _bank_shape(x: Any, name: str) -> tuple[int, int]:
     """Shape of a 2-D numeric bank, checked without reading (or copying) its values."""
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", None)
+    if shape is not None and dtype is None and callable(getattr(x, "rows", None)):
+        dtype = np.float32  # an embedding-cache entry: `rows` hands out float32
     if shape is None or dtype is None:
         x = np.asarray(x)
         shape, dtype = x.shape, x.dtype
@@ -48,16 +50,23 @@ def _bank_shape(x: Any, name: str) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _bank_chunk(x: Any, start: int, stop: int, device: torch.device, name: str) -> torch.Tensor:
-    """Rows start..stop-1 of the bank as unit-norm float32 rows on `device` (only this chunk is copied)."""
-    part = x[start:stop]
+def _bank_chunk(x: Any, rows: Any, device: torch.device, label: str) -> torch.Tensor:
+    """Bank rows `rows` (a slice or an index array) as unit-norm float32 rows on `device`.
+
+    Only these rows are read and copied: a memmap slice, a fancy-indexed
+    memmap gather, or an embedding-cache entry's ``rows(...)``.
+    """
+    if callable(getattr(x, "rows", None)) and not isinstance(x, (np.ndarray, torch.Tensor)):
+        part = x.rows(rows)
+    else:
+        part = x[rows] if isinstance(rows, slice) or not isinstance(x, torch.Tensor) else x[torch.as_tensor(rows)]
     if isinstance(part, torch.Tensor):
         part = part.to(device)
     else:
         # One chunk-sized float32 copy: a read-only memmap slice cannot back a tensor safely.
         part = torch.from_numpy(np.array(part, dtype=np.float32)).to(device)
-    t = as_matrix(part, f"{name} rows {start}:{stop}")
-    return unit_rows(t, f"{name} rows {start}:{stop}")
+    t = as_matrix(part, label)
+    return unit_rows(t, label)
 
 
 def knn_accuracy(
@@ -71,6 +80,7 @@ def knn_accuracy(
     chunk_size: int | None = None,
     bank_chunk: int | None = None,
     device: str | torch.device | None = None,
+    train_rows: Any = None,
 ) -> dict[int, float]:
     """Top-1 accuracy of the weighted k-NN classifier of DINO (Caron et al., ICCV 2021; Wu et al. 2018).
 
@@ -80,9 +90,10 @@ def knn_accuracy(
     ``evaluation/eval_knn_*.py``: k in (10, 20, 100, 200), T = 0.07.
 
     Args:
-        train_x: (n_train, d) bank features: numpy array, ``np.memmap`` (any
-            float dtype, read chunk by chunk) or torch tensor.
-        train_y: (n_train,) integer labels.
+        train_x: (n_bank, d) bank features: numpy array, ``np.memmap`` (any
+            float dtype, read chunk by chunk), torch tensor, or an embedding-cache
+            entry (anything with ``shape`` and ``rows(index) -> float32 array``).
+        train_y: (n_train,) integer labels of the bank rows used (all, or ``train_rows``).
         test_x: (n_test, d) query features.    test_y: (n_test,) integer labels.
         k: one k or several (each 1 <= k <= n_train); all share one neighbour search.
         temperature: > 0; DINO and SAIL use 0.07.
@@ -91,12 +102,19 @@ def knn_accuracy(
             time (default: ~128 MiB of float32 per chunk).
         device: where to compute (default: test_x's device for a tensor, else CPU);
             bank chunks are moved there one at a time.
+        train_rows: optional (n_train,) bank row indices to use (e.g. the images
+            that decoded); read chunk by chunk like the rest. Default: every row.
 
     Returns {k: top-1 accuracy in [0, 1]} for each k. Test labels absent from
     the training labels count as errors (they cannot be predicted). Exact
     search; the n_test x n_train matrix is never formed.
     """
-    n_train, d = _bank_shape(train_x, "train_x")
+    n_bank, d = _bank_shape(train_x, "train_x")
+    if train_rows is not None:
+        train_rows = as_labels(train_rows, "train_rows")
+        if train_rows.min() < 0 or train_rows.max() >= n_bank:
+            raise ValidationError(f"train_rows must be row indices in [0, {n_bank}); got {int(train_rows.max())}")
+    n_train = n_bank if train_rows is None else len(train_rows)
     if device is None:
         device = test_x.device if isinstance(test_x, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
@@ -124,7 +142,8 @@ def knn_accuracy(
     best_idx = torch.zeros((n_test, 0), dtype=torch.long, device=device)
     for b_start in range(0, n_train, bank_step):
         b_stop = min(b_start + bank_step, n_train)
-        keys_t = _bank_chunk(train_x, b_start, b_stop, device, "train_x").T
+        sel = slice(b_start, b_stop) if train_rows is None else train_rows[b_start:b_stop]
+        keys_t = _bank_chunk(train_x, sel, device, f"train_x rows {b_start}:{b_stop}").T
         kk = min(k_max, b_stop - b_start)
         step = auto_chunk(n_test, b_stop - b_start, chunk_size)
         vals, idx = [], []

@@ -36,12 +36,20 @@ def _split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, 
         return train_test_split(index, test_size=test_fraction, random_state=seed)
 
 
+def _in_memory(x: Any, rows: Any) -> np.ndarray:
+    """The (selected) rows of a bank as one float32 array: what the L-BFGS linear probe fits on."""
+    if callable(getattr(x, "rows", None)) and not isinstance(x, np.ndarray):
+        return x.rows(rows if rows is not None else slice(None))
+    return np.asarray(x if rows is None else x[rows], dtype=np.float32)
+
+
 def vision_quality(
     x: Any,
     y: Any,
     bank_x: Any = None,
     bank_y: Any = None,
     *,
+    bank_rows: Any = None,
     metrics: Sequence[str] = VISION_METRICS,
     k: Sequence[int] = DEFAULT_KNN_K,
     temperature: float = DEFAULT_KNN_TEMPERATURE,
@@ -54,8 +62,11 @@ def vision_quality(
     Args:
         x, y: the evaluated set, (n, d) features and (n,) labels (ImageNet val).
         bank_x, bank_y: the labelled bank (ImageNet train), or None for the
-            split protocol. ``bank_x`` may be a ``np.memmap`` (fp16 cache):
-            k-NN streams it in chunks. The linear probe needs it in memory.
+            split protocol. ``bank_x`` may be a ``np.memmap`` (fp16 cache) or an
+            embedding-cache entry (``shape`` + ``rows(index)``): k-NN streams it in
+            chunks. The linear probe needs the bank in memory (float32).
+        bank_rows: the bank rows to use (e.g. the images that decoded), with
+            ``bank_y`` giving their labels; default every row.
         metrics: any of "kmeans_nmi", "knn", "linear_probe".
         k: k-NN neighbourhood sizes (those above the bank size are dropped).
         seed: k-means, linear-probe validation split and, for "split", the test split.
@@ -76,7 +87,8 @@ def vision_quality(
         fit_x, fit_y, eval_x, eval_y = x[train], y[train], x[test], y[test]
     else:
         protocol = "train->val"
-        fit_x, fit_y = bank_x, as_labels(bank_y, "bank_y", len(bank_x))
+        n_bank = len(bank_rows) if bank_rows is not None else int(bank_x.shape[0])
+        fit_x, fit_y = bank_x, as_labels(bank_y, "bank_y", n_bank)
         eval_x, eval_y = x, y
     out: dict[str, Any] = {}
     details: dict[str, Any] = {"vision_protocol": protocol, "vision_bank_n": int(len(fit_y)),
@@ -89,11 +101,12 @@ def vision_quality(
         ks = tuple(kk for kk in k if kk <= len(fit_y))
         if not ks:
             raise ValidationError(f"every k-NN k in {tuple(k)} exceeds the {len(fit_y)} bank rows")
-        for kk, acc in knn_accuracy(fit_x, fit_y, eval_x, eval_y, k=ks, temperature=temperature,
-                                    device=device).items():
+        for kk, acc in knn_accuracy(fit_x, fit_y, eval_x, eval_y, k=ks, temperature=temperature, device=device,
+                                    train_rows=bank_rows if protocol == "train->val" else None).items():
             out[f"knn_top1@{kk}"] = float(acc)
     if "linear_probe" in metrics:
-        res = linear_probe_accuracy(np.asarray(fit_x, dtype=np.float32), fit_y, eval_x, eval_y, seed=seed)
+        res = linear_probe_accuracy(_in_memory(fit_x, bank_rows if protocol == "train->val" else None),
+                                    fit_y, eval_x, eval_y, seed=seed)
         out["linear_probe_top1"] = float(res["top1"])
         if res.get("top5") is not None:
             out["linear_probe_top5"] = float(res["top5"])

@@ -92,3 +92,31 @@ def test_bad_bank_chunks_are_named():
         knn_accuracy(xtr[:, 0], ytr, xte, yte, k=5)
     with pytest.raises(ValidationError, match="bank_chunk must be >= 1"):
         knn_accuracy(xtr, ytr, xte, yte, k=5, bank_chunk=0)
+
+
+class CacheLike:
+    """The embedding cache's interface: `shape` and `rows(index) -> float32`, no numpy protocol."""
+
+    def __init__(self, arr):
+        self.arr, self.shape, self.requests = arr, arr.shape, []
+
+    def rows(self, index):
+        self.requests.append(index)
+        return np.asarray(self.arr[index], dtype=np.float32)
+
+
+def test_cache_entry_bank_with_a_row_subset():
+    xtr, ytr, xte, yte = data(n_train=300, seed=4)
+    keep = np.flatnonzero(np.arange(300) % 7 != 3)  # e.g. the images that decoded
+    bank = CacheLike(xtr.astype(np.float16))
+    got = knn_accuracy(bank, ytr[keep], xte, yte, k=(10, 20), bank_chunk=40, train_rows=keep)
+    ref = xtr.astype(np.float16).astype(np.float64)[keep]
+    for k in (10, 20):
+        assert got[k] == pytest.approx(full_matrix_vote(ref, ytr[keep], xte, yte, k, 0.07))
+    assert all(len(r) <= 40 for r in bank.requests) and sum(len(r) for r in bank.requests) == len(keep)
+    mm_got = knn_accuracy(xtr, ytr[keep], xte, yte, k=(10, 20), train_rows=keep, bank_chunk=33)
+    assert mm_got == knn_accuracy(xtr[keep], ytr[keep], xte, yte, k=(10, 20))
+    with pytest.raises(ValidationError, match="train_rows must be row indices"):
+        knn_accuracy(xtr, ytr, xte, yte, k=5, train_rows=np.array([0, 300]))
+    with pytest.raises(ValidationError, match="train_y must have one label per row"):
+        knn_accuracy(xtr, ytr, xte, yte, k=5, train_rows=keep)

@@ -39,3 +39,14 @@ def test_split_protocol_without_a_bank():
         vision_quality(x, y, bank_x=x)
     with pytest.raises(ValidationError, match="metrics must be among"):
         vision_quality(x, y, metrics=("svm",))
+
+
+def test_bank_rows_select_the_usable_bank_images():
+    bank_x, bank_y = blobs(300, 5)
+    val_x, val_y = blobs(80, 6)
+    keep = np.flatnonzero(np.arange(300) % 5 != 0)
+    res = vision_quality(val_x, val_y, bank_x, bank_y[keep], bank_rows=keep, metrics=("knn", "linear_probe"),
+                         k=(10,))
+    assert res["details"]["vision_bank_n"] == len(keep)
+    ref = vision_quality(val_x, val_y, bank_x[keep], bank_y[keep], metrics=("knn", "linear_probe"), k=(10,))
+    assert res["metrics"] == ref["metrics"]
