@@ -67,6 +67,29 @@ def _summary_stats_table(stats: dict, alignment_metric: str) -> str:
             f'<p class="note">{caption}</p>')
 
 
+def _difference_table(df: pd.DataFrame, metrics: tuple, text: str | None, n_boot: int, seed: int) -> str:
+    """Clustering minus separability: the paired-bootstrap interval of the difference of the two correlations."""
+    from alignprobe.reports.correlations import correlation_statistics, format_interval
+
+    _, diffs = correlation_statistics(df, metrics[0], list(metrics[1:]), text=text, n_boot=n_boot, seed=seed,
+                                      methods=("spearman", "pearson"))
+    if diffs.empty:
+        return ""
+    rows = []
+    for (t, x1), grp in diffs.groupby(["text", "x1"], sort=False):
+        by = {r["method"]: r for r in grp.to_dict("records")}
+        cells = "".join(f"<td class='num'>{html.escape(format_interval(by[m], key='difference'))}</td>"
+                        for m in ("spearman", "pearson"))
+        rows.append(f"<tr><td>{html.escape(t)}</td><td>{html.escape(metric_info(x1).label)} − "
+                    f"{html.escape(metric_info(grp['x2'].iloc[0]).label)}</td>"
+                    f"<td class='num'>{int(grp['n'].iloc[0])}</td>{cells}</tr>")
+    head = ("<th>text</th><th>clustering − separability</th><th class='num'>n</th>"
+            "<th class='num'>Δ Spearman ρ [95% CI]</th><th class='num'>Δ Pearson r [95% CI]</th>")
+    return (f'<table class="stats"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            '<p class="note">Difference of the two correlations over the same encoders, paired bootstrap 95% '
+            "interval: an interval above 0 says clustering quality predicts alignment better.</p>")
+
+
 def _plots_section(df: pd.DataFrame, text: str | None, n_boot: int, seed: int) -> str:
     try:
         figures = standard_figures(df, text=text, n_boot=n_boot, seed=seed)
@@ -78,7 +101,8 @@ def _plots_section(df: pd.DataFrame, text: str | None, n_boot: int, seed: int) -
     for f in figures:
         if f.kind == "summary":
             parts.insert(0, "<h2>Which vision measure predicts alignment?</h2>\n"
-                         f"<figure>{_img(f.figure, f.name)}</figure>\n" + _summary_stats_table(f.stats, f.metrics[0]))
+                         f"<figure>{_img(f.figure, f.name)}</figure>\n" + _summary_stats_table(f.stats, f.metrics[0])
+                         + _difference_table(df, f.metrics, text, n_boot, seed))
     parts.append("<h2>Correlations</h2>")
     for f in figures:
         if f.kind == "correlation":

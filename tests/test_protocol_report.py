@@ -108,3 +108,9 @@ def test_run_summary_says_what_the_numbers_were_measured_on():
     assert "CKA, random pairing (chance)  0.1000" in text
     assert "3 of 5000 retrieval images are also training images" in text
     assert "protocol" not in format_run_summary({"vision": "v", "text": "t", "metrics": {"cka": 0.5}})
+
+
+def test_html_report_has_p_values_and_the_difference_table(results, tmp_path):
+    page = write_report(results, "html", n_boot=N_BOOT, exclude="random_vit")
+    assert "permutation p-values" in page and ", p = " in page
+    assert "clustering − separability" in page and "Δ Spearman ρ [95% CI]" in page
