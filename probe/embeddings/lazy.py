@@ -77,7 +77,7 @@ class LazyEncoder:
         self.modality, self.name = modality, name
         self._device, self._dtype = device, dtype
         self._overrides = {k: v for k, v in overrides.items() if v is not None}
-        self.spec = _apply_overrides(resolve_spec(name, modality), self._overrides)
+        self.spec = _apply_overrides(resolve_spec(name, modality), dict(self._overrides))  # it pops what it applies
         check_available(self.spec)
         self._memo_dir = Path(memo_dir) if memo_dir is not None else None
         self._encoder = None

@@ -1,0 +1,196 @@
+"""The one training engine as `run` / `sweep` use it: recipes in the record, resumable, never stale, lazy."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alignprobe.cli import main
+from alignprobe.config import EncodeOptions
+from alignprobe.probe.embeddings import lazy
+from alignprobe.probe.pipelines.run import RunConfig, run_pair
+from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
+from alignprobe.probe.training import config as training_config
+from alignprobe.probe.training import engine
+
+DATA = dict(pairs="shapes:train?n=120", labelled="shapes:test?n=60", retrieval="shapes:test?n=60")
+TINY = {"out_dim": 16}  # small heads keep the 2-core CI fast; the recipe is otherwise untouched
+OPTIONS = EncodeOptions(quiet=True, device="cpu")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def record_of(out) -> dict:
+    [path] = list(out.glob("probe__*.json"))
+    return json.loads(path.read_text())
+
+
+def test_forced_preset_records_the_reference_recipe(tmp_path):
+    out = tmp_path / "results"
+    result = invoke("run", "--vision", "pixels-8", "--text", "bow", "--preset", "sail-probe", "--epochs", "1",
+                    "--metrics", "zero_shot", "--out", out, "-q",
+                    *[a for k, v in DATA.items() for a in (f"--{k}", v)])
+    assert result.exit_code == 0, result.output
+    record = record_of(out)
+    cfg = record["probe_config"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["batch_size"], cfg["warmup_fraction"],
+            cfg["betas"], cfg["val_fraction"], cfg["image_head"], cfg["out_dim"]) == \
+        ("lion", 1e-5, 1e-7, 32768, 0.1, [0.9, 0.99], 0.0, "linear", 2048)
+    details = record["details"]
+    assert details["preset"] == "sail-probe" and details["preset_forced"] is True
+    # the only change is the flag the user gave; no small-data adaptation under a forced preset
+    assert details["recipe_changes"] == [{"field": "epochs", "reference": 100, "used": 1, "why": "set explicitly"}]
+    assert "probe_val_loss" not in record["metrics"]  # no held-out split: nothing to report
+
+
+def test_small_data_adaptation_is_printed_and_recorded(tmp_path, caplog):
+    config = RunConfig(vision="pixels-8", text="bow", metrics=("zero_shot",), train=dict(TINY, epochs=2), **DATA)
+    with caplog.at_level("INFO", logger="alignprobe.run"):
+        record, _, reused = run_pair(config, out_dir=tmp_path, options=OPTIONS)
+    changes = {c["field"]: c for c in record["details"]["recipe_changes"]}
+    assert not reused and set(changes) == {"batch_size", "lr", "patience", "val_fraction", "epochs", "out_dim"}
+    assert changes["lr"]["reference"] == 1e-5 and changes["lr"]["used"] == 1e-3
+    assert "small data" in changes["batch_size"]["why"] and changes["out_dim"]["why"] == "set explicitly"
+    printed = [r.getMessage() for r in caplog.records if "recipe change" in r.getMessage()]
+    assert len(printed) == len(changes) and any("lr = 0.001 instead of the reference's 1e-05" in m for m in printed)
+    # shapes has three captions an image: every one of them was trained on
+    assert record["details"]["train_captions"] == 3 * record["details"]["train_images"]
+
+
+def test_val_fraction_zero_runs(tmp_path):
+    result = invoke("run", "--vision", "pixels-8", "--text", "bow", "--val-fraction", "0", "--epochs", "2",
+                    "--metrics", "zero_shot,similarity", "--out", tmp_path, "-q",
+                    *[a for k, v in DATA.items() for a in (f"--{k}", v)])
+    assert result.exit_code == 0, result.output
+    record = record_of(tmp_path)
+    assert record["probe_config"]["val_fraction"] == 0.0 and record["metrics"]["probe_epochs"] == 2
+    assert 0.0 <= record["metrics"]["zero_shot_top1"] <= 1.0
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    train = dict(TINY, epochs=4, checkpoint_seconds=0.0, batch_size=40)  # checkpoint every epoch
+    config = RunConfig(vision="pixels-8", text="bow", metrics=("zero_shot", "retrieval"), train=train, **DATA)
+    kept = {}
+    real_finish = engine.Trainer._finish
+
+    def capture(self, state, best_state):
+        real_finish(self, state, best_state)
+        kept[len(kept)] = {k: v.clone() for k, v in self.model_.state_dict().items()}
+
+    monkeypatch.setattr(engine.Trainer, "_finish", capture)
+    whole, _, _ = run_pair(config, out_dir=tmp_path / "a", options=OPTIONS)
+
+    class Killed(BaseException):
+        pass
+
+    real_step = engine.Trainer._train_step
+    calls = {"n": 0}
+
+    def dying_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in epoch 3 (3 steps an epoch): epochs 1 and 2 are checkpointed
+            raise Killed
+        return real_step(self, batch)
+
+    monkeypatch.setattr(engine.Trainer, "_train_step", dying_step)
+    with pytest.raises(Killed):
+        run_pair(config, out_dir=tmp_path / "b", options=OPTIONS)
+    [ckpt] = list((tmp_path / "b" / ".checkpoints").iterdir())
+    assert json.loads((ckpt / "checkpoints" / "latest.json").read_text())["step"] == 6
+    monkeypatch.setattr(engine.Trainer, "_train_step", real_step)
+    resumed, _, reused = run_pair(config, out_dir=tmp_path / "b", options=OPTIONS)
+    assert not reused and calls["n"] == 7
+    assert all(torch.equal(kept[0][k], kept[1][k]) for k in kept[0])  # bit for bit on CPU
+    assert resumed["metrics"] == whole["metrics"]
+    assert not (tmp_path / "b" / ".checkpoints").exists()  # removed once the record is written
+
+
+@pytest.mark.parametrize("change", ["storage_dtype", "vision_pooling", "training_default"])
+def test_changed_inputs_or_defaults_never_reuse_an_old_record(tmp_path, monkeypatch, change):
+    vision = "random-vit" if change == "vision_pooling" else "pixels-8"  # the pixel controls take no pooling
+    config = RunConfig(vision=vision, text="bow", metrics=("zero_shot",), train=dict(TINY, epochs=1), **DATA)
+    first, path, reused = run_pair(config, out_dir=tmp_path, options=OPTIONS)
+    assert not reused
+    assert run_pair(config, out_dir=tmp_path, options=OPTIONS)[2]  # same inputs: reused
+    options = OPTIONS
+    if change == "storage_dtype":
+        options = EncodeOptions(quiet=True, device="cpu", storage_dtype="fp32")
+    elif change == "vision_pooling":
+        config = RunConfig(vision=vision, text="bow", metrics=("zero_shot",), train=dict(TINY, epochs=1),
+                           vision_pooling="cls", **DATA)
+    else:
+        presets = {name: dict(values) for name, values in training_config.PRESETS.items()}
+        presets["sail-probe"]["weight_decay"] = 1e-3
+        monkeypatch.setattr(training_config, "PRESETS", presets)
+        monkeypatch.setattr("alignprobe.probe.pipelines.run.PRESETS", presets)
+    second, _, reused = run_pair(config, out_dir=tmp_path, options=options)
+    assert not reused and second["reuse_key"] != first["reuse_key"]
+
+
+def test_cached_sweep_rerun_loads_no_model(tmp_path, monkeypatch):
+    loads = []
+    real_load = lazy.LazyEncoder.load
+
+    def counting_load(self):
+        if self._encoder is None:
+            loads.append((self.modality, self.name))
+        return real_load(self)
+
+    monkeypatch.setattr(lazy.LazyEncoder, "load", counting_load)
+    sweep = SweepConfig(vision=["pixels-8", "hog-16"], text=["bow", "minilm"],
+                        run=dict(metrics=("zero_shot",), train=dict(TINY, epochs=1), **DATA))
+    outcomes = run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert sorted(loads) == sorted({("vision", "pixels-8"), ("vision", "hog-16"), ("text", "bow"),
+                                    ("text", "minilm")})  # each encoder loaded once for the whole grid
+    loads.clear()
+    assert [o.status for o in run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)] == ["skipped"] * 4
+    assert loads == []  # finished records: nothing loads
+    # records gone, embeddings cached: the pairs are recomputed from the cache, still without a model
+    for path in (tmp_path / "results").glob("*.json"):
+        path.unlink()
+    assert [o.status for o in run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)] == ["done"] * 4
+    assert loads == []
+
+
+def test_lazy_encoder_memo_answers_without_loading(tmp_path):
+    first = lazy.LazyEncoder("text", "bow", memo_dir=tmp_path, device="cpu")
+    manifest = first.manifest()  # no memo yet: loads once and writes it
+    assert first.is_loaded and first.loads == 1
+    second = lazy.LazyEncoder("text", "bow", memo_dir=tmp_path, device="cpu")
+    assert second.manifest() == manifest and not second.is_loaded
+    assert second.encode(["a red circle"]).shape[0] == 1 and second.is_loaded  # real use loads it
+    other = lazy.LazyEncoder("vision", "pixels-8", memo_dir=tmp_path, device="cpu")
+    assert other.identity_key() != first.identity_key()
+
+
+def test_tensorboard_event_files_are_written(tmp_path):
+    img = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    txt = img[:, :6] + 0.1
+    config = training_config.TrainConfig(out_dim=8, epochs=2, batch_size=32, lr=1e-3, log_to="tensorboard",
+                                         device="cpu", checkpoint_every=None)
+    engine.Trainer(config, tmp_path / "run", quiet=True).fit(img, txt)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/logit_scale", "train/logit_bias"} <= tags
+    assert len(acc.Scalars("train/loss")) == 4  # 2 steps an epoch, 2 epochs
+
+
+def test_log_backend_missing_names_the_extra(monkeypatch):
+    from alignprobe.errors import ValidationError
+    from alignprobe.probe.training import train_log
+
+    real = train_log.importlib.util.find_spec
+    monkeypatch.setattr(train_log.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(ValidationError, match=r'pip install "alignprobe\[wandb\]"'):
+        train_log.check_backend("wandb")
