@@ -50,6 +50,12 @@ class TimmVisionEncoder(Encoder):
             )
         super().__init__(spec, ImagePreprocessor(spec.preprocessing), device=device, dtype=dtype)
         self.model = model.to(device=device, dtype=dtype).eval()
+        # CNNs: depthwise convolutions are ~2x faster channels-last on CPU (mkldnn instead of the
+        # slow NCHW kernel); ViTs keep the default layout
+        self._memory_format = (
+            torch.contiguous_format if hasattr(model, "patch_embed") else torch.channels_last
+        )
+        self.model = self.model.to(memory_format=self._memory_format)
         self.resolved_revision = revision
         self.load_notes.extend(notes)
         self.library_versions.update(versions("timm"))
@@ -70,8 +76,11 @@ class TimmVisionEncoder(Encoder):
         h, w = embed.dynamic_feat_size(tuple(x.shape[-2:])) if feats.ndim == 3 else (0, 0)
         return split_patch_tokens(feats, int(h), int(w), self.spec.name)
 
+    def _input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, self.dtype).contiguous(memory_format=self._memory_format)
+
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        feats = self.model.forward_features(batch.to(self.device, self.dtype))
+        feats = self.model.forward_features(self._input(batch))
         if self.spec.pooling == "pooler":
             return self.model.forward_head(feats, pre_logits=True).float()
         return pool_vision(
@@ -108,7 +117,7 @@ class TimmVisionEncoder(Encoder):
         kwargs = {"output_fmt": "NLC", "return_prefix_tokens": True} if tokens_api else {}
         ordered = sorted(layers)  # timm returns the intermediates in block order
         feats = self.model.forward_intermediates(
-            batch.to(self.device, self.dtype),
+            self._input(batch),
             indices=[n - 1 for n in ordered],
             intermediates_only=True,
             **kwargs,
