@@ -26,7 +26,8 @@ prompt of its own whose best score stands for the class (SAIL's ``seg_configs/cl
 read by ``get_cls_idx`` in ``evaluation/seg_eval.py``).
 
 ``shapes-seg``: the built-in ``shapes`` scenes (same indices, pixels and splits) with their
-per-pixel masks; classes ``background`` (0) and the six shapes (1..6).
+per-pixel masks; classes ``background`` (0) and the six shapes (1..6); prompts from the
+``shapes`` templates, as its zero-shot classification uses.
 """
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ class SegmentationDataset:
     kind = "segmentation"
 
     def __init__(self, name: str, ids: list[str], class_queries: list[list[str]], *,
-                 ignore_index: int = IGNORE_INDEX):
+                 ignore_index: int = IGNORE_INDEX, templates: list[str] | None = None):
         self.name = name
+        # prompt templates of the set's own (None: the evaluation's default, CLIP's 80)
+        self.templates = None if templates is None else list(templates)
         self.ids = list(ids)
         if not class_queries or not all(class_queries):
             raise DataError(f"{name}: no class names; give one line per class")
@@ -127,7 +130,8 @@ class ShapesSegDataset(SegmentationDataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.size, self.seed = size, seed
         super().__init__(name, [f"shapes/{int(k):05d}" for k in self.indices],
-                         [["background"]] + [[s] for s in builtin_sets.SHAPES])
+                         [["background"]] + [[s] for s in builtin_sets.SHAPES],
+                         templates=builtin_sets.SHAPES_TEMPLATES)
 
     def load_image(self, i: int):
         p = builtin_sets.shape_params(int(self.indices[i]), self.seed)

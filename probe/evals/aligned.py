@@ -69,6 +69,7 @@ def segment_aligned(aligned, data, *, figure: str | Path | None = None, n_figure
     row = evaluate_segmentation(*parts, ds, templates=templates, limit=limit, progress=progress,
                                 **settings)
     if figure is not None:
+        templates = ds.templates if templates is None else templates
         k = min(n_figure, len(ds))
         images = [ds.load_image(i) for i in range(k)]
         preds = segment(*parts, images, ds.class_queries, templates=templates,

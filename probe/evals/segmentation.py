@@ -214,6 +214,8 @@ def evaluate_segmentation(vision_encoder, text_encoder, image_to_space: Projecti
     from tqdm.auto import tqdm
 
     ds = data if isinstance(data, SegmentationDataset) else open_segmentation(data)
+    if templates is None:
+        templates = ds.templates  # the set's own, else None: CLIP's 80
     queries, owner = class_text_embeddings(text_encoder, text_to_space, ds.class_queries,
                                            templates, progress=progress)
     segmenter = Segmenter(vision_encoder, image_to_space, queries, owner, **settings)
