@@ -10,13 +10,15 @@ from pathlib import Path
 
 import click
 
+from alignprobe.cli_common import POSITIVE_FLOAT, POSITIVE_INT, SEED, check_writable
 from alignprobe.cli_common import encode_options, friendly_errors as _friendly_errors
 from alignprobe.cli_common import options_from as _options
 from alignprobe.cli_common import print_table as _print_table
 from alignprobe.cli_common import setup_logging as _setup_logging
 
 METRIC_COLUMNS = ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
-                  "t2i_r10", "sail_val_loss", "sail_best_epoch", "sail_epochs")
+                  "t2i_r10", "sail_val_loss", "sail_best_epoch", "sail_epochs", "winoground_text", "winoground_image",
+                  "winoground_group", "mmvp", "miou", "pixel_acc")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -53,11 +55,13 @@ def _data_spec(value: str | None) -> str | None:
               help="Run directory: checkpoints, logs, aligned.json [with --from-sweep: RESULTS_DIR/sail].")
 @click.option("--from-sweep", "from_sweep", type=click.Path(file_okay=False, exists=True), default=None,
               help="Train the best pairs of this sweep's results directory (and add their records to it).")
-@click.option("--top-k", type=int, default=1, show_default=True, help="With --from-sweep: how many pairs.")
+@click.option("--top-k", type=POSITIVE_INT, default=1, show_default=True, help="With --from-sweep: how many pairs.")
 @click.option("--by", default="zero_shot_top1", show_default=True, help="With --from-sweep: rank pairs by this metric.")
-@click.option("--preset", type=click.Choice(["sail", "probe"]), default="sail", show_default=True,
-              help="sail: star heads w=8 into 1024-d, Lion, lr 1e-5, wd 1e-4; probe: linear heads into 2048-d, "
-                   "AdamW, lr 1e-5, wd 1e-7. Both batch 32,768 and 100 epochs (adjusted below 100k pairs).")
+@click.option("--preset", type=click.Choice(["sail", "sail-probe"]), default=None,
+              help="Force this reference recipe exactly, at any data size. sail (scripts/sail_train.sh): star heads "
+                   "w=8 into 1024-d, wd 1e-4; sail-probe (scripts/alignment_probing.sh): linear heads into 2048-d, "
+                   "wd 1e-7. Both Lion (0.9, 0.99), lr 1e-5, batch 32,768, 100 epochs, 10% warm-up then cosine, "
+                   "no held-out split. Default: sail, adapted below 100k pairs (each change printed and recorded).")
 @click.option("--pairs", default=None, help="Image-caption pairs to train on [shapes:train].")
 @click.option("--labelled", default=None, help="Labelled images for zero-shot evaluation [shapes:test; 'none' skips].")
 @click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [shapes:test; 'none' skips].")
@@ -67,37 +71,46 @@ def _data_spec(value: str | None) -> str | None:
               help="Head of both sides [preset's: star | linear].")
 @click.option("--image-head", type=click.Choice(["linear", "mlp", "star", "identity"]), default=None)
 @click.option("--text-head", type=click.Choice(["linear", "mlp", "star", "identity"]), default=None)
-@click.option("--width", type=int, default=None, help="Star head width factor [8].")
-@click.option("--dim", "out_dim", type=int, default=None, help="Shared space dimension [1024 sail, 2048 probe].")
-@click.option("--batch-size", type=int, default=None, help="Global training batch [32768; min(n, 1024) on small data].")
+@click.option("--width", type=POSITIVE_INT, default=None, help="Star head width factor [8].")
+@click.option("--dim", "out_dim", type=POSITIVE_INT, default=None, help="Shared space dimension [1024 sail, 2048 probe].")
+@click.option("--batch-size", type=POSITIVE_INT, default=None, help="Global training batch [32768; min(n, 1024) on small data].")
 @click.option("--micro-batch", default=None,
               help="Rows per micro-batch of the two-pass (GradCache) step; 'none' for one pass; 'auto': one "
                    "pass when it fits in half the free memory [auto].")
-@click.option("--optimizer", type=click.Choice(["lion", "adamw"]), default=None, help="[lion sail, adamw probe]")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [1e-5; 1e-3 on small data].")
-@click.option("--weight-decay", type=float, default=None, help="[1e-4 sail, 1e-7 probe]")
+@click.option("--optimizer", type=click.Choice(["lion", "adamw"]), default=None, help="[lion]")
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate [1e-5; 1e-3 on small data].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[1e-4 sail, 1e-7 probe]")
 @click.option("--decay-all", is_flag=True, default=None,
               help="Also decay LayerNorm gains, biases and the logit scale/bias (default: weight matrices only).")
-@click.option("--epochs", type=int, default=None, help="[100; small data 200 with early stopping]")
-@click.option("--warmup", type=float, default=None, help="Warm-up: steps (>= 1) or a fraction of all steps [0.05].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[100; small data 200 with early stopping]")
+@click.option("--warmup-fraction", type=click.FloatRange(0, 1), default=None,
+              help="Warm-up over ceil(fraction x steps) steps, then cosine [0.1].")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None, help="[cosine]")
-@click.option("--grad-clip", type=float, default=None, help="Max global gradient norm [none].")
+@click.option("--grad-clip", type=POSITIVE_FLOAT, default=None, help="Max global gradient norm [none].")
 @click.option("--loss", type=click.Choice(["sigmoid", "infonce"]), default=None, help="[sigmoid]")
 @click.option("--normalization", type=click.Choice(["n2", "n"]), default=None,
               help="Sigmoid loss: mean over the N x N logits (n2, SAIL) or sum / N (n, SigLIP) [n2].")
 @click.option("--chunk-size", default=None, help="Tile size of the exact chunked loss [4096]; 'none' for naive.")
-@click.option("--positives", type=int, default=None,
-              help="Captions per image per step [2 when every image has two or more, else 1].")
+@click.option("--positives", default=None,
+              help="Captions per image per step: 'all' (every caption a positive, ragged counts) or N [all].")
 @click.option("--caption-sampling", type=click.Choice(["random", "fixed"]), default=None,
               help="Draw each image's captions at random each epoch, or always the first ones [random].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Autocast of the heads on GPU [fp32].")
-@click.option("--val-fraction", type=float, default=None, help="Held-out share of the images [0.1].")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Held-out share of the training images, for early stopping [0; 0.1 small data].")
 @click.option("--patience", default=None, help="Early-stopping patience in epochs ['none' sail; 20 small data].")
-@click.option("--select-by", default=None, help="Keep the epoch best by val_loss or a metric (zero_shot_top1, i2t_r1...) [val_loss].")
-@click.option("--eval-every", type=int, default=None, help="Evaluate zero-shot/retrieval every N epochs [1; 0: at the end].")
+@click.option("--select-by", default=None,
+              help="Keep the epoch best by val_loss or a metric (zero_shot_top1, i2t_r1...) of --selection [val_loss].")
+@click.option("--selection", default=None, help="Data scored for --select-by METRIC: a selection set of its own.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=None,
+              help="Evaluate zero-shot/retrieval every N epochs [2, as the reference; 0: at the end].")
+@click.option("--log-to", type=click.Choice(["tensorboard", "wandb"]), default=None,
+              help="Also log to TensorBoard or W&B (optional extras; W&B honours WANDB_MODE=offline).")
+@click.option("--vision-layer", type=click.IntRange(min=0), default=None,
+              help="Take vision features from block N instead of the last one.")
 @click.option("--checkpoint-every", default=None, help="Also checkpoint every N steps [1000]; 'none': epoch ends only.")
-@click.option("--seed", type=int, default=None, help="Seed of the split, the initialisation and the data order [0].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the split, the initialisation and the data order [0].")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=None,
               help="Also write a 'sail' result record into this results directory (for `alignprobe report`).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
@@ -107,9 +120,9 @@ def _data_spec(value: str | None) -> str | None:
 @_friendly_errors
 def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled, retrieval, vision_pooling,
           text_pooling, head, image_head, text_head, width, out_dim, batch_size, micro_batch, optimizer, lr,
-          weight_decay, decay_all, epochs, warmup, schedule, grad_clip, loss, normalization, chunk_size, positives,
-          caption_sampling, precision, val_fraction, patience, select_by, eval_every, checkpoint_every, seed,
-          results_dir, resume, overwrite, force, verbose, **kwargs):
+          weight_decay, decay_all, epochs, warmup_fraction, schedule, grad_clip, loss, normalization, chunk_size, positives,
+          caption_sampling, precision, val_fraction, patience, select_by, selection, eval_every, log_to,
+          vision_layer, checkpoint_every, seed, results_dir, resume, overwrite, force, verbose, **kwargs):
     """Train SAIL alignment heads on a frozen vision x text pair (or on a sweep's best pairs).
 
     \b
@@ -131,10 +144,10 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
         text_head = head
     values = dict(image_head=image_head, text_head=text_head, width=width, out_dim=out_dim, batch_size=batch_size,
                   optimizer=optimizer, lr=lr, weight_decay=weight_decay, decay_norm_bias_logit=decay_all,
-                  epochs=epochs, warmup=(int(warmup) if warmup is not None and warmup >= 1 else warmup),
+                  epochs=epochs, warmup_fraction=warmup_fraction,
                   schedule=schedule, grad_clip=grad_clip, loss=loss, normalization=normalization,
-                  positives=positives, caption_sampling=caption_sampling, precision=precision,
-                  val_fraction=val_fraction, select_by=select_by, eval_every=eval_every)
+                  positives=_positives(positives), caption_sampling=caption_sampling, precision=precision,
+                  val_fraction=val_fraction, select_by=select_by, eval_every=eval_every, log_to=log_to)
     overrides = {k: v for k, v in values.items() if v is not None}
     # These four accept 'none' (an explicit None), so "not given" is told apart from it
     # (--micro-batch also 'auto').
@@ -143,10 +156,16 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
                             ("checkpoint_every", "--checkpoint-every", checkpoint_every)):
         if raw is not None:
             overrides[name] = _none_or_int(flag, raw)
+    if log_to is not None:
+        from alignprobe.probe.training.train_log import check_backend
+
+        check_backend(log_to)
     data = dict(pairs=pairs, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
-                vision_pooling=vision_pooling, text_pooling=text_pooling, seed=seed)
+                vision_pooling=vision_pooling, text_pooling=text_pooling, seed=seed, vision_layer=vision_layer,
+                selection=selection)
 
     if from_sweep:
+        check_writable(out_dir or Path(from_sweep) / "sail", "run directory (--out)")
         if vision or text:
             raise ValidationError("--from-sweep picks the encoders itself; drop --vision/--text")
         results = train_from_sweep(from_sweep, top_k, by, out_root=out_dir, preset=preset, train=overrides,
@@ -172,19 +191,38 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
     config = SailRunConfig(vision=vision, text=text, preset=preset, train=overrides,
                            **{k: v for k, v in data.items() if v is not None})
     run_dir = Path(out_dir) if out_dir else default_run_dir("runs", config)
+    check_writable(run_dir, "run directory (--out)")
+    if results_dir:
+        check_writable(results_dir, "results directory (--results)")
     result = train_pair(config, run_dir, options=options, results_dir=results_dir, resume=resume,
                         overwrite=overwrite, force=force)
     for note in result.notes:
         echo(note)
     if ctx.is_main:
         _print_table([{"vision": vision, "text": text, **_metrics_row(result.record["metrics"])}])
+    model_dir = result.run_dir  # a reused record names the run that produced it, not the --out of this call
     echo(f"\nmodel: {result.record['checkpoint']}" + ("  (reused: a finished record exists; --force to retrain)"
                                                       if result.reused else ""))
-    echo(f"use it: alignprobe eval --model {run_dir}  |  alignprobe classify --model {run_dir} --images DIR "
-         f"--classes a,b  |  alignprobe.load_aligned({str(run_dir)!r})")
+    if result.reused and not Path(result.record["checkpoint"]).exists():
+        echo(f"note: the reused record's run directory {model_dir} no longer exists; retrain with --force "
+             f"to get a model to use")
+    else:
+        echo(f"use it: alignprobe eval --model {model_dir}  |  alignprobe classify --model {model_dir} --images DIR "
+             f"--classes a,b  |  alignprobe.load_aligned({str(model_dir)!r})")
     if result.record_path is not None:
         echo(f"record: {result.record_path}")
     D.shutdown(ctx)
+
+
+def _positives(value: str | None):
+    from alignprobe.errors import ValidationError
+
+    if value is None or str(value).strip().lower() == "all":
+        return None if value is None else "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError(f"--positives must be 'all' or a positive integer, got {value!r}") from None
 
 
 def _none_or_int(flag: str, value: str) -> int | None:
@@ -210,10 +248,12 @@ def _none_or_int(flag: str, value: str) -> int | None:
 @click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [the run's; 'none' skips].")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
               help="The kept (best held-out) weights or the latest checkpoint.")
+@click.option("--allow-unfinished", is_flag=True,
+              help="Evaluate a run that has not finished training (its best epoch so far) without refusing.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
 @encode_options
 @_friendly_errors
-def evaluate(model_path, labelled, retrieval, which, json_out, verbose, **kwargs):
+def evaluate(model_path, labelled, retrieval, which, allow_unfinished, json_out, verbose, **kwargs):
     """Zero-shot and retrieval scores of a trained model on labelled / captioned data."""
     from alignprobe.io import write_json_atomic
     from alignprobe.probe.pipelines.train import evaluate_checkpoint
@@ -221,7 +261,9 @@ def evaluate(model_path, labelled, retrieval, which, json_out, verbose, **kwargs
     _setup_logging(kwargs["quiet"], verbose)
     options = _options(kwargs)
     result = evaluate_checkpoint(model_path, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
-                                 options=options, which=which)
+                                 options=options, which=which, allow_unfinished=allow_unfinished)
+    if result.get("unfinished"):
+        click.echo(f"note: {result['unfinished']}", err=True)
     click.echo(f"model: {result['model']} ({which})  labelled: {result['labelled']}  retrieval: {result['retrieval']}")
     _print_table([{k: _fmt(v) for k, v in result["metrics"].items()}])
     if json_out:

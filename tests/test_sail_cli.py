@@ -27,7 +27,7 @@ def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sail_cli")
     cache = root / "cache"
     config = SweepConfig(vision="pixels,hog", text="bow", seeds=[0],
-                         run=dict(metrics=("zero_shot", "retrieval"), probe={"epochs": 5}, **DATA))
+                         run=dict(metrics=("zero_shot", "retrieval"), train={"epochs": 5}, **DATA))
     outcomes = run_sweep(config, out_dir=root / "results",
                          options=EncodeOptions(quiet=True, num_workers=0, cache_dir=str(cache)))
     assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]

@@ -429,15 +429,9 @@ def reusable_record(path: Path, reuse_key: str) -> dict | None:
 
     A damaged (unreadable) record counts as missing: it is recomputed, not fatal.
     """
-    from alignprobe.reports.records import read_record
+    from alignprobe.reports.records import lookup_record
 
-    if not path.exists():
-        return None
-    try:
-        record = read_record(path)
-    except (OSError, ValueError) as err:
-        log.warning("result record %s is unreadable (%s); recomputing it", path, err)
-        return None
+    record = lookup_record(path)  # a damaged record is moved aside and treated as missing
     if not isinstance(record, dict) or record.get("status") != "ok":
         return None
     if record.get("reuse_key") != reuse_key:

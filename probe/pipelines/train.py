@@ -207,7 +207,7 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     A finished record with the same config hash in ``results_dir`` is reused
     unless ``force`` (or ``resume``): a finished result is never recomputed by accident.
     """
-    from alignprobe.reports.records import now_iso, read_record, record_path, write_record
+    from alignprobe.reports.records import lookup_record, now_iso, record_path, write_record
 
     from alignprobe.probe.pipelines.run import RunPipeline, record_fields
     from alignprobe.probe.training.config import describe_changes, resolve_recipe
@@ -219,11 +219,8 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     path = None
     if results_dir is not None:
         path = record_path(results_dir, config.vision, config.text, config.config_hash(), kind="sail")
-        if path.exists() and not (force or resume):
-            try:
-                record = read_record(path)
-            except (OSError, ValueError):
-                record = {}
+        if not (force or resume):
+            record = lookup_record(path) or {}  # a damaged record is moved aside and treated as missing
             if record.get("status") == "ok":
                 kept = Path(record.get("run_dir") or Path(record.get("checkpoint", run_dir)).parent)
                 return SailRunResult(record, kept, path, True, [])
