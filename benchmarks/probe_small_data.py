@@ -9,7 +9,8 @@ learning rate the probe trains up to 100 epochs with early stopping (patience
 20) and reports its held-out loss and image<->text R@1 over the validation pairs.
 The SAIL recipe's lr 1e-5 is tuned for ~3,000 steps per run (millions of pairs at
 batch 32,768); with a few thousand pairs there are only ~5 steps per epoch.
-This is the measurement behind `ProbeConfig.small_data`.
+This is the measurement behind the small-data adaptation (`training.config.small_data_changes`); it ran
+with AdamW (the probe's optimizer before it followed the reference's Lion), kept as `--optimizer adamw`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import time
 import numpy as np
 import torch
 
-from alignprobe.probe.training.probe import AlignmentProbe, ProbeConfig
+from alignprobe.probe.training.config import resolve_recipe
+from alignprobe.probe.training.probe import AlignmentProbe
 
 
 def planted(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--noise", type=float, default=3.0)
+    parser.add_argument("--optimizer", choices=("lion", "adamw"), default="adamw")
     args = parser.parse_args()
     n = 2000 if args.quick else 5000
     lrs = [1e-5, 1e-3, 1e-2] if args.quick else [1e-5, 1e-4, 1e-3, 3e-3, 1e-2]
@@ -46,7 +49,8 @@ def main() -> None:
     print(f"{'lr':>8} {'init val':>9} {'best val':>9} {'best ep':>7} {'epochs':>6} {'i2t R@1':>7} {'t2i R@1':>7} {'sec':>6}")
     for lr in lrs:
         start = time.perf_counter()
-        config = ProbeConfig.small_data(n, out_dim=256, lr=lr, batch_size=args.batch_size, epochs=100, device="cpu")
+        config, _ = resolve_recipe("sail-probe", n, dict(out_dim=256, lr=lr, batch_size=args.batch_size, epochs=100,
+                                                         device="cpu", optimizer=args.optimizer))
         probe = AlignmentProbe(config, quiet=True).fit(image, text)
         zi = probe.transform_image(image[probe.val_index_])
         zt = probe.transform_text(text[probe.val_index_])

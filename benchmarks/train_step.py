@@ -5,7 +5,7 @@
     python benchmarks/train_step.py --device cuda --precision bf16   # on a GPU
     python benchmarks/train_step.py --small-data-lr [--quick]         # Lion lr for small pair sets
 
-The step is `alignprobe.probe.training.engine.sail_step` -- what `SailTrainer`
+The step is `alignprobe.probe.training.step.train_step` -- what the engine's `Trainer`
 runs -- on random embeddings: star heads (w = 8, vision 2048 -> 1024, text
 1024 -> 1024), Lion, the chunked sigmoid loss (chunk 4,096), one caption per
 image. ``--micro-batch`` (default 4,096; the trainer's default is "auto") switches batches
@@ -156,11 +156,12 @@ def worker_gemm(args) -> dict:
 def worker_step(args) -> dict:
     torch, device = _setup(args)
     from alignprobe.probe.training.heads import AlignmentModel
-    from alignprobe.probe.training.engine import SailConfig, make_optimizer, sail_step
+    from alignprobe.probe.training.config import TrainConfig
+    from alignprobe.probe.training.step import make_optimizer, train_step as sail_step
 
     dims = args["dims"]
     batch, texts = args["batch"], args["batch"] * args["positives"]
-    config = SailConfig(out_dim=dims["out"], image_head=dims["head"], text_head=dims["head"], width=dims["width"],
+    config = TrainConfig(out_dim=dims["out"], image_head=dims["head"], text_head=dims["head"], width=dims["width"],
                         micro_batch=args["micro_batch"], chunk_size=args["chunk"], precision=args["precision"],
                         device=str(device))
     torch.manual_seed(0)
@@ -259,7 +260,7 @@ def measure(kind: str, args: dict, device: str) -> dict:
 
 
 def small_data_lr(quick: bool) -> None:
-    """Which Lion learning rate star heads need on a small pair set (`SailConfig.small_data`).
+    """Which Lion learning rate star heads need on a small pair set (`training.config.small_data_changes`).
 
     The planted structure of benchmarks/probe_small_data.py (shared 32-d latent,
     image = z A + noise + offset, text = tanh(z B) + noise; 256-d / 192-d), star
@@ -272,7 +273,8 @@ def small_data_lr(quick: bool) -> None:
     from probe_small_data import planted
 
     from alignprobe.probe.training.evaluation import retrieval_scores
-    from alignprobe.probe.training.engine import SailConfig, SailTrainer
+    from alignprobe.probe.training.config import resolve_recipe
+    from alignprobe.probe.training.engine import Trainer
 
     torch.set_num_threads(1)
     n, epochs = (2000, 200) if quick else (3000, 200)
@@ -284,9 +286,8 @@ def small_data_lr(quick: bool) -> None:
     print("|---|---|---|---|---|---|---|")
     for lr in lrs:
         start = time.perf_counter()
-        config = SailConfig.small_data(n, out_dim=256, lr=lr, epochs=epochs, device="cpu", micro_batch=None,
-                                       tensorboard=False)
-        trainer = SailTrainer(config, quiet=True).fit(image, text)
+        config, _ = resolve_recipe("sail", n, dict(out_dim=256, lr=lr, epochs=epochs, device="cpu", micro_batch=None))
+        trainer = Trainer(config, quiet=True).fit(image, text)
         v = trainer.val_index_
         r = retrieval_scores(trainer.transform_image(image[v]), trainer.transform_text(text[v]), np.arange(len(v)))
         print(f"| {lr:g} | {trainer.initial_val_loss_:.4f} | {trainer.best_score_:.4f} | {trainer.best_epoch_} / "
