@@ -92,6 +92,12 @@ class Encoder:
         self.load_notes: list[str] = []
         self.dim = spec.dim if spec.dim is not None else 0
 
+    @property
+    def is_loaded(self) -> bool:
+        """A constructed encoder holds its weights (`alignprobe.probe.embeddings.lazy.LazyEncoder`
+        is the stand-in that defers them until a real encode)."""
+        return True
+
     # -- set-up helpers for subclasses ------------------------------------------------------
     def _finish(self) -> None:
         """Measure the width when the spec does not state it, and record it in the spec."""
