@@ -51,6 +51,30 @@ def _probe_training_options(func):
     return func
 
 
+def _protocol_options(func):
+    """The assessment-protocol flags `run` and `sweep` share (see README, "Protocol")."""
+    options = [
+        click.option("--labelled-train", default=None,
+                     help="Labelled bank for k-NN / linear probe (ImageNet train), scored on --labelled (val); "
+                          "default: a split of --labelled."),
+        click.option("--allow-overlap", is_flag=True, default=None,
+                     help="Proceed (and record it) when --pairs shares images with a reported test set."),
+        click.option("--similarity-samples", type=click.IntRange(min=4), default=None,
+                     help="Pairs sampled (seeded) for mutual-kNN / CKA / CKNNA [1024]."),
+        click.option("--retrieval-max-captions", type=click.IntRange(min=1), default=None,
+                     help="Captions per image scored in retrieval [5, as the reference's COCO protocol]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _protocol_values(kwargs: dict) -> dict:
+    values = {name: kwargs.pop(name) for name in ("labelled_train", "allow_overlap", "similarity_samples",
+                                                   "retrieval_max_captions")}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _probe_training_values(kwargs: dict):
     """Pop the `_probe_training_options` values: (preset, explicit TrainConfig fields, vision layer)."""
     from alignprobe.probe.training.train_log import check_backend
@@ -125,6 +149,7 @@ def encode(model, data, split, modality, shard, vision_layer, verbose, **kwargs)
 @click.option("--pairs", default=None, help="Image-caption pairs the probe trains on [shapes:train].")
 @click.option("--labelled", default=None, help="Labelled images: zero-shot and vision-quality metrics [shapes:test].")
 @click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [shapes:test].")
+@_protocol_options
 @click.option("--metrics", default=None,
               help="Comma-separated subset of: kmeans_nmi,knn,linear_probe,zero_shot,retrieval,similarity [all].")
 @click.option("--seed", type=_SEED, default=None, help="Seed for splits, k-means and the probe [0].")
@@ -153,10 +178,11 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(out_dir, "results directory (--out)")
     preset, train, vision_layer = _probe_training_values(kwargs)
+    protocol = _protocol_values(kwargs)
     options = _options_from(kwargs)
     values = dict(vision=vision, text=text, pairs=pairs, labelled=labelled, retrieval=retrieval,
                   seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, train=train,
-                  preset=preset, vision_layer=vision_layer)
+                  preset=preset, vision_layer=vision_layer, **protocol)
     if metrics is not None:
         values["metrics"] = tuple(m.strip() for m in metrics.split(",") if m.strip())
     config = RunConfig(**{k: v for k, v in values.items() if v is not None})
@@ -175,6 +201,7 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
 @click.option("--pairs", default=None, help="Image-caption pairs the probes train on [shapes:train].")
 @click.option("--labelled", default=None, help="Labelled images [shapes:test].")
 @click.option("--retrieval", default=None, help="Captioned images for retrieval [shapes:test].")
+@_protocol_options
 @click.option("--metrics", default=None, help="Comma-separated metric groups [all].")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--shard", default=None, callback=_shard_callback,
@@ -196,9 +223,10 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(out_dir, "results directory (--out)")
     preset, train, vision_layer = _probe_training_values(kwargs)
+    protocol = _protocol_values(kwargs)
     options = _options_from(kwargs)
     run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval, preset=preset,
-                                 vision_layer=vision_layer).items() if v is not None}
+                                 vision_layer=vision_layer, **protocol).items() if v is not None}
     if train:
         run["train"] = train
     if metrics is not None:

@@ -41,6 +41,7 @@ METRIC_GROUPS = {
     "similarity": "alignment: mutual-kNN, CKA and CKNNA between raw paired features",
 }
 PROBE_METRICS = {"zero_shot", "retrieval"}
+VISION_METRICS = {"kmeans_nmi", "knn", "linear_probe"}
 CHECKPOINTS_DIR = ".checkpoints"
 
 
@@ -64,9 +65,13 @@ class RunConfig:
     vision_pooling: str | None = None
     text_pooling: str | None = None
     vision_layer: int | None = None
+    labelled_train: str | None = None  # the k-NN / linear-probe bank (ImageNet train); None: split --labelled
     knn_k: tuple[int, ...] = (10, 20, 100, 200)  # SAIL evaluation/eval_knn_*.py
     similarity_k: int = 10
-    labelled_test_fraction: float = 0.3  # of the labelled set, held out for k-NN / linear probe
+    similarity_samples: int | None = 1024  # platonic-rep: scores depend on n, so n is fixed and recorded
+    retrieval_max_captions: int | None = 5  # SAIL coco_zs_retrieval.py / CLIP_benchmark: 5 captions an image
+    labelled_test_fraction: float = 0.3  # of the labelled set, held out for k-NN / linear probe (split protocol)
+    allow_overlap: bool = False  # pairs sharing images with a reported test set is an error unless allowed
     preset: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields set explicitly
 
@@ -80,6 +85,10 @@ class RunConfig:
             raise ValidationError("no metrics selected; choose from: " + ", ".join(METRIC_GROUPS))
         if not 0.0 < self.labelled_test_fraction < 1.0:
             raise ValidationError(f"labelled_test_fraction must be in (0, 1), got {self.labelled_test_fraction}")
+        for name in ("similarity_samples", "retrieval_max_captions"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValidationError(f"{name} must be a positive int or None, got {value!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValidationError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         TrainConfig.preset(self.preset or "sail-probe", **self.train)  # one validation step, before any work
@@ -192,6 +201,8 @@ class RunPipeline:
             specs["pairs"] = cfg.pairs
         if wanted & {"kmeans_nmi", "knn", "linear_probe", "zero_shot"}:
             specs["labelled"] = cfg.labelled
+        if cfg.labelled_train and wanted & VISION_METRICS:
+            specs["labelled_train"] = cfg.labelled_train
         if "retrieval" in wanted:
             specs["retrieval"] = cfg.retrieval
         return specs
@@ -245,11 +256,13 @@ class RunPipeline:
         metrics: dict[str, Any] = {}
         self.check()
         specs = self._specs()
+        self._check_overlap(specs)
         pairs = self._encode_set("pairs", cfg.pairs, True, True, False) if "pairs" in specs else None
         labelled = None
         if "labelled" in specs:
             labelled = self._encode_set("labelled", cfg.labelled, True, False, "zero_shot" in wanted)
-            metrics.update(self._vision_quality(labelled, wanted))
+            if wanted & VISION_METRICS:
+                metrics.update(self._vision_quality(labelled, wanted))
         probe = None
         if wanted & PROBE_METRICS:
             probe = self._train_probe(pairs)
@@ -266,48 +279,53 @@ class RunPipeline:
             metrics.update(self._retrieval(retrieval, probe))
         return metrics
 
-    def _labelled_split(self, n: int, labels: np.ndarray):
-        from sklearn.model_selection import train_test_split
+    def _check_overlap(self, specs: dict[str, str]) -> None:
+        """No silent train/test overlap: the training sets against every reported test set."""
+        from alignprobe.probe.data.overlap import check_no_overlap
 
-        index = np.arange(n)
-        try:
-            return train_test_split(index, test_size=self.config.labelled_test_fraction,
-                                    random_state=self.config.seed, stratify=labels)
-        except ValueError:  # a class too small to stratify: fall back to a plain seeded split
-            return train_test_split(index, test_size=self.config.labelled_test_fraction,
-                                    random_state=self.config.seed)
+        checks = [("pairs", test) for test in ("labelled", "retrieval") if "pairs" in specs and test in specs]
+        if "labelled_train" in specs:
+            checks.append(("labelled_train", "labelled"))
+        for train, test in checks:
+            overlap = check_no_overlap(self._dataset(specs[train]), self._dataset(specs[test]),
+                                       train_role=f"--{train.replace('_', '-')}", test_role=f"--{test}",
+                                       allow=self.config.allow_overlap)
+            if overlap.n:
+                self.details.setdefault("overlap", {})[f"{train}->{test}"] = overlap.to_record(allowed=True)
 
     def _vision_quality(self, labelled: _Encoded, wanted: set) -> dict:
-        from alignprobe import metrics as M
+        """Clustering quality and linear separability, by the protocol the record names.
 
+        With ``labelled_train`` (the paper's: an ImageNet-train bank scored on
+        ImageNet val, SAIL ``evaluation/eval_knn_*.py``) the bank is streamed from
+        the cache; without it, ``labelled`` is split (``details.vision_protocol``).
+        """
+        from alignprobe import metrics as M
+        from alignprobe.probe.training.probe import resolve_device
+
+        cfg = self.config
         if labelled.dataset.labels is None:
-            raise DataError(f"--labelled {self.config.labelled!r} has no labels")
-        valid = labelled.image_valid
+            raise DataError(f"--labelled {cfg.labelled!r} has no labels")
         x = labelled.image_array()
-        y = np.asarray(labelled.dataset.labels)[valid]
-        out: dict[str, Any] = {}
+        y = np.asarray(labelled.dataset.labels)[labelled.image_valid]
+        bank_x = bank_y = bank_rows = None
+        if cfg.labelled_train:
+            bank = self._encode_set("labelled_train", cfg.labelled_train, True, False, False)
+            if bank.dataset.labels is None:
+                raise DataError(f"--labelled-train {cfg.labelled_train!r} has no labels")
+            if list(bank.dataset.class_names or []) != list(labelled.dataset.class_names or []):
+                raise DataError(f"--labelled-train {cfg.labelled_train!r} and --labelled {cfg.labelled!r} have "
+                                f"different class lists; the bank's labels must mean what the evaluated set's do")
+            bank_rows = np.flatnonzero(bank.image_valid)
+            bank_x, bank_y = bank.images, np.asarray(bank.dataset.labels)[bank_rows]
         t0 = time.perf_counter()
-        if "kmeans_nmi" in wanted:
-            res = M.kmeans_nmi(x, y, seed=self.config.seed)
-            out["kmeans_nmi"], out["kmeans_ari"] = float(res["nmi"]), float(res["ari"])
-            self.timings["kmeans_nmi"] = time.perf_counter() - t0
-        train, test = self._labelled_split(len(y), y)
-        if "knn" in wanted:
-            t0 = time.perf_counter()
-            ks = tuple(k for k in self.config.knn_k if k <= len(train))
-            res = M.knn_accuracy(x[train], y[train], x[test], y[test], k=ks)
-            for k, acc in _knn_items(res):
-                out[f"knn_top1@{k}"] = float(acc)
-            self.timings["knn"] = time.perf_counter() - t0
-        if "linear_probe" in wanted:
-            t0 = time.perf_counter()
-            res = M.linear_probe_accuracy(x[train], y[train], x[test], y[test], seed=self.config.seed)
-            out["linear_probe_top1"] = float(res["top1"])
-            if res.get("top5") is not None:  # None when there are fewer than 5 classes
-                out["linear_probe_top5"] = float(res["top5"])
-            self.details["linear_probe_l2"] = float(res["l2"])
-            self.timings["linear_probe"] = time.perf_counter() - t0
-        return out
+        res = M.vision_quality(x, y, bank_x, bank_y, bank_rows=bank_rows,
+                               metrics=[m for m in ("kmeans_nmi", "knn", "linear_probe") if m in wanted],
+                               k=cfg.knn_k, seed=cfg.seed, test_fraction=cfg.labelled_test_fraction,
+                               device=resolve_device(self.options.device))
+        self.details.update(res["details"])
+        self.timings["vision_quality"] = time.perf_counter() - t0
+        return res["metrics"]
 
     def _train_probe(self, pairs: _Encoded):
         from alignprobe.probe.training.probe import AlignmentProbe
@@ -341,20 +359,22 @@ class RunPipeline:
         return probe
 
     def _similarity(self, pairs: _Encoded, probe) -> dict:
+        """mutual-kNN, CKA, CKNNA of the raw paired features on a fixed seeded sample, with null levels."""
         from alignprobe import metrics as M
 
         t0 = time.perf_counter()
-        # Scored on pairs the probe did not train on when it held some out, else on all usable ones.
+        # Pairs the probe did not train on when it held some out, else all usable ones.
         first = _first_caption(pairs.caption_image, len(pairs.image_valid))
         rows = probe.val_index_ if probe is not None and len(probe.val_index_) > 1 else \
             np.flatnonzero(pairs.image_valid & (first >= 0))
+        rows = rows[M.similarity_sample(len(rows), self.config.similarity_samples, self.config.seed)]
         a, b = pairs.images.rows(rows), pairs.captions.rows(first[rows])
-        k = min(self.config.similarity_k, len(a) - 1)
-        out = {"mutual_knn": float(M.mutual_knn(a, b, k)), "cka": float(M.cka(a, b)),
-               "cknna": float(M.cknna(a, b, k))}
-        self.details["similarity_pairs"] = int(len(rows))
+        res = M.similarity_scores(a, b, k=self.config.similarity_k, sample_size=None, seed=self.config.seed)
+        self.details.update(res["details"])
+        self.details["similarity_rows"] = "held-out pairs" if probe is not None and len(probe.val_index_) > 1 \
+            else "all usable pairs"
         self.timings["similarity"] = time.perf_counter() - t0
-        return out
+        return res["metrics"]
 
     def _zero_shot(self, labelled: _Encoded, probe) -> dict:
         from alignprobe.probe.training.evaluation import zero_shot_metrics
@@ -367,26 +387,19 @@ class RunPipeline:
     def _retrieval(self, retrieval: _Encoded, probe) -> dict:
         from alignprobe.probe.training.evaluation import retrieval_scores
 
+        from alignprobe import metrics as M
+
         valid_images = np.flatnonzero(retrieval.image_valid)
-        keep = np.isin(retrieval.caption_image, valid_images)
+        capped = np.zeros(len(retrieval.caption_image), dtype=bool)
+        capped[M.cap_captions_per_image(retrieval.caption_image, self.config.retrieval_max_captions)] = True
+        keep = np.isin(retrieval.caption_image, valid_images) & capped
+        self.details["retrieval_max_captions"] = self.config.retrieval_max_captions
+        self.details["retrieval_captions"] = int(keep.sum())
         remap = -np.ones(len(retrieval.image_valid), dtype=np.int64)
         remap[valid_images] = np.arange(len(valid_images))
         image = probe.transform_image(retrieval.images.rows(valid_images))
         text = probe.transform_text(retrieval.captions.rows(np.flatnonzero(keep)))
         return retrieval_scores(image, text, remap[retrieval.caption_image[keep]])
-
-
-def _knn_items(res) -> list[tuple[int, float]]:
-    """k-NN results as (k, top-1) pairs, whatever nesting the metric returns."""
-    items = []
-    for k, value in res.items():
-        if isinstance(value, dict):
-            value = value.get("top1")
-        try:
-            items.append((int(str(k).split("@")[-1]), float(value)))
-        except (TypeError, ValueError):
-            continue
-    return items
 
 
 def _first_caption(caption_image: np.ndarray, n_images: int) -> np.ndarray:

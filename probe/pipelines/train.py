@@ -152,9 +152,13 @@ def _zero_shot_set(pipeline, role: str, spec: str):
 def _retrieval_set(pipeline, role: str, spec: str):
     from alignprobe.probe.training.evaluation import RetrievalData
 
+    from alignprobe import metrics as M
+
     enc = pipeline._encode_set(role, spec, True, True, False)
     valid = np.flatnonzero(enc.image_valid)
-    keep = np.isin(enc.caption_image, valid)
+    capped = np.zeros(len(enc.caption_image), dtype=bool)  # the reference's COCO protocol: 5 captions an image
+    capped[M.cap_captions_per_image(enc.caption_image, pipeline.config.retrieval_max_captions)] = True
+    keep = np.isin(enc.caption_image, valid) & capped
     remap = -np.ones(len(enc.image_valid), dtype=np.int64)
     remap[valid] = np.arange(len(valid))
     return RetrievalData(enc.images.rows(valid), enc.captions.rows(np.flatnonzero(keep)),
