@@ -26,3 +26,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Killed(BaseException):
+    """Raised by `kill_at_step`: a BaseException, as a kill is not an error any handler should catch."""
+
+
+@pytest.fixture
+def kill_at_step(monkeypatch):
+    """``kill_at_step(n)`` makes the engine's n-th training step die (as kill -9 would, minus the process);
+    ``kill_at_step(None)`` restores the real step. Returns the call counter."""
+    from alignprobe.probe.training import engine
+
+    real_step = engine.Trainer._train_step
+    calls = {"n": 0}
+
+    def arm(n):
+        if n is None:
+            monkeypatch.setattr(engine.Trainer, "_train_step", real_step)
+            return calls
+
+        def dying_step(self, batch):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise Killed
+            return real_step(self, batch)
+
+        monkeypatch.setattr(engine.Trainer, "_train_step", dying_step)
+        return calls
+
+    return arm

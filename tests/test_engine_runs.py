@@ -15,6 +15,7 @@ from alignprobe.probe.pipelines.run import RunConfig, run_pair
 from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 from alignprobe.probe.training import config as training_config
 from alignprobe.probe.training import engine
+from conftest import Killed
 
 DATA = dict(pairs="shapes:train?n=120", labelled="shapes:test?n=60", retrieval="shapes:test?n=60")
 TINY = {"out_dim": 16}  # small heads keep the 2-core CI fast; the recipe is otherwise untouched
@@ -72,7 +73,7 @@ def test_val_fraction_zero_runs(tmp_path):
     assert 0.0 <= record["metrics"]["zero_shot_top1"] <= 1.0
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, kill_at_step):
     train = dict(TINY, epochs=4, checkpoint_seconds=0.0, batch_size=40)  # checkpoint every epoch
     config = RunConfig(vision="pixels-8", text="bow", metrics=("zero_shot", "retrieval"), train=train, **DATA)
     kept = {}
@@ -85,24 +86,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.Trainer, "_finish", capture)
     whole, _, _ = run_pair(config, out_dir=tmp_path / "a", options=OPTIONS)
 
-    class Killed(BaseException):
-        pass
-
-    real_step = engine.Trainer._train_step
-    calls = {"n": 0}
-
-    def dying_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 7:  # in epoch 3 (3 steps an epoch): epochs 1 and 2 are checkpointed
-            raise Killed
-        return real_step(self, batch)
-
-    monkeypatch.setattr(engine.Trainer, "_train_step", dying_step)
+    calls = kill_at_step(7)  # in epoch 3 (3 steps an epoch): epochs 1 and 2 are checkpointed
     with pytest.raises(Killed):
         run_pair(config, out_dir=tmp_path / "b", options=OPTIONS)
     [ckpt] = list((tmp_path / "b" / ".checkpoints").iterdir())
     assert json.loads((ckpt / "checkpoints" / "latest.json").read_text())["step"] == 6
-    monkeypatch.setattr(engine.Trainer, "_train_step", real_step)
+    kill_at_step(None)
     resumed, _, reused = run_pair(config, out_dir=tmp_path / "b", options=OPTIONS)
     assert not reused and calls["n"] == 7
     assert all(torch.equal(kept[0][k], kept[1][k]) for k in kept[0])  # bit for bit on CPU

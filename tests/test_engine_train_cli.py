@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from alignprobe.cli import main
-from alignprobe.probe.training import engine
+from conftest import Killed
 
 TRAIN = ["--vision", "pixels-8", "--text", "bow", "--pairs", "shapes:train?n=120", "--labelled", "shapes:test?n=60",
          "--retrieval", "none", "--dim", "16", "--device", "cpu", "-q"]
@@ -17,23 +17,11 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_eval_refuses_an_unfinished_run_unless_allowed(tmp_path, monkeypatch):
-    class Killed(BaseException):
-        pass
-
-    real_step = engine.Trainer._train_step
-    calls = {"n": 0}
-
-    def dying_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:  # 120 pairs, small-data batch: one step an epoch, a checkpoint each step
-            raise Killed
-        return real_step(self, batch)
-
-    monkeypatch.setattr(engine.Trainer, "_train_step", dying_step)
+def test_eval_refuses_an_unfinished_run_unless_allowed(tmp_path, kill_at_step):
+    kill_at_step(3)  # 120 pairs, small-data batch: one step an epoch, a checkpoint each step
     with pytest.raises(Killed):
         invoke("train", *TRAIN, "--epochs", "5", "--checkpoint-every", "1", "--out", tmp_path / "run")
-    monkeypatch.setattr(engine.Trainer, "_train_step", real_step)
+    kill_at_step(None)
     aligned = json.loads((tmp_path / "run" / "aligned.json").read_text())
     done = aligned["epochs_run"]
     assert aligned["finished"] is False and 1 <= done < 5
