@@ -61,7 +61,8 @@ def test_metrics_subset_and_bad_metric(tmp_path):
                     "--out", tmp_path)
     assert result.exit_code == 0, result.output
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert set(record["metrics"]) == {"kmeans_nmi", "kmeans_ari", "mutual_knn", "cka", "cknna"}
+    assert set(record["metrics"]) == {"kmeans_nmi", "kmeans_ari", "mutual_knn", "cka", "cknna", "mutual_knn_null",
+                                      "cka_null", "cknna_null"}  # each similarity with its chance level
     bad = CliRunner().invoke(main, ["run", "--vision", "hog", "--text", "bow", "--metrics", "accuracy"])
     assert bad.exit_code == 2 and "kmeans_nmi" in bad.output
 
@@ -81,8 +82,8 @@ def test_unavailable_model_fails_fast_before_any_work(tmp_path, monkeypatch):
 
 def test_sweep_report_and_plot(tmp_path):
     out = tmp_path / "results"
-    common = ["--pairs", "shapes:train?n=200", "--labelled", "shapes:test?n=300", "--retrieval",
-              "shapes:test?n=200", "--metrics", "kmeans_nmi,knn,linear_probe,similarity", "-q", "--out", out]
+    common = ["--pairs", "shapes:train?n=300", "--labelled", "shapes:test?n=300", "--retrieval",
+              "shapes:test?n=300", "--metrics", "kmeans_nmi,knn,linear_probe,similarity", "-q", "--out", out]
     result = CliRunner().invoke(main, ["sweep", "--vision", "pixels-8,pixels,hog-16", "--text", "bow", *common])
     assert result.exit_code == 0, result.output
     assert "3 pairs: 3 run" in result.output

@@ -17,7 +17,8 @@ from alignprobe.probe.training import config as training_config
 from alignprobe.probe.training import engine
 from conftest import Killed
 
-DATA = dict(pairs="shapes:train?n=120", labelled="shapes:test?n=60", retrieval="shapes:test?n=60")
+# the splits of one population (n=150) are disjoint; those of different n would share images
+DATA = dict(pairs="shapes:train?n=150", labelled="shapes:test?n=150", retrieval="shapes:test?n=150")
 TINY = {"out_dim": 16}  # small heads keep the 2-core CI fast; the recipe is otherwise untouched
 OPTIONS = EncodeOptions(quiet=True, device="cpu")
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from alignprobe.cli import main
 from conftest import Killed
 
-TRAIN = ["--vision", "pixels-8", "--text", "bow", "--pairs", "shapes:train?n=120", "--labelled", "shapes:test?n=60",
+TRAIN = ["--vision", "pixels-8", "--text", "bow", "--pairs", "shapes:train?n=150", "--labelled", "shapes:test?n=150",
          "--retrieval", "none", "--dim", "16", "--device", "cpu", "-q"]
 
 

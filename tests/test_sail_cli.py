@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from alignprobe.cli_train import classify, evaluate, train
 
-DATA = dict(pairs="shapes:train?n=200", labelled="shapes:test?n=120", retrieval="shapes:test?n=120")
+DATA = dict(pairs="shapes:train?n=200", labelled="shapes:test?n=200", retrieval="shapes:test?n=200")
 # bow is 2048-d: a star text head would dominate the run time, so the text side is linear here
 # (star on both sides is covered by test_sail_training.py)
 TINY = ["--dim", "16", "--width", "2", "--text-head", "linear", "--epochs", "3", "--micro-batch", "64",
