@@ -336,11 +336,12 @@ def plot(results_dir, output, text, formats, n_boot, seed, exclude):
 
 
 # SAIL training commands live in their own module; registered here so `alignprobe --help` lists them.
-from alignprobe.cli_train import classify, evaluate, train  # noqa: E402
+from alignprobe.cli_train import classify, evaluate, segment, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(evaluate, name="eval")
 main.add_command(classify)
+main.add_command(segment)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,6 +107,11 @@ def _data_spec(value: str | None) -> str | None:
               help="Evaluate zero-shot/retrieval every N epochs [2, as the reference; 0: at the end].")
 @click.option("--log-to", type=click.Choice(["tensorboard", "wandb"]), default=None,
               help="Also log to TensorBoard or W&B (optional extras; W&B honours WANDB_MODE=offline).")
+@click.option("--winoground", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Also score the trained heads on Winoground (official layout).")
+@click.option("--mmvp", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Also score the trained heads on MMVP-VLM (official layout).")
+@click.option("--segmentation", default=None, help="Also segment this data (seg:DIR, shapes-seg:test) with the heads.")
 @click.option("--vision-layer", type=click.IntRange(min=0), default=None,
               help="Take vision features from block N instead of the last one.")
 @click.option("--checkpoint-every", default=None, help="Also checkpoint every N steps [1000]; 'none': epoch ends only.")
@@ -122,7 +127,8 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
           text_pooling, head, image_head, text_head, width, out_dim, batch_size, micro_batch, optimizer, lr,
           weight_decay, decay_all, epochs, warmup_fraction, schedule, grad_clip, loss, normalization, chunk_size, positives,
           caption_sampling, precision, val_fraction, patience, select_by, selection, eval_every, log_to,
-          vision_layer, checkpoint_every, seed, results_dir, resume, overwrite, force, verbose, **kwargs):
+          vision_layer, winoground, mmvp, segmentation, checkpoint_every, seed, results_dir, resume, overwrite,
+          force, verbose, **kwargs):
     """Train SAIL alignment heads on a frozen vision x text pair (or on a sweep's best pairs).
 
     \b
@@ -162,7 +168,7 @@ def train(vision, text, out_dir, from_sweep, top_k, by, preset, pairs, labelled,
         check_backend(log_to)
     data = dict(pairs=pairs, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
                 vision_pooling=vision_pooling, text_pooling=text_pooling, seed=seed, vision_layer=vision_layer,
-                selection=selection)
+                selection=selection, winoground=winoground, mmvp=mmvp, segmentation=segmentation)
 
     if from_sweep:
         check_writable(out_dir or Path(from_sweep) / "sail", "run directory (--out)")
@@ -248,24 +254,39 @@ def _none_or_int(flag: str, value: str) -> int | None:
 @click.option("--retrieval", default=None, help="Captioned images for retrieval R@k [the run's; 'none' skips].")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
               help="The kept (best held-out) weights or the latest checkpoint.")
+@click.option("--winoground", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Winoground in its official layout (examples.jsonl, images/): text / image / group scores.")
+@click.option("--mmvp", type=click.Path(file_okay=False, exists=True), default=None,
+              help="MMVP-VLM in its official layout (Questions.csv, 'MLLM_VLM Images/'): per-category accuracy.")
+@click.option("--segmentation", default=None,
+              help="Open-vocabulary segmentation data (seg:DIR, shapes-seg:test): mIoU and pixel accuracy.")
+@click.option("--segmentation-limit", type=POSITIVE_INT, default=None, help="Segment only the first N images.")
+@click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Segmentation: pixels whose best class probability is below this are background.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Evaluate a run that has not finished training (its best epoch so far) without refusing.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
 @encode_options
 @_friendly_errors
-def evaluate(model_path, labelled, retrieval, which, allow_unfinished, json_out, verbose, **kwargs):
+def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentation, segmentation_limit,
+             background_threshold, allow_unfinished, json_out, verbose, **kwargs):
     """Zero-shot and retrieval scores of a trained model on labelled / captioned data."""
     from alignprobe.io import write_json_atomic
     from alignprobe.probe.pipelines.train import evaluate_checkpoint
 
     _setup_logging(kwargs["quiet"], verbose)
     options = _options(kwargs)
+    evaluations = dict(winoground=winoground, mmvp=mmvp, segmentation=segmentation,
+                       segmentation_limit=segmentation_limit if segmentation else None,
+                       background_threshold=background_threshold if segmentation else None)
     result = evaluate_checkpoint(model_path, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
-                                 options=options, which=which, allow_unfinished=allow_unfinished)
+                                 options=options, which=which, allow_unfinished=allow_unfinished,
+                                 evaluations=evaluations)
     if result.get("unfinished"):
         click.echo(f"note: {result['unfinished']}", err=True)
     click.echo(f"model: {result['model']} ({which})  labelled: {result['labelled']}  retrieval: {result['retrieval']}")
-    _print_table([{k: _fmt(v) for k, v in result["metrics"].items()}])
+    shown = {k: v for k, v in result["metrics"].items() if not k.startswith(("iou_", "mmvp_"))}
+    _print_table([{k: _fmt(v) for k, v in shown.items()}])
     if json_out:
         write_json_atomic(json_out, result)
         click.echo(f"wrote {json_out}", err=True)
@@ -337,4 +358,51 @@ def classify(model_path, images, classes, templates, top_k, which, device, dtype
         click.echo(f"wrote {json_out}", err=True)
 
 
-__all__ = ["train", "evaluate", "classify"]
+# --------------------------------------------------------------------------- segment
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="Run directory of `alignprobe train` (or its aligned.json).")
+@click.option("--data", required=True, help="Segmentation data: seg:DIR (VOC / ADE20K / images+masks) or shapes-seg:test.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Also draw image / prediction / ground truth of the first images into this PNG.")
+@click.option("--figure-images", type=POSITIVE_INT, default=4, show_default=True)
+@click.option("--limit", type=POSITIVE_INT, default=None, help="Score only the first N images.")
+@click.option("--window", type=POSITIVE_INT, default=None, help="Sliding-window size in pixels [the encoder's input].")
+@click.option("--stride", type=POSITIVE_INT, default=None, help="Sliding-window stride in pixels [half the window].")
+@click.option("--short-side", type=POSITIVE_INT, default=None, help="Resize images to this short side first.")
+@click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Pixels whose best class probability is below this are background.")
+@click.option("--templates", default=None, help="Prompt templates: a name (imagenet, ...) or a file [the set's, else CLIP's 80].")
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the scores here.")
+@encode_options
+@_friendly_errors
+def segment(model_path, data, figure, figure_images, limit, window, stride, short_side, background_threshold,
+            templates, which, json_out, verbose, **kwargs):
+    """Open-vocabulary semantic segmentation with a trained model: patch tokens through the vision
+    head against class prompts through the text head (mIoU, pixel accuracy, per-class IoU)."""
+    from alignprobe.io import write_json_atomic
+    from alignprobe.probe.evals.aligned import segment_aligned
+    from alignprobe.probe.pipelines.aligned import load_aligned
+
+    _setup_logging(kwargs["quiet"], verbose)
+    options = _options(kwargs)
+    aligned = load_aligned(model_path, device=options.device, encoder_dtype=options.dtype, which=which)
+    settings = {k: v for k, v in dict(window=window, stride=stride, short_side=short_side,
+                                      background_threshold=background_threshold).items() if v is not None}
+    row = segment_aligned(aligned, data, figure=figure, n_figure=figure_images, limit=limit, templates=templates,
+                          progress=not options.quiet, **settings)
+    click.echo(f"model: {aligned.path} ({which})  data: {data}")
+    _print_table([{k: _fmt(row[k]) for k in ("miou", "pixel_acc") if k in row}])
+    per_class = {k[len("iou_"):]: _fmt(v) for k, v in row.items() if k.startswith("iou_")}
+    if per_class:
+        _print_table([per_class])
+    if figure:
+        click.echo(f"figure: {figure}")
+    if json_out:
+        write_json_atomic(json_out, {"model": str(aligned.path), "data": data, "metrics": row})
+
+
+__all__ = ["train", "evaluate", "classify", "segment"]

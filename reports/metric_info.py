@@ -60,6 +60,17 @@ _TABLE: tuple[MetricInfo, ...] = (
     _m("mutual_knn", "mutual k-NN", True, "alignment", "mutual k-NN overlap of the raw features"),
     _m("cka", "CKA", True, "alignment", "linear CKA of the raw features"),
     _m("cknna", "CKNNA", True, "alignment", "CKNNA of the raw features"),
+    # chance levels: the same score under a random pairing (no better direction: a reference, not a result)
+    _m("mutual_knn_null", "mutual k-NN (chance)", None, "alignment", "mutual k-NN under random pairings"),
+    _m("cka_null", "CKA (chance)", None, "alignment", "CKA under random pairings"),
+    _m("cknna_null", "CKNNA (chance)", None, "alignment", "CKNNA under random pairings"),
+    # the paper's other evaluations of trained heads (probe/evals)
+    _m("winoground_text", "Winoground text", True, "alignment", "Winoground text score (fraction of examples)"),
+    _m("winoground_image", "Winoground image", True, "alignment", "Winoground image score (fraction of examples)"),
+    _m("winoground_group", "Winoground group", True, "alignment", "Winoground group score (fraction of examples)"),
+    _m("mmvp", "MMVP-VLM", True, "alignment", "MMVP-VLM accuracy, mean over categories"),
+    _m("miou", "mIoU", True, "alignment", "open-vocabulary segmentation mIoU"),
+    _m("pixel_acc", "pixel acc.", True, "alignment", "open-vocabulary segmentation pixel accuracy"),
     _m("probe_val_loss", "probe val. loss", False, "other", "held-out sigmoid loss of the probe", ".3g"),
     _m("probe_epochs", "probe epochs", None, "other", "epochs the probe trained", ".4g"),
     _m("sail_val_loss", "SAIL val. loss", False, "other", "held-out sigmoid loss of the SAIL heads", ".3g"),

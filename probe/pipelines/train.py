@@ -48,6 +48,9 @@ class SailRunConfig:
     preset: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
     selection: str | None = None
+    winoground: str | None = None  # the paper's other evaluations of the trained heads (probe/evals)
+    mmvp: str | None = None
+    segmentation: str | None = None
 
     def __post_init__(self):
         from alignprobe.probe.training.config import PRESETS, TrainConfig
@@ -265,6 +268,16 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     notes = trainer.summary()
     # the engine's bookkeeping (train_epochs, ...) is named after the run kind in the records
     metrics = {(f"sail_{k[len('train_'):]}" if k.startswith("train_") else k): v for k, v in trainer.metrics_.items()}
+    evaluations = {k: v for k, v in dict(winoground=config.winoground, mmvp=config.mmvp,
+                                         segmentation=config.segmentation).items() if v}
+    if evaluations and ctx.is_main:
+        from types import SimpleNamespace
+
+        from alignprobe.probe.evals.aligned import evaluate_aligned
+
+        trained = SimpleNamespace(encoder=pipeline.encoder, model=trainer.model_,
+                                  transform_image=trainer.transform_image, transform_text=trainer.transform_text)
+        metrics.update(evaluate_aligned(trained, progress=not options.quiet, **evaluations))
     record = record_fields("sail", config, pipeline, options, started)
     record.update({
         "train_config": train_config.to_dict(),
@@ -357,7 +370,7 @@ def train_from_sweep(results_dir: str | Path, top_k: int, by: str, *, out_root: 
 
 def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrieval: str | None = None,
                         options: EncodeOptions | None = None, which: str = "best",
-                        allow_unfinished: bool = False) -> dict[str, Any]:
+                        allow_unfinished: bool = False, evaluations: dict | None = None) -> dict[str, Any]:
     """Zero-shot and retrieval metrics of a trained model on labelled / captioned data.
 
     ``labelled`` / ``retrieval``: data specs; None uses the run's own
@@ -387,8 +400,10 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
     run_config = (aligned.info.get("metadata") or {}).get("run_config") or {}
     labelled = run_config.get("labelled", "shapes:test") if labelled is None else labelled
     retrieval = run_config.get("retrieval", "shapes:test") if retrieval is None else retrieval
-    if not labelled and not retrieval:
-        raise ValidationError("nothing to evaluate: give --labelled and/or --retrieval")
+    evaluations = {k: v for k, v in (evaluations or {}).items() if v is not None}
+    if not labelled and not retrieval and not evaluations:
+        raise ValidationError("nothing to evaluate: give --labelled, --retrieval, --winoground, --mmvp or "
+                              "--segmentation")
     vision, text = aligned.encoder_info("vision"), aligned.encoder_info("text")
     pipeline = RunPipeline(RunConfig(vision=vision["name"], text=text["name"], labelled=labelled or "shapes:test",
                                      retrieval=retrieval or "shapes:test", metrics=("zero_shot", "retrieval")),
@@ -399,6 +414,10 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
         pipeline.encoder_info[modality] = encoder.manifest()
     zero_shot, retrieval_data = _eval_sets(pipeline, SimpleNamespace(labelled=labelled, retrieval=retrieval))
     metrics = evaluate(lambda x: aligned.transform_image(x).numpy(), lambda x: aligned.transform_text(x).numpy(),
-                       zero_shot, retrieval_data)
+                       zero_shot, retrieval_data) if (zero_shot is not None or retrieval_data is not None) else {}
+    if evaluations:
+        from alignprobe.probe.evals.aligned import evaluate_aligned
+
+        metrics.update(evaluate_aligned(aligned, progress=not options.quiet, **evaluations))
     return {"metrics": metrics, "labelled": labelled or None, "retrieval": retrieval or None,
             "model": str(aligned.path), "data": pipeline.data_info, "unfinished": unfinished}
