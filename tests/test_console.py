@@ -67,6 +67,7 @@ def test_third_party_info_stays_out(caplog):
     logger = logging.getLogger("faiss.loader")
     old = logging.getLogger("faiss").level
     try:
+        logging.getLogger("faiss").setLevel(logging.NOTSET)  # a CLI test before this one may have set ERROR
         quiet_third_party()
         with caplog.at_level(logging.INFO):
             logger.info("Loading faiss with AVX2 support.")
