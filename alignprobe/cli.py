@@ -43,8 +43,9 @@ def _probe_training_options(func):
                           "Never a reported test set."),
         click.option("--log-to", type=click.Choice(["tensorboard", "wandb"]), default=None,
                      help="Also log the probe's training to TensorBoard or W&B (optional extras)."),
-        click.option("--vision-layer", type=click.IntRange(min=0), default=None,
-                     help="Take vision features from block N instead of the last one."),
+        click.option("--vision-layer", default=None,
+                     help="Take vision features from block N instead of the last one (sweep: N1,N2,... probes "
+                          "each vision encoder at each layer, encoded in one pass)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -86,7 +87,9 @@ def _probe_training_values(kwargs: dict):
         ("log_to", kwargs.pop("log_to"))) if value is not None}
     if "log_to" in train:
         check_backend(train["log_to"])
-    return preset, train, kwargs.pop("vision_layer")
+    from alignprobe.probe.embeddings.layers import parse_layers
+
+    return preset, train, parse_layers(kwargs.pop("vision_layer"))
 
 
 @main.command()
@@ -172,12 +175,17 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
     (batch min(n, 1024), lr 1e-3, 200 epochs, early stopping on 10% held-out pairs); each change is
     printed and recorded. --preset sail-probe forces the exact recipe at any size.
     """
+    from alignprobe.errors import ValidationError
     from alignprobe.probe.pipelines.run import RunConfig, run_pair
     from alignprobe.reports.summary import format_run_summary
 
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(out_dir, "results directory (--out)")
     preset, train, vision_layer = _probe_training_values(kwargs)
+    if vision_layer is not None and len(vision_layer) > 1:
+        raise ValidationError(f"run probes one layer; for several (--vision-layer {','.join(map(str, vision_layer))}) "
+                              f"use `alignprobe sweep`, which encodes them in one pass")
+    vision_layer = vision_layer[0] if vision_layer else None
     protocol = _protocol_values(kwargs)
     options = _options_from(kwargs)
     values = dict(vision=vision, text=text, pairs=pairs, labelled=labelled, retrieval=retrieval,

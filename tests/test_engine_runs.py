@@ -184,3 +184,40 @@ def test_log_backend_missing_names_the_extra(monkeypatch):
     monkeypatch.setattr(train_log.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
     with pytest.raises(ValidationError, match=r'pip install "alignprobe\[wandb\]"'):
         train_log.check_backend("wandb")
+
+
+def test_a_layer_sweep_costs_one_encode(tmp_path, monkeypatch):
+    import alignprobe.backbones as backbones
+    from transformers import Dinov2Config, Dinov2Model
+
+    from test_backbones_layers import PROCESSOR, TINY as TINY_DINOV2
+
+    model_dir = tmp_path / "dinov2"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(**TINY_DINOV2)).save_pretrained(model_dir)
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
+    base_loads, lazy_loads = [], []
+    real_create, real_load = backbones.create_vision_encoder, lazy.LazyEncoder.load
+
+    def counting_create(*args, **kwargs):
+        base_loads.append(args[0])
+        return real_create(*args, **kwargs)
+
+    def counting_load(self):
+        if self._encoder is None and self.modality == "vision":
+            lazy_loads.append(self.name)
+        return real_load(self)
+
+    monkeypatch.setattr(backbones, "create_vision_encoder", counting_create)
+    monkeypatch.setattr(lazy.LazyEncoder, "load", counting_load)
+    sweep = SweepConfig(vision=[str(model_dir)], text=["bow"],
+                        run=dict(metrics=("zero_shot",), train=dict(TINY, epochs=1), vision_layer="1,2", **DATA))
+    outcomes = run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)
+    assert [(o.config.vision_layer, o.status) for o in outcomes] == [(1, "done"), (2, "done")]
+    assert base_loads == [str(model_dir)] and lazy_loads == []  # one load, one pass for both layers
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("probe__*.json"))]
+    assert sorted(r["config"]["vision_layer"] for r in records) == [1, 2]
+    assert len({r["encoders"]["vision"]["name"] for r in records}) == 2  # each layer its own cache identity
+    base_loads.clear()
+    assert [o.status for o in run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)] == ["skipped"] * 2
+    assert base_loads == [] and lazy_loads == []

@@ -15,6 +15,7 @@ from typing import Any
 
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import AlignprobeError, ValidationError
+from alignprobe.probe.pipelines.layer_sweep import encode_layer_groups
 from alignprobe.probe.pipelines.run import RunConfig, run_pair
 
 log = logging.getLogger("alignprobe.sweep")
@@ -44,6 +45,10 @@ class SweepConfig:
         if unknown:
             raise ValidationError(f"unknown run setting(s) {sorted(unknown)} in the sweep; valid: {sorted(allowed)}")
         self.seeds = [int(s) for s in self.seeds] or [0]
+        if self.run.get("vision_layer") is not None:  # "4,8,12" or a list: each vision encoder at each layer
+            from alignprobe.probe.embeddings.layers import parse_layers
+
+            self.run["vision_layer"] = parse_layers(self.run["vision_layer"])
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "SweepConfig":
@@ -73,8 +78,10 @@ class SweepConfig:
 
     def pairs(self) -> list[RunConfig]:
         """Every (vision, text, seed) of the grid in a fixed order."""
-        return [RunConfig(vision=v, text=t, seed=s, **self.run)
-                for v in self.vision for t in self.text for s in self.seeds]
+        run = {k: v for k, v in self.run.items() if k != "vision_layer"}
+        layers = self.run.get("vision_layer") or [None]
+        return [RunConfig(vision=v, text=t, seed=s, vision_layer=layer, **run)
+                for v in self.vision for layer in layers for t in self.text for s in self.seeds]
 
 
 def shard_of(items: list, shard: tuple[int, int]) -> list:
@@ -109,6 +116,8 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
         for key in (("vision", config.vision, config.vision_pooling, config.vision_layer),
                     ("text", config.text, config.text_pooling)):
             last_use[key] = i
+    # the layers of one vision encoder are encoded together: a layer sweep costs one encode
+    encode_layer_groups(todo, out_dir=out_dir, options=options, pool=pool, force=force)
     bar = tqdm(todo, disable=options.quiet, desc=f"sweep (shard {shard[0]}/{shard[1]})", unit="pair")
     for index, config in enumerate(bar):
         bar.set_postfix_str(f"{config.vision} x {config.text} seed {config.seed}")
