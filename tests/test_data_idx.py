@@ -126,3 +126,21 @@ def test_fashion_mnist_missing_names_the_package_and_the_files(tmp_path, monkeyp
     assert "apt-get install dataset-fashion-mnist" in msg
     assert "train-images-idx3-ubyte" in msg and "train-labels-idx1-ubyte" in msg
     assert "ALIGNPROBE_DATA" in msg
+
+
+def test_fashion_mnist_balanced_subset(tmp_path, monkeypatch):
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    tiny_set(folder, n_train=30, n_test=9)  # labels 0,1,2 repeating: 10 of each class in train
+    monkeypatch.setenv("ALIGNPROBE_DATA", str(tmp_path))
+    sub = open_dataset("fashion-mnist:train?n=7")
+    assert sub.name == "fashion-mnist:train?n=7" and len(sub) == 7
+    assert sorted(np.bincount(sub.labels).tolist()) == [2, 2, 3]  # as even as 7 over 3 classes allows
+    again = open_dataset("fashion-mnist:train?n=7")
+    assert again.ids == sub.ids and again.image_fingerprint() == sub.image_fingerprint()
+    full = open_dataset("fashion-mnist:train")
+    k = full.ids.index(sub.ids[3])  # a subset image is the same image, under the same id
+    assert np.array_equal(np.asarray(sub.load_image(3)), np.asarray(full.load_image(k)))
+    assert open_dataset("fashion-mnist:train?n=8").image_fingerprint() != sub.image_fingerprint()
+    with pytest.raises(DataError, match="more than the 30 images"):
+        open_dataset("fashion-mnist:train?n=31")

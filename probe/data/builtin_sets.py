@@ -262,13 +262,16 @@ def make_digits(*, split: str | None = None, size: int = 32,
 
 # -- fashion-mnist ----------------------------------------------------------------
 
-def make_fashion_mnist(*, split: str | None = None, name: str | None = None):
+def make_fashion_mnist(*, split: str | None = None, n: int | None = None, name: str | None = None):
     """Fashion-MNIST from its IDX files (the Debian package dataset-fashion-mnist, or
     ``$ALIGNPROBE_DATA``): the official 60,000 / 10,000 train / test files, not a hash split;
-    captions from the class names (see `alignprobe.probe.data.readers_idx`)."""
+    captions from the class names (see `alignprobe.probe.data.readers_idx`). ``n``: a
+    class-balanced subset of that many images (the same ones in every run)."""
     from alignprobe.probe.data.readers_idx import read_fashion_mnist
 
-    return read_fashion_mnist(split=split, name=name)
+    if n is not None:
+        _check_positive(n=n)
+    return read_fashion_mnist(split=split, n=n, name=name)
 
 
 # -- shared -----------------------------------------------------------------------

@@ -180,7 +180,26 @@ FASHION_CAPTIONS = ["a photo of {a} {name}", "a black and white photo of {a} {na
                     "a small grayscale product picture of {a} {name}"]
 
 
-def read_fashion_mnist(*, split: str | None = None, name: str | None = None) -> IdxDataset:
+def balanced_subset(labels: np.ndarray, ids: list[str], n: int, what: str) -> np.ndarray:
+    """Sorted indices of `n` items, as even across classes as possible, each class taking the
+    ids with the smallest SHA-1 (stable across runs and NumPy versions)."""
+    if n > len(labels):
+        raise DataError(f"{what}: n={n} is more than the {len(labels)} images there are")
+    classes = np.unique(labels)
+    ranked = {c: sorted(np.flatnonzero(labels == c), key=lambda k: hashlib.sha1(ids[k].encode()).digest())
+              for c in classes}
+    take = {c: 0 for c in classes}
+    left = n
+    while left:  # round-robin, so small classes give what they have and the rest fill up
+        for c in classes:
+            if left and take[c] < len(ranked[c]):
+                take[c] += 1
+                left -= 1
+    return np.sort(np.concatenate([np.asarray(ranked[c][: take[c]], dtype=np.int64) for c in classes]))
+
+
+def read_fashion_mnist(*, split: str | None = None, n: int | None = None,
+                       name: str | None = None) -> IdxDataset:
     directory = fashion_mnist_dir()
     if directory is None:
         where = ([f"${ENV_DATA}/fashion-mnist", f"${ENV_DATA}"] if os.environ.get(ENV_DATA) else []) \
@@ -191,9 +210,12 @@ def read_fashion_mnist(*, split: str | None = None, name: str | None = None) -> 
             f"{', '.join(expected_files(split))} (from github.com/zalandoresearch/fashion-mnist) "
             f"in a folder and set {ENV_DATA} to it. Looked in: {', '.join(where)}")
     ids, images, labels = _load(directory, split, "fashion-mnist")
+    if n is not None:
+        keep = balanced_subset(labels, ids, n, "fashion-mnist")
+        ids, images, labels = [ids[k] for k in keep], images[keep], labels[keep]
     return FashionMnistDataset(
         name or ("fashion-mnist" if split is None else f"fashion-mnist:{split}"),
         [f"fashion-mnist/{i}" for i in ids], images, labels,
         caption_templates=FASHION_CAPTIONS, class_keys=list(FASHION_CLASSES),
         class_names=list(FASHION_CLASSES), templates=list(FASHION_TEMPLATES),
-        root=str(directory), split=split, params={})
+        root=str(directory), split=split, params={} if n is None else {"n": n})

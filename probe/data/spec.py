@@ -20,7 +20,8 @@ spec                  what                                                 keys
 ``folder:DIR``        labelled folder ``DIR/<class>/<image>``              (none)
 ``coco:FILE.json``    COCO or Karpathy caption JSON                        ``images`` (images root)
 ``idx:DIR``           MNIST-style IDX image/label files (gzip or not)      (none)
-``fashion-mnist``     Fashion-MNIST (70,000, 28 px, 10 classes) from the   (none)
+``fashion-mnist``     Fashion-MNIST (70,000, 28 px, 10 classes) from the   ``n`` (a class-balanced
+                                                                           subset)
 ``[:SPLIT]``          Debian package dataset-fashion-mnist or
                       ``$ALIGNPROBE_DATA``; template captions
 ====================  ===================================================  ============================
@@ -87,7 +88,7 @@ KIND_KEYS = {
     "wds": (),
     "folder": (),
     "coco": ("images",),
-    "fashion-mnist": (),
+    "fashion-mnist": ("n",),
     "idx": (),
 }
 KIND_KEYS["tsv"] = KIND_KEYS["jsonl"] = KIND_KEYS["csv"]
@@ -178,7 +179,8 @@ def _open(kind, target, split, query, name, encoding=None) -> Dataset:
         return read_folder(target, split=split, name=name)
     if kind == "fashion-mnist":
         from alignprobe.probe.data.builtin_sets import make_fashion_mnist
-        return make_fashion_mnist(split=split, name=name)
+        ints = {k: _int(name, k, v) for k, v in query.items()}
+        return make_fashion_mnist(split=split, name=name, **ints)
     if kind == "idx":
         from alignprobe.probe.data.readers_idx import read_idx_dir
         return read_idx_dir(target, split=split, name=name)
