@@ -240,7 +240,7 @@ class FileDataset(Dataset):
     def _hash_content(self, h) -> None:
         # Size + mtime rather than file contents: hashing every image of a large
         # set would cost as much as encoding it; a rewritten file changes both.
-        from tqdm.auto import tqdm
+        from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
         big = len(self.paths) >= 50_000  # ~ a second of stat calls or more
         for p in tqdm(self.paths, desc="fingerprinting images", unit="file",

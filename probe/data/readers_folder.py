@@ -47,7 +47,7 @@ def read_folder(path: str, *, split: str | None = None, name: str | None = None)
                         f"DIR/<class>/<image>")
     ids, paths, labels = [], [], []
     cut = len(str(base)) + 1  # slicing, not os.path.relpath: ImageNet has 1.28M files
-    from tqdm.auto import tqdm
+    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
     listing = tqdm(classes, desc="listing class folders", unit="class",
                    disable=None if len(classes) >= 50 else True, leave=False)

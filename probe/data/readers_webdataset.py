@@ -204,7 +204,7 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
 
     `encoding`: of the ``.txt`` / ``.json`` members (None: UTF-8).
     """
-    from tqdm.auto import tqdm
+    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
     shards = resolve_shards(path, split)
     keys, shard_idx, offsets, sizes, members, caps, labels = [], [], [], [], [], [], []

@@ -23,7 +23,7 @@ def to_space(project: Projection, feats: torch.Tensor, what: str) -> torch.Tenso
 
 def embed_texts(encoder, project: Projection, texts: Sequence[str], *, batch_size: int = 256,
                 progress: bool = True, desc: str = "encoding texts") -> torch.Tensor:
-    from tqdm.auto import tqdm
+    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
     texts = list(texts)
     parts = []
@@ -40,7 +40,7 @@ def embed_images(encoder, project: Projection, loaders: Sequence[Callable[[], ob
                  batch_size: int = 64, progress: bool = True,
                  desc: str = "encoding images") -> torch.Tensor:
     """`loaders[i]()` returns image i (loaded lazily, a batch at a time)."""
-    from tqdm.auto import tqdm
+    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
     parts = []
     starts = range(0, len(loaders), batch_size)

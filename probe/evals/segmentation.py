@@ -211,7 +211,7 @@ def evaluate_segmentation(vision_encoder, text_encoder, image_to_space: Projecti
     """``{"miou", "pixel_acc", "iou_<class>"...}`` on a segmentation set (a spec such as
     ``seg:DIR`` / ``shapes-seg:test`` or a `SegmentationDataset`), the first ``limit``
     images when given; scored by `alignprobe.metrics.segmentation_scores`' definitions."""
-    from tqdm.auto import tqdm
+    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
     ds = data if isinstance(data, SegmentationDataset) else open_segmentation(data)
     if templates is None:

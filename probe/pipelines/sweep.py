@@ -101,7 +101,7 @@ class PairOutcome:
 def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: EncodeOptions | None = None,
               shard: tuple[int, int] = (0, 1), force: bool = False) -> list[PairOutcome]:
     """Run this shard's pairs of the grid; returns one outcome per pair."""
-    from tqdm.auto import tqdm
+    from alignprobe.console import progress
 
     from alignprobe.reports.records import now_iso, record_path, write_record
 
@@ -118,7 +118,7 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
             last_use[key] = i
     # the layers of one vision encoder are encoded together: a layer sweep costs one encode
     encode_layer_groups(todo, out_dir=out_dir, options=options, pool=pool, force=force)
-    bar = tqdm(todo, disable=options.quiet, desc=f"sweep (shard {shard[0]}/{shard[1]})", unit="pair")
+    bar = progress(todo, disable=options.quiet, desc=f"sweep (shard {shard[0]}/{shard[1]})", unit="pair")
     for index, config in enumerate(bar):
         bar.set_postfix_str(f"{config.vision} x {config.text} seed {config.seed}")
         try:

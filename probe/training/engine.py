@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from alignprobe.console import progress
 
 from alignprobe._version import __version__
 from alignprobe.errors import AlignprobeError, DataError, NotFittedError, ValidationError
@@ -324,7 +324,7 @@ class Trainer:
             best_state = _cpu_state(model)
         self._log = TrainLog(self.out_dir, enabled=ctx.is_main, backend=config.log_to, run_config=config.to_dict(),
                              resume_step=state["step"] if state["step"] > 0 else None)
-        bar = tqdm(total=total_steps, initial=state["step"], desc="training heads", unit="step",
+        bar = progress(total=total_steps, initial=state["step"], desc="training heads", unit="step",
                    disable=self.quiet or not ctx.is_main, dynamic_ncols=True)
         params_lr = self._optimizer.param_groups
         model.train()
