@@ -3,6 +3,7 @@
     python benchmarks/probe_scale.py                   # 1M and 250k pairs, 2,048-d images, 1,024-d texts, fp16
     python benchmarks/probe_scale.py --steps 0         # a whole epoch at each size (31 + 8 steps: hours on 2 cores)
     python benchmarks/probe_scale.py --quick           # 100k / 25k pairs, 512 / 256-d, batch 4,096 (a minute)
+    python benchmarks/probe_scale.py --micro-batch 4096 # two-pass (GradCache) steps: less memory, a second forward
 
 For each size a synthetic memory-mapped fp16 cache is written (images and one
 caption per image, as `np.memmap` files -- what a `CachedEmbeddings` entry
@@ -109,8 +110,10 @@ def worker(args) -> dict:
     n, d_img, d_txt = args.n, args.d_img, args.d_txt
     images = np.memmap(args.images, dtype=np.float16, mode="r", shape=(n, d_img))
     texts = np.memmap(args.texts, dtype=np.float16, mode="r", shape=(n, d_txt))
+    micro = None if args.micro_batch in (None, "none") else args.micro_batch if args.micro_batch == "auto" \
+        else int(args.micro_batch)
     config = TrainConfig.preset("sail-probe", batch_size=args.batch, epochs=1, device="cpu", checkpoint_every=None,
-                                prefetch=True, out_dim=args.out_dim)
+                                prefetch=True, out_dim=args.out_dim, micro_batch=micro)
     peak_before = gemm_peak()
     sampler = PeakSampler()
     sampler.start()
@@ -162,6 +165,7 @@ def main():
     parser.add_argument("--d-txt", type=int, default=1024)
     parser.add_argument("--out-dim", type=int, default=2048)
     parser.add_argument("--dir", default="/tmp/alignprobe-probe-scale")
+    parser.add_argument("--micro-batch", default="auto", help="auto (the default: one pass when it fits), none, or rows")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -180,7 +184,7 @@ def main():
         print(f"cache of {n:,} pairs ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         cmd = [sys.executable, __file__, WORKER, "--n", str(n), "--images", str(images), "--texts", str(texts),
                "--steps", str(args.steps), "--batch", str(args.batch), "--d-img", str(args.d_img),
-               "--d-txt", str(args.d_txt), "--out-dim", str(args.out_dim)]
+               "--d-txt", str(args.d_txt), "--out-dim", str(args.out_dim), "--micro-batch", str(args.micro_batch)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
