@@ -30,11 +30,11 @@ from alignprobe.probe.training.config_fields import ConfigDictMixin, is_int, is_
 from alignprobe.probe.training.heads import HEAD_KINDS
 from alignprobe.probe.training.losses import NORMALIZATIONS
 from alignprobe.probe.training.schedules import SCHEDULES
+from alignprobe.probe.training.streaming import SAMPLINGS
 
 LOSSES = ("sigmoid", "infonce")
 OPTIMIZERS = ("lion", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
-SAMPLINGS = ("random", "fixed")
 LOG_BACKENDS = ("tensorboard", "wandb")
 LOWER_IS_BETTER = {"val_loss"}
 #: Below this many usable pairs `resolve_recipe` adapts the recipe (unless the preset is forced).

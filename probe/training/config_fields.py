@@ -1,9 +1,9 @@
-"""What `ProbeConfig` and `SailConfig` share: dict round-trips and field checks.
+"""What the engine's `TrainConfig` needs from any config: dict round-trips and field checks.
 
-Both are frozen dataclasses that are written into records and checkpoints as
-JSON and read back, so both need the same `to_dict` / `from_dict` (tuples
-become lists; unknown keys are an error, not silently dropped) and the same
-field validation with errors that name the class, the field and the value.
+It is a frozen dataclass written into records and checkpoints as JSON and
+read back, so it needs `to_dict` / `from_dict` (tuples become lists; unknown
+keys are an error, not silently dropped) and field validation with errors
+that name the class, the field and the value.
 """
 from __future__ import annotations
 

@@ -177,7 +177,7 @@ class Trainer:
             raise ValidationError(f"image_valid must be a bool mask of shape ({images.n},), got {valid.shape}")
         usable = np.flatnonzero(valid & (index.counts > 0))
         if len(usable) < 4:
-            raise DataError(f"only {len(usable)} images have an embedding and a caption; SAIL training needs at least 4")
+            raise DataError(f"only {len(usable)} images have an embedding and a caption; training needs at least 4")
 
         notes: list[str] = list(self.extra_notes)
         config = self.config if self.config is not None else TrainConfig(**self.overrides)
