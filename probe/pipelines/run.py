@@ -149,7 +149,8 @@ class RunPipeline:
         self.encoder_info: dict[str, dict] = {}
         self._encoders = encoders if encoders is not None else {}
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.messages: list[str] = []
+        self.messages: list[str] = []  # the recipe changes, as printed
+        self._datasets: dict[str, Any] = {}  # spec -> opened data set (opened once: for the key and the run)
 
     # ------------------------------------------------------------------ encoders
     def check(self) -> None:
@@ -210,10 +211,9 @@ class RunPipeline:
     def _dataset(self, spec: str):
         from alignprobe.probe.data.spec import open_dataset
 
-        cache = self.__dict__.setdefault("_datasets", {})
-        if spec not in cache:
-            cache[spec] = open_dataset(spec, strict=self.options.strict)
-        return cache[spec]
+        if spec not in self._datasets:
+            self._datasets[spec] = open_dataset(spec, strict=self.options.strict)
+        return self._datasets[spec]
 
     def _encode_set(self, role: str, spec: str, need_images: bool, need_captions: bool,
                     need_prompts: bool) -> _Encoded:
