@@ -46,17 +46,29 @@ class HFVisionEncoder(Encoder):
         self._takes_noise = "noise" in inspect.signature(model.forward).parameters
         self._finish()
 
+    def _inputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict, int | None]:
+        """The pixel batch on the model's device, the forward kwargs, and the number of patches.
+
+        MAE-style models mask patches at random unless given ``noise``; a fixed
+        ascending noise keeps every patch in order, so features are deterministic.
+        """
+        x = batch.to(self.device, self.dtype)
+        kwargs: dict = {}
+        n_patches = None
+        if self._patch is not None:
+            n_patches = (x.shape[-2] // self._patch[0]) * (x.shape[-1] // self._patch[1])
+            if self._takes_noise:
+                kwargs["noise"] = torch.arange(n_patches, device=self.device, dtype=torch.float32).expand(
+                    x.shape[0], -1)
+        return x, kwargs, n_patches
+
     def _forward_patches(self, batch: torch.Tensor):
         """The tokens `_forward` pools (`last_hidden_state`; `hidden_states[layer]` for a layer
         view) split into prefix tokens and the patch grid."""
         if self._patch is None:
             raise ValidationError(f"{self.spec.name}: the model config has no patch_size")
-        x = batch.to(self.device, self.dtype)
+        x, kwargs, _ = self._inputs(batch)
         h, w = x.shape[-2] // self._patch[0], x.shape[-1] // self._patch[1]
-        kwargs = {}
-        if self._takes_noise:
-            kwargs["noise"] = torch.arange(h * w, device=self.device, dtype=torch.float32).expand(
-                x.shape[0], -1)
         layer = getattr(self.spec, "layer", None)
         out = self.model(pixel_values=x, output_hidden_states=layer is not None, **kwargs)
         if layer is not None:
@@ -66,15 +78,7 @@ class HFVisionEncoder(Encoder):
         return split_patch_tokens(tokens, h, w, self.spec.name)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, self.dtype)
-        kwargs = {}
-        n_patches = None
-        if self._patch is not None:
-            n_patches = (x.shape[-2] // self._patch[0]) * (x.shape[-1] // self._patch[1])
-            if self._takes_noise:
-                kwargs["noise"] = torch.arange(
-                    n_patches, device=self.device, dtype=torch.float32
-                ).expand(x.shape[0], -1)
+        x, kwargs, n_patches = self._inputs(batch)
         out = self.model(pixel_values=x, **kwargs)
         tokens = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         num_prefix = 0
@@ -107,15 +111,7 @@ class HFVisionEncoder(Encoder):
                 f"{self.spec.name}: pooling 'pooler' is the model's head on its last block; for "
                 "layer features use pooling 'cls', 'mean' or 'concat'"
             )
-        x = batch.to(self.device, self.dtype)
-        kwargs = {}
-        n_patches = None
-        if self._patch is not None:
-            n_patches = (x.shape[-2] // self._patch[0]) * (x.shape[-1] // self._patch[1])
-            if self._takes_noise:
-                kwargs["noise"] = torch.arange(
-                    n_patches, device=self.device, dtype=torch.float32
-                ).expand(x.shape[0], -1)
+        x, kwargs, n_patches = self._inputs(batch)
         hidden = self.model(pixel_values=x, output_hidden_states=True, **kwargs).hidden_states
         if hidden is None:
             raise ValidationError(f"{self.spec.name}: the model returns no hidden_states")
