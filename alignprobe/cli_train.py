@@ -263,13 +263,19 @@ def _none_or_int(flag: str, value: str) -> int | None:
 @click.option("--segmentation-limit", type=POSITIVE_INT, default=None, help="Segment only the first N images.")
 @click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
               help="Segmentation: pixels whose best class probability is below this are background.")
+@click.option("--last-attention", type=click.Choice(["qk", "qq"]), default="qk", show_default=True,
+              help="Segmentation: the last block's attention for patch tokens (qq: query-query, SAIL "
+                   "model/dinoforseg.py; DINOv2 through transformers).")
+@click.option("--skip-last-mlp", is_flag=True,
+              help="Segmentation: skip the last block's MLP branch (the reference's ignore_residual).")
 @click.option("--allow-unfinished", is_flag=True,
               help="Evaluate a run that has not finished training (its best epoch so far) without refusing.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
 @encode_options
 @_friendly_errors
 def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentation, segmentation_limit,
-             background_threshold, allow_unfinished, json_out, verbose, **kwargs):
+             background_threshold, last_attention, skip_last_mlp, allow_unfinished, json_out, verbose,
+             **kwargs):
     """Zero-shot and retrieval scores of a trained model on labelled / captioned data."""
     from alignprobe.io import write_json_atomic
     from alignprobe.probe.pipelines.train import evaluate_checkpoint
@@ -279,6 +285,8 @@ def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentat
     evaluations = dict(winoground=winoground, mmvp=mmvp, segmentation=segmentation,
                        segmentation_limit=segmentation_limit if segmentation else None,
                        background_threshold=background_threshold if segmentation else None)
+    if segmentation:
+        evaluations.update(last_attention=last_attention, skip_last_mlp=skip_last_mlp)
     result = evaluate_checkpoint(model_path, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
                                  options=options, which=which, allow_unfinished=allow_unfinished,
                                  evaluations=evaluations)
@@ -374,13 +382,18 @@ def classify(model_path, images, classes, templates, top_k, which, device, dtype
 @click.option("--short-side", type=POSITIVE_INT, default=None, help="Resize images to this short side first.")
 @click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
               help="Pixels whose best class probability is below this are background.")
+@click.option("--last-attention", type=click.Choice(["qk", "qq"]), default="qk", show_default=True,
+              help="Segmentation: the last block's attention for patch tokens (qq: query-query, SAIL "
+                   "model/dinoforseg.py; DINOv2 through transformers).")
+@click.option("--skip-last-mlp", is_flag=True,
+              help="Segmentation: skip the last block's MLP branch (the reference's ignore_residual).")
 @click.option("--templates", default=None, help="Prompt templates: a name (imagenet, ...) or a file [the set's, else CLIP's 80].")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the scores here.")
 @encode_options
 @_friendly_errors
 def segment(model_path, data, figure, figure_images, limit, window, stride, short_side, background_threshold,
-            templates, which, json_out, verbose, **kwargs):
+            last_attention, skip_last_mlp, templates, which, json_out, verbose, **kwargs):
     """Open-vocabulary semantic segmentation with a trained model: patch tokens through the vision
     head against class prompts through the text head (mIoU, pixel accuracy, per-class IoU)."""
     from alignprobe.io import write_json_atomic
@@ -392,6 +405,7 @@ def segment(model_path, data, figure, figure_images, limit, window, stride, shor
     aligned = load_aligned(model_path, device=options.device, encoder_dtype=options.dtype, which=which)
     settings = {k: v for k, v in dict(window=window, stride=stride, short_side=short_side,
                                       background_threshold=background_threshold).items() if v is not None}
+    settings.update(last_attention=last_attention, skip_last_mlp=skip_last_mlp)
     row = segment_aligned(aligned, data, figure=figure, n_figure=figure_images, limit=limit, templates=templates,
                           progress=not options.quiet, **settings)
     click.echo(f"model: {aligned.path} ({which})  data: {data}")

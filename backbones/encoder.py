@@ -199,15 +199,27 @@ class Encoder:
         raise NotImplementedError
 
     # -- dense (patch) features --------------------------------------------------------------
-    def encode_patches(self, images, *, return_prefix: bool = False):
+    def encode_patches(self, images, *, return_prefix: bool = False,
+                       last_attention: str = "qk", skip_last_mlp: bool = False):
         """PIL images (preprocessed as for `encode`) or a ready `(n, 3, H, W)` input batch ->
         `(n, H/p, W/p, hidden)` float32 CPU patch tokens: the pooling-free tokens the spec's
         pooling starts from. `return_prefix=True` also returns the `(n, P, hidden)` prefix
-        tokens (CLS first, then registers; None for a feature map without them)."""
+        tokens (CLS first, then registers; None for a feature map without them).
+
+        ``last_attention='qq'`` / ``skip_last_mlp=True``: the reference's segmentation variant
+        of the last block used (SAIL ``model/dinoforseg.py``; see
+        `alignprobe.backbones.dense_block`), for transformers DINOv2 encoders."""
+        from .dense_block import check_last_block
+
+        check_last_block(last_attention, skip_last_mlp)
         batch = images if torch.is_tensor(images) else self.collate(
             [self.preprocess(x) for x in images])
         with torch.inference_mode():
-            prefix, grid = self._forward_patches(batch)
+            if last_attention == "qk" and not skip_last_mlp:
+                prefix, grid = self._forward_patches(batch)
+            else:
+                prefix, grid = self._forward_patches(batch, attention=last_attention,
+                                                     skip_mlp=skip_last_mlp)
         grid = grid.detach().to("cpu", torch.float32).clone()
         if prefix is not None:
             prefix = prefix.detach().to("cpu", torch.float32).clone()
@@ -216,7 +228,8 @@ class Encoder:
                                   f"{dtype_name(self.dtype)}; {nonfinite_hint(dtype_name(self.dtype))}")
         return (grid, prefix) if return_prefix else grid
 
-    def _forward_patches(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _forward_patches(self, batch: Any,
+                         **last_block) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise ValidationError(
             f"encoder {self.spec.name!r} ({type(self).__name__}) has no patch tokens; dense "
             "features need a ViT (or CNN feature map) loaded through transformers or timm")

@@ -12,6 +12,7 @@ import torch
 
 from alignprobe.errors import ValidationError
 
+from . import dense_block
 from .encoder import Encoder, split_patch_tokens
 from .hf_common import hf_read_json, load_pretrained, versions
 from .pooling import pool_vision
@@ -62,14 +63,22 @@ class HFVisionEncoder(Encoder):
                     x.shape[0], -1)
         return x, kwargs, n_patches
 
-    def _forward_patches(self, batch: torch.Tensor):
+    def _forward_patches(self, batch: torch.Tensor, *, attention: str = "qk",
+                         skip_mlp: bool = False):
         """The tokens `_forward` pools (`last_hidden_state`; `hidden_states[layer]` for a layer
-        view) split into prefix tokens and the patch grid."""
+        view) split into prefix tokens and the patch grid; with ``attention='qq'`` or
+        ``skip_mlp``, the reference's segmentation variant of that last block
+        (`alignprobe.backbones.dense_block`)."""
         if self._patch is None:
             raise ValidationError(f"{self.spec.name}: the model config has no patch_size")
         x, kwargs, _ = self._inputs(batch)
         h, w = x.shape[-2] // self._patch[0], x.shape[-1] // self._patch[1]
         layer = getattr(self.spec, "layer", None)
+        if not dense_block.is_standard(attention, skip_mlp):
+            tokens = dense_block.dense_tokens(self.model, x, block=layer, attention=attention,
+                                              skip_mlp=skip_mlp, model_name=self.spec.name,
+                                              **kwargs)
+            return split_patch_tokens(tokens, h, w, self.spec.name)
         out = self.model(pixel_values=x, output_hidden_states=layer is not None, **kwargs)
         if layer is not None:
             tokens = out.hidden_states[layer]

@@ -19,6 +19,7 @@ import torch
 
 from alignprobe.errors import EncoderNotAvailableError, ValidationError
 
+from . import dense_block
 from .encoder import Encoder, split_patch_tokens
 from .hf_common import versions
 from .hub import (
@@ -63,8 +64,13 @@ class TimmVisionEncoder(Encoder):
         self._num_prefix = int(getattr(model, "num_prefix_tokens", 1 if self._has_cls else 0))
         self._finish()
 
-    def _forward_patches(self, batch: torch.Tensor):
+    def _forward_patches(self, batch: torch.Tensor, *, attention: str = "qk",
+                         skip_mlp: bool = False):
         """`forward_features` tokens (what `_forward` pools) split into prefix and patch grid."""
+        if not dense_block.is_standard(attention, skip_mlp):
+            raise ValidationError(f"{self.spec.name}: the last-block change (qq attention / "
+                                  "skipped MLP) is written for transformers DINOv2 encoders; "
+                                  "use last_attention='qk' without skip_mlp for a timm model")
         if getattr(self.spec, "layer", None) is not None:
             raise ValidationError(f"{self.spec.name}: patch tokens of a timm encoder come from its "
                                   "last block; drop the @layer")

@@ -8,7 +8,10 @@
 2. dense image features: every patch token through the vision head, in the layout of the
    pooled feature the head was trained on (``concat``: CLS ++ patch, as the reference's
    ``patch_mode`` in ``model/vision_model.py``; ``mean`` / ``cls``: the patch token), cosine
-   against the queries;
+   against the queries; optionally with the reference's segmentation variant of the encoder's
+   last block (``last_attention='qq'``, ``skip_last_mlp``: ``model/dinoforseg.py``, see
+   `alignprobe.backbones.dense_block`; the reference's default, and ours, is the unchanged
+   block);
 3. sliding windows (``forward_slide``): windows of ``window`` pixels (default the encoder's
    input size) every ``stride`` pixels (default half a window, the reference's 448 / 224),
    the last ones shifted back inside the image, a window clipped to the image when the image is
@@ -20,8 +23,7 @@
    0 = off). The argmax does not depend on ``logit_scale``; the threshold does (pass the
    head's ``exp(t)``).
 
-Differences from the reference: no ClearCLIP-style change to the last attention block (the
-encoder is used as it is), and the image keeps its size unless ``short_side`` is set (the
+Difference from the reference: the image keeps its size unless ``short_side`` is set (the
 reference resizes the short side to 448 first; predictions are then resized back).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignprobe.backbones.dense_block import check_last_block
 from alignprobe.errors import ValidationError
 from alignprobe.metrics.segmentation import SegmentationAccumulator, iou_columns
 from alignprobe.probe.data.readers_seg import SegmentationDataset, open_segmentation
@@ -60,15 +63,19 @@ def class_text_embeddings(text_encoder, text_to_space: Projection, class_queries
     return F.normalize(z.mean(dim=1), dim=-1), torch.tensor(owner, dtype=torch.long)
 
 
-def dense_features(vision_encoder, batch) -> torch.Tensor:
+def dense_features(vision_encoder, batch, *, last_attention: str = "qk",
+                   skip_last_mlp: bool = False) -> torch.Tensor:
     """``(n, h, w, encoder.dim)``: per patch, the feature the vision head takes (see the module
-    docstring, step 2), from PIL images or a ready ``(n, 3, H, W)`` input batch."""
+    docstring, step 2), from PIL images or a ready ``(n, 3, H, W)`` input batch;
+    ``last_attention`` / ``skip_last_mlp``: the reference's last-block variant (step 2)."""
     pooling = vision_encoder.spec.pooling
     if pooling not in ("concat", "mean", "cls"):
         raise ValidationError(
             f"dense features need a token pooling (concat, mean or cls); {vision_encoder.spec.name}"
             f" pools with {pooling!r}, which has no per-patch counterpart")
-    grid, prefix = vision_encoder.encode_patches(batch, return_prefix=True)
+    grid, prefix = vision_encoder.encode_patches(batch, return_prefix=True,
+                                                 last_attention=last_attention,
+                                                 skip_last_mlp=skip_last_mlp)
     if pooling == "concat":
         if prefix is None or prefix.shape[1] == 0:
             raise ValidationError(f"{vision_encoder.spec.name}: pooling 'concat' needs a CLS token")
@@ -112,7 +119,8 @@ class Segmenter:
                  query_class: torch.Tensor | None = None, *, window: int | None = None,
                  stride: int | None = None, short_side: int | None = None,
                  background_threshold: float | None = None, background_class: int = 0,
-                 logit_scale: float = 1.0, batch_size: int = 16):
+                 logit_scale: float = 1.0, batch_size: int = 16, last_attention: str = "qk",
+                 skip_last_mlp: bool = False):
         pre = vision_encoder.spec.preprocessing
         if pre is None:
             raise ValidationError(f"{vision_encoder.spec.name} has no image preprocessing")
@@ -137,6 +145,8 @@ class Segmenter:
         self.background_class = background_class
         self.logit_scale = float(logit_scale)
         self.batch_size = batch_size
+        check_last_block(last_attention, skip_last_mlp)
+        self.last_block = {"last_attention": last_attention, "skip_last_mlp": skip_last_mlp}
 
     def query_scores(self, image) -> torch.Tensor:
         """``(Q, H, W)`` window-averaged cosine scores of each query at each pixel."""
@@ -155,7 +165,7 @@ class Segmenter:
         for s in range(0, len(boxes), self.batch_size):
             chunk = boxes[s:s + self.batch_size]
             batch = torch.stack([_input_tensor(img, b, self.pre) for b in chunk])
-            feats = dense_features(self.encoder, batch)  # (k, gh, gw, dim)
+            feats = dense_features(self.encoder, batch, **self.last_block)  # (k, gh, gw, dim)
             k, gh, gw, dim = feats.shape
             z = to_space(self.project, feats.reshape(-1, dim), "image")
             cos = (z @ self.queries.T).reshape(k, gh, gw, -1).permute(0, 3, 1, 2)
@@ -197,7 +207,8 @@ def segment(vision_encoder, text_encoder, image_to_space: Projection,
             templates=None, progress: bool = True, **settings) -> list[np.ndarray]:
     """Label maps ``(H, W)`` for PIL images among ``class_queries`` (per class a word or a list
     of synonyms). ``settings``: `Segmenter`'s ``window``, ``stride``, ``short_side``,
-    ``background_threshold``, ``background_class``, ``logit_scale``, ``batch_size``."""
+    ``background_threshold``, ``background_class``, ``logit_scale``, ``batch_size``,
+    ``last_attention``, ``skip_last_mlp``."""
     queries, owner = class_text_embeddings(text_encoder, text_to_space, class_queries, templates,
                                            progress=progress)
     segmenter = Segmenter(vision_encoder, image_to_space, queries, owner, **settings)
