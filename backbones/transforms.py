@@ -16,7 +16,8 @@ from alignprobe.errors import ValidationError
 from .spec import Preprocessing
 
 
-def _pil_resample(name: str) -> int:
+def pil_resample(name: str) -> int:
+    """PIL's resampling filter for an interpolation name of `Preprocessing`."""
     from PIL import Image
 
     return {
@@ -45,7 +46,7 @@ def as_pil_rgb(item: Any, mode: str = "RGB"):
 
 def resize_crop(img, pre: Preprocessing):
     """Resize then center-crop as torchvision's Resize(int) + CenterCrop (timm's eval transform)."""
-    resample = _pil_resample(pre.interpolation)
+    resample = pil_resample(pre.interpolation)
     if pre.crop_mode == "squash":
         return img.resize((pre.size, pre.size), resample=resample)
     w, h = img.size

@@ -128,3 +128,16 @@ def test_shapes_seg_masks_match_the_drawn_shapes():
         bg = img[mask == 0].mean(0)
         assert np.abs(img[mask == label] - bg).sum(1).mean() > 60
         assert np.abs(img[mask == 0] - bg).sum(1).mean() < 30
+
+
+def test_shapes_seg_object_only_protocol_ignores_the_background():
+    full = open_segmentation("shapes-seg:test?n=60&size=32")
+    objects = open_segmentation("shapes-seg:test?n=60&size=32&reduce_zero_label=1")
+    assert objects.class_names == list(SHAPES) and objects.num_classes == 6
+    assert objects.name.endswith("reduce_zero_label=1")
+    for i in range(3):
+        m, o = full.load_mask(i), objects.load_mask(i)
+        assert np.array_equal(o == 255, m == 0)
+        assert np.array_equal(o[m > 0], m[m > 0] - 1)
+    with pytest.raises(DataError, match="reduce_zero_label must be 0 or 1"):
+        open_segmentation("shapes-seg:test?reduce_zero_label=maybe")

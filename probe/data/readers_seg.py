@@ -4,7 +4,7 @@ Spec syntax (as `alignprobe.probe.data.spec`, a kind of its own because a segmen
 has a label map per image rather than captions or one label)::
 
     seg:DIR[?split=S&classes=FILE&reduce_zero_label=0|1]
-    shapes-seg[:SPLIT][?n=N&size=PX&seed=K]
+    shapes-seg[:SPLIT][?n=N&size=PX&seed=K&reduce_zero_label=0|1]
 
 ``seg:DIR`` layouts, recognised in this order:
 
@@ -27,7 +27,9 @@ read by ``get_cls_idx`` in ``evaluation/seg_eval.py``).
 
 ``shapes-seg``: the built-in ``shapes`` scenes (same indices, pixels and splits) with their
 per-pixel masks; classes ``background`` (0) and the six shapes (1..6); prompts from the
-``shapes`` templates, as its zero-shot classification uses.
+``shapes`` templates, as its zero-shot classification uses. With ``reduce_zero_label=1`` the
+background is ignored and the shapes are classes 0..5, the object-only protocol SAIL scores
+VOC20 with (no background query, every shape pixel labelled with a shape).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from alignprobe.probe.data.datasets import IMAGE_EXTENSIONS, decode_image
 IGNORE_INDEX = 255
 SEG_KINDS = ("seg", "shapes-seg")
 _SEG_KEYS = {"seg": ("split", "classes", "reduce_zero_label"),
-             "shapes-seg": ("split", "n", "size", "seed")}
+             "shapes-seg": ("split", "n", "size", "seed", "reduce_zero_label")}
 _QUERY = re.compile(r"^\w+=[^&]*(?:&\w+=[^&]*)*$")
 
 
@@ -126,11 +128,13 @@ class FileSegmentationDataset(SegmentationDataset):
 class ShapesSegDataset(SegmentationDataset):
     kind = "shapes-seg"
 
-    def __init__(self, name, indices, *, size, seed):
+    def __init__(self, name, indices, *, size, seed, reduce_zero_label: bool = False):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.size, self.seed = size, seed
+        self.reduce_zero_label = bool(reduce_zero_label)
+        background = [] if self.reduce_zero_label else [["background"]]
         super().__init__(name, [f"shapes/{int(k):05d}" for k in self.indices],
-                         [["background"]] + [[s] for s in builtin_sets.SHAPES],
+                         background + [[s] for s in builtin_sets.SHAPES],
                          templates=builtin_sets.SHAPES_TEMPLATES)
 
     def load_image(self, i: int):
@@ -139,15 +143,23 @@ class ShapesSegDataset(SegmentationDataset):
 
     def load_mask(self, i: int) -> np.ndarray:
         p = builtin_sets.shape_params(int(self.indices[i]), self.seed)
-        return builtin_sets.draw_shape_mask(p, self.size).astype(np.int64)
+        mask = builtin_sets.draw_shape_mask(p, self.size).astype(np.int64)
+        if self.reduce_zero_label:  # as mmseg's LoadAnnotations(reduce_zero_label=True)
+            mask = np.where(mask == 0, IGNORE_INDEX, mask - 1)
+        return mask
 
 
 def make_shapes_seg(*, split: str | None = None, n: int = 3000, size: int = 64, seed: int = 0,
+                    reduce_zero_label: bool = False,
                     name: str | None = None) -> ShapesSegDataset:
-    """The images of ``make_shapes`` (same arguments, same split) with their masks."""
+    """The images of ``make_shapes`` (same arguments, same split) with their masks;
+    ``reduce_zero_label``: background ignored, shapes 0..5 (the module docstring)."""
     shapes = builtin_sets.make_shapes(split=split, n=n, size=size, seed=seed)
     head = "shapes-seg" if split is None else f"shapes-seg:{split}"
-    return ShapesSegDataset(name or head, shapes.indices, size=size, seed=seed)
+    if reduce_zero_label:
+        head += "?reduce_zero_label=1"
+    return ShapesSegDataset(name or head, shapes.indices, size=size, seed=seed,
+                            reduce_zero_label=reduce_zero_label)
 
 
 def read_class_queries(path: str | Path) -> list[list[str]]:
@@ -260,6 +272,9 @@ def open_segmentation(spec: str) -> SegmentationDataset:
     if unknown:
         raise DataError(f"segmentation data spec {spec!r}: unknown key(s) {unknown}; valid "
                         f"keys: {', '.join(_SEG_KEYS[kind])}")
+    rzl = query.pop("reduce_zero_label", None)
+    if rzl is not None and rzl not in ("0", "1", "true", "false"):
+        raise DataError(f"segmentation data spec {spec!r}: reduce_zero_label must be 0 or 1")
     if kind == "shapes-seg":
         split = target or query.pop("split", None)
         try:
@@ -267,11 +282,8 @@ def open_segmentation(spec: str) -> SegmentationDataset:
         except ValueError:
             raise DataError(f"segmentation data spec {spec!r}: n, size and seed must be "
                             "integers") from None
-        return make_shapes_seg(split=split, **ints)
+        return make_shapes_seg(split=split, reduce_zero_label=rzl in ("1", "true"), **ints)
     if not target:
         raise DataError(f"segmentation data spec {spec!r} names no directory after 'seg:'")
-    rzl = query.get("reduce_zero_label")
-    if rzl is not None and rzl not in ("0", "1", "true", "false"):
-        raise DataError(f"segmentation data spec {spec!r}: reduce_zero_label must be 0 or 1")
     return read_seg_dir(target, split=query.get("split"), classes=query.get("classes"),
                         reduce_zero_label=None if rzl is None else rzl in ("1", "true"))

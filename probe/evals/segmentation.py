@@ -102,11 +102,11 @@ def _windows(h: int, w: int, window: int, stride: int) -> list[tuple[int, int, i
 
 
 def _input_tensor(img, box, pre) -> torch.Tensor:
-    from alignprobe.backbones.transforms import _pil_resample
+    from alignprobe.backbones.transforms import pil_resample
 
     top, left, bottom, right = box
     crop = img.crop((left, top, right, bottom)).resize(
-        (pre.size, pre.size), resample=_pil_resample(pre.interpolation))
+        (pre.size, pre.size), resample=pil_resample(pre.interpolation))
     arr = np.asarray(crop, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
