@@ -280,7 +280,16 @@ def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentat
     from alignprobe.io import write_json_atomic
     from alignprobe.probe.pipelines.train import evaluate_checkpoint
 
+    from alignprobe.errors import ValidationError
+
     _setup_logging(kwargs["quiet"], verbose)
+    segmentation_only = {"--segmentation-limit": segmentation_limit is not None,
+                         "--background-threshold": background_threshold is not None,
+                         "--last-attention": last_attention != "qk", "--skip-last-mlp": skip_last_mlp}
+    stray = [flag for flag, given in segmentation_only.items() if given]
+    if stray and not segmentation:  # checked before any work, so nothing is silently ignored
+        raise ValidationError(f"{', '.join(stray)}: only apply to --segmentation; give "
+                              "--segmentation SPEC (e.g. shapes-seg:test) or drop them")
     options = _options(kwargs)
     evaluations = dict(winoground=winoground, mmvp=mmvp, segmentation=segmentation,
                        segmentation_limit=segmentation_limit if segmentation else None,
