@@ -244,6 +244,18 @@ def _none_or_int(flag: str, value: str) -> int | None:
         raise ValidationError(f"{flag} must be an integer or 'none', got {value!r}") from None
 
 
+def _last_block_options(command):
+    """`--last-attention` / `--skip-last-mlp`, shared by `eval` and `segment`."""
+    command = click.option("--skip-last-mlp", is_flag=True,
+                           help="Segmentation: skip the last block's MLP branch (the reference's "
+                                "ignore_residual).")(command)
+    return click.option("--last-attention", type=click.Choice(["qk", "qq"]), default="qk",
+                        show_default=True,
+                        help="Segmentation: the last block's attention for patch tokens (qq: "
+                             "query-query, SAIL model/dinoforseg.py; DINOv2 through "
+                             "transformers).")(command)
+
+
 # --------------------------------------------------------------------------- eval
 
 
@@ -263,11 +275,7 @@ def _none_or_int(flag: str, value: str) -> int | None:
 @click.option("--segmentation-limit", type=POSITIVE_INT, default=None, help="Segment only the first N images.")
 @click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
               help="Segmentation: pixels whose best class probability is below this are background.")
-@click.option("--last-attention", type=click.Choice(["qk", "qq"]), default="qk", show_default=True,
-              help="Segmentation: the last block's attention for patch tokens (qq: query-query, SAIL "
-                   "model/dinoforseg.py; DINOv2 through transformers).")
-@click.option("--skip-last-mlp", is_flag=True,
-              help="Segmentation: skip the last block's MLP branch (the reference's ignore_residual).")
+@_last_block_options
 @click.option("--allow-unfinished", is_flag=True,
               help="Evaluate a run that has not finished training (its best epoch so far) without refusing.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
@@ -391,11 +399,7 @@ def classify(model_path, images, classes, templates, top_k, which, device, dtype
 @click.option("--short-side", type=POSITIVE_INT, default=None, help="Resize images to this short side first.")
 @click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
               help="Pixels whose best class probability is below this are background.")
-@click.option("--last-attention", type=click.Choice(["qk", "qq"]), default="qk", show_default=True,
-              help="Segmentation: the last block's attention for patch tokens (qq: query-query, SAIL "
-                   "model/dinoforseg.py; DINOv2 through transformers).")
-@click.option("--skip-last-mlp", is_flag=True,
-              help="Segmentation: skip the last block's MLP branch (the reference's ignore_residual).")
+@_last_block_options
 @click.option("--templates", default=None, help="Prompt templates: a name (imagenet, ...) or a file [the set's, else CLIP's 80].")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the scores here.")
