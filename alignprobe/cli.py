@@ -266,7 +266,9 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to FILE instead of stdout.")
 @click.option("--metrics", default=None, help="Metric columns: names, 'all', or a group (clustering, separability, alignment).")
 @click.option("--sort-by", default=None, help="Sort rows by this metric (best first) or column.")
-@click.option("--rows", default=None, help="Vision encoders (a,b,c) or a pandas query string.")
+@click.option("--rows", default=None,
+              help="Vision encoders (a,b,c) or a filter comparing columns with literals, e.g. "
+                   "\"text == 'minilm' and seed == 0\" (and/or/not, ==, <, in [...]).")
 @click.option("--export", type=click.Path(dir_okay=False), default=None,
               help="Also export the whole store as Parquet or CSV (by suffix).")
 @click.option("--exclude", default=None,
@@ -328,15 +330,18 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export, exclude, co
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--exclude", default=None,
               help="Encoders (e.g. controls pixels,random-vit) left out of every figure and correlation.")
+@click.option("--rows", default=None,
+              help="Vision encoders (a,b,c) or a filter comparing columns with literals, e.g. "
+                   "\"group_hash == '...'\" to keep one configuration of a pair run under several.")
 @_friendly_errors
-def plot(results_dir, output, text, formats, n_boot, seed, exclude):
+def plot(results_dir, output, text, formats, n_boot, seed, exclude, rows):
     """Clustering-vs-alignment correlation plots, heat map and predictor summary."""
     from alignprobe.reports.plots import make_plots
 
     _check_writable(output or Path(results_dir) / "plots", "plot directory (--output)")
     notes: list[str] = []
     paths = make_plots(results_dir, output, formats=tuple(f.strip() for f in formats.split(",")),
-                       text=text, n_boot=n_boot, seed=seed, notes=notes, exclude=exclude)
+                       text=text, n_boot=n_boot, seed=seed, notes=notes, exclude=exclude, rows=rows)
     for path in paths:
         click.echo(str(path))
     for note in notes:  # figures left out (e.g. a constant metric), so a missing file is explained

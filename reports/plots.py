@@ -32,7 +32,7 @@ from alignprobe.reports.plot_style import (
     save_figure,
     style_for,
 )
-from alignprobe.reports.store import as_results, is_aggregated, metric_columns, points
+from alignprobe.reports.store import as_results, filter_rows, is_aggregated, metric_columns, points
 
 log = logging.getLogger(__name__)
 
@@ -467,14 +467,16 @@ def correlation_table(figures: Sequence[FigureResult]) -> pd.DataFrame:
 
 def make_plots(results_dir, output_dir: str | Path | None = None, formats: Sequence[str] = ("png", "pdf"),
                text: str | None = None, kind: str = "probe", n_boot: int = 1000, seed: int = 0,
-               notes: list[str] | None = None, exclude: str | Sequence[str] | None = None) -> list[Path]:
+               notes: list[str] | None = None, exclude: str | Sequence[str] | None = None,
+               rows: str | Sequence[str] | None = None) -> list[Path]:
     """Write the standard figures (see `standard_figures`) in each format, plus `correlations.csv`.
 
     `results_dir`: a results directory (or a `load_results` frame, then
     `output_dir` is required). `output_dir` defaults to `<results_dir>/plots`.
     Files are `<name>.<format>`, written atomically. Returns the paths written.
     `exclude`: encoder names (e.g. controls) left out of every figure and
-    correlation. `differences.csv` holds the clustering-minus-separability
+    correlation. `rows`: vision encoder names or a row filter, as in
+    `render_table` (e.g. one configuration of a pair run under several). `differences.csv` holds the clustering-minus-separability
     intervals (`alignprobe.reports.correlations.correlation_statistics`).
     """
     from alignprobe.reports.store import export_results
@@ -489,7 +491,7 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
                for f in str(item).split(",") if f.strip()]
     if not formats:
         raise ValidationError("no figure formats given; use e.g. formats=('png', 'pdf')")
-    frame = exclude_encoders(as_results(results_dir), exclude)
+    frame = exclude_encoders(filter_rows(as_results(results_dir), rows), exclude)
     figures = standard_figures(frame, text=text, kind=kind, n_boot=n_boot, seed=seed, notes=notes)
     written = []
     for f in figures:

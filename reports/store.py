@@ -17,6 +17,7 @@ from alignprobe.errors import ValidationError
 from alignprobe.io import atomic_path
 from alignprobe.reports.metric_info import sort_metrics
 from alignprobe.reports.records import iter_records
+from alignprobe.reports.row_filter import filter_mask
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,13 @@ def as_results(df_or_dir: pd.DataFrame | str | Path) -> pd.DataFrame:
 
 
 def filter_rows(df: pd.DataFrame, rows: str | Iterable[str] | None) -> pd.DataFrame:
-    """Keep the rows named by `rows`: a list of vision encoder names, or a pandas query string.
+    """Keep the rows named by `rows`: vision encoder names, or a filter on the store's columns.
 
     A single string that names a vision encoder of the frame (or is a
     comma-separated list of them) is taken as names, anything else as a
-    query, e.g. "vision_family == 'dinov2' and text == 'minilm'".
+    filter of `alignprobe.reports.row_filter` (columns compared with
+    literals, e.g. "vision_family == 'dinov2' and text == 'minilm'");
+    nothing in it is ever run as code.
     """
     if rows is None:
         return df
@@ -259,16 +262,10 @@ def filter_rows(df: pd.DataFrame, rows: str | Iterable[str] | None) -> pd.DataFr
         if parts and all(p in visions for p in parts):
             rows = parts
         else:
-            try:
-                out = df.query(rows, engine="python")
-            except Exception as err:  # pandas raises many types for a bad expression
-                raise ValidationError(
-                    f"--rows {rows!r} is neither vision encoder name(s) of these results "
-                    f"({', '.join(sorted(visions))}) nor a valid pandas query: {err}. "
-                    "Quote metric names with '@' in backticks, e.g. `knn_top1@20` > 0.5."
-                ) from err
+            out = df[filter_mask(df, rows)]
             if out.empty:
-                raise ValidationError(f"the query {rows!r} selects no rows")
+                raise ValidationError(f"--rows {rows!r} selects no rows (vision encoders present: "
+                                      f"{', '.join(sorted(map(str, visions)))})")
             return out
     rows = list(rows)
     unknown = [r for r in rows if r not in visions]
@@ -317,13 +314,19 @@ def points(df: pd.DataFrame, metrics: Sequence[str], *, kind: str | None = "prob
         agg = agg[agg["text"] == text]
     dup = agg.duplicated(subset=["kind", "vision", "text"], keep=False)
     if dup.any():
-        pairs = sorted({f"{v} x {t}" for v, t in agg.loc[dup, ["vision", "text"]].itertuples(index=False)})
-        raise ValidationError(
-            f"{', '.join(pairs)} ha{'s' if len(pairs) == 1 else 've'} results for several configurations "
-            "(group_hash); keep one per pair first, e.g. df[df.group_hash == '...'] or a --rows query."
-        )
+        raise ValidationError(_several_configs_message(agg[dup]))
     cols = ["vision", "text", "vision_family", "vision_is_control", "n_seeds"]
     out = agg[cols].copy()
     for m in metrics:
         out[m] = agg[f"{m}_mean"] if f"{m}_mean" in agg.columns else np.nan
     return out.reset_index(drop=True)
+
+
+def _several_configs_message(dup: pd.DataFrame) -> str:
+    # Name the hashes: the fix is a filter on one of them, which the user can then copy.
+    pairs = sorted({f"{v} x {t}" for v, t in dup[["vision", "text"]].itertuples(index=False)})
+    hashes = sorted({str(h) for h in dup["group_hash"].dropna()})
+    example = f"--rows \"group_hash == '{hashes[0]}'\"" if hashes else "--rows \"heads == 'linear'\""
+    return (f"{', '.join(pairs)} ha{'s' if len(pairs) == 1 else 've'} results for several configurations "
+            f"(group_hash {', '.join(hashes)}); keep one per pair first, e.g. `alignprobe plot` / `report` "
+            f"with {example}, or rows=... in Python")

@@ -245,8 +245,9 @@ def render_table(df_or_results_dir: pd.DataFrame | str | Path, format: str = "md
     fragment; `render_html_report` makes the self-contained page).
     `metrics`: names, a comma-separated string, "all", or a group name
     ("clustering", "separability", "alignment"); default: the standard set
-    present. `rows`: vision encoder names, or a pandas query string on the
-    store's columns (applied per record, before seeds are averaged).
+    present. `rows`: vision encoder names, or a filter on the store's
+    columns (`alignprobe.reports.row_filter`: columns compared with literals,
+    never run as code), applied per record, before seeds are averaged.
     `sort_by`: a metric (best first: descending when higher is better) or a
     column name such as "vision_params_m" (ascending).
     """

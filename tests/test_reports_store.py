@@ -98,7 +98,7 @@ def test_filter_rows_by_names_and_query(results):
     assert (filter_rows(df, "`knn_top1@20` > 0.7")["knn_top1@20"] > 0.7).all()
     with pytest.raises(ValidationError, match="not in these results"):
         filter_rows(df, ["dinov3-b"])
-    with pytest.raises(ValidationError, match="neither"):
+    with pytest.raises(ValidationError, match="not a valid filter"):
         filter_rows(df, "vision ==")
 
 
