@@ -9,10 +9,23 @@ A `Dataset` is an indexed list of images with optional captions and labels:
 - ``captions(i)`` -> ``[main, *extra_positives]`` or ``[]``;
 - ``labels`` (int64 array or None), ``class_names``, ``templates``;
 - ``fingerprint()``: a hex digest that changes whenever the images, captions,
-  labels or reader settings change (file sizes and mtimes for files, content
-  and generation parameters for the built-in sets).  Templates and class
-  names are *not* part of it: they change only the class prompts, which a
-  cache keys by their text, and must not invalidate image embeddings.
+  labels, reader settings or a file the spec names (``class_names=FILE``,
+  ``templates=FILE``: their contents) change (file sizes and mtimes for image
+  files, content and generation parameters for the built-in sets).  It is a
+  run's reuse key for the data. ``image_fingerprint()`` leaves out captions,
+  labels and the spec's files: image embeddings do not depend on them.
+
+Limits that keep a tiny hostile file from exhausting memory:
+
+- images above `max_image_pixels()` (PIL's own default, 89,478,485 pixels,
+  ~9,459 x 9,459; raise it with ``$ALIGNPROBE_MAX_IMAGE_PIXELS``) are refused
+  by `decode_image` as a decompression bomb, naming the file, before they are
+  decoded;
+- captions are cut to `max_caption_chars()` characters (4,096; far beyond any
+  caption encoder's context; ``$ALIGNPROBE_MAX_CAPTION_CHARS`` changes it) by
+  `flatten_captions`, before anything tokenises them; the number cut is logged;
+- labels are mapped through the distinct values present (`index_labels`),
+  never a ``range`` up to the largest value.
 
 Datasets hold only plain Python data (lists, arrays, paths) so they pickle
 into torch DataLoader worker processes; readers that keep file handles open
@@ -22,12 +35,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import warnings
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
+
+log = logging.getLogger("alignprobe.data")
 
 # Bump when the fingerprint recipe changes, so old caches stop matching.
 FINGERPRINT_VERSION = 2
@@ -39,24 +57,115 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 
+#: PIL's own default limit (``PIL.Image.MAX_IMAGE_PIXELS``): 1024 * 1024 * 1024 // 4 // 3 pixels,
+#: about 256 MB of RGB; a larger image is refused unless $ALIGNPROBE_MAX_IMAGE_PIXELS raises it.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+ENV_MAX_IMAGE_PIXELS = "ALIGNPROBE_MAX_IMAGE_PIXELS"
+#: Far beyond what any caption encoder reads (512 tokens is ~2,000 characters); see `flatten_captions`.
+DEFAULT_MAX_CAPTION_CHARS = 4096
+ENV_MAX_CAPTION_CHARS = "ALIGNPROBE_MAX_CAPTION_CHARS"
+
+
+def _env_limit(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DataError(f"${name}={os.environ[name]!r} must be a positive integer (default {default:,})")
+    return value
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) decoded: $ALIGNPROBE_MAX_IMAGE_PIXELS, else PIL's default."""
+    return _env_limit(ENV_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def max_caption_chars() -> int:
+    """How many characters of a caption are kept: $ALIGNPROBE_MAX_CAPTION_CHARS, else 4,096."""
+    return _env_limit(ENV_MAX_CAPTION_CHARS, DEFAULT_MAX_CAPTION_CHARS)
+
+
 def decode_image(source, sample_id: str, path: str):
     """Open `source` (a file path or a binary file object) fully and return it as RGB.
 
     The pixels are loaded here, not lazily, so a truncated file fails inside
     `load_image` (where the caller expects ImageLoadError) rather than later.
+    The size is checked from the header first: an image above `max_image_pixels()`
+    is refused (ImageLoadError naming the file and the limit) without decoding it.
+    16-bit and 32-bit grey images are scaled to 8 bits (`to_rgb`), not clipped.
     """
     from PIL import Image
 
+    limit = max_image_pixels()
+    # PIL's own guard warns between 1x and 2x its limit and decodes anyway; ours refuses at 1x.
+    Image.MAX_IMAGE_PIXELS = limit
     try:
-        with Image.open(source) as img:
-            img.load()
-            return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                width, height = img.size
+                if width * height > limit:
+                    raise ImageLoadError(sample_id, path, _bomb_reason(width, height, limit))
+                img.load()
+                return to_rgb(img)
     except FileNotFoundError:
         raise ImageLoadError(sample_id, path, "file not found") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(sample_id, path, f"refused as a decompression bomb ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(sample_id, path, f"refused as a decompression bomb ({exc}); if the image is "
+                                              f"genuine, raise ${ENV_MAX_IMAGE_PIXELS}") from None
     except _DECODE_ERRORS as exc:
         raise ImageLoadError(sample_id, path, f"{type(exc).__name__}: {exc}") from None
+
+
+def _bomb_reason(width: int, height: int, limit: int) -> str:
+    return (f"{width} x {height} = {width * height:,} pixels is above the limit of {limit:,} (a decompression "
+            f"bomb, or a huge image); if the image is genuine, raise the limit with "
+            f"{ENV_MAX_IMAGE_PIXELS}={width * height}")
+
+
+def to_rgb(img):
+    """`img` as an 8-bit RGB image, high-bit-depth grey scaled rather than clipped.
+
+    PIL's ``convert("RGB")`` clips 16-bit grey ("I;16", "I") at 255, so nearly every
+    pixel of a 16-bit PNG turns white. Here "I;16*" and "I" images whose values lie
+    in 0..65535 are read as 16-bit (divided by 257, so 65535 -> 255); other "I"
+    images as 32-bit signed (negative values -> 0); "F" images in [0, 1] are scaled
+    by 255 (others are clipped to 0..255, as PIL does).
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        pixels = np.asarray(img)
+        if mode == "F":
+            finite = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+            scale = 255.0 if finite.size and finite.min() >= 0 and finite.max() <= 1.0 else 1.0
+            grey = np.clip(np.rint(finite * scale), 0, 255)
+        else:
+            wide = pixels.astype(np.int64)
+            if wide.size and (mode != "I" or (wide.min() >= 0 and wide.max() <= 0xFFFF)):
+                grey = np.rint(wide / 257.0)
+            else:
+                grey = np.clip(wide, 0, None) >> 23  # 0 .. 2^31-1 -> 0..255
+        return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+def index_labels(values) -> tuple[np.ndarray, list]:
+    """``(label ids, distinct values)``: each value mapped to its position among the sorted distinct values.
+
+    Labels go through a dictionary of the values present, never a ``range`` up to the
+    largest one: a single label 99999999999 is one class, not a hundred billion. Dense
+    labels 0..k-1 keep their ids. Values must be all numbers or all strings.
+    """
+    values = list(values)
+    distinct = sorted(set(values))
+    index = {v: c for c, v in enumerate(distinct)}
+    return np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values)), distinct
 
 
 class Dataset:
@@ -92,6 +201,10 @@ class Dataset:
         self._fingerprint: str | None = None
         self._image_fingerprint: str | None = None
         self._content_hash: bytes | None = None
+        # role ("class_names", "templates") -> sha256 of the file's bytes, for files the spec names
+        self.spec_files: dict[str, str] = {}
+        # The class keys are integer label values (str(v)), so names may be listed by label value.
+        self.integer_class_keys = False
 
     # -- the contract ---------------------------------------------------------
     def __len__(self) -> int:
@@ -114,8 +227,20 @@ class Dataset:
             if self.labels is not None:
                 h.update(b"labels" + self.labels.tobytes())
             self._hash_captions(h)
+            if self.spec_files:  # only then, so data without such files keeps its digest
+                h.update(b"spec files" + json.dumps(self.spec_files, sort_keys=True).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def add_spec_file(self, role: str, path: str | os.PathLike) -> None:
+        """Fold the contents of a file the spec names (`role`: "class_names", "templates") into
+        `fingerprint()`, so editing it changes the reuse key of everything computed from this data."""
+        try:
+            digest = hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+        except OSError as exc:
+            raise DataError(f"{self.name}: cannot read the {role} file {path} ({exc.strerror or exc})") from None
+        self.spec_files[role] = digest
+        self._fingerprint = None
 
     def image_fingerprint(self) -> str:
         """Digest of what image embeddings depend on: ids, reader settings and the
@@ -171,7 +296,7 @@ class Dataset:
             raise DataError(f"{self.name} has no labels, so a class-names file ({path}) "
                             f"cannot apply; drop class_names or use a labelled source")
         self.class_names = load_class_names(path, self.class_keys, what=self._class_key_word(),
-                                            encoding=encoding)
+                                            encoding=encoding, integer_keys=self.integer_class_keys)
         self._check_class_names()
 
     def _class_key_word(self) -> str:
@@ -272,13 +397,27 @@ def flatten_captions(ds: Dataset) -> tuple[list[str], np.ndarray]:
 
     Returns ``(texts, image_index)`` with ``image_index`` an int64 array of
     shape ``(len(texts),)``: ``texts[j]`` describes image ``image_index[j]``.
+    Each caption is cut to `max_caption_chars()` characters here, before any
+    tokeniser sees it (a 20 MB caption would otherwise be tokenised whole only to
+    be truncated to the model's length); how many were cut is logged.
     """
+    limit = max_caption_chars()
     texts: list[str] = []
     rows: list[int] = []
+    cut, first = 0, None
     for i in range(len(ds)):
         caps = ds.captions(i)
-        texts.extend(caps)
+        for c in caps:
+            if len(c) > limit:
+                cut += 1
+                first = first or (ds.ids[i], len(c))
+                c = c[:limit]
+            texts.append(c)
         rows.extend([i] * len(caps))
+    if cut:
+        log.warning("%s: %d caption(s) longer than %d characters were cut to that length before tokenising "
+                    "(first: sample %r, %d characters); $%s changes the limit",
+                    ds.name, cut, limit, first[0], first[1], ENV_MAX_CAPTION_CHARS)
     return texts, np.asarray(rows, dtype=np.int64)
 
 

@@ -13,6 +13,11 @@ With a split, the folder read is ``DIR/<split>`` (``folder:imagenet`` with
 split ``val`` reads ``imagenet/val/<class>/...``).  Ids are the paths relative
 to the folder read (``n01440764/ILSVRC2012_val_00000293.JPEG``).  The folder
 has no captions; zero-shot classification uses the class prompts.
+
+Symbolic links to directories are followed, each real directory at most once:
+a link that leads back into the tree (``ln -s .. DIR/dog/loop``: a loop) or to a
+directory already listed (which would count its images twice, perhaps under
+another class) is an error naming the link.
 """
 from __future__ import annotations
 
@@ -51,8 +56,11 @@ def read_folder(path: str, *, split: str | None = None, name: str | None = None)
 
     listing = tqdm(classes, desc="listing class folders", unit="class",
                    disable=None if len(classes) >= 50 else True, leave=False)
+    base_real = os.path.realpath(base)
+    seen: dict[str, str] = {}  # real path of each directory listed -> the path it was listed under
     for c, cls in enumerate(listing):
         for dirpath, dirnames, filenames in os.walk(base / cls, followlinks=True):
+            _visit_once(dirpath, base_real, seen, path)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if fn.startswith(".") or not fn.lower().endswith(IMAGE_EXTENSIONS):
@@ -68,3 +76,17 @@ def read_folder(path: str, *, split: str | None = None, name: str | None = None)
                          class_keys=classes, class_names=default_class_names(classes, f"folder:{path}"),
                          root=str(base),
                          split=split, params={})
+
+
+def _visit_once(dirpath: str, base_real: str, seen: dict[str, str], spec_path: str) -> None:
+    """Refuse a directory reached a second time (through a symlink) or one that contains the tree."""
+    real = os.path.realpath(dirpath)
+    if real == base_real or base_real.startswith(real.rstrip(os.sep) + os.sep):
+        raise DataError(f"folder:{spec_path}: {dirpath} is a symbolic link back to {real}, which holds the "
+                        "whole folder (a symlink loop); its images would be listed again and again under "
+                        "another class. Remove the link")
+    if real in seen:
+        raise DataError(f"folder:{spec_path}: {dirpath} leads to {real}, already listed as {seen[real]} "
+                        "(a symlink loop or a second link to the same images), so its images would count "
+                        "twice; remove one of the links")
+    seen[real] = dirpath

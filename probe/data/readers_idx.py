@@ -10,21 +10,31 @@ both (train first). Ids are ``train/00042`` / ``t10k/00042``.
 
 Images are decoded once into one uint8 array (70,000 x 28 x 28 is 55 MB) and
 served as RGB PIL images at their own size; the encoder's preprocessing resizes
-them. ``idx:DIR`` has labels but no captions or class names (classes are "0".."k-1";
-give ``class_names=FILE``); the ``fashion-mnist`` built-in names its ten classes
-and captions each image from its class name, as the other built-ins do.
+them. ``idx:DIR`` has labels but no captions or class names (the classes are the
+label values present, "0".."9" for MNIST; give ``class_names=FILE``); the
+``fashion-mnist`` built-in names its ten classes and captions each image from
+its class name, as the other built-ins do.
+
+A file is read as a stream: the header first, then exactly the bytes its shape
+needs. A shape whose size is impossible (beyond what the file -- for a gzip file,
+its compressed size times deflate's maximum ratio -- can hold) is refused before
+anything is inflated, and data beyond the shape is an error found after reading
+one byte more, not by inflating the rest. Labels stored as floats must be whole
+numbers (0.9 is refused, not truncated to 0).
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from alignprobe.errors import DataError
-from alignprobe.probe.data.datasets import Dataset
+from alignprobe.probe.data.datasets import Dataset, index_labels
 
 # IDX type codes (the MNIST page) -> big-endian numpy dtypes
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -42,27 +52,81 @@ FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian package dataset-
 ENV_DATA = "ALIGNPROBE_DATA"
 
 
+# Deflate cannot expand data more than 1032:1 (RFC 1951: a 258-byte match costs at least 2 bits),
+# so a gzip file of c bytes cannot inflate to more than ~1032 * c; 1100 leaves room for headers.
+_MAX_DEFLATE_RATIO = 1100
+_CHUNK = 1 << 24
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """The array in one IDX file (gzipped or not), in native byte order."""
+    """The array in one IDX file (gzipped or not), in native byte order.
+
+    Streams the file: the header is checked before the data is read, and only as
+    many bytes as the shape needs are ever inflated (see the module docstring).
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
+            return _read_idx_stream(f, path)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read the IDX file ({type(exc).__name__}: {exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DataError(f"{path} is not an IDX file (its header {raw[:4]!r} should be 0x00 0x00, "
+
+
+def _read_exact(f, n: int) -> bytearray:
+    """Up to `n` bytes of `f`, fewer only at the end of the stream; memory grows with what is read."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(min(_CHUNK, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _read_idx_stream(f, path: Path) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
+        raise DataError(f"{path} is not an IDX file (its header {bytes(magic)!r} should be 0x00 0x00, "
                         "a type code and the number of dimensions)")
-    ndim = raw[3]
+    ndim = magic[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path}: the IDX header names {ndim} dimensions but the file ends inside the header")
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4")) if ndim else ()
+    dtype = np.dtype(_DTYPES[magic[2]])
+    need = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, whatever the header says
     header = 4 + 4 * ndim
-    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4")) if ndim else ()
-    dtype = np.dtype(_DTYPES[raw[2]])
-    need = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != need:
-        raise DataError(f"{path}: the header says shape {shape} ({need} bytes of data) but the file "
-                        f"holds {len(raw) - header}; it is truncated or not an IDX file")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    stored = os.path.getsize(path)
+    gz = path.suffix == ".gz"
+    ceiling = stored * _MAX_DEFLATE_RATIO if gz else stored - header
+    if need > ceiling or need > np.iinfo(np.int64).max:
+        held = (f"a {stored:,}-byte gzip file can inflate to at most ~{ceiling:,}" if gz
+                else f"the file holds {max(stored - header, 0):,}")
+        raise DataError(f"{path}: the IDX header says shape {shape} ({need:,} bytes of data) but {held}; "
+                        "it is truncated, its header is damaged, or it is not an IDX file")
+    raw = _read_exact(f, need)
+    if len(raw) != need:
+        raise DataError(f"{path}: the header says shape {shape} ({need:,} bytes of data) but the file "
+                        f"holds {len(raw):,}; it is truncated or not an IDX file")
+    if f.read(1):
+        raise DataError(f"{path}: the header says shape {shape} ({need:,} bytes of data) but the file "
+                        "holds more; it is damaged or not an IDX file")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def integral_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """`y` as int64, refusing labels that are not whole numbers (0.9 is not silently class 0)."""
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y)) if y.size else np.zeros(0, bool)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{where}: label {k} is {float(y[k])!r}, not a whole number; labels stored as "
+                            f"floats must be integral class ids ({int(bad.sum())} are not)")
+        if y.size and (y.min() < np.iinfo(np.int64).min or y.max() > np.iinfo(np.int64).max):
+            raise DataError(f"{where}: labels reach {float(np.abs(y).max())!r}, beyond 64-bit integers")
+    return y.astype(np.int64)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -146,7 +210,7 @@ def _load(directory: Path, split: str | None, what: str):
                             f"{img_file.name}; expected one label per image")
         ids += [f"{prefix}/{k:05d}" for k in range(len(x))]
         images.append(x)
-        labels.append(y.astype(np.int64))
+        labels.append(integral_labels(y, f"{what}: {lbl_file}"))
     return ids, np.concatenate(images), np.concatenate(labels)
 
 
@@ -156,10 +220,13 @@ def read_idx_dir(path: str, *, split: str | None = None, name: str | None = None
     if not base.is_dir():
         raise DataError(f"idx:{path}: {base} is not a directory (expected one holding "
                         f"{', '.join(expected_files(split))})")
-    ids, images, labels = _load(base, split, f"idx:{path}")
-    k = int(labels.max()) + 1 if len(labels) else 0
-    return IdxDataset(name or f"idx:{base}", ids, images, labels, class_keys=[str(c) for c in range(k)],
-                      root=str(base), split=split, params={})
+    ids, images, raw = _load(base, split, f"idx:{path}")
+    # The distinct values present, never range(max + 1): one label 2**31-1 is one class.
+    labels, values = index_labels(raw.tolist())
+    ds = IdxDataset(name or f"idx:{base}", ids, images, labels, class_keys=[str(v) for v in values],
+                    root=str(base), split=split, params={})
+    ds.integer_class_keys = True
+    return ds
 
 
 def fashion_mnist_dir() -> Path | None:

@@ -13,8 +13,12 @@ Columns (CSV/TSV need a header row; JSONL needs one object per line):
 - extra captions (default: ``extra_captions``, optional): a JSON list
   (``["a dog", "a puppy"]``) or ``|``-separated text (``a dog|a puppy``);
   use the JSON form when a caption contains ``|``.  In JSONL a native list.
-- label (default: ``label``, optional): integers ``0..k-1`` or strings (class
-  names, sorted alphabetically into label ids).
+- label (default: ``label``, optional): non-negative integers or strings
+  (class names).  The distinct values present, sorted (numerically for
+  integers, alphabetically for strings), become label ids ``0..k-1``; the
+  values themselves are the class keys a class-names file is matched against.
+  Labels ``0..k-1`` keep their ids; a stray large value is one class, not a
+  range of empty ones.
 - split (default: ``split``, optional): when a split is requested, only rows
   whose split column equals it are kept.
 
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from alignprobe.errors import DataError
 from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_error
-from alignprobe.probe.data.datasets import FileDataset
+from alignprobe.probe.data.datasets import FileDataset, index_labels
 
 IMAGE_COLUMNS = ("image", "filepath", "image_path", "file_name", "filename", "path")
 CAPTION_COLUMNS = ("caption", "text")
@@ -91,7 +95,11 @@ def _read_table(path, fmt, *, image, caption, extra, label, split_col, split, ro
             if str(row.get(cols.split, "")).strip() != split:
                 continue
         img = cols.get(row, cols.image, where)
-        if not isinstance(img, str) or not img.strip():
+        if not isinstance(img, str):
+            raise DataError(f"{file}, {where}: the image path in column {cols.image!r} is "
+                            f"{_json_type(img)} {img!r}, not a string; write the path as a JSON "
+                            f"string (e.g. \"{img}.jpg\" or \"images/{img}.jpg\")")
+        if not img.strip():
             raise DataError(f"{file}, {where}: empty image path in column {cols.image!r}; "
                             f"{cols.expected()}")
         img = img.strip()
@@ -127,16 +135,25 @@ def _read_table(path, fmt, *, image, caption, extra, label, split_col, split, ro
         raise DataError(f"{file}: no rows have split {split!r} in column {cols.split!r}")
 
     labels = class_keys = class_names = None
+    integer_keys = False
     if cols.label is not None:
         labels, class_keys, class_names = _encode_labels([by_id[k]["label"] for k in order], file)
+        integer_keys = class_names is None
     paths = [img if os.path.isabs(img) else os.path.normpath(root_dir / img) for img in order]
     # The root is left out: ids and file stats identify the images wherever they live.
     params = {"image": cols.image, "caption": cols.caption, "extra": cols.extra,
               "label": cols.label, "split_col": cols.split}
-    return TableDataset(
+    ds = TableDataset(
         name or f"{fmt}:{file}", order, paths, [by_id[k]["caps"] for k in order],
         labels=labels, class_keys=class_keys, class_names=class_names,
         root=str(root_dir), split=split, params=params)
+    ds.integer_class_keys = integer_keys
+    return ds
+
+
+def _json_type(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class _Columns:
@@ -205,6 +222,13 @@ def _read_csv(file: Path, delimiter: str, encoding: str = DEFAULT_ENCODING):
         except csv.Error as exc:
             raise DataError(f"{file}, line 1: malformed header ({exc})") from None
         header = [h.strip() for h in header]
+        seen: set[str] = set()
+        for h in header:
+            if h in seen:
+                raise DataError(f"{file}, line 1 (header): column {h!r} is named twice (columns: "
+                                f"{', '.join(header)}); a row would keep only its last value. Rename "
+                                f"one of them")
+            seen.add(h)
         yield "line 1 (header)", header, None
         row_no = 0
         while True:
@@ -235,7 +259,10 @@ def _read_jsonl(file: Path, encoding: str = DEFAULT_ENCODING):
             row_no += 1
             where = f"line {line_no} (data row {row_no})"
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as dup:
+                raise DataError(f"{file}, {where}: key {dup.key!r} appears twice in one object; "
+                                f"json would keep only the last value. Rename or drop one") from None
             except json.JSONDecodeError as exc:
                 raise DataError(f"{file}, {where}: invalid JSON ({exc.msg}); each line must "
                                 f"be one JSON object") from None
@@ -243,6 +270,21 @@ def _read_jsonl(file: Path, encoding: str = DEFAULT_ENCODING):
                 raise DataError(f"{file}, {where}: expected a JSON object, got "
                                 f"{type(obj).__name__}")
             yield where, obj.keys(), obj
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def _parse_captions(value, col, file, where, *, main: bool) -> list[str]:
@@ -278,13 +320,17 @@ def _parse_captions(value, col, file, where, *, main: bool) -> list[str]:
 
 
 def _encode_labels(raw: list, file: Path):
-    """Integer labels stay as they are; string labels become sorted class ids."""
+    """(label ids, class keys, class names or None): the distinct values present, sorted, become ids.
+
+    Integer labels are sorted as numbers and keep ids 0..k-1 when they are 0..k-1;
+    their class keys are the values ("0", "7", "99999999999"), named by a class-names
+    file. String labels are class names, sorted alphabetically.
+    """
     if all(isinstance(v, int) or (isinstance(v, str) and _INT.match(v)) for v in raw):
         ints = [int(v) for v in raw]
         if min(ints) < 0:
-            raise DataError(f"{file}: negative label {min(ints)}; integer labels must be 0..k-1")
-        k = max(ints) + 1
-        return ints, [str(c) for c in range(k)], None
-    keys = sorted({str(v) for v in raw})
-    index = {k: c for c, k in enumerate(keys)}
-    return [index[str(v)] for v in raw], keys, list(keys)
+            raise DataError(f"{file}: negative label {min(ints)}; integer labels must be >= 0")
+        ids, values = index_labels(ints)
+        return ids, [str(v) for v in values], None
+    ids, keys = index_labels(str(v) for v in raw)
+    return ids, keys, list(keys)

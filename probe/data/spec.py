@@ -53,7 +53,9 @@ and counts it.
 Templates: ``templates=None`` keeps the source's default (the 80 CLIP ImageNet
 templates; the built-ins have their own), ``"clip"``, ``"simple"`` or a file.
 ``class_names=FILE`` renames the classes of a labelled source (see
-`alignprobe.probe.data.templates.load_class_names`).
+`alignprobe.probe.data.templates.load_class_names`).  The contents of both
+files enter the dataset's ``fingerprint()``, so editing one changes the reuse
+key of a run (not the image embeddings' cache key).
 
 Text files are read as UTF-8 (a byte-order mark is fine); ``encoding=NAME``
 (any Python codec: ``latin-1``, ``cp1252``...) reads the spec's table,
@@ -148,9 +150,12 @@ def open_dataset(spec: str, *, split: str | None = None, templates: str | None =
     ds = _open(kind, target, split, {k: v for k, v in query.items() if k != _ENCODING_KEY}, name, encoding)
     if class_names is not None:
         ds.set_class_names(class_names, encoding=encoding)
+        ds.add_spec_file("class_names", class_names)  # its contents enter the fingerprint (the reuse key)
     if templates is not None:
-        from alignprobe.probe.data.templates import load_templates
+        from alignprobe.probe.data.templates import BUILTIN_TEMPLATE_SETS, load_templates
         ds.templates = load_templates(templates, encoding=encoding)
+        if templates not in BUILTIN_TEMPLATE_SETS:
+            ds.add_spec_file("templates", templates)
     ds.templates_source = templates or "default"
     if strict:
         ds.validate()

@@ -175,11 +175,14 @@ def _template_lines(text: str, where: str) -> list[str]:
 
 
 def load_class_names(path: str, keys: list[str], *, what: str = "classes",
-                     encoding: str | None = None) -> list[str]:
+                     encoding: str | None = None, integer_keys: bool = False) -> list[str]:
     """Read a class-names file and return one name per key, in the order of `keys`.
 
     `keys` are the data source's raw class keys in label order (folder names,
-    string labels, or ``str(i)`` for integer labels).
+    string labels, or ``str(v)`` for the integer label values present).
+    `integer_keys`: the keys are integer label values, so a plain list of names
+    in class order (name ``j`` for label ``j``) also applies when some labels are
+    absent from the data (a subset, or one split).
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -194,7 +197,7 @@ def load_class_names(path: str, keys: list[str], *, what: str = "classes",
         if isinstance(obj, dict):
             return _names_from_mapping({str(k): v for k, v in obj.items()}, keys, p, what)
         if isinstance(obj, list):
-            return _names_from_list(obj, keys, p, what)
+            return _names_from_list(obj, keys, p, what, integer_keys)
         raise DataError(f"class-names file {p} must hold a JSON list of names or an object "
                         f"mapping class keys to names, not {type(obj).__name__}")
     lines = [ln.strip() for ln in text.splitlines()]
@@ -203,12 +206,16 @@ def load_class_names(path: str, keys: list[str], *, what: str = "classes",
     split = [ln.split(None, 1) for ln in lines]
     if lines and all(len(s) == 2 and s[0] in key_set for s in split):
         return _names_from_mapping({s[0]: s[1].strip() for s in split}, keys, p, what)
-    return _names_from_list(lines, keys, p, what)
+    return _names_from_list(lines, keys, p, what, integer_keys)
 
 
-def _names_from_list(names: list, keys: list[str], path: Path, what: str) -> list[str]:
+def _names_from_list(names: list, keys: list[str], path: Path, what: str,
+                     integer_keys: bool = False) -> list[str]:
     if not all(isinstance(n, str) and n.strip() for n in names):
         raise DataError(f"class-names file {path} must hold non-empty strings only")
+    if (integer_keys and len(names) != len(keys) and all(re.fullmatch(r"\d+", k) for k in keys)
+            and all(int(k) < len(names) for k in keys)):
+        return [names[int(k)].strip() for k in keys]  # name j is label j's; absent labels skipped
     if len(names) != len(keys):
         raise DataError(
             f"class-names file {path} lists {len(names)} names but the data has {len(keys)} "
