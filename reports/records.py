@@ -10,14 +10,14 @@ import logging
 import os
 import platform
 import subprocess
-import uuid
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from alignprobe._version import __version__
 from alignprobe.errors import DamagedRecordError, ResultNotSavedError
-from alignprobe.io import fallback_dir, write_json_atomic
+from alignprobe.io import write_json_atomic
 
 log = logging.getLogger("alignprobe.records")
 
@@ -60,13 +60,23 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def fallback_dir() -> Path:
+    """A new private directory for a record that could not be written to its place.
+
+    Made by `tempfile.mkdtemp` (mode 0700, a name nobody can guess), never a
+    fixed name in the shared temp directory, where another local user could
+    plant a symlink or a directory and read or replace the result.
+    """
+    return Path(tempfile.mkdtemp(prefix="alignprobe-unsaved-"))
+
+
 def write_record(path: str | Path, record: dict) -> Path:
     """Write `record` to `path` atomically; if that fails, keep it elsewhere and say where.
 
     A record is the product of minutes to hours of work: a full disk or a
-    directory that became read-only must not lose it. It is written to
-    `alignprobe.io.fallback_dir()` instead (or, failing that too, carried in
-    the error message), and `ResultNotSavedError` names both places.
+    directory that became read-only must not lose it. It is written to a new
+    private directory from `fallback_dir()` instead (or, failing that too,
+    carried in the error message), and `ResultNotSavedError` names both places.
     """
     path = Path(path)
     try:
@@ -74,14 +84,15 @@ def write_record(path: str | Path, record: dict) -> Path:
         return path
     except OSError as err:
         reason = f"{type(err).__name__}: {err.strerror or err}"
-    # A unique name: a later failure (a sweep's failed-pair record) must never overwrite a kept result.
-    kept = fallback_dir() / f"{path.stem}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}{path.suffix}"
     try:
+        # A new directory per record: a later failure (a sweep's failed-pair record) never overwrites a kept result.
+        kept = fallback_dir() / path.name
         write_json_atomic(kept, record)
     except OSError:
         blob = json.dumps(record, indent=1, sort_keys=True, default=str)
-        raise ResultNotSavedError(f"could not write the result record {path} ({reason}), nor a copy under "
-                                  f"{fallback_dir()}; here it is, save it as {path.name}:\n{blob}") from None
+        raise ResultNotSavedError(f"could not write the result record {path} ({reason}), nor a copy in a "
+                                  f"private temporary directory; here it is, save it as {path.name}:\n{blob}"
+                                  ) from None
     raise ResultNotSavedError(f"could not write the result record {path} ({reason}); the result was kept at "
                               f"{kept}: move it into the results directory as {path.name} once it is "
                               f"writable") from None

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from alignprobe.cli import main
 from alignprobe.errors import DamagedRecordError, ResultNotSavedError
-from alignprobe.io import fallback_dir
 from alignprobe.reports.plots import make_plots
 from alignprobe.reports.records import lookup_record, read_record, write_record
 from alignprobe.reports.store import load_results, results_header, unreadable_records
@@ -82,12 +81,21 @@ def test_lookup_treats_a_damaged_record_as_missing_and_keeps_it_aside(tmp_path, 
 
 
 # --------------------------------------------------------------------------- class 4: unwritable results
-def test_a_record_that_cannot_be_written_is_kept_elsewhere_and_named(tmp_path, monkeypatch):
+def _private_tmp(tmp_path, monkeypatch) -> Path:
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    return tmp_path / "tmp"
+
+
+def _kept_path(err: pytest.ExceptionInfo) -> Path:
+    return Path(str(err.value).split("was kept at ")[1].split(": move it")[0])
+
+
+def test_a_record_that_cannot_be_written_is_kept_elsewhere_and_named(tmp_path, monkeypatch):
+    tmp = _private_tmp(tmp_path, monkeypatch)
     (tmp_path / "blocker").write_text("a file, not a directory")
     target = tmp_path / "blocker" / "results" / "probe__a__b__h.json"
     record = {"vision": "a", "text": "b", "status": "ok", "metrics": {"zero_shot_top1": 0.5}}
@@ -95,13 +103,34 @@ def test_a_record_that_cannot_be_written_is_kept_elsewhere_and_named(tmp_path, m
         write_record(target, record)
     msg = str(err.value)
     assert str(target) in msg and "was kept at" in msg
-    kept = Path(msg.split("was kept at ")[1].split(":")[0])
-    assert kept.parent == fallback_dir() == tmp_path / "tmp" / "alignprobe-unsaved"
+    kept = _kept_path(err)
+    assert kept.parent.parent == tmp and kept.parent.name.startswith("alignprobe-unsaved-")
+    assert (kept.parent.stat().st_mode & 0o777) == 0o700  # private: other local users cannot read or plant
     assert json.loads(kept.read_text()) == record
     # A second failure (a sweep's failed-pair record) never overwrites the first kept result.
-    with pytest.raises(ResultNotSavedError):
+    with pytest.raises(ResultNotSavedError) as second:
         write_record(target, {"vision": "a", "text": "b", "status": "failed"})
-    assert json.loads(kept.read_text()) == record and len(list(fallback_dir().iterdir())) == 2
+    assert _kept_path(second) != kept and json.loads(kept.read_text()) == record
+
+
+@pytest.mark.parametrize("plant", ["symlink", "directory", "file"])
+def test_a_planted_path_at_the_old_fixed_location_is_not_used(tmp_path, monkeypatch, plant):
+    # Another local user could create $TMPDIR/alignprobe-unsaved before us: a link to their
+    # directory (to read our result, or replace it), a directory they own, or a file to block us.
+    tmp = _private_tmp(tmp_path, monkeypatch)
+    theirs = tmp_path / "attacker"
+    theirs.mkdir()
+    old = tmp / "alignprobe-unsaved"
+    {"symlink": lambda: old.symlink_to(theirs), "directory": old.mkdir,
+     "file": lambda: old.write_text("planted")}[plant]()
+    target = tmp_path / "missing-parent-file"
+    target.write_text("x")
+    with pytest.raises(ResultNotSavedError) as err:
+        write_record(target / "probe__a__b__h.json", {"vision": "a", "text": "b", "metrics": {}})
+    kept = _kept_path(err)
+    assert kept.exists() and old not in kept.parents and kept.resolve().parent.parent == tmp.resolve()
+    assert list(theirs.iterdir()) == []
+    assert old.is_symlink() or old.is_file() or list(old.iterdir()) == []
 
 
 def test_record_is_printed_when_no_place_at_all_can_be_written(tmp_path, monkeypatch):
