@@ -46,16 +46,20 @@ def shard0():
 def test_reads_images_captions_and_skips_imageless(tmp_path):
     write_tar(tmp_path / "00000.tar", shard0())
     ds = open_dataset(f"wds:{tmp_path / '00000.tar'}")
-    assert ds.ids == ["000000", "000001", "000003"]
+    # the caption-only sample stays a row whose image cannot load: encoding skips and counts it
+    assert ds.ids == ["000000", "000001", "000002", "000003"]
     assert ds.captions(0) == ["a red card", "crimson card", "red thing"]
-    assert ds.captions(1) == ["a blue card"] and ds.captions(2) == []
+    assert ds.captions(1) == ["a blue card"] and ds.captions(3) == []
     assert ds.has_captions and ds.labels is None
     r, g, b = ds.load_image(0).getpixel((2, 2))
     assert r > 200 and g < 40 and b < 40
     assert ds.load_image(1).getpixel((0, 0)) == (0, 0, 255)
-    assert ds.load_image(2).mode == "RGB"
+    assert ds.load_image(3).mode == "RGB"
+    with pytest.raises(ImageLoadError, match="no image member"):
+        ds.load_image(2)
     d = ds.describe()
-    assert d["n_skipped"] == 1 and d["n_shards"] == 1 and d["n"] == 3
+    assert d["n_skipped"] == 1 and d["n_shards"] == 1 and d["n"] == 4
+    assert list(d["skipped_samples"]) == ["000002"]
 
 
 def test_directory_brace_and_glob_specs_agree(tmp_path):
@@ -65,9 +69,9 @@ def test_directory_brace_and_glob_specs_agree(tmp_path):
     by_brace = open_dataset(f"wds:{tmp_path}/{{00000..00001}}.tar")
     by_glob = open_dataset(f"wds:{tmp_path}/0000?.tar")
     assert by_dir.kind == "wds"
-    assert by_dir.ids == by_brace.ids == by_glob.ids == ["000000", "000001", "000003", "100000"]
+    assert by_dir.ids == by_brace.ids == by_glob.ids == ["000000", "000001", "000002", "000003", "100000"]
     assert by_dir.fingerprint() == by_brace.fingerprint() == by_glob.fingerprint()
-    assert by_brace.captions(3) == ["dark"]
+    assert by_brace.captions(4) == ["dark"]
     with pytest.raises(DataError, match="00002.tar does not exist"):
         open_dataset(f"wds:{tmp_path}/{{00000..00002}}.tar")
 

@@ -4,12 +4,20 @@ A shard is an uncompressed tar whose members are grouped into samples by key
 (the member name up to the first dot of its base name, the webdataset rule):
 ``000123.jpg`` + ``000123.txt`` + ``000123.json`` is sample ``000123``.
 
-- image: the first of ``.jpg``, ``.jpeg``, ``.png``, ``.webp`` members;
-  samples without one are skipped (counted in ``describe()["n_skipped"]``);
+- image: the first of ``.jpg``, ``.jpeg``, ``.png``, ``.webp`` members.
+  A sample without one (caption-only samples, keys that do not match, an image
+  stored as a tar link) stays a sample whose image cannot be loaded: encoding
+  skips it like a corrupt image, so it is counted, named in the log and in the
+  cache manifest's ``skipped`` list, and refused under ``strict`` (already when
+  the dataset opens). ``describe()`` counts them (``n_skipped``) and names them
+  (``skipped_samples``);
 - caption: the ``.txt`` member, else ``"caption"`` of the ``.json`` member;
-  extra positives: ``"extra_captions"`` (a list) of the ``.json`` member;
-- label (optional): a ``.cls`` member (an integer) or ``"label"`` of the
-  ``.json``; either every sample has one or none does.
+  extra positives: ``"extra_captions"`` (a list) of the ``.json`` member.
+  A key with two members of one kind (two ``.txt``, two ``.jpg``: a tar may
+  hold one name twice) is an error naming them, never a silent replacement;
+- label (optional): a ``.cls`` member (a non-negative integer) or ``"label"`` of
+  the ``.json``; either every sample has one or none does. The distinct values
+  present become label ids 0..k-1 (their values are the class keys).
 
 A shard that ends without the tar end-of-archive marker was cut short (at a
 member boundary tarfile itself reads on silently); so is one holding fewer
@@ -42,11 +50,12 @@ import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
 from alignprobe.io import DEFAULT_ENCODING, check_encoding
-from alignprobe.probe.data.datasets import Dataset, decode_image
+from alignprobe.probe.data.datasets import Dataset, decode_image, index_labels
 
 log = logging.getLogger("alignprobe.data")
 
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_TEXT_EXTS = ("txt", "json", "cls")
 _TAR_BLOCK = 512
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -111,7 +120,7 @@ class WebDataset(Dataset):
     kind = "wds"
 
     def __init__(self, name, shards, ids, shard_index, offsets, sizes, members, captions,
-                 labels=None, n_skipped=0, short_shards=None, **kwargs):
+                 labels=None, n_skipped=0, short_shards=None, no_image=None, **kwargs):
         self.shards = list(shards)
         self.short_shards = dict(short_shards or {})  # shard path -> why it is short
         self._shard_index = np.asarray(shard_index, dtype=np.int32)
@@ -119,13 +128,17 @@ class WebDataset(Dataset):
         self._sizes = np.asarray(sizes, dtype=np.int64)
         self._members = list(members)
         self._captions = captions
-        self.n_skipped = n_skipped
+        # row -> why the sample has no image (it is skipped when encoded; strict refuses it)
+        self.no_image: dict[int, str] = dict(no_image or {})
+        self.n_skipped = n_skipped + len(self.no_image)
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
         super().__init__(name, ids, labels=labels, **kwargs)
 
     def load_image(self, i: int):
         s = int(self._shard_index[i])
+        if i in self.no_image:
+            raise ImageLoadError(self.ids[i], f"{self.shards[s]}:{self._members[i]}", self.no_image[i])
         where = f"{self.shards[s]}:{self._members[i]}"
         try:
             data = os.pread(self._fd(s), int(self._sizes[i]), int(self._offsets[i]))
@@ -145,8 +158,14 @@ class WebDataset(Dataset):
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(n_shards=len(self.shards), n_skipped=self.n_skipped, short_shards=dict(self.short_shards))
+        d.update(n_shards=len(self.shards), n_skipped=self.n_skipped, short_shards=dict(self.short_shards),
+                 skipped_samples=self.skipped_samples(limit=100))
         return d
+
+    def skipped_samples(self, limit: int | None = None) -> dict[str, str]:
+        """Sample id -> why it has no image (the first `limit` of them)."""
+        rows = sorted(self.no_image)[:limit]
+        return {self.ids[i]: self.no_image[i] for i in rows}
 
     def validate(self) -> None:
         """Check that no shard was cut short and every indexed member lies inside its shard."""
@@ -155,6 +174,11 @@ class WebDataset(Dataset):
             raise DataError(f"{self.name}: {len(self.short_shards)} shard(s) are short, samples are "
                             f"missing: {lines}. Re-copy or re-create them, or drop --strict to use "
                             f"the samples that remain")
+        if self.no_image:
+            shown = "; ".join(f"{k!r} ({why})" for k, why in self.skipped_samples(limit=5).items())
+            more = f" and {len(self.no_image) - 5} more" if len(self.no_image) > 5 else ""
+            raise DataError(f"{self.name}: {len(self.no_image)} sample(s) have no image member: {shown}{more}. "
+                            f"Re-create the shards with an image for every key, or drop --strict to skip them")
         ends = np.zeros(len(self.shards), dtype=np.int64)
         np.maximum.at(ends, self._shard_index, self._offsets + self._sizes)
         for s, end in enumerate(ends):
@@ -208,7 +232,7 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
 
     shards = resolve_shards(path, split)
     keys, shard_idx, offsets, sizes, members, caps, labels = [], [], [], [], [], [], []
-    n_skipped = 0
+    no_image: dict[int, str] = {}
     short: dict[str, str] = {}
     codec = check_encoding(encoding, f"wds:{path}")
     disable = None if progress is None else not progress
@@ -219,9 +243,9 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
             short[shard] = why
         for key, sample in samples:
             img = next((sample[e] for e in WDS_IMAGE_EXTS if e in sample), None)
-            if img is None:
-                n_skipped += 1
-                continue
+            if img is None:  # a row that encoding skips (and strict refuses), not one dropped unseen
+                no_image[len(keys)] = _why_no_image(sample)
+                img = (0, 0, key)
             meta = sample.get("json", {})
             cap_list = []
             if sample.get("txt"):
@@ -250,7 +274,7 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
             labels.append(lab)
     for shard, why in short.items():
         log.warning("wds: shard %s is short: %s; re-copy it (--strict makes this an error)", shard, why)
-    if not keys:
+    if len(no_image) == len(keys):
         raise DataError(f"wds:{path}: the shards hold no samples with an image "
                         f"({'/'.join(WDS_IMAGE_EXTS)} members)")
     ids = keys
@@ -265,12 +289,30 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
             first = ids[with_label.index(False)]
             raise DataError(f"wds:{path}: some samples have labels and others not (e.g. "
                             f"{first!r}); give every sample a .cls member or none")
-        label_arr = np.asarray(labels, dtype=np.int64)
-        class_keys = [str(c) for c in range(int(label_arr.max()) + 1)]
+        # the values present, never range(max + 1): one label 10**12 is one class
+        label_arr, values = index_labels(labels)
+        class_keys = [str(v) for v in values]
+    if no_image:
+        shown = ", ".join(f"{ids[i]!r} ({why})" for i, why in list(no_image.items())[:5])
+        log.warning("wds:%s: %d sample(s) have no image member and will be skipped: %s%s; --strict makes "
+                    "this an error", path, len(no_image), shown, " ..." if len(no_image) > 5 else "")
     root = str(Path(shards[0]).parent)
-    return WebDataset(name or f"wds:{path}", shards, ids, shard_idx, offsets, sizes, members,
-                      caps, labels=label_arr, n_skipped=n_skipped, short_shards=short,
-                      class_keys=class_keys, root=root, split=split)
+    ds = WebDataset(name or f"wds:{path}", shards, ids, shard_idx, offsets, sizes, members,
+                    caps, labels=label_arr, short_shards=short, no_image=no_image,
+                    class_keys=class_keys, root=root, split=split)
+    ds.integer_class_keys = True
+    return ds
+
+
+def _why_no_image(sample: dict) -> str:
+    links = sample.get("links", [])
+    if links:
+        return (f"its image member {links[0]} is a tar link, which is not followed; store the image "
+                f"itself in the shard")
+    has = sorted(e for e in sample if e not in ("links", "_names"))
+    return (f"no image member ({'/'.join(WDS_IMAGE_EXTS)}); the key has only "
+            f"{', '.join('.' + e for e in has) or 'no readable members'}"
+            f" -- a caption-only sample, or member names whose keys do not match")
 
 
 def _index_shard(shard: str, encoding: str = DEFAULT_ENCODING):
@@ -288,7 +330,7 @@ def _index_shard(shard: str, encoding: str = DEFAULT_ENCODING):
     with tf:
         try:
             for m in tf:
-                if not m.isfile():
+                if not (m.isfile() or m.issym() or m.islnk()):
                     continue
                 prefix, base = posixpath.split(m.name)
                 if base.startswith(".") or "." not in base:
@@ -296,12 +338,23 @@ def _index_shard(shard: str, encoding: str = DEFAULT_ENCODING):
                 stem, ext = base.split(".", 1)
                 key = posixpath.join(prefix, stem) if prefix else stem
                 ext = ext.lower()
+                if ext not in WDS_IMAGE_EXTS and ext not in _TEXT_EXTS:
+                    continue
                 sample = samples.setdefault(key, {})
+                if not m.isfile():  # a link: its data is not in the member, so the sample has none
+                    sample.setdefault("links", []).append(m.name)
+                    continue
+                if ext in sample:
+                    first = sample[ext][2] if ext in WDS_IMAGE_EXTS else sample["_names"][ext]
+                    raise DataError(f"{shard}: sample {key!r} has two .{ext} members ({first} and {m.name}); "
+                                    f"one would silently replace the other. Keep one (extra captions go "
+                                    f"in the .json member's 'extra_captions' list)")
                 if ext in WDS_IMAGE_EXTS:
-                    sample.setdefault(ext, (m.offset_data, m.size, m.name))
-                elif ext in ("txt", "json", "cls"):
+                    sample[ext] = (m.offset_data, m.size, m.name)
+                else:
                     raw = tf.extractfile(m).read()
                     sample[ext] = _parse_text_member(shard, m.name, ext, raw, encoding)
+                    sample.setdefault("_names", {})[ext] = m.name
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"{shard}: corrupt or truncated tar ({exc}); re-create or "
                             f"re-copy the shard") from None
