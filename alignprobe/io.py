@@ -112,26 +112,93 @@ def first_undecodable_byte(path: str | os.PathLike, encoding: str) -> tuple[int,
             offset += len(chunk)
 
 
+# Byte-order marks that name an encoding outright (UTF-32 first: its LE mark starts with UTF-16's).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def bom_encoding(head: bytes) -> str | None:
+    """"utf-16" / "utf-32" when `head` (a file's first bytes) starts with that byte-order mark, else None."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def sniff_encoding(path: str | os.PathLike, encoding: str | None = None) -> str:
+    """The codec to read `path` with: `encoding` when given, else UTF-16/32 when the file starts with
+    that byte-order mark (Windows tools write UTF-16 with one), else UTF-8 (BOM allowed)."""
+    codec = check_encoding(encoding)
+    if codec != DEFAULT_ENCODING:
+        return codec
+    try:
+        with open(path, "rb") as fh:
+            return bom_encoding(fh.read(4)) or codec
+    except OSError:
+        return codec
+
+
+def decode_bytes(data: bytes, encoding: str | None = None) -> str:
+    """`data` decoded as `read_text` decodes a file (a UTF-16/32 byte-order mark is honoured)."""
+    codec = check_encoding(encoding)
+    if codec == DEFAULT_ENCODING:
+        codec = bom_encoding(data[:4]) or codec
+    return data.decode(codec)
+
+
+def utf16_without_bom(sample: bytes) -> str | None:
+    """"utf-16-le" / "utf-16-be" when `sample` looks like UTF-16 text without a byte-order mark
+    (ASCII characters leave every other byte zero), else None."""
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    if odd.count(0) > 0.3 * len(odd) and even.count(0) < 0.05 * len(even):
+        return "utf-16-le"
+    if even.count(0) > 0.3 * len(even) and odd.count(0) < 0.05 * len(odd):
+        return "utf-16-be"
+    return None
+
+
 def decode_error(path: str | os.PathLike, encoding: str | None = None, *, spec_key: bool = True) -> DataError:
-    """The error for a text file that does not decode: the file, the byte offset, and the fix."""
+    """The error for a text file that does not decode: the file, the byte offset, and the fix.
+
+    The fix names the encoding the bytes suggest: UTF-16 (every other byte zero) is
+    told to use utf-16, anything else a single-byte code page such as latin-1.
+    """
     encoding = check_encoding(encoding)
     found = first_undecodable_byte(path, encoding)
     where = f" at byte offset {found[0]} (bytes {found[1]!r})" if found else ""
     label = "UTF-8" if encoding == DEFAULT_ENCODING else encoding
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        head = b""
+    guess = bom_encoding(head) or utf16_without_bom(head)
+    name, stem, suffix = Path(path).name, Path(path).stem, Path(path).suffix
+    if guess:
+        what = f"; it looks like {guess.upper()} text"
+        fix = (f"add '?encoding={guess}' to the data spec, or convert it: " if spec_key
+               else "convert it to UTF-8: ")
+        return DataError(f"{path} is not valid {label} text{where}{what}; {fix}"
+                         f"iconv -f {guess} -t utf-8 {name} > {stem}.utf8{suffix}")
     fix = ("add the file's encoding to the data spec, e.g. '?encoding=latin-1' (or cp1252), or convert it: "
-           if spec_key else "convert it to UTF-8: ")
+           if spec_key else "convert it to UTF-8 (from its encoding, e.g. latin-1 or cp1252): ")
     return DataError(f"{path} is not valid {label} text{where}; {fix}"
-                     f"iconv -f latin1 -t utf-8 {Path(path).name} > {Path(path).stem}.utf8{Path(path).suffix}")
+                     f"iconv -f latin1 -t utf-8 {name} > {stem}.utf8{suffix}")
 
 
 def read_text(path: str | os.PathLike, encoding: str | None = None, *, spec_key: bool = True) -> str:
-    """The text of `path` (UTF-8 with or without a BOM unless `encoding` says otherwise).
+    """The text of `path` (UTF-8 with or without a BOM unless `encoding` says otherwise; a file
+    that starts with a UTF-16 or UTF-32 byte-order mark is read as such).
 
     A file that does not decode raises DataError naming the file, the byte
     offset and the fix, instead of a bare UnicodeDecodeError.
     """
     codec = check_encoding(encoding)
     data = Path(path).read_bytes()
+    if codec == DEFAULT_ENCODING:
+        codec = bom_encoding(data[:4]) or codec
     try:
         return data.decode(codec)
     except UnicodeDecodeError:

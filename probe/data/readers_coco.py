@@ -47,6 +47,11 @@ def read_coco(path: str, *, split: str | None = None, images: str | None = None,
                         f"(images + annotations) or the Karpathy format (images with "
                         f"'sentences' and 'split')")
     root = Path(images).expanduser().resolve() if images else file.parent
+    if "annotations" not in data and _looks_official(data):
+        raise DataError(f"coco:{path}: {file} looks like an official COCO file (its images have 'id' and "
+                        f"'file_name', none has 'sentences' or 'split') but it has no 'annotations' list, so "
+                        f"it holds no captions (an image-info file such as image_info_test2017.json?); open "
+                        f"the caption file of the split, e.g. annotations/captions_val2017.json")
     if "annotations" in data:
         fmt = "coco"
         ids, caps = _read_official(data, file, split)
@@ -79,11 +84,38 @@ def _read_official(data: dict, file: Path, split: str | None):
         by_image.setdefault(_opaque(a["image_id"]), []).append(a["caption"].strip())
     ids, caps = [], []
     for k, img in enumerate(data["images"]):
-        if not (isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str)):
+        if not isinstance(img, dict):
+            raise DataError(f"coco:{file}: images[{k}] is {_what(img)}, not an object with 'id' and 'file_name'")
+        if "id" not in img or "file_name" not in img:
             raise DataError(f"coco:{file}: images[{k}] lacks 'id' or 'file_name'")
+        _check_path(img["file_name"], "file_name", k, file)
         ids.append(img["file_name"])
         caps.append([c for c in by_image.get(_opaque(img["id"]), []) if c])
     return ids, caps
+
+
+def _what(value) -> str:
+    """How a JSON value is called in an error: 'a number (5)', 'a string ('x')', 'null'."""
+    if value is None:
+        return "null"
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+    shown = repr(value)
+    return f"{kind} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
+
+
+def _check_path(value, key: str, k: int, file: Path) -> None:
+    if not isinstance(value, str):
+        raise DataError(f"coco:{file}: images[{k}] '{key}' is {_what(value)}, not a string; image paths "
+                        f"are strings such as \"000000000139.jpg\"")
+    if not value.strip():
+        raise DataError(f"coco:{file}: images[{k}] has an empty '{key}'")
+
+
+def _looks_official(data: dict) -> bool:
+    imgs = [i for i in data["images"][:100] if isinstance(i, dict)]
+    return bool(imgs) and all("file_name" in i and "id" in i and "sentences" not in i and "split" not in i
+                              for i in imgs)
 
 
 def _opaque(value):
@@ -109,9 +141,16 @@ def _order_key(ann, position: int):
 def _read_karpathy(data: dict, file: Path, split: str | None):
     images = data["images"]
     available: dict[str, int] = {}
-    for img in images:
-        s = img.get("split") if isinstance(img, dict) else None
+    for k, img in enumerate(images):
+        if not isinstance(img, dict):
+            raise DataError(f"coco:{file}: images[{k}] is {_what(img)}, not an object; a Karpathy-format "
+                            f"file lists objects with 'filename', 'split' and 'sentences'")
+        s = img.get("split")
         available[str(s)] = available.get(str(s), 0) + 1
+    if set(available) == {"None"}:
+        raise DataError(f"coco:{file}: no image has a 'split' and the file has no 'annotations'; expected "
+                        f"COCO captions (images + annotations) or the Karpathy format (images with "
+                        f"'filename', 'split' and 'sentences')")
     counts = ", ".join(f"{s} ({n})" for s, n in sorted(available.items()))
     if split is None:
         raise DataError(f"coco:{file} is a Karpathy-format file holding several splits ({counts}); "
@@ -125,8 +164,11 @@ def _read_karpathy(data: dict, file: Path, split: str | None):
     for k, img in enumerate(images):
         if img.get("split") not in wanted:
             continue
-        if not isinstance(img.get("filename"), str):
+        if "filename" not in img:
             raise DataError(f"coco:{file}: images[{k}] lacks a 'filename'")
+        _check_path(img["filename"], "filename", k, file)
+        if img.get("filepath") not in (None, ""):
+            _check_path(img["filepath"], "filepath", k, file)
         rel = f"{img['filepath']}/{img['filename']}" if img.get("filepath") else img["filename"]
         sents = img.get("sentences", [])
         if not isinstance(sents, list):

@@ -12,10 +12,12 @@ the ``"a photo of "`` prefix.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignprobe.errors import DataError
+from alignprobe.io import read_text
 from alignprobe.probe.data.datasets import decode_image
 
 IMAGE_FOLDER = "MLLM_VLM Images"
@@ -33,15 +35,22 @@ class MMVPPair:
         return [decode_image(p, str(q), p) for q, p in zip(self.ids, self.image_paths)]
 
 
-def read_mmvp(path: str | Path) -> list[MMVPPair]:
-    """Every pair of ``DIR/Questions.csv`` in file order; checks ids and that images exist."""
+def read_mmvp(path: str | Path, encoding: str | None = None) -> list[MMVPPair]:
+    """Every pair of ``DIR/Questions.csv`` in file order; checks ids and that images exist.
+
+    `encoding`: of ``Questions.csv`` (None: UTF-8, a BOM allowed); a file in another
+    encoding fails naming the file, the byte and the fix, as every reader's does.
+    """
     root = Path(path).expanduser().resolve()
     table = root / "Questions.csv"
     if not table.is_file():
         raise DataError(f"mmvp: {table} does not exist; the layout is DIR/Questions.csv and "
                         f"'DIR/{IMAGE_FOLDER}/<type>/<id>.jpg' (the official MMVP_VLM release)")
-    with open(table, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if any(cell.strip() for cell in r)]
+    text = read_text(table, encoding, spec_key=False)
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(cell.strip() for cell in r)]
+    except csv.Error as exc:
+        raise DataError(f"mmvp: {table} is not a readable CSV file ({exc})") from None
     body = rows[1:]  # the header
     if not body:
         raise DataError(f"mmvp: {table} has no rows after its header")

@@ -3,7 +3,7 @@
 Spec syntax (as `alignprobe.probe.data.spec`, a kind of its own because a segmentation set
 has a label map per image rather than captions or one label)::
 
-    seg:DIR[?split=S&classes=FILE&reduce_zero_label=0|1]
+    seg:DIR[?split=S&classes=FILE&reduce_zero_label=0|1&encoding=CODEC]
     shapes-seg[:SPLIT][?n=N&size=PX&seed=K&reduce_zero_label=0|1]
 
 ``seg:DIR`` layouts, recognised in this order:
@@ -23,7 +23,11 @@ cfg_ade20k_SAIL.py``), and off for the plain layout.
 The class-names file (``classes=FILE``, else ``DIR/classes.txt`` or ``DIR/class_names.txt``)
 has one class per line in label order; a line may list comma-separated synonyms, each a
 prompt of its own whose best score stands for the class (SAIL's ``seg_configs/cls_*.txt``
-read by ``get_cls_idx`` in ``evaluation/seg_eval.py``).
+read by ``get_cls_idx`` in ``evaluation/seg_eval.py``). It and a VOC split list are read as
+UTF-8 (a BOM allowed) unless ``encoding=`` names another codec (``latin-1``...); a file that
+does not decode fails naming the file, the byte and the fix, as every reader's does.
+
+A mask must have its image's size; one that does not is an error naming both files.
 
 ``shapes-seg``: the built-in ``shapes`` scenes (same indices, pixels and splits) with their
 per-pixel masks; classes ``background`` (0) and the six shapes (1..6); prompts from the
@@ -41,12 +45,13 @@ from urllib.parse import unquote
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
+from alignprobe.io import check_encoding, read_text
 from alignprobe.probe.data import builtin_sets
 from alignprobe.probe.data.datasets import IMAGE_EXTENSIONS, decode_image
 
 IGNORE_INDEX = 255
 SEG_KINDS = ("seg", "shapes-seg")
-_SEG_KEYS = {"seg": ("split", "classes", "reduce_zero_label"),
+_SEG_KEYS = {"seg": ("split", "classes", "reduce_zero_label", "encoding"),
              "shapes-seg": ("split", "n", "size", "seed", "reduce_zero_label")}
 _QUERY = re.compile(r"^\w+=[^&]*(?:&\w+=[^&]*)*$")
 
@@ -114,6 +119,7 @@ class FileSegmentationDataset(SegmentationDataset):
                 mask = np.asarray(im).astype(np.int64)
         except OSError as exc:
             raise ImageLoadError(self.ids[i], path, f"{type(exc).__name__}: {exc}") from None
+        self._check_size(i, mask.shape)
         if self.reduce_zero_label:  # mmseg LoadAnnotations(reduce_zero_label=True)
             mask = np.where(mask == 0, IGNORE_INDEX, mask - 1)
             mask[mask == IGNORE_INDEX - 1] = IGNORE_INDEX
@@ -123,6 +129,21 @@ class FileSegmentationDataset(SegmentationDataset):
                 f"{self.name}: mask {path} holds label {int(mask[bad][0])} but the class-names "
                 f"file has {self.num_classes} classes; check the file (or reduce_zero_label)")
         return mask
+
+    def _check_size(self, i: int, shape) -> None:
+        """The mask must cover its image pixel for pixel; reads only the image's header."""
+        from PIL import Image
+
+        image = self.image_paths[i]
+        try:
+            with Image.open(image) as im:
+                width, height = im.size
+        except (OSError, ValueError, SyntaxError, EOFError):
+            return  # an unreadable image is reported by load_image, naming it
+        if tuple(shape[:2]) != (height, width):
+            raise DataError(f"{self.name}: mask {self.mask_paths[i]} is {shape[1]} x {shape[0]} pixels but its "
+                            f"image {image} is {width} x {height}; a label mask must have its image's size "
+                            f"(re-export the mask, or check that the two files belong together)")
 
 
 class ShapesSegDataset(SegmentationDataset):
@@ -162,14 +183,15 @@ def make_shapes_seg(*, split: str | None = None, n: int = 3000, size: int = 64, 
                             reduce_zero_label=reduce_zero_label)
 
 
-def read_class_queries(path: str | Path) -> list[list[str]]:
-    """One class a line, comma-separated synonyms (SAIL ``evaluation/seg_eval.py`` get_cls_idx)."""
+def read_class_queries(path: str | Path, encoding: str | None = None) -> list[list[str]]:
+    """One class a line, comma-separated synonyms (SAIL ``evaluation/seg_eval.py`` get_cls_idx);
+    `encoding` None: UTF-8, a BOM allowed."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"class-names file {p} does not exist; write one class per line in "
                         "label order (synonyms separated by commas)")
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(p, encoding, spec_key=False).splitlines(), 1):
         if not line.strip():
             continue
         words = [w.strip() for w in line.split(",")]
@@ -183,11 +205,13 @@ def read_class_queries(path: str | Path) -> list[list[str]]:
 
 def read_seg_dir(path: str | Path, *, split: str | None = None, classes: str | None = None,
                  reduce_zero_label: bool | None = None,
-                 name: str | None = None) -> FileSegmentationDataset:
+                 name: str | None = None, encoding: str | None = None) -> FileSegmentationDataset:
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"seg:{path}: {root} is not a directory")
-    layout, image_dir, mask_dir, ids = _layout(root, split)
+    if encoding is not None:
+        check_encoding(encoding, f"seg:{path}")
+    layout, image_dir, mask_dir, ids = _layout(root, split, encoding)
     if reduce_zero_label is None:
         reduce_zero_label = layout in ("voc", "ade")
     class_file = Path(classes).expanduser() if classes else next(
@@ -210,18 +234,18 @@ def read_seg_dir(path: str | Path, *, split: str | None = None, classes: str | N
     if not ids:
         raise DataError(f"seg:{path}: no PNG masks in {mask_dir}")
     return FileSegmentationDataset(name or f"seg:{root}", ids, image_paths, mask_paths,
-                                   read_class_queries(class_file),
+                                   read_class_queries(class_file, encoding),
                                    reduce_zero_label=bool(reduce_zero_label))
 
 
-def _layout(root: Path, split: str | None):
+def _layout(root: Path, split: str | None, encoding: str | None = None):
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
         ids = None
         if split is not None:
             listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not listing.is_file():
                 raise DataError(f"seg:{root}: split {split!r} needs {listing}")
-            ids = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+            ids = [ln.strip() for ln in read_text(listing, encoding, spec_key=False).splitlines() if ln.strip()]
         return "voc", root / "JPEGImages", root / "SegmentationClass", ids
     if (root / "images").is_dir() and (root / "annotations").is_dir() and (
             split is not None or (root / "annotations" / "validation").is_dir()):
@@ -286,4 +310,5 @@ def open_segmentation(spec: str) -> SegmentationDataset:
     if not target:
         raise DataError(f"segmentation data spec {spec!r} names no directory after 'seg:'")
     return read_seg_dir(target, split=query.get("split"), classes=query.get("classes"),
-                        reduce_zero_label=None if rzl is None else rzl in ("1", "true"))
+                        reduce_zero_label=None if rzl is None else rzl in ("1", "true"),
+                        encoding=query.get("encoding"))

@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 
 from alignprobe.errors import DataError
-from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_error
+from alignprobe.io import DEFAULT_ENCODING, decode_error, sniff_encoding
 from alignprobe.probe.data.datasets import FileDataset, index_labels
 
 IMAGE_COLUMNS = ("image", "filepath", "image_path", "file_name", "filename", "path")
@@ -74,7 +74,7 @@ def _read_table(path, fmt, *, image, caption, extra, label, split_col, split, ro
     if not file.is_file():
         raise DataError(f"{fmt} file {path} does not exist")
     root_dir = Path(root).expanduser().resolve() if root else file.parent
-    codec = check_encoding(encoding, f"{fmt}:{path}")
+    codec = sniff_encoding(file, encoding)  # a UTF-16/32 byte-order mark is honoured
     records = _read_csv(file, "\t" if fmt == "tsv" else ",", codec) if fmt in ("csv", "tsv") \
         else _read_jsonl(file, codec)
     cols = _Columns(file, image, caption, extra, label, split_col)

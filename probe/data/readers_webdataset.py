@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.io import DEFAULT_ENCODING, check_encoding
+from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_bytes
 from alignprobe.probe.data.datasets import Dataset, decode_image, index_labels
 
 log = logging.getLogger("alignprobe.data")
@@ -393,7 +393,7 @@ def _short_reason(shard: str, end: int, samples: dict) -> str | None:
 
 def _parse_text_member(shard, member, ext, raw: bytes, encoding: str = DEFAULT_ENCODING):
     try:
-        text = raw.decode(encoding).strip()
+        text = decode_bytes(raw, encoding).strip()  # a UTF-16 byte-order mark is honoured
     except UnicodeDecodeError as exc:
         raise DataError(f"{shard}:{member} is not {'UTF-8' if encoding == DEFAULT_ENCODING else encoding} "
                         f"text (byte offset {exc.start} of the member, bytes {raw[exc.start:exc.end]!r}); "

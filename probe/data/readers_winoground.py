@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignprobe.errors import DataError
+from alignprobe.io import read_text
 from alignprobe.probe.data.datasets import decode_image
 
 REQUIRED = ("id", "caption_0", "caption_1", "image_0", "image_1")
@@ -28,15 +29,19 @@ class WinogroundExample:
         return [decode_image(p, f"{self.id}/image_{k}", p) for k, p in enumerate(self.image_paths)]
 
 
-def read_winoground(path: str | Path) -> list[WinogroundExample]:
-    """Every example of ``DIR/examples.jsonl``, in file order; checks the images exist."""
+def read_winoground(path: str | Path, encoding: str | None = None) -> list[WinogroundExample]:
+    """Every example of ``DIR/examples.jsonl``, in file order; checks the images exist.
+
+    `encoding`: of ``examples.jsonl`` (None: UTF-8, a BOM allowed); a file in another
+    encoding fails naming the file, the byte and the fix, as every reader's does.
+    """
     root = Path(path).expanduser().resolve()
     listing = root / "examples.jsonl"
     if not listing.is_file():
         raise DataError(f"winoground: {listing} does not exist; the layout is DIR/examples.jsonl "
                         "and DIR/images/<image_0>.png (the official facebook/winoground release)")
     examples, seen = [], set()
-    for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(listing, encoding, spec_key=False).splitlines(), 1):
         if not line.strip():
             continue
         try:
