@@ -359,3 +359,273 @@ def svcca(a: Any, b: Any, dim: int = 10) -> float:
         cross = ua.T @ ub
     rho = torch.linalg.svdvals(cross).clamp(max=1.0)
     return float(rho.mean())
+
+
+# ---- more measures (Gröger, Wen & Brbić 2026 compare these under permutation calibration) ----
+
+
+def rv_coefficient(a: Any, b: Any) -> float:
+    """RV coefficient (Robert & Escoufier 1976) of two paired representations, in [0, 1].
+
+        RV = tr(A A^T B B^T) / sqrt(tr((A A^T)^2) tr((B B^T)^2))
+
+    with A, B the column-centred features (rows are *not* normalised). This
+    is biased linear CKA without row normalisation (Kornblith et al. 2019,
+    Sec. 3): invariant to orthogonal transforms, isotropic scaling and
+    translation of either side.
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples, same order.
+    """
+    return cka(a, b, kernel="linear", unbiased=False, normalize=False)
+
+
+def _centered64(a: Any, b: Any, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    ta, tb = _paired(a, b, dtype=torch.float64, min_rows=min_rows)
+    return _center(ta), _center(tb)
+
+
+def orthonormal_basis(xc: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Q, s, Vh) of the thin SVD xc = Q diag(s) Vh, truncated to the numerical rank.
+
+    Q (n, r) is an orthonormal basis of xc's column space (the span of its
+    features over the samples): what CCA and least squares see of xc.
+    """
+    u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    tol = float(s[0]) * max(xc.shape) * torch.finfo(xc.dtype).eps if s.numel() else 0.0
+    r = int((s > tol).sum())
+    if r == 0:
+        raise ValidationError(f"{name} is constant across samples (rank 0 after centring); it has no variance to compare")
+    return u[:, :r], s[:r], vh[:r]
+
+
+def mean_cca(a: Any, b: Any) -> float:
+    """Mean canonical correlation (CCA; Hotelling 1936), in [0, 1].
+
+    With Q_a, Q_b orthonormal bases of the column-centred features (thin SVD,
+    truncated at the numerical rank r_a, r_b), the canonical correlations are
+    the singular values rho_1 >= ... >= rho_p of Q_a^T Q_b, p = min(r_a, r_b);
+    the score is their mean (Kornblith et al. 2019's rho-bar_CCA). Exact, no
+    ridge. Invariant to any invertible linear map (hence orthogonal
+    transforms, scaling, feature permutation) and translation of either side.
+
+    Needs n well above d_a + d_b: when r_a + r_b > n - 1 the two spans must
+    share at least r_a + r_b - (n - 1) directions, so that many correlations
+    are 1 whatever the data (with d >= n - 1 the score is 1 for anything).
+    The permutation calibration (``calibrate``) sees this and returns p = 1,
+    but such a score measures nothing: use ``svcca`` or fewer dimensions.
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples, same order.
+    """
+    A, B = _centered64(a, b)
+    qa, _, _ = orthonormal_basis(A, "a")
+    qb, _, _ = orthonormal_basis(B, "b")
+    return float(torch.linalg.svdvals(qa.T @ qb).clamp(max=1.0).mean())
+
+
+def pwcca(a: Any, b: Any) -> float:
+    """Projection-weighted CCA (Morcos, Raghu, Bengio; NeurIPS 2018), in [0, 1].
+
+        PWCCA = sum_i alpha_i rho_i / sum_i alpha_i,   alpha_i = sum_j |<h_i, x_j>|
+
+    rho_i are the canonical correlations (as in ``mean_cca``), h_i the
+    unit-norm canonical variates (n-vectors) of the weighting side and x_j
+    its centred feature columns: canonical directions that account for more
+    of the representation weigh more. As in Morcos et al.'s ``compute_pwcca``
+    the weighting side is the one with fewer features (``a`` on a tie), so
+    the measure is not symmetric when d_a != d_b. Invariant to isotropic
+    scaling, feature permutation and translation; not to general orthogonal
+    transforms (the L1 sum over features is basis-dependent). The same
+    n >> d_a + d_b caveat as ``mean_cca`` applies.
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples, same order.
+    """
+    A, B = _centered64(a, b)
+    qa, _, _ = orthonormal_basis(A, "a")
+    qb, _, _ = orthonormal_basis(B, "b")
+    u, rho, vh = torch.linalg.svd(qa.T @ qb, full_matrices=False)
+    rho = rho.clamp(max=1.0)
+    if A.shape[1] <= B.shape[1]:
+        h, feats = qa @ u, A
+    else:
+        h, feats = qb @ vh.T, B
+    alpha = (h.T @ feats).abs().sum(dim=1)
+    return float((alpha * rho).sum() / alpha.sum())
+
+
+def procrustes_similarity(a: Any, b: Any) -> float:
+    """Orthogonal-Procrustes similarity, in [0, 1].
+
+    With A, B column-centred and scaled to unit Frobenius norm, the
+    orthogonal Procrustes distance is min_R ||A R - B||_F^2 = 2 - 2 ||A^T B||_*
+    (Ding, Denain, Steinhardt, NeurIPS 2021; Williams et al., NeurIPS 2021;
+    different widths are zero-padded, which leaves ||A^T B||_* unchanged). The
+    similarity is the nuclear norm ||A^T B||_* (sum of singular values):
+    1 when B is a rotation of A, invariant to orthogonal transforms,
+    isotropic scaling and translation of either side.
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples, same order.
+    """
+    A, B = _centered64(a, b)
+    pa, pb = procrustes_factor(A, "a"), procrustes_factor(B, "b")
+    return float(torch.linalg.svdvals(pa.T @ pb).sum())
+
+
+def procrustes_factor(xc: torch.Tensor, name: str) -> torch.Tensor:
+    """U diag(s) / ||s|| (n, r) of centred xc: same Gram matrix as xc / ||xc||_F, at most n columns."""
+    q, s, _ = orthonormal_basis(xc, name)
+    return q * (s / torch.linalg.vector_norm(s))
+
+
+def rsa_ranks(x: torch.Tensor, distance: str) -> torch.Tensor:
+    """(n, n) symmetric matrix of the standardised ranks of x's pairwise distances (zero diagonal).
+
+    The upper-triangle entries (distances d(x_i, x_j), i < j) are ranked with
+    average ranks for ties, then standardised to mean 0 and variance 1 over
+    the n(n-1)/2 pairs, so the Spearman correlation of two such matrices is
+    sum(Z_a * Z_b) / (n (n - 1)).
+    """
+    from scipy.stats import rankdata
+
+    n = x.shape[0]
+    if distance == "euclidean":
+        sq = (x * x).sum(1)
+        d = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_(min=0).sqrt_()
+    else:  # correlation distance: 1 - Pearson correlation of the two samples' feature vectors
+        xc = x - x.mean(dim=1, keepdim=True)
+        nrm = torch.linalg.vector_norm(xc, dim=1, keepdim=True)
+        if bool((nrm == 0).any()):
+            raise ValidationError("rsa with distance='correlation': a sample has all features equal; use 'euclidean'")
+        u = xc / nrm
+        d = 1.0 - u @ u.T
+    iu = torch.triu_indices(n, n, offset=1)
+    r = torch.from_numpy(rankdata(d[iu[0], iu[1]].cpu().numpy(), method="average")).to(torch.float64)
+    r = r - r.mean()
+    sd = torch.sqrt((r * r).mean())
+    if not sd > 0:
+        raise ValidationError("rsa: all pairwise distances are equal on one side; the rank correlation is undefined")
+    z = torch.zeros(n, n, dtype=torch.float64)
+    z[iu[0], iu[1]] = r / sd
+    return z + z.T
+
+
+def rsa(a: Any, b: Any, distance: str = "euclidean") -> float:
+    """Representational similarity analysis (Kriegeskorte, Mur, Bandettini 2008), in [-1, 1].
+
+    The Spearman rank correlation between the upper triangles of the two
+    representational dissimilarity matrices (RDMs): RDM_a[i, j] = d(a_i, a_j).
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples, n >= 3.
+        distance: "euclidean" (the default, as in Gröger et al.'s reference
+            code; invariant to orthogonal transforms, isotropic scaling and
+            translation) or "correlation" (1 - Pearson correlation of two
+            samples' feature vectors, Kriegeskorte's usual choice; invariant to
+            scaling and feature permutation, not to rotations).
+
+    Needs the n x n distance matrices: n <= RBF_MAX_SAMPLES.
+    """
+    if distance not in ("euclidean", "correlation"):
+        raise ValidationError(f'distance must be "euclidean" or "correlation"; got {distance!r}')
+    ta, tb = _paired(a, b, dtype=torch.float64, min_rows=3)
+    n = ta.shape[0]
+    if n > RBF_MAX_SAMPLES:
+        raise ValidationError(f"rsa needs n x n distance matrices; n must be <= {RBF_MAX_SAMPLES}, got {n}: subsample rows")
+    za, zb = rsa_ranks(ta.cpu(), distance), rsa_ranks(tb.cpu(), distance)
+    return float((za * zb).sum()) / (n * (n - 1))
+
+
+def knn_lists(x: Any, k: int, name: str, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices), each (n, k): the k nearest neighbours of every row under cosine similarity, self excluded.
+
+    Computed exactly as ``mutual_knn`` does (float32, blocked), so measures
+    built on these lists see the same neighbours.
+    """
+    t = as_matrix(x, name, dtype=torch.float32, min_rows=2)
+    u = unit_rows(t, name)
+    vals, idx = [], []
+    for _, v, i in iter_topk(u, u, k, exclude_self=True, chunk_size=as_chunk_size(chunk_size)):
+        vals.append(v)
+        idx.append(i)
+    return torch.cat(vals), torch.cat(idx)
+
+
+def _checked_k(a: Any, b: Any, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    ta, tb = _paired(a, b, dtype=torch.float32, min_rows=2)
+    n = ta.shape[0]
+    k = as_int(k, "k", low=1, high=n - 1, high_reason=f"a sample has only n - 1 = {n - 1} other samples")
+    return ta, tb, k
+
+
+def knn_jaccard(a: Any, b: Any, k: int = 10, *, chunk_size: int | None = None) -> float:
+    """k-NN Jaccard overlap of two paired representations, in [0, 1].
+
+        knn_jaccard = mean_i |N_a(i) ∩ N_b(i)| / |N_a(i) ∪ N_b(i)|
+
+    with N_a(i), N_b(i) the k nearest neighbours of sample i under cosine
+    similarity (self excluded), as in ``mutual_knn`` (which divides by k
+    instead of the union). Invariant to orthogonal transforms and scaling.
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples.
+        k: neighbours per sample, 1 <= k <= n - 1.
+    """
+    ta, tb, k = _checked_k(a, b, k)
+    _, ia = knn_lists(ta, k, "a", chunk_size)
+    _, ib = knn_lists(tb, k, "b", chunk_size)
+    m = intersection_size(ia, ib).double()
+    return float((m / (2 * k - m)).mean())
+
+
+def cycle_knn(a: Any, b: Any, k: int = 10, *, chunk_size: int | None = None) -> float:
+    """Cycle-kNN accuracy of two paired representations, in [0, 1] (not symmetric in a, b).
+
+        cycle_knn = mean_i 1[ exists j in N_b(i) with i in N_a(j) ]
+
+    Going from sample i to one of its k nearest neighbours in b and back
+    through a's k nearest neighbours returns to i (platonic-rep
+    ``metrics.cycle_knn``, Huh et al. 2024: ``knn_A[knn_B]``). Cosine
+    neighbours, self excluded. cycle_knn(a, a) is below 1 when some sample is
+    not among the k nearest neighbours of any of its own neighbours.
+
+    Args:
+        a: (n, d_a) features.  b: (n, d_b) features, same samples.
+        k: neighbours per sample, 1 <= k <= n - 1.
+    """
+    ta, tb, k = _checked_k(a, b, k)
+    _, ia = knn_lists(ta, k, "a", chunk_size)
+    _, ib = knn_lists(tb, k, "b", chunk_size)
+    n = ia.shape[0]
+    back = ia[ib]  # (n, k, k): a-neighbours of each b-neighbour of i
+    hit = (back == torch.arange(n, device=ia.device).view(n, 1, 1)).flatten(1).any(dim=1)
+    return float(hit.double().mean())
+
+
+def linear_r2(a: Any, b: Any) -> float:
+    """R² of the least-squares linear regression of b on a (with intercept), in [0, 1].
+
+        R²(a -> b) = 1 - ||B - A W||_F^2 / ||B||_F^2
+
+    with A, B column-centred (the intercept) and W the minimum-norm least
+    squares solution (pseudo-inverse, no ridge): the fraction of b's total
+    variance inside the span of a's features, ||Q_a^T B||_F^2 / ||B||_F^2
+    (Q_a an orthonormal basis of A, rank-truncated). This is scikit-learn's
+    ``r2_score(..., multioutput="variance_weighted")`` of an in-sample
+    ``LinearRegression``. Invariant to any invertible linear map of a and to
+    orthogonal transforms and isotropic scaling of b.
+
+    In-sample: with d_a >= n - 1 every b is fitted exactly (R² = 1). The
+    permutation calibration returns p = 1 then; the score measures nothing.
+
+    Args:
+        a: (n, d_a) predictor features.  b: (n, d_b) target features, same samples.
+    """
+    A, B = _centered64(a, b)
+    qa, _, _ = orthonormal_basis(A, "a")
+    total = float((B * B).sum())
+    if not total > 0:
+        raise ValidationError("linear_r2: b is constant across samples; R² is undefined")
+    return float(torch.linalg.matrix_norm(qa.T @ B) ** 2) / total
