@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,6 +66,43 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_OS_CODE = re.compile(r"\bcode:\s*(\d+)")
+
+
+def disk_error(exc: BaseException, target: str | os.PathLike) -> OSError | None:
+    """The OSError that a library's own exception wraps (safetensors reports a full disk as
+    ``SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull ...})")``),
+    or None when `exc` is not an I/O failure."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    if "IoError" not in text and "Os {" not in text:
+        return None
+    m = _OS_CODE.search(text)
+    code = int(m.group(1)) if m else errno.EIO
+    return OSError(code, os.strerror(code), os.fspath(target))
+
+
+@contextlib.contextmanager
+def library_write(target: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an I/O failure that a writer library reports in its own exception type
+    (safetensors' `SafetensorError` on a full disk) as the `OSError` it is, naming `target`.
+
+    Everything else passes through unchanged. The CLI reports an OSError as a disk error
+    (exit 1) and says that finished work is kept; `atomic_path` has already removed the
+    half-written temp file, so the previous file at `target`, if any, is untouched.
+    """
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        err = disk_error(exc, target)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:

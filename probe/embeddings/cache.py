@@ -34,8 +34,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignprobe._version import __version__
-from alignprobe.errors import AlignprobeError, CacheDamagedError, CacheMismatchError, ValidationError
-from alignprobe.io import atomic_path, write_json_atomic
+from alignprobe.errors import AlignprobeError, CacheDamagedError, CacheMismatchError, DataError, ValidationError
+from alignprobe.io import atomic_path, library_write, write_json_atomic
 
 log = logging.getLogger("alignprobe.cache")
 
@@ -254,7 +254,10 @@ class CachedEmbeddings:
         for j in np.unique(shard_of):
             mask = shard_of == j
             local = index[mask] - self._starts[j]
-            out[mask] = self._shards[j]["embeddings"][local]
+            block = self._shards[j]["embeddings"][local]
+            if not np.isfinite(block).all():  # never written so (write_shard refuses it): damage
+                raise CacheDamagedError(_nonfinite_shard(self.directory, self.manifest["shards"][j], block, local))
+            out[mask] = block
         return out
 
     def _advise(self, advice: int) -> None:
@@ -418,13 +421,18 @@ class EmbeddingCache:
         if embeddings.shape[0] != end - start:
             raise AlignprobeError(f"shard {j} expects {end - start} rows, got {embeddings.shape[0]}")
         dtype = STORAGE_DTYPES[identity.storage_dtype]
-        check_storage_range(embeddings, identity.storage_dtype, f"{identity.encoder.get('name')} rows {start}-{end}")
+        check_storage_range(embeddings, identity.storage_dtype,
+                            f"cache entry {self.entry_dir(identity)}, shard {j} ({identity.encoder.get('name')} "
+                            f"rows {start}-{end})")
         tensors = {
             "embeddings": np.ascontiguousarray(embeddings, dtype=dtype),
             "valid": np.ascontiguousarray(valid, dtype=np.uint8),
         }
         metadata = {"skipped": json.dumps(skipped), "rows": f"{start}:{end}"}
-        with atomic_path(self.shard_path(identity, j)) as tmp:
+        target = self.shard_path(identity, j)
+        # A full disk surfaces as safetensors' own error; re-raised as the OSError it is, the
+        # finished shards stay and a rerun resumes from this one.
+        with atomic_path(target) as tmp, library_write(target):
             save_file(tensors, str(tmp), metadata=metadata)
 
     def finalize(self, identity: CacheIdentity, extra: dict | None = None) -> CachedEmbeddings | None:
@@ -535,12 +543,25 @@ def _manifest_problems(directory: Path, manifest: dict) -> list[tuple[str, str]]
 
 
 def check_storage_range(embeddings: np.ndarray, storage_dtype: str, where: str) -> None:
-    """Refuse values that the storage dtype cannot hold (fp16 overflows to Inf above 65,504).
+    """Refuse NaN / Inf (any storage dtype) and values that the storage dtype cannot hold
+    (fp16 overflows to Inf above 65,504).
 
     Checked before the cast: numpy would store Inf with only a warning, and a
-    later `run` would fail far from the cause.
+    later `run` would fail far from the cause. Finiteness is checked on its own,
+    first: a maximum taken over values that include a NaN is NaN, and a NaN compares
+    false with any limit, so a range check alone would let the whole shard through.
     """
-    if storage_dtype != "fp16" or embeddings.size == 0:
+    if embeddings.size == 0:
+        return
+    finite = np.isfinite(embeddings)
+    if not finite.all():
+        rows = (np.flatnonzero(~finite.reshape(len(embeddings), -1).all(axis=1)) if embeddings.ndim > 1
+                else np.flatnonzero(~finite))
+        raise DataError(
+            f"{where}: {len(rows)} of {len(embeddings)} rows hold NaN or Inf (the first is row {int(rows[0])} of "
+            f"these), so nothing was cached. The encoder produced them: in fp16/bf16 an overflow is the usual "
+            f"cause (encode with --dtype fp32); in fp32 the weights or those inputs are broken")
+    if storage_dtype != "fp16":
         return
     peak = float(np.max(np.abs(embeddings)))
     limit = float(np.finfo(np.float16).max)
@@ -548,6 +569,13 @@ def check_storage_range(embeddings: np.ndarray, storage_dtype: str, where: str) 
         raise ValidationError(
             f"{where}: embedding values reach {peak:.4g}, beyond the fp16 range (+-{limit:.0f}), so an fp16 "
             f"cache would store Inf; encode with --storage-dtype fp32 (storage_dtype='fp32')")
+
+
+def _nonfinite_shard(directory: Path, shard: str, block: np.ndarray, local: np.ndarray) -> str:
+    bad = np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))
+    return (f"cache entry {directory}: shard {shard} holds NaN or Inf in {len(bad)} of the rows read (first: row "
+            f"{int(local[bad[0]])} of the shard); the entry is damaged. Delete the entry (or the shard and its "
+            f"manifest.json) and encode again")
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
