@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -115,16 +116,22 @@ def decode_image(source, sample_id: str, path: str):
     except FileNotFoundError:
         raise ImageLoadError(sample_id, path, "file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(sample_id, path, f"refused as a decompression bomb ({exc}); if the image is "
-                                              f"genuine, raise ${ENV_MAX_IMAGE_PIXELS}") from None
+        # PIL's own check, made in Image.open from the header ("Image size (N pixels) exceeds limit ...")
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageLoadError(sample_id, path, _bomb_reason(None, None, limit, int(found.group(1)) if found
+                                                           else None)) from None
     except _DECODE_ERRORS as exc:
         raise ImageLoadError(sample_id, path, f"{type(exc).__name__}: {exc}") from None
 
 
-def _bomb_reason(width: int, height: int, limit: int) -> str:
-    return (f"{width} x {height} = {width * height:,} pixels is above the limit of {limit:,} (a decompression "
-            f"bomb, or a huge image); if the image is genuine, raise the limit with "
-            f"{ENV_MAX_IMAGE_PIXELS}={width * height}")
+def _bomb_reason(width: int | None, height: int | None, limit: int, pixels: int | None = None) -> str:
+    if width is not None and height is not None:
+        pixels = width * height
+        size = f"{width} x {height} = {pixels:,} pixels"
+    else:
+        size = f"{pixels:,} pixels" if pixels is not None else "the image"
+    return (f"{size} is above the limit of {limit:,} pixels (a decompression bomb, or a huge image); if the "
+            f"image is genuine, raise the limit with {ENV_MAX_IMAGE_PIXELS}={pixels or 2 * limit}")
 
 
 def to_rgb(img):
