@@ -13,6 +13,7 @@ from . import catalog as _catalog  # noqa: F401  (registers the built-in encoder
 from .factory import create_text_encoder, create_vision_encoder
 from .hub import check_available
 from .registry import list_encoders, register_encoder, registry_table, unregister_encoder
+from .request import EncoderRequest
 from .resolve import WrongModalityError, resolve_spec
 from .spec import EncoderSpec, Preprocessing
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Encoder",
+    "EncoderRequest",
     "EncoderSpec",
     "Preprocessing",
     "WrongModalityError",

@@ -32,7 +32,10 @@ LOADERS = {
 SPEC_OVERRIDES = ("revision", "checkpoint", "preprocessing", "trust_remote_code", "model_class")
 
 
-def _apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpec:
+def apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpec:
+    """``spec`` with the factory overrides applied (`pooling`, `layer`, spec fields, model kwargs).
+
+    Pops what it applies from ``overrides`` (pass a copy to keep yours)."""
     changes: dict[str, Any] = {}
     pooling = overrides.pop("pooling", None)
     if pooling is not None and pooling != spec.pooling:
@@ -86,7 +89,7 @@ def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any
         spec = name_or_path
     else:
         spec = resolve_spec(name_or_path, modality)
-    spec = _apply_overrides(spec, overrides)
+    spec = apply_overrides(spec, overrides)
     check_available(spec)
     if spec.converter is not None and not spec.path:
         # packaged weights in a foreign format: converted once into a model directory

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from alignprobe._version import __version__
 from alignprobe.errors import DamagedRecordError, ResultNotSavedError
+from alignprobe.hashing import slug
 from alignprobe.io import write_json_atomic
 
 log = logging.getLogger("alignprobe.records")
@@ -25,9 +26,18 @@ RECORD_SUFFIX = ".json"
 
 
 def record_path(out_dir: str | Path, vision: str, text: str, config_hash: str, kind: str = "probe") -> Path:
-    from alignprobe.probe.embeddings.cache import _slug
+    return Path(out_dir) / f"{kind}__{slug(vision)}__{slug(text)}__{config_hash}{RECORD_SUFFIX}"
 
-    return Path(out_dir) / f"{kind}__{_slug(vision)}__{_slug(text)}__{config_hash}{RECORD_SUFFIX}"
+
+def failure_path(path: str | Path) -> Path:
+    """Where a failed rerun of the record at `path` is written when `path` holds a finished result.
+
+    Beside it (`<stem>.failed.json`), never over it: a failure must not cost
+    finished metrics. It ends in `.json`, so the store reads it and the report
+    shows both the result and the later failure.
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.failed{RECORD_SUFFIX}")
 
 
 def git_revision() -> str | None:
@@ -141,18 +151,61 @@ def lookup_record(path: str | Path) -> dict | None:
 
 def iter_records(out_dir: str | Path, unreadable: list[tuple[Path, str]] | None = None
                  ) -> Iterator[tuple[Path, dict]]:
-    """Every readable record under `out_dir`.
+    """Every readable record under `out_dir` (and any other JSON object there, such as a sweep plan).
 
     Unreadable files are not fatal: each is appended to `unreadable` as
     (path, reason) when a list is given, and logged otherwise, so a report
-    can name them instead of silently dropping the pair.
+    can name them instead of silently dropping the pair. A record of another
+    shape (`vision_info` a string, `metrics` a list, ...) counts as unreadable.
     """
     for path in sorted(Path(out_dir).glob(f"*{RECORD_SUFFIX}")):
         try:
-            yield path, read_record(path)
+            record = read_record(path)
+            problem = shape_problem(record)
+            if problem is not None:
+                raise DamagedRecordError(f"result record {path} has another shape ({problem}); it is left out: "
+                                         f"delete it, or rerun that pair with --force to rewrite it")
+            yield path, record
         except (OSError, DamagedRecordError) as err:
             reason = str(err) if isinstance(err, DamagedRecordError) else f"unreadable ({err})"
             if unreadable is not None:
                 unreadable.append((path, reason))
             else:
                 log.warning("%s", reason)
+
+
+_SCALAR = (str, int, float, bool, type(None))
+#: Fields of a record that the results store reads, and the JSON types each may hold.
+_SHAPE = {"kind": str, "status": str, "vision": str, "text": str, "config_hash": (str, type(None)),
+          "group_hash": (str, type(None)), "seed": (int, float, type(None)), "started": (str, type(None)),
+          "finished": (str, type(None)), "error": _SCALAR, "vision_info": (dict, type(None)),
+          "text_info": (dict, type(None)), "timings_s": (dict, type(None)), "metrics": (dict, type(None)),
+          "probe_config": (dict, type(None)), "sail_config": (dict, type(None))}
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "an object",
+               list: "a list", type(None): "null"}
+
+
+def shape_problem(record: dict) -> str | None:
+    """What makes a result record unusable by the store, or None; other JSON (no vision and text) passes.
+
+    Records are written by this code, but a results directory is shared and
+    outlives versions: one odd file must cost its own row, never the report.
+    """
+    if not ("vision" in record and "text" in record):
+        return None
+    for key, types in _SHAPE.items():
+        if key in record and not _is(record[key], types):
+            return f"{key!r} is {_JSON_NAMES.get(type(record[key]), type(record[key]).__name__)}"
+    for key in ("vision_info", "text_info", "timings_s", "metrics"):
+        inner = record.get(key) or {}
+        bad = next((k for k, v in inner.items() if not isinstance(v, _SCALAR)), None)
+        if bad is not None:
+            return f"{key}[{bad!r}] is {_JSON_NAMES.get(type(inner[bad]), type(inner[bad]).__name__)}, not a value"
+    return None
+
+
+def _is(value, types: type | tuple) -> bool:
+    # JSON true/false are Python bools, which are ints: a seed of `true` is not a seed.
+    if isinstance(value, bool):
+        return bool in (types if isinstance(types, tuple) else (types,))
+    return isinstance(value, types)

@@ -18,7 +18,7 @@ from alignprobe.backbones import (
     resolve_spec,
     unregister_encoder,
 )
-from alignprobe.backbones.factory import _apply_overrides
+from alignprobe.backbones.factory import apply_overrides
 from alignprobe.backbones.spec import POOLINGS, SOURCES
 
 from alignprobe.errors import EncoderNotAvailableError, UnknownEncoderError, ValidationError
@@ -343,11 +343,11 @@ def test_none_overrides_are_dropped():
     enc = create_text_encoder("bow", n_features=64, prefix="caption: ")
     assert enc.dim == 64 and enc.preprocess("x") == "caption: x"
     spec = resolve_spec("dinov2", "vision")
-    assert _apply_overrides(spec, {}) is spec
-    changed = _apply_overrides(spec, {"pooling": "cls"})
+    assert apply_overrides(spec, {}) is spec
+    changed = apply_overrides(spec, {"pooling": "cls"})
     assert changed.pooling == "cls" and changed.dim is None  # re-measured after loading
     with pytest.raises(ValidationError, match="not valid"):
-        _apply_overrides(spec, {"pooling": "last"})
+        apply_overrides(spec, {"pooling": "last"})
     with pytest.raises(ValidationError, match="no pooling"):
         create_vision_encoder("pixels", pooling="mean")
 

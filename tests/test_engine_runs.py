@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from alignprobe.cli import main
+from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
 from alignprobe.probe.embeddings import lazy
 from alignprobe.probe.pipelines.run import RunConfig, run_pair
@@ -55,7 +56,8 @@ def test_small_data_adaptation_is_printed_and_recorded(tmp_path, caplog):
     with caplog.at_level("INFO", logger="alignprobe.run"):
         record, _, reused = run_pair(config, out_dir=tmp_path, options=OPTIONS)
     changes = {c["field"]: c for c in record["details"]["recipe_changes"]}
-    assert not reused and set(changes) == {"batch_size", "lr", "patience", "val_fraction", "epochs", "out_dim"}
+    assert not reused and set(changes) == {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs",
+                                           "out_dim"}
     assert changes["lr"]["reference"] == 1e-5 and changes["lr"]["used"] == 1e-3
     assert "small data" in changes["batch_size"]["why"] and changes["out_dim"]["why"] == "set explicitly"
     printed = [r.getMessage() for r in caplog.records if "recipe change" in r.getMessage()]
@@ -149,13 +151,14 @@ def test_cached_sweep_rerun_loads_no_model(tmp_path, monkeypatch):
 
 
 def test_lazy_encoder_memo_answers_without_loading(tmp_path):
-    first = lazy.LazyEncoder("text", "bow", memo_dir=tmp_path, device="cpu")
+    bow = EncoderRequest.create("text", "bow")
+    first = lazy.LazyEncoder(bow, memo_dir=tmp_path, device="cpu")
     manifest = first.manifest()  # no memo yet: loads once and writes it
     assert first.is_loaded and first.loads == 1
-    second = lazy.LazyEncoder("text", "bow", memo_dir=tmp_path, device="cpu")
+    second = lazy.LazyEncoder(bow, memo_dir=tmp_path, device="cpu")
     assert second.manifest() == manifest and not second.is_loaded
     assert second.encode(["a red circle"]).shape[0] == 1 and second.is_loaded  # real use loads it
-    other = lazy.LazyEncoder("vision", "pixels-8", memo_dir=tmp_path, device="cpu")
+    other = lazy.LazyEncoder(EncoderRequest.create("vision", "pixels-8"), memo_dir=tmp_path, device="cpu")
     assert other.identity_key() != first.identity_key()
 
 
@@ -187,7 +190,6 @@ def test_log_backend_missing_names_the_extra(monkeypatch):
 
 
 def test_a_layer_sweep_costs_one_encode(tmp_path, monkeypatch):
-    import alignprobe.backbones as backbones
     from transformers import Dinov2Config, Dinov2Model
 
     from test_backbones_layers import PROCESSOR, TINY as TINY_DINOV2
@@ -197,18 +199,19 @@ def test_a_layer_sweep_costs_one_encode(tmp_path, monkeypatch):
     Dinov2Model(Dinov2Config(**TINY_DINOV2)).save_pretrained(model_dir)
     (model_dir / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
     base_loads, lazy_loads = [], []
-    real_create, real_load = backbones.create_vision_encoder, lazy.LazyEncoder.load
+    real_build, real_load = EncoderRequest.build, lazy.LazyEncoder.load
 
-    def counting_create(*args, **kwargs):
-        base_loads.append(args[0])
-        return real_create(*args, **kwargs)
+    def counting_build(self, **kwargs):
+        if self.modality == "vision":
+            base_loads.append(self.name)
+        return real_build(self, **kwargs)
 
     def counting_load(self):
         if self._encoder is None and self.modality == "vision":
             lazy_loads.append(self.name)
         return real_load(self)
 
-    monkeypatch.setattr(backbones, "create_vision_encoder", counting_create)
+    monkeypatch.setattr(EncoderRequest, "build", counting_build)
     monkeypatch.setattr(lazy.LazyEncoder, "load", counting_load)
     sweep = SweepConfig(vision=[str(model_dir)], text=["bow"],
                         run=dict(metrics=("zero_shot",), train=dict(TINY, epochs=1), vision_layer="1,2", **DATA))

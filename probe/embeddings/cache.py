@@ -19,12 +19,10 @@ several hosts can fill one entry over shared storage (`--shard i/n`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import mmap
 import os
-import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import numpy as np
 
 from alignprobe._version import __version__
 from alignprobe.errors import AlignprobeError, CacheDamagedError, CacheMismatchError, DataError, ValidationError
+from alignprobe.hashing import slug, stable_hash
 from alignprobe.io import atomic_path, library_write, write_json_atomic
 
 log = logging.getLogger("alignprobe.cache")
@@ -56,17 +55,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[ENV_CACHE_DIR]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "alignprobe"
-
-
-def _slug(text: str, limit: int = 60) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
-    return slug[:limit] or "unnamed"
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    """A hash of a JSON-able object that does not depend on dict order."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)
@@ -292,8 +280,8 @@ class EmbeddingCache:
     def entry_dir(self, identity: CacheIdentity) -> Path:
         enc_name = identity.encoder.get("name", "encoder")
         src = identity.source
-        src_slug = _slug(f"{src.get('name', 'data')}-{src.get('kind', '')}")
-        return self.root / identity.modality / _slug(enc_name) / f"{src_slug}-{identity.key}"
+        src_slug = slug(f"{src.get('name', 'data')}-{src.get('kind', '')}")
+        return self.root / identity.modality / slug(enc_name) / f"{src_slug}-{identity.key}"
 
     def shard_path(self, identity: CacheIdentity, j: int) -> Path:
         return self.entry_dir(identity) / f"shard-{j:05d}.safetensors"

@@ -5,8 +5,8 @@ dtype, library versions, ...), which a loaded encoder reports. Loading
 NV-Embed-v2 (7B parameters) only to learn that its embeddings are cached
 would cost minutes per pair of a sweep, so `LazyEncoder` keeps a small memo in
 the cache directory: the manifest of each encoder, keyed on what determines
-it before loading (`identity_key`: the resolved registry entry with its
-overrides, the device kind and dtype, the weights' local revision or
+it before loading (`identity_key`: the `EncoderRequest`'s key, the device
+kind and dtype, the weights' local revision or
 fingerprint, library versions). A memo hit answers `manifest()` without
 loading; anything else -- `encode`, `forward`, `preprocessor`, ... -- loads
 the weights once and delegates to the real encoder.
@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from alignprobe._version import __version__
+from alignprobe.backbones.devices import dtype_name, resolve_device, resolve_dtype
+from alignprobe.backbones.hub import check_available, fingerprint_dir
+from alignprobe.backbones.request import EncoderRequest
+from alignprobe.hashing import stable_hash
 from alignprobe.io import write_json_atomic
-
-from alignprobe.probe.embeddings.cache import stable_hash
 
 log = logging.getLogger("alignprobe.encode")
 
@@ -45,7 +47,7 @@ def _local_revision(spec) -> str | None:
     if spec.revision or not spec.hub_id or spec.backend not in ("hf", "st", "timm"):
         return spec.revision
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # only for hub specs
 
         hub_id = spec.hub_id.split(":", 1)[-1]
         found = try_to_load_from_cache(hub_id, "config.json")
@@ -57,29 +59,26 @@ def _local_revision(spec) -> str | None:
 
 
 class LazyEncoder:
-    """A stand-in for `create_vision_encoder` / `create_text_encoder` that defers loading.
+    """A stand-in for the encoder an `EncoderRequest` names, loaded on first real use.
 
     Args:
-        modality: ``"vision"`` or ``"text"``.
-        name: what the user asked for (name, alias, hub id, directory, ``NAME@N``).
+        request: the encoder's identity (`alignprobe.EncoderRequest`).
         memo_dir: the cache directory's memo folder (None: no memo, `manifest` loads).
         device, dtype: as for the factories.
-        **overrides: factory overrides (``pooling``, ``layer``, ...); None values are unset.
 
     ``is_loaded`` tells whether the weights are in memory; ``loads`` counts loads.
     """
 
-    def __init__(self, modality: str, name: str, *, memo_dir: str | Path | None, device: Any = "auto",
-                 dtype: Any = None, **overrides):
-        from alignprobe.backbones import check_available, resolve_spec
-        from alignprobe.backbones.factory import _apply_overrides
-
-        self.modality, self.name = modality, name
-        self._device, self._dtype = device, dtype
-        self._overrides = {k: v for k, v in overrides.items() if v is not None}
-        self.spec = _apply_overrides(resolve_spec(name, modality), dict(self._overrides))  # it pops what it applies
+    def __init__(self, request: EncoderRequest, *, memo_dir: str | Path | None, device: Any = "auto",
+                 dtype: Any = None):
+        if not isinstance(request, EncoderRequest):
+            raise TypeError(f"LazyEncoder takes an EncoderRequest, got {type(request).__name__}")
+        self.request = request
+        self.modality, self.name = request.modality, request.name
+        self.device_request, self.dtype_request = device, dtype
+        self.spec = request.spec()
         check_available(self.spec)
-        self._memo_dir = Path(memo_dir) if memo_dir is not None else None
+        self.memo_dir = Path(memo_dir) if memo_dir is not None else None
         self._encoder = None
         self.loads = 0
 
@@ -89,45 +88,42 @@ class LazyEncoder:
 
     def identity_key(self) -> str:
         """What determines the manifest before the weights load (see the module docstring)."""
-        from alignprobe.backbones.devices import dtype_name, resolve_device, resolve_dtype
-
         spec = self.spec
-        device = resolve_device(self._device)
-        local = None
-        if spec.path:
-            from alignprobe.backbones.hub import fingerprint_dir
-
-            local = fingerprint_dir(spec.path)
+        device = resolve_device(self.device_request)
         return stable_hash({
-            "modality": self.modality, "spec": repr(spec), "overrides": self._overrides,
-            "device": device.type, "dtype": dtype_name(resolve_dtype(self._dtype, device)),
-            "revision": _local_revision(spec), "local": local, "libraries": _library_versions(),
-            "alignprobe": __version__,
+            "request": self.request.key(), "device": device.type,
+            "dtype": dtype_name(resolve_dtype(self.dtype_request, device)),
+            "revision": _local_revision(spec), "local": fingerprint_dir(spec.path) if spec.path else None,
+            "libraries": _library_versions(), "alignprobe": __version__,
         }, length=20)
 
-    def _memo_path(self) -> Path | None:
-        return None if self._memo_dir is None else self._memo_dir / f"{self.identity_key()}.json"
+    def memo_path(self) -> Path | None:
+        """Where this encoder's manifest is remembered (None without a memo folder)."""
+        return None if self.memo_dir is None else self.memo_dir / f"{self.identity_key()}.json"
+
+    def remember(self, manifest: dict) -> None:
+        """Store ``manifest`` as this encoder's, so later runs answer `manifest()` without loading
+        (a layer sweep writes each layer's after one multi-layer pass)."""
+        memo = self.memo_path()
+        if memo is None:
+            return
+        try:
+            write_json_atomic(memo, manifest)
+        except OSError as err:  # a read-only cache still works, it just cannot skip loads
+            log.debug("cannot write the encoder memo %s: %s", memo, err)
 
     def load(self):
         """The real encoder (loaded on the first call)."""
         if self._encoder is None:
-            from alignprobe.backbones import create_text_encoder, create_vision_encoder
-
-            factory = create_vision_encoder if self.modality == "vision" else create_text_encoder
-            self._encoder = factory(self.name, device=self._device, dtype=self._dtype, **self._overrides)
+            self._encoder = self.request.build(device=self.device_request, dtype=self.dtype_request)
             self.loads += 1
-            memo = self._memo_path()
-            if memo is not None:
-                try:
-                    write_json_atomic(memo, self._encoder.manifest())
-                except OSError as err:  # a read-only cache still works, it just cannot skip loads
-                    log.debug("cannot write the encoder memo %s: %s", memo, err)
+            self.remember(self._encoder.manifest())
         return self._encoder
 
     def manifest(self) -> dict:
         """The encoder's manifest: from the memo when it has one, else from the loaded encoder."""
         if self._encoder is None:
-            memo = self._memo_path()
+            memo = self.memo_path()
             if memo is not None and memo.is_file():
                 try:
                     return json.loads(memo.read_text())
@@ -149,9 +145,40 @@ class LazyEncoder:
 
     def __getattr__(self, attr: str):
         # Only reached for attributes this class lacks: everything else is the real encoder's.
-        if attr.startswith("__") or attr in ("_encoder", "_memo_dir", "_overrides", "_device", "_dtype"):
+        if attr.startswith("__") or attr in ("_encoder", "memo_dir", "request", "device_request", "dtype_request"):
             raise AttributeError(attr)
         return getattr(self.load(), attr)
 
     def __repr__(self) -> str:
-        return f"LazyEncoder({self.modality}, {self.name!r}, loaded={self.is_loaded})"
+        return f"LazyEncoder({self.request.modality}, {self.request.label!r}, loaded={self.is_loaded})"
+
+
+class EncoderPool:
+    """The lazily loaded encoders of one process, one per `EncoderRequest` key.
+
+    A sweep shares one pool across its pairs, so each encoder loads at most once
+    (none when its embeddings are cached), and `release` drops the weights of one
+    that no later pair needs.
+    """
+
+    def __init__(self, *, memo_dir: str | Path | None = None, device: Any = "auto", dtype: Any = None):
+        self.memo_dir = Path(memo_dir) if memo_dir is not None else None
+        self.device, self.dtype = device, dtype
+        self._encoders: dict[str, LazyEncoder] = {}
+
+    def get(self, request: EncoderRequest) -> LazyEncoder:
+        key = request.key()
+        if key not in self._encoders:
+            self._encoders[key] = LazyEncoder(request, memo_dir=self.memo_dir, device=self.device, dtype=self.dtype)
+        return self._encoders[key]
+
+    def release(self, request: EncoderRequest) -> None:
+        encoder = self._encoders.pop(request.key(), None)
+        if encoder is not None:
+            encoder.release()
+
+    def __contains__(self, request: EncoderRequest) -> bool:
+        return request.key() in self._encoders
+
+    def __len__(self) -> int:
+        return len(self._encoders)

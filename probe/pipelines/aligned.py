@@ -6,13 +6,14 @@
     result = model.classify(images, ["cat", "dog"], templates="simple")
     result.labels, result.scores, result.probs
 
-The encoders are rebuilt from the names, pooling and dims recorded in the
-checkpoint's ``aligned.json`` through `create_vision_encoder` /
-`create_text_encoder` (loaded on first use), and checked against the heads.
+The encoders are rebuilt from the `EncoderRequest` each side was trained on,
+as recorded in the model's ``aligned.json`` (name, layer, pooling, revision and
+every other override), loaded on first use and checked against the heads. A
+probe saved with `AlignmentProbe.save` and a SAIL run write the same format;
+the older formats are read too (see `alignprobe.probe.training.model_file`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,11 +21,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
+from alignprobe.backbones.devices import resolve_device
+from alignprobe.backbones.request import EncoderRequest
 from alignprobe.errors import ValidationError
-
-from alignprobe.probe.training.checkpoint import ALIGNED_FILE, MODEL_FILE, CheckpointStore
+from alignprobe.probe.data.templates import load_templates
+from alignprobe.probe.embeddings.lazy import EncoderPool
+from alignprobe.probe.training.checkpoint import CheckpointStore
 from alignprobe.probe.training.heads import AlignmentModel
+from alignprobe.probe.training.model_file import MODEL_FILE, inside, read_model_file
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -59,31 +67,44 @@ class Classification:
         return [[(self.class_names[j], float(self.scores[i, j])) for j in row] for i, row in enumerate(order)]
 
 
-def _resolve(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / ALIGNED_FILE
-    if not path.is_file():
-        raise ValidationError(
-            f"{path} does not exist; pass the run directory of `alignprobe train --out DIR` (or its "
-            f"{ALIGNED_FILE}); a run that has not finished its first epoch has none yet")
-    return path
+def request_from_entry(entry: dict, modality: str, where: str = "the model file") -> EncoderRequest:
+    """The `EncoderRequest` a recorded encoder entry stands for.
+
+    Current files record the request itself. Older ones recorded a name, the name the user
+    typed (``requested``), a local path and the pooling -- and, in the manifest, the layer the
+    features came from, which is used so that a model trained on block N reloads block N.
+    """
+    if entry.get("request"):
+        return EncoderRequest.from_dict(entry["request"])
+    name = entry.get("local_path") or entry.get("requested") or entry.get("name")
+    if not name:
+        raise ValidationError(f"{where} does not name its {modality} encoder")
+    manifest = entry.get("manifest") or {}
+    layer = entry.get("layer", manifest.get("layer"))
+    if layer is not None and str(name).endswith(f"@{layer}"):
+        layer = None  # the name already says it
+    return EncoderRequest.create(modality, name, pooling=entry.get("pooling"), layer=layer)
 
 
 class AlignedModel:
     """Frozen vision and text encoders with trained alignment heads (see the module docstring)."""
 
     def __init__(self, model: AlignmentModel, info: dict[str, Any], path: Path | None = None, *,
-                 device: str | torch.device = "auto", encoder_dtype: str | None = None):
-        from alignprobe.probe.training.distributed import SINGLE, rank_device
-
+                 device: str | torch.device = "auto", encoder_dtype: str | None = None,
+                 pool: EncoderPool | None = None):
         self.model = model
         self.info = info
         self.path = path
-        self.device = rank_device(SINGLE, str(device))
+        self.device = resolve_device(device)
         self.encoder_dtype = encoder_dtype
         self.model.to(self.device).eval()
-        self._encoders: dict[str, Any] = {}
+        self._pool = pool if pool is not None else EncoderPool(device=self.device, dtype=encoder_dtype)
+        self._checked: set[str] = set()
+
+    def use_pool(self, pool: EncoderPool) -> None:
+        """Take the frozen encoders from ``pool`` (shared with a `Workspace`, so each loads once)."""
+        self._pool = pool
+        self._checked.clear()
 
     # ---- facts
     @property
@@ -98,22 +119,22 @@ class AlignedModel:
                 f"use transform_{'image' if modality == 'vision' else 'text'}(embeddings) instead")
         return entry
 
-    def encoder(self, modality: str):
-        """The frozen encoder of ``"vision"`` or ``"text"``, created on first use."""
-        if modality not in self._encoders:
-            from alignprobe.backbones import create_text_encoder, create_vision_encoder
+    def request(self, modality: str) -> EncoderRequest:
+        """The `EncoderRequest` the ``modality`` side was trained on (as recorded)."""
+        return request_from_entry(self.encoder_info(modality), modality, str(self.path or "this model"))
 
-            entry = self.encoder_info(modality)
-            name = entry.get("local_path") or entry.get("requested") or entry["name"]
-            make = create_vision_encoder if modality == "vision" else create_text_encoder
-            encoder = make(name, device=str(self.device), dtype=self.encoder_dtype, pooling=entry.get("pooling"))
+    def encoder(self, modality: str):
+        """The frozen encoder of ``"vision"`` or ``"text"`` exactly as trained on, loaded on first use."""
+        request = self.request(modality)
+        encoder = self._pool.get(request)
+        if modality not in self._checked:
             head = self.model.image_head if modality == "vision" else self.model.text_head
             if encoder.dim != head.in_dim:
                 raise ValidationError(
-                    f"the {modality} encoder {name!r} produces {encoder.dim}-d features but the head was "
-                    f"trained on {head.in_dim}-d ones; check the pooling ({entry.get('pooling')!r})")
-            self._encoders[modality] = encoder
-        return self._encoders[modality]
+                    f"the {modality} encoder {request.label!r} produces {encoder.dim}-d features but the head "
+                    f"was trained on {head.in_dim}-d ones; the encoder's weights or pooling changed since training")
+            self._checked.add(modality)
+        return encoder
 
     # ---- embeddings
     @torch.no_grad()
@@ -136,8 +157,6 @@ class AlignedModel:
 
     def encode_image(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
         """PIL images or image paths -> unit ``(n, out_dim)`` embeddings (CPU fp32)."""
-        from PIL import Image
-
         encoder = self.encoder("vision")
         images = list(images)
         feats = []
@@ -198,8 +217,6 @@ def _templates(templates) -> list[str]:
     if templates is None:
         return list(DEFAULT_TEMPLATES)
     if isinstance(templates, str):
-        from alignprobe.probe.data.templates import load_templates
-
         templates = load_templates(templates)
     templates = list(templates)
     bad = [t for t in templates if "{}" not in t]
@@ -210,32 +227,31 @@ def _templates(templates) -> list[str]:
 
 def load_aligned(path: str | Path, *, device: str = "auto", encoder_dtype: str | None = None,
                  which: str = "best") -> AlignedModel:
-    """The trained model of a SAIL run directory (or its ``aligned.json``).
+    """The trained model of a run directory (SAIL training or a saved probe), or its ``aligned.json``.
 
     ``which``: ``"best"`` -- the weights the run kept (best held-out epoch);
-    ``"latest"`` -- the last checkpoint. ``device``: where the heads and
-    encoders run (``auto``: CUDA when available). ``encoder_dtype``:
+    ``"latest"`` -- the last checkpoint (SAIL runs). ``device``: where the heads and
+    encoders run (``auto``: CUDA, then MPS, then CPU). ``encoder_dtype``:
     ``fp32``/``fp16``/``bf16`` for the encoders (their default otherwise).
     """
-    from safetensors.torch import load_file
-
     if which not in ("best", "latest"):
         raise ValidationError(f"which must be 'best' or 'latest', got {which!r}")
-    aligned = _resolve(path)
-    info = json.loads(aligned.read_text())
-    if not str(info.get("format", "")).startswith("alignprobe.sail/"):
-        raise ValidationError(f"{aligned} is not a SAIL checkpoint (format {info.get('format')!r})")
-    run_dir = aligned.parent
+    info, file = read_model_file(path)
+    run_dir = file.parent
     if which == "best":
-        weights = run_dir / info["weights"]
+        weights = inside(run_dir, info.get("weights", MODEL_FILE), f"{file}'s weights")
     else:
         latest = CheckpointStore(run_dir).path("latest")
         if latest is None:
-            raise ValidationError(f"{run_dir} has no latest checkpoint")
-        weights = latest / MODEL_FILE
+            raise ValidationError(f"{run_dir} has no latest checkpoint (only training runs keep one); use which='best'")
+        weights = inside(run_dir, str(Path(latest) / MODEL_FILE), "the latest checkpoint")
     if not weights.is_file():
-        raise ValidationError(f"{aligned} names weights {weights} that do not exist; was the run directory moved "
+        raise ValidationError(f"{file} names weights {weights} that do not exist; was the run directory moved "
                               f"without its checkpoints/ folder?")
     model = AlignmentModel.from_config(info["model_config"])
-    model.load_state_dict(load_file(str(weights)))
-    return AlignedModel(model, info, aligned, device=device, encoder_dtype=encoder_dtype)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValidationError(f"the weights {weights} are damaged or do not fit {file} ({type(err).__name__}: "
+                              f"{err}); retrain, or restore them from a copy") from None
+    return AlignedModel(model, info, file, device=device, encoder_dtype=encoder_dtype)

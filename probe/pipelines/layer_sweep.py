@@ -13,71 +13,72 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
-from alignprobe.io import write_json_atomic
-
+from alignprobe.errors import AlignprobeError
+from alignprobe.probe.embeddings.encoding import ImageSource
+from alignprobe.probe.embeddings.layers import encode_source_layers
+from alignprobe.probe.embeddings.lazy import EncoderPool
 from alignprobe.probe.pipelines.run import RunConfig, RunPipeline, reusable_record
+from alignprobe.reports.records import record_path
 
 log = logging.getLogger("alignprobe.sweep")
 
 
-def _layer_of(config: RunConfig) -> tuple[str, int] | None:
-    """(base name, layer) of a pair whose vision features come from a chosen block, else None."""
-    from alignprobe.backbones import resolve_spec
+def base_request(request: EncoderRequest) -> tuple[EncoderRequest, int] | None:
+    """(the last-block request, layer) of a vision request whose features come from a chosen block
+    (``layer=N`` or a registered ``NAME@N``), else None (also for a name that does not resolve:
+    that pair fails, and is recorded, when it runs)."""
+    try:
+        spec = request.spec()
+    except AlignprobeError:
+        return None
+    if spec.layer is None:
+        return None
+    if request.layer is not None:
+        return request.replace(layer=None), request.layer
+    return request.replace(name=spec.base_name, layer=None), int(spec.layer)
 
-    spec = resolve_spec(config.vision, "vision")
-    if config.vision_layer is not None:
-        return config.vision, int(config.vision_layer)
-    if getattr(spec, "layer", None) is not None:
-        return spec.base_name, int(spec.layer)
-    return None
 
-
-def encode_layer_groups(todo: list[RunConfig], *, out_dir: str | Path, options: EncodeOptions, pool: dict,
+def encode_layer_groups(todo: list[RunConfig], *, out_dir: str | Path, options: EncodeOptions, pool: EncoderPool,
                         force: bool = False) -> list[tuple[str, list[int]]]:
     """Encode, together, the layers of each base vision encoder that ``todo`` probes at several
     layers; returns the ``(base, layers)`` groups it encoded (none when all were done or cached)."""
-    from alignprobe.backbones import create_vision_encoder
-    from alignprobe.probe.embeddings.encoding import ImageSource
-    from alignprobe.probe.embeddings.layers import encode_source_layers
-    from alignprobe.reports.records import record_path
-
-    groups: dict[tuple, dict] = {}
+    groups: dict[str, dict] = {}
     for config in todo:
-        found = _layer_of(config)
+        try:
+            found = base_request(config.request("vision"))
+        except AlignprobeError:  # a bad setting: that pair fails, and is recorded, when it runs
+            found = None
         if found is not None:
             base, layer = found
-            group = groups.setdefault((base, config.vision_pooling), {"layers": set(), "configs": []})
+            group = groups.setdefault(base.key(), {"base": base, "layers": set(), "pipelines": []})
             group["layers"].add(layer)
-            group["configs"].append(config)
+            group["pipelines"].append((RunPipeline(config, options, pool=pool), layer))
     done = []
-    for (base, pooling), group in groups.items():
+    for group in groups.values():
         if len(group["layers"]) < 2:
             continue
         pending = []
-        for config in group["configs"]:
-            pipeline = RunPipeline(config, options, encoders=pool)
-            key = pipeline.reuse_key()
+        for pipeline, layer in group["pipelines"]:
+            config = pipeline.config
             path = record_path(out_dir, config.vision, config.text, config.config_hash())
-            if force or reusable_record(path, key) is None:
-                pending.append(pipeline)
+            if force or reusable_record(path, pipeline.reuse_key()) is None:
+                pending.append((pipeline, layer))
         if not pending:
             continue
-        layers = sorted(group["layers"])
-        specs = sorted({spec for pipeline in pending for spec in pipeline._specs().values()})
-        log.info("encoding %s at layers %s in one pass per batch over %s", base, layers, ", ".join(specs))
-        encoder = create_vision_encoder(base, device=options.device, dtype=options.dtype, pooling=pooling)
+        base, layers = group["base"], sorted(group["layers"])
+        workspace = pending[0][0].workspace
+        specs = sorted({spec for pipeline, _ in pending for spec in pipeline.data_specs().values()})
+        log.info("encoding %s at layers %s in one pass per batch over %s", base.label, layers, ", ".join(specs))
+        encoder = base.build(device=options.device, dtype=options.dtype)
         for spec in specs:
-            encode_source_layers(encoder, ImageSource(pending[0]._dataset(spec)), layers, cache=options.cache(),
+            encode_source_layers(encoder, ImageSource(workspace.dataset(spec)), layers, cache=workspace.cache,
                                  batch_size=options.batch_size, num_workers=options.num_workers,
                                  storage_dtype=options.storage_dtype, recompute=options.recompute,
                                  strict=options.strict, quiet=options.quiet)
-        for pipeline in pending:  # the pairs' lazy encoders now answer from the memo: no second load
-            lazy = pipeline.encoder("vision")
-            layer = _layer_of(pipeline.config)[1]
-            memo = lazy._memo_path()
-            if memo is not None:
-                write_json_atomic(memo, encoder.at_layer(layer).manifest())
+        for pipeline, layer in pending:  # the pairs' lazy encoders now answer from the memo: no second load
+            pipeline.workspace.encoder("vision").remember(encoder.at_layer(layer).manifest())
         del encoder
-        done.append((base, layers))
+        done.append((base.label, layers))
     return done

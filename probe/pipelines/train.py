@@ -14,18 +14,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, ValidationError
-
+from alignprobe.hashing import slug, stable_hash
+from alignprobe.probe.evals.aligned import evaluate_aligned
+from alignprobe.probe.pipelines.aligned import AlignedModel, load_aligned
+from alignprobe.probe.pipelines.workspace import EncoderPair, Workspace, resolve_pair_recipe
 from alignprobe.probe.training import distributed as D
+from alignprobe.probe.training.config import PRESETS, TrainConfig
+from alignprobe.probe.training.engine import Trainer
+from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate
+from alignprobe.probe.training.model_file import ALIGNED_FILE
+from alignprobe.reports.metric_info import metric_info
+from alignprobe.reports.records import lookup_record, now_iso, read_record, record_path, write_record
+from alignprobe.reports.store import load_results
 
 log = logging.getLogger("alignprobe.train")
 
 
 @dataclass
-class SailRunConfig:
+class SailRunConfig(EncoderPair):
     """Everything that determines a SAIL training run's result (its hash names the record).
 
     ``preset``: None trains the ``"sail"`` recipe, adapted below 100k pairs
@@ -53,8 +62,6 @@ class SailRunConfig:
     segmentation: str | None = None
 
     def __post_init__(self):
-        from alignprobe.probe.training.config import PRESETS, TrainConfig
-
         if self.preset is not None and self.preset not in PRESETS:
             raise ValidationError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         known = set(TrainConfig.__dataclass_fields__)
@@ -74,24 +81,10 @@ class SailRunConfig:
         return out
 
     def config_hash(self) -> str:
-        from alignprobe.probe.embeddings.cache import stable_hash
-
         return stable_hash({"kind": "sail", **self.as_dict()}, length=12)
 
     def group_hash(self) -> str:
-        from alignprobe.probe.embeddings.cache import stable_hash
-
         return stable_hash({"kind": "sail", **{k: v for k, v in self.as_dict().items() if k != "seed"}}, length=12)
-
-    def run_config(self):
-        """The `RunConfig` whose pipeline encodes this run's data (same data, encoders, pooling)."""
-        from alignprobe.probe.pipelines.run import RunConfig
-
-        return RunConfig(vision=self.vision, text=self.text, pairs=self.pairs,
-                         labelled=self.labelled or "shapes:test", retrieval=self.retrieval or "shapes:test",
-                         metrics=("zero_shot", "retrieval"), seed=self.seed,
-                         vision_pooling=self.vision_pooling, text_pooling=self.text_pooling,
-                         vision_layer=self.vision_layer)
 
 
 @dataclass
@@ -106,103 +99,40 @@ class SailRunResult:
 # --------------------------------------------------------------------------- encoding
 
 
-def _encode_pairs(pipeline, spec: str, options: EncodeOptions, ctx: D.DistContext):
-    """Image and caption embeddings of the training pairs, memory-mapped (never loaded whole).
-
-    Under torchrun each rank encodes its share of the cache shards, then all
-    open the complete entry.
-    """
-    from alignprobe.probe.data.spec import flatten_captions, open_dataset
-    from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
-
-    t0 = time.perf_counter()
-    dataset = open_dataset(spec, strict=options.strict)
-    if not dataset.has_captions:
-        raise DataError(f"--pairs {spec!r} has no captions; give a captioned data set (CSV, webdataset, COCO...)")
-    pipeline.data_info["pairs"] = dataset.describe()
-    texts, caption_image = flatten_captions(dataset)
-    common = dict(cache=options.cache(), batch_size=options.batch_size, storage_dtype=options.storage_dtype,
-                  recompute=options.recompute, strict=options.strict, quiet=options.quiet or not ctx.is_main)
-    out = {}
-    for key, modality, source, extra in (
-            ("images", "vision", ImageSource(dataset), {"num_workers": options.num_workers}),
-            ("captions", "text", TextSource(dataset.name, texts, "captions"), {})):
-        encoder = pipeline.encoder(modality)
-        result = encode_source(encoder, source, shard=(ctx.rank, ctx.world_size), **common, **extra)
-        if ctx.enabled:
-            D.barrier(ctx)
-            if result.embeddings is None:  # another rank finished last: the entry is complete now
-                result = encode_source(encoder, source, **common, **extra)
-        if result.embeddings is None:
-            raise DataError(f"the {key} of {spec!r} are not completely encoded; rerun to finish them")
-        out[key] = result.embeddings
-    pipeline.data_info["pairs"]["skipped_images"] = int((~out["images"].valid).sum())
-    pipeline.timings["encode_pairs"] = time.perf_counter() - t0
-    return out["images"], out["captions"], np.asarray(caption_image, dtype=np.int64)
+def eval_sets(workspace: Workspace, labelled: str | None, retrieval: str | None
+              ) -> tuple[ZeroShotData | None, RetrievalData | None]:
+    """Zero-shot and retrieval sets as in-memory embeddings (small by nature); a falsy spec skips one."""
+    zero_shot = workspace.zero_shot_data("labelled", labelled) if labelled else None
+    retrieval_data = workspace.retrieval_data("retrieval", retrieval) if retrieval else None
+    return zero_shot, retrieval_data
 
 
-def _zero_shot_set(pipeline, role: str, spec: str):
-    from alignprobe.probe.training.evaluation import ZeroShotData
-
-    enc = pipeline._encode_set(role, spec, True, False, True)
-    if enc.dataset.labels is None:
-        raise DataError(f"--{role} {spec!r} has no labels")
-    valid = enc.image_valid
-    return ZeroShotData(enc.image_array(), np.asarray(enc.dataset.labels)[valid], enc.prompts,
-                        len(enc.dataset.class_names), enc.dataset.name)
-
-
-def _retrieval_set(pipeline, role: str, spec: str):
-    from alignprobe.probe.training.evaluation import RetrievalData
-
-    from alignprobe import metrics as M
-
-    enc = pipeline._encode_set(role, spec, True, True, False)
-    valid = np.flatnonzero(enc.image_valid)
-    capped = np.zeros(len(enc.caption_image), dtype=bool)  # the reference's COCO protocol: 5 captions an image
-    capped[M.cap_captions_per_image(enc.caption_image, pipeline.config.retrieval_max_captions)] = True
-    keep = np.isin(enc.caption_image, valid) & capped
-    remap = -np.ones(len(enc.image_valid), dtype=np.int64)
-    remap[valid] = np.arange(len(valid))
-    return RetrievalData(enc.images.rows(valid), enc.captions.rows(np.flatnonzero(keep)),
-                         remap[enc.caption_image[keep]], enc.dataset.name)
-
-
-def _eval_sets(pipeline, config: SailRunConfig):
-    """Zero-shot and retrieval sets as in-memory embeddings (small by nature)."""
-    zero_shot = _zero_shot_set(pipeline, "labelled", config.labelled) if config.labelled else None
-    retrieval = _retrieval_set(pipeline, "retrieval", config.retrieval) if config.retrieval else None
-    return zero_shot, retrieval
-
-
-def _selection_sets(pipeline, spec: str | None):
+def selection_sets(workspace: Workspace, spec: str | None):
     """A selection set for ``select_by`` a metric: zero-shot if it is labelled, retrieval if captioned."""
     if not spec:
         return None
-    dataset = pipeline._dataset(spec)
-    zero_shot = _zero_shot_set(pipeline, "selection", spec) if dataset.class_names else None
-    retrieval = _retrieval_set(pipeline, "selection", spec) if dataset.has_captions else None
+    dataset = workspace.dataset(spec)
+    zero_shot = workspace.zero_shot_data("selection", spec) if dataset.class_names else None
+    retrieval = workspace.retrieval_data("selection", spec) if dataset.has_captions else None
     if zero_shot is None and retrieval is None:
         raise DataError(f"--selection {spec!r} has neither class names nor captions to score")
     return zero_shot, retrieval
 
 
-def encoder_entry(encoder, spec) -> dict:
-    """What `load_aligned` needs to rebuild a frozen encoder, and what identifies it."""
+def encoder_entry(workspace: Workspace, modality: str) -> dict:
+    """What `load_aligned` needs to rebuild a frozen encoder (its `EncoderRequest`), and what identifies it."""
+    encoder = workspace.encoder(modality)
     manifest = encoder.manifest()
-    return {"name": spec.name, "requested": None, "pooling": manifest.get("pooling"), "dim": encoder.dim,
-            "hub_id": manifest.get("hub_id"), "revision": manifest.get("revision"),
-            "prefix": manifest.get("prefix"), "local_path": (manifest.get("local_path") or {}).get("path"),
-            "manifest": manifest}
+    return {"request": encoder.request.to_dict(), "name": encoder.spec.name, "pooling": manifest.get("pooling"),
+            "layer": manifest.get("layer"), "dim": encoder.dim, "hub_id": manifest.get("hub_id"),
+            "revision": manifest.get("revision"), "manifest": manifest}
 
 
 # --------------------------------------------------------------------------- one pair
 
 
 def default_run_dir(root: str | Path, config: SailRunConfig) -> Path:
-    from alignprobe.probe.embeddings.cache import _slug
-
-    return Path(root) / f"{_slug(config.vision)}__{_slug(config.text)}__{config.config_hash()}"
+    return Path(root) / f"{slug(config.vision)}__{slug(config.text)}__{config.config_hash()}"
 
 
 def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOptions | None = None,
@@ -214,12 +144,6 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     A finished record with the same config hash in ``results_dir`` is reused
     unless ``force`` (or ``resume``): a finished result is never recomputed by accident.
     """
-    from alignprobe.reports.records import lookup_record, now_iso, record_path, write_record
-
-    from alignprobe.probe.pipelines.run import RunPipeline, record_fields
-    from alignprobe.probe.training.config import describe_changes, resolve_recipe
-    from alignprobe.probe.training.engine import Trainer
-
     options = options or EncodeOptions()
     run_dir = Path(run_dir)
     ctx = D.init_distributed()
@@ -233,52 +157,41 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
                 return SailRunResult(record, kept, path, True, [])
 
     started, t0 = now_iso(), time.perf_counter()
-    pipeline = RunPipeline(config.run_config(), options)
-    pipeline.check()
-    images, captions, caption_image = _encode_pairs(pipeline, config.pairs, options, ctx)
+    ws = Workspace(config.request("vision"), config.request("text"), options, dist=ctx)
+    ws.check()
+    pairs = ws.encode("pairs", config.pairs, captions=True, distributed=True)
     zero_shot = retrieval = selection = None
     if ctx.is_main:
-        zero_shot, retrieval = _eval_sets(pipeline, config)
-        selection = _selection_sets(pipeline, config.selection)
+        zero_shot, retrieval = eval_sets(ws, config.labelled, config.retrieval)
+        selection = selection_sets(ws, config.selection)
     D.barrier(ctx)
 
-    usable = int((images.valid & (np.bincount(caption_image, minlength=len(images)) > 0)).sum())
-    explicit = dict(config.train)
-    explicit.setdefault("seed", config.seed)
-    if options.device != "auto":
-        explicit.setdefault("device", options.device)
-    preset = config.preset or "sail"
-    train_config, changes = resolve_recipe(preset, usable, explicit, exact=config.preset is not None)
-    notes = describe_changes(changes, preset)
+    train_config, changes, notes, preset = resolve_pair_recipe(
+        "sail", config.preset, config.train, seed=config.seed, device=options.device,
+        usable_pairs=pairs.usable_pairs())
     metadata = {
-        "vision": encoder_entry(pipeline.encoder("vision"), pipeline.vision_spec),
-        "text": encoder_entry(pipeline.encoder("text"), pipeline.text_spec),
+        "vision": encoder_entry(ws, "vision"),
+        "text": encoder_entry(ws, "text"),
         "run_config": config.as_dict(),
         "recipe_changes": changes,
-        "data": pipeline.data_info,
+        "data": ws.data_info,
     }
-    metadata["vision"]["requested"], metadata["text"]["requested"] = config.vision, config.text
     trainer = Trainer(train_config, run_dir, quiet=options.quiet, dist=ctx, metadata=metadata,
                       overwrite=overwrite or force, notes=notes)
     t_train = time.perf_counter()
-    trainer.fit(images, captions, caption_image, zero_shot=zero_shot, retrieval=retrieval, selection=selection,
-                resume=resume)
-    pipeline.timings["train"] = time.perf_counter() - t_train
-    pipeline.timings["total"] = time.perf_counter() - t0
+    trainer.fit(pairs.images, pairs.captions, pairs.caption_image, zero_shot=zero_shot, retrieval=retrieval,
+                selection=selection, resume=resume)
+    ws.timings["train"] = time.perf_counter() - t_train
+    ws.timings["total"] = time.perf_counter() - t0
     notes = trainer.summary()
     # the engine's bookkeeping (train_epochs, ...) is named after the run kind in the records
     metrics = {(f"sail_{k[len('train_'):]}" if k.startswith("train_") else k): v for k, v in trainer.metrics_.items()}
     evaluations = {k: v for k, v in dict(winoground=config.winoground, mmvp=config.mmvp,
                                          segmentation=config.segmentation).items() if v}
     if evaluations and ctx.is_main:
-        from types import SimpleNamespace
-
-        from alignprobe.probe.evals.aligned import evaluate_aligned
-
-        trained = SimpleNamespace(encoder=pipeline.encoder, model=trainer.model_,
-                                  transform_image=trainer.transform_image, transform_text=trainer.transform_text)
+        trained = AlignedModel(trainer.model_, metadata, device=trainer.device_, pool=ws.pool)
         metrics.update(evaluate_aligned(trained, progress=not options.quiet, **evaluations))
-    record = record_fields("sail", config, pipeline, options, started)
+    record = ws.record_fields("sail", config, started)
     record.update({
         "train_config": train_config.to_dict(),
         "metrics": metrics,
@@ -288,7 +201,7 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
         "notes": notes,
         "world_size": ctx.world_size,
         "run_dir": str(run_dir),
-        "checkpoint": str(trainer.checkpoint_) if trainer.checkpoint_ else str(run_dir / "aligned.json"),
+        "checkpoint": str(trainer.checkpoint_) if trainer.checkpoint_ else str(run_dir / ALIGNED_FILE),
         **(extra_record or {}),
     })
     if path is not None and ctx.is_main:
@@ -306,10 +219,6 @@ def pick_top_pairs(results_dir: str | Path, top_k: int, by: str) -> list[dict]:
     ``vision``, ``text``, ``score``, ``n_seeds`` and ``record`` (the probe
     record of the lowest seed: its config names the data and pooling).
     """
-    from alignprobe.reports.metric_info import metric_info
-    from alignprobe.reports.records import read_record
-    from alignprobe.reports.store import load_results
-
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValidationError(f"--top-k must be a positive int, got {top_k!r}")
     df = load_results(results_dir)
@@ -375,16 +284,10 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
 
     ``labelled`` / ``retrieval``: data specs; None uses the run's own
     evaluation sets (from its ``aligned.json``), ``""`` skips that part.
-    Images and texts are encoded through the checkpoint's frozen encoders
-    (with the embedding cache). Returns ``{"metrics": {...}, "labelled":
-    spec, "retrieval": spec, "model": path}``.
+    Images and texts are encoded through the checkpoint's frozen encoders -- rebuilt from
+    their recorded `EncoderRequest`s -- with the embedding cache. Returns ``{"metrics": {...},
+    "labelled": spec, "retrieval": spec, "model": path}``.
     """
-    from types import SimpleNamespace
-
-    from alignprobe.probe.pipelines.aligned import load_aligned
-    from alignprobe.probe.pipelines.run import RunConfig, RunPipeline
-    from alignprobe.probe.training.evaluation import evaluate
-
     options = options or EncodeOptions()
     aligned = load_aligned(path, device=options.device, encoder_dtype=options.dtype, which=which)
     info = aligned.info
@@ -395,29 +298,22 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
         unfinished = (f"{aligned.path} is an unfinished training run ({info.get('epochs_run')} of {total} epochs "
                       f"done): the weights evaluated are those of epoch {epoch} ({which})")
         if not allow_unfinished:
-            raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --out {aligned.path}` "
-                                  f"(same flags), or pass --allow-unfinished to evaluate it as it is")
-    run_config = (aligned.info.get("metadata") or {}).get("run_config") or {}
+            raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --out "
+                                  f"{aligned.path.parent}` (same flags), or pass --allow-unfinished to evaluate "
+                                  f"it as it is")
+    run_config = (info.get("metadata") or {}).get("run_config") or {}
     labelled = run_config.get("labelled", "shapes:test") if labelled is None else labelled
     retrieval = run_config.get("retrieval", "shapes:test") if retrieval is None else retrieval
     evaluations = {k: v for k, v in (evaluations or {}).items() if v is not None}
     if not labelled and not retrieval and not evaluations:
-        raise ValidationError("nothing to evaluate: give --labelled, --retrieval, --winoground, --mmvp or "
-                              "--segmentation")
-    vision, text = aligned.encoder_info("vision"), aligned.encoder_info("text")
-    pipeline = RunPipeline(RunConfig(vision=vision["name"], text=text["name"], labelled=labelled or "shapes:test",
-                                     retrieval=retrieval or "shapes:test", metrics=("zero_shot", "retrieval")),
-                           options)
-    for modality in ("vision", "text"):
-        encoder = aligned.encoder(modality)
-        pipeline._encoders[pipeline.encoder_key(modality)] = encoder
-        pipeline.encoder_info[modality] = encoder.manifest()
-    zero_shot, retrieval_data = _eval_sets(pipeline, SimpleNamespace(labelled=labelled, retrieval=retrieval))
+        raise ValidationError("nothing to evaluate: give labelled=, retrieval=, or one of the evaluations "
+                              "(winoground, mmvp, segmentation)")
+    ws = Workspace(aligned.request("vision"), aligned.request("text"), options)
+    aligned.use_pool(ws.pool)  # one load of each encoder for the cache misses and the evaluations
+    zero_shot, retrieval_data = eval_sets(ws, labelled, retrieval)
     metrics = evaluate(lambda x: aligned.transform_image(x).numpy(), lambda x: aligned.transform_text(x).numpy(),
                        zero_shot, retrieval_data) if (zero_shot is not None or retrieval_data is not None) else {}
     if evaluations:
-        from alignprobe.probe.evals.aligned import evaluate_aligned
-
         metrics.update(evaluate_aligned(aligned, progress=not options.quiet, **evaluations))
     return {"metrics": metrics, "labelled": labelled or None, "retrieval": retrieval or None,
-            "model": str(aligned.path), "data": pipeline.data_info, "unfinished": unfinished}
+            "model": str(aligned.path), "data": ws.data_info, "unfinished": unfinished}
