@@ -10,6 +10,10 @@ training (star heads, ``preset("sail")``) run through this one `Trainer`:
 * batches stream from the memory-mapped embedding cache (`PairStream`),
   shuffled each epoch; every caption of an image is a positive (ragged counts);
 * large batches at small-batch memory (two-pass GradCache steps, `step.py`);
+* the schedule and the batching of the reference: warm-up then cosine ending
+  at ``total - warmup`` (``train/scheduler.py``), the last partial batch of
+  each epoch dropped (``drop_last``; ``TrainConfig.drop_last=False`` keeps
+  every pair);
 * many processes (`torchrun`): each rank's loss sees every rank's texts, so the
   effective batch is the global one; only rank 0 writes;
 * periodic zero-shot / retrieval evaluation, optional selection on a held-out
@@ -21,11 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+
 from alignprobe.console import progress
 
 from alignprobe._version import __version__
@@ -40,19 +47,21 @@ from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, ev
 from alignprobe.probe.training.heads import AlignmentModel
 from alignprobe.probe.training.schedules import lr_at
 from alignprobe.probe.training.step import embed, global_loss, make_optimizer, resolve_micro_batch, train_step
-from alignprobe.probe.training.streaming import CaptionIndex, ConcatStore, PairStream, as_store
+from alignprobe.probe.training.streaming import CaptionIndex, ConcatStore, EmbeddingStore, PairStream, as_store
 from alignprobe.probe.training.train_log import TrainLog
 
 log = logging.getLogger("alignprobe.train")
 
 #: Format of ``aligned.json`` and of the checkpoints' state.
 ALIGNED_FORMAT = "alignprobe.sail/2"
+#: `TrainConfig` fields added after checkpoints of this format were first written, with the
+#: values that reproduce how such a checkpoint trained (so it still resumes).
+LEGACY_FIELDS = {"drop_last": False, "min_rel_delta": 0.0}
 
 
 def warmup_steps(fraction: float, total_steps: int) -> int:
     """``ceil(fraction * total_steps)``, as the reference's ``main.py`` sets ``args.warmup``."""
     return min(total_steps, math.ceil(fraction * total_steps))
-
 
 
 def _extra_sources(extra) -> list:
@@ -75,6 +84,142 @@ def _valid_mask(data, n: int) -> np.ndarray:
     if valid is None:
         return np.ones(n, dtype=bool)
     return np.asarray(valid, dtype=bool)
+
+
+# --------------------------------------------------------------------------- loop state
+
+
+@dataclass
+class BestEpoch:
+    """The epoch whose weights are kept, and the early-stopping count.
+
+    ``update`` records each epoch's selection score. The weights kept are those
+    of the best score so far, however small its lead; early stopping counts
+    the epochs since the score last beat ``anchor`` -- the best score when
+    progress was last *significant* -- by more than ``max(min_delta,
+    min_rel_delta * |anchor|)``. So a loss that keeps creeping down by less
+    than the threshold, epoch after epoch, still stops after ``patience``
+    epochs, and the weights kept are its lowest. With both thresholds 0 the
+    anchor is the best score and the rule is plain patience.
+    """
+
+    higher_is_better: bool = False
+    min_delta: float = 0.0
+    min_rel_delta: float = 0.0
+    patience: int | None = None
+    score: float | None = None
+    epoch: int = 0
+    step: int = 0
+    metrics: dict = field(default_factory=dict)
+    anchor: float | None = None
+    bad_epochs: int = 0
+
+    def _gain(self, score: float, than: float) -> float:
+        return score - than if self.higher_is_better else than - score
+
+    def update(self, score: float | None, epoch: int, step: int, metrics: dict, *,
+               keep_anyway: bool = False) -> bool:
+        """Record epoch ``epoch`` (1-based); True when its weights become the kept ones.
+
+        ``keep_anyway``: there is no selection score at all (no held-out split):
+        the latest epoch is the one kept.
+        """
+        if keep_anyway:
+            self._keep(score, epoch, step, metrics)
+            self.bad_epochs = 0
+            return True
+        if score is None:
+            return False
+        if self.anchor is None or self._gain(score, self.anchor) > max(
+                self.min_delta, self.min_rel_delta * abs(self.anchor)):
+            self.anchor, self.bad_epochs = score, 0
+        else:
+            self.bad_epochs += 1
+        if self.score is None or self._gain(score, self.score) > 0:
+            self._keep(score, epoch, step, metrics)
+            return True
+        return False
+
+    def _keep(self, score, epoch, step, metrics) -> None:
+        self.score, self.epoch, self.step, self.metrics = score, epoch, step, dict(metrics)
+
+    @property
+    def exhausted(self) -> bool:
+        """``patience`` epochs in a row without significant progress."""
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+@dataclass
+class LoopState:
+    """Where the training loop is; what a checkpoint's ``state.json`` holds.
+
+    ``to_dict`` writes the same keys as checkpoints of format ``alignprobe.sail/2``
+    always had (plus ``stop_anchor``), so older checkpoints resume.
+    """
+
+    config: dict
+    world_size: int
+    positives: int | str
+    n_train: int
+    n_val: int
+    best: BestEpoch
+    format: str = ALIGNED_FORMAT
+    epoch: int = 0           # epochs completed
+    batch: int = 0           # batches of the current epoch completed
+    step: int = 0            # optimizer steps completed
+    loss_sum: float = 0.0    # the current epoch's training loss, summed over its images
+    seen: int = 0            # the current epoch's images so far
+    stopped: bool = False
+    initial_val_loss: float | None = None
+    history: list = field(default_factory=list)
+
+    def after_step(self, batch_index: int, loss: float, images: int) -> None:
+        self.step += 1
+        self.batch = batch_index + 1
+        self.loss_sum += loss * images
+        self.seen += images
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss_sum / max(1, self.seen)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch, self.loss_sum, self.seen = self.epoch + 1, 0, 0.0, 0
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {"format": self.format, "config": self.config, "world_size": self.world_size,
+                "positives": self.positives, "n_train": self.n_train, "n_val": self.n_val,
+                "epoch": self.epoch, "batch": self.batch, "step": self.step, "loss_sum": self.loss_sum,
+                "seen": self.seen, "best": {"score": best.score, "epoch": best.epoch, "step": best.step,
+                                            **best.metrics},
+                "bad_epochs": best.bad_epochs, "stop_anchor": best.anchor, "stopped": self.stopped,
+                "initial_val_loss": self.initial_val_loss, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], tracker: BestEpoch) -> "LoopState":
+        """Rebuild from ``to_dict``'s output; ``tracker`` brings the stopping settings."""
+        best = dict(values["best"])
+        score, epoch, step = best.pop("score"), best.pop("epoch"), best.pop("step")
+        tracker._keep(score, epoch, step, best)
+        tracker.bad_epochs = values["bad_epochs"]
+        # Checkpoints from before the relative threshold: the anchor was the best score.
+        tracker.anchor = values.get("stop_anchor", score)
+        return cls(config=values["config"], world_size=values["world_size"], positives=values["positives"],
+                   n_train=values["n_train"], n_val=values["n_val"], best=tracker, format=values["format"],
+                   epoch=values["epoch"], batch=values["batch"], step=values["step"],
+                   loss_sum=values["loss_sum"], seen=values["seen"], stopped=values["stopped"],
+                   initial_val_loss=values["initial_val_loss"], history=values["history"])
+
+
+class _Pairs(NamedTuple):
+    """The training data `Trainer._prepare_pairs` assembles from `fit`'s arguments."""
+
+    images: EmbeddingStore
+    captions: EmbeddingStore
+    caption_image: np.ndarray   # (M,) image row of each caption, over every caption source
+    index: CaptionIndex
+    usable: np.ndarray          # image rows with an embedding and at least one caption
 
 
 # --------------------------------------------------------------------------- trainer
@@ -149,6 +294,38 @@ class Trainer:
         Returns self.
         """
         self.dist_ = self.dist or D.init_distributed()
+        pairs = self._prepare_pairs(image_emb, text_emb, caption_image, extra_text_emb, image_valid)
+        config = self.config if self.config is not None else TrainConfig(**self.overrides)
+        if config.precision == "fp16" and not torch.cuda.is_available():
+            raise ValidationError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32'")
+        self.config_, self.positives_, self.notes_ = config, config.positives, list(self.extra_notes)
+        if self.positives_ != "all" and int(pairs.index.counts[pairs.usable].min()) < self.positives_:
+            self.notes_.append(f"some images have fewer than positives={self.positives_} captions; "
+                               f"their captions repeat")
+        self.device_ = D.rank_device(self.dist_, config.device)
+        if len(pairs.usable) < self.dist_.world_size * 2:
+            raise DataError(f"{len(pairs.usable)} images are too few for {self.dist_.world_size} ranks")
+        self._build_streams(pairs, config)
+        self._zero_shot, self._retrieval = zero_shot, retrieval
+        self._selection = tuple(selection) if selection is not None else (None, None)
+        if config.select_by != "val_loss" and not any(s is not None for s in self._selection):
+            raise ValidationError(
+                f"select_by={config.select_by!r} picks the epoch by a downstream score, which needs a selection "
+                f"set of its own (selection=(zero_shot, retrieval); `train --selection SPEC`): selecting on a "
+                f"reported test set would inflate its score")
+        if config.select_by == "val_loss" and self._val_stream is None and config.val_fraction > 0:
+            self.notes_.append("the held-out split is smaller than the number of ranks; the last epoch is kept")
+        self._build_model(pairs.images.dim, pairs.captions.dim, config)
+        self._store = CheckpointStore(self.out_dir) if self.out_dir is not None else None
+        try:
+            self._train(resume, callbacks)
+        except BaseException:
+            self.__dict__.pop("history_", None)
+            raise
+        return self
+
+    def _prepare_pairs(self, image_emb, text_emb, caption_image, extra_text_emb, image_valid) -> _Pairs:
+        """Stores over the inputs, every caption source as one, and the usable image rows."""
         images = as_store("image_emb", image_emb)
         main = as_store("text_emb", text_emb)
         if caption_image is None:
@@ -159,7 +336,8 @@ class Trainer:
             caption_image = np.arange(images.n)
         caption_image = caption_image.cpu().numpy() if torch.is_tensor(caption_image) else np.asarray(caption_image)
         if caption_image.shape != (main.n,):
-            raise ValidationError(f"caption_image must have one entry per text_emb row ({main.n}), got shape {caption_image.shape}")
+            raise ValidationError(f"caption_image must have one entry per text_emb row ({main.n}), got shape "
+                                  f"{caption_image.shape}")
         stores, owners = [main], [caption_image]
         for k, extra in enumerate(_extra_sources(extra_text_emb)):
             store = as_store(f"extra_text_emb[{k}]", extra)
@@ -171,71 +349,56 @@ class Trainer:
         captions = stores[0] if len(stores) == 1 else ConcatStore("captions", stores)
         caption_image = np.concatenate(owners).astype(np.int64)
         index = CaptionIndex(caption_image, images.n)
-
         valid = _valid_mask(image_valid if image_valid is not None else image_emb, images.n)
         if valid.shape != (images.n,):
             raise ValidationError(f"image_valid must be a bool mask of shape ({images.n},), got {valid.shape}")
         usable = np.flatnonzero(valid & (index.counts > 0))
         if len(usable) < 4:
             raise DataError(f"only {len(usable)} images have an embedding and a caption; training needs at least 4")
+        return _Pairs(images, captions, caption_image, index, usable)
 
-        notes: list[str] = list(self.extra_notes)
-        config = self.config if self.config is not None else TrainConfig(**self.overrides)
-        if config.precision == "fp16" and not torch.cuda.is_available():
-            raise ValidationError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32'")
-        positives = config.positives
-        if positives != "all" and int(index.counts[usable].min()) < positives:
-            notes.append(f"some images have fewer than positives={positives} captions; their captions repeat")
-        self.config_, self.positives_, self.notes_ = config, positives, notes
-        self.device_ = D.rank_device(self.dist_, config.device)
-        if len(usable) < self.dist_.world_size * 2:
-            raise DataError(f"{len(usable)} images are too few for {self.dist_.world_size} ranks")
-
-        train_rows, val_rows = self._split(usable, config)
+    def _build_streams(self, pairs: _Pairs, config: TrainConfig) -> None:
+        """The train / held-out split and a `PairStream` over each."""
+        train_rows, val_rows = self._split(pairs.usable, config)
         self.train_index_, self.val_index_ = train_rows, val_rows
-        self.train_captions_ = int(index.counts[train_rows].sum()) if positives == "all" else positives * len(train_rows)
-        stream_args = dict(caption_index=index, rank=self.dist_.rank, world_size=self.dist_.world_size,
-                           positives=positives, seed=config.seed, prefetch=config.prefetch)
-        self._train_stream = PairStream(images, captions, caption_image, train_rows, batch_size=config.batch_size,
-                                        sampling=config.caption_sampling, stream=0, **stream_args)
+        counts = pairs.index.counts
+        self.train_captions_ = (int(counts[train_rows].sum()) if self.positives_ == "all"
+                                else self.positives_ * len(train_rows))
+        stream_args = dict(caption_index=pairs.index, rank=self.dist_.rank, world_size=self.dist_.world_size,
+                           positives=self.positives_, seed=config.seed, prefetch=config.prefetch)
+        self._train_stream = PairStream(pairs.images, pairs.captions, pairs.caption_image, train_rows,
+                                        batch_size=config.batch_size, sampling=config.caption_sampling,
+                                        drop_last=config.drop_last, stream=0, **stream_args)
+        if self._train_stream.batch_exceeds_data:
+            self.notes_.append(
+                f"batch_size {config.batch_size:,} exceeds the {self._train_stream.images_per_epoch:,} training "
+                f"images: each epoch is one batch of all of them")
         self._val_stream = None
         if len(val_rows) >= self.dist_.world_size:
-            self._val_stream = PairStream(images, captions, caption_image, val_rows, batch_size=config.batch_size,
-                                          sampling="fixed", shuffle=False, stream=1, **stream_args)
-        self._zero_shot, self._retrieval = zero_shot, retrieval
-        self._selection = tuple(selection) if selection is not None else (None, None)
-        if config.select_by != "val_loss" and not any(s is not None for s in self._selection):
-            raise ValidationError(
-                f"select_by={config.select_by!r} picks the epoch by a downstream score, which needs a selection "
-                f"set of its own (selection=(zero_shot, retrieval); `train --selection SPEC`): selecting on a "
-                f"reported test set would inflate its score")
-        if config.select_by == "val_loss" and self._val_stream is None and config.val_fraction > 0:
-            notes.append("the held-out split is smaller than the number of ranks; the last epoch is kept")
+            # The held-out loss scores every held-out image, whatever drop_last says about training.
+            self._val_stream = PairStream(pairs.images, pairs.captions, pairs.caption_image, val_rows,
+                                          batch_size=config.batch_size, sampling="fixed", shuffle=False, stream=1,
+                                          **stream_args)
 
+    def _build_model(self, image_dim: int, text_dim: int, config: TrainConfig) -> None:
+        """Seeded heads on the device, the micro-batch, the optimizer and the fp16 grad scaler."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = AlignmentModel(images.dim, captions.dim, config.out_dim, config.image_head, config.text_head,
+            model = AlignmentModel(image_dim, text_dim, config.out_dim, config.image_head, config.text_head,
                                    config.width, config.logit_scale_init, config.logit_bias_init)
         self.model_ = model.to(self.device_)
         self.micro_batch_ = config.micro_batch
         if config.micro_batch == "auto":
             share = -(-config.batch_size // self.dist_.world_size)
-            per_image = self.train_captions_ / max(1, len(train_rows))
+            per_image = self.train_captions_ / max(1, len(self.train_index_))
             self.micro_batch_ = resolve_micro_batch(self.model_, share, math.ceil(share * per_image), self.device_,
                                                     config.precision)
             if self.micro_batch_ is not None:
-                notes.append(f"micro_batch auto: {share:,} images a step do not fit one pass in half the free "
-                             f"memory; two-pass steps with micro-batches of {self.micro_batch_:,}")
+                self.notes_.append(f"micro_batch auto: {share:,} images a step do not fit one pass in half the "
+                                   f"free memory; two-pass steps with micro-batches of {self.micro_batch_:,}")
         self._step_config = config.replace(micro_batch=self.micro_batch_)
         self._optimizer = self._make_optimizer()
         self._scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-        self._store = CheckpointStore(self.out_dir) if self.out_dir is not None else None
-        try:
-            self._train(resume, callbacks)
-        except BaseException:
-            self.__dict__.pop("history_", None)
-            raise
-        return self
 
     @staticmethod
     def _split(usable: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -296,15 +459,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _train(self, resume: bool, callbacks) -> None:
-        config, model, ctx = self.config_, self.model_, self.dist_
-        steps_per_epoch = len(self._train_stream)
-        total_steps = steps_per_epoch * config.epochs
-        warmup = warmup_steps(config.warmup_fraction, total_steps)
+        config, ctx = self.config_, self.dist_
+        self._total_steps = len(self._train_stream) * config.epochs
+        self._warmup = warmup_steps(config.warmup_fraction, self._total_steps)
         self.select_by_ = config.select_by
-        higher_is_better = config.select_by not in LOWER_IS_BETTER
-        state = self._fresh_state()
-        best_state = None
         self._last_save = time.monotonic()
+        state, best_state = self._start(resume)
+        self._log = TrainLog(self.out_dir, enabled=ctx.is_main, backend=config.log_to, run_config=config.to_dict(),
+                             resume_step=state.step if state.step > 0 else None)
+        bar = progress(total=self._total_steps, initial=state.step, desc="training heads", unit="step",
+                       disable=self.quiet or not ctx.is_main, dynamic_ncols=True)
+        self.model_.train()
+        try:
+            while state.epoch < config.epochs and not state.stopped:
+                started = time.perf_counter()
+                self._run_epoch(state, best_state, bar, callbacks)
+                best_state = self._end_epoch(state, best_state, started, bar, callbacks)
+        finally:
+            bar.close()
+            self._log.close()
+        self._finish(state, best_state)
+
+    def _lr(self, step: int) -> float:
+        config = self.config_
+        return lr_at(step, self._total_steps, config.lr, self._warmup, config.schedule, config.min_lr)
+
+    def _tracker(self) -> BestEpoch:
+        config = self.config_
+        return BestEpoch(higher_is_better=config.select_by not in LOWER_IS_BETTER, min_delta=config.min_delta,
+                         min_rel_delta=config.min_rel_delta, patience=config.patience)
+
+    def _start(self, resume: bool) -> tuple[LoopState, dict]:
+        """The loop state and kept weights to start from: a checkpoint's (``resume``) or fresh ones."""
+        state, best_state = None, None
         if resume and self._store is not None and self._store.exists():
             state, best_state = self._restore()
         elif self._store is not None and (self._store.exists() or (self.out_dir / ALIGNED_FILE).exists()):
@@ -312,110 +499,88 @@ class Trainer:
                 raise ValidationError(
                     f"{self.out_dir} already holds a training run; pass resume=True (--resume) to continue "
                     f"it or overwrite=True (--overwrite) to start afresh")
-            D.barrier(ctx)  # every rank has seen the old run before rank 0 removes it
-            if ctx.is_main:
+            D.barrier(self.dist_)  # every rank has seen the old run before rank 0 removes it
+            if self.dist_.is_main:
                 self._store.clear()
-            D.barrier(ctx)
-        elif resume and ctx.is_main:
+            D.barrier(self.dist_)
+        elif resume and self.dist_.is_main:
             log.info("nothing to resume in %s; starting afresh", self.out_dir)
-        if state["step"] == 0 and state["initial_val_loss"] is None:
-            state["initial_val_loss"] = self._val_loss()
-        if best_state is None:
+        if state is None:
+            state = self._fresh_state()
+        if state.step == 0 and state.initial_val_loss is None:
+            state.initial_val_loss = self._val_loss()
+        return state, best_state if best_state is not None else _cpu_state(self.model_)
+
+    def _run_epoch(self, state: LoopState, best_state: dict, bar, callbacks) -> None:
+        """The optimizer steps of epoch ``state.epoch``, from batch ``state.batch`` on."""
+        config, model = self.config_, self.model_
+        epoch = state.epoch
+        for batch in self._train_stream.epoch(epoch, start=state.batch):
+            t0 = time.perf_counter()
+            lr = self._lr(state.step)
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
+            loss, grad_norm = self._train_step(batch)
+            if not math.isfinite(loss):
+                raise AlignprobeError(
+                    f"the loss became {loss} at epoch {epoch + 1}, step {state.step}; lower the "
+                    f"learning rate (now {lr:g}), set grad_clip, or use precision='fp32'")
+            seconds = time.perf_counter() - t0
+            state.after_step(batch.index, loss, batch.global_size)
+            speed = batch.global_size / max(seconds, 1e-9)
+            if state.step % config.log_every == 0:
+                self._log.step({
+                    "step": state.step, "epoch": epoch + 1, "batch": batch.index + 1, "loss": loss,
+                    "lr": lr, "grad_norm": grad_norm, "logit_scale": float(model.logit_scale.detach().exp()),
+                    "logit_bias": float(model.logit_bias.detach()), "samples_per_s": speed, "seconds": seconds})
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", samples_s=f"{speed:.0f}", refresh=False)
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                self._save(state, best_state, force=True)
+            for cb in callbacks:
+                cb(self, "step", {"step": state.step, "epoch": epoch, "loss": loss})
+
+    def _end_epoch(self, state: LoopState, best_state: dict, started: float, bar, callbacks) -> dict:
+        """Validation, evaluation, selection, early stopping and the checkpoint; returns the kept weights."""
+        config, model = self.config_, self.model_
+        epoch = state.epoch + 1
+        val_loss = self._val_loss()
+        metrics, selection = {}, {}
+        if (config.eval_every and epoch % config.eval_every == 0) or epoch == config.epochs:
+            metrics = self._evaluate()
+            if config.select_by != "val_loss":
+                selection = self._evaluate(self._selection)
+        row = {"epoch": epoch, "step": state.step, "train_loss": state.train_loss, "val_loss": val_loss,
+               "lr": self._lr(max(0, state.step - 1)), "seconds": time.perf_counter() - started,
+               "logit_scale": float(model.logit_scale.detach().exp()),
+               "logit_bias": float(model.logit_bias.detach()), **metrics}
+        state.history.append(row)
+        row.update({f"selection_{k}": v for k, v in selection.items()})
+        score = val_loss if config.select_by == "val_loss" else selection.get(config.select_by)
+        if config.select_by != "val_loss" and selection and score is None:
+            raise ValidationError(f"select_by={config.select_by!r} is not among the selection set's "
+                                  f"metrics {sorted(selection)}")
+        no_selection = score is None and config.select_by == "val_loss" and self._val_stream is None
+        if state.best.update(score, epoch, state.step, metrics, keep_anyway=no_selection):
             best_state = _cpu_state(model)
-        self._log = TrainLog(self.out_dir, enabled=ctx.is_main, backend=config.log_to, run_config=config.to_dict(),
-                             resume_step=state["step"] if state["step"] > 0 else None)
-        bar = progress(total=total_steps, initial=state["step"], desc="training heads", unit="step",
-                   disable=self.quiet or not ctx.is_main, dynamic_ncols=True)
-        params_lr = self._optimizer.param_groups
-        model.train()
-        try:
-            while state["epoch"] < config.epochs and not state["stopped"]:
-                epoch = state["epoch"]
-                t_epoch = time.perf_counter()
-                for batch in self._train_stream.epoch(epoch, start=state["batch"]):
-                    t0 = time.perf_counter()
-                    lr = lr_at(state["step"], total_steps, config.lr, warmup, config.schedule, config.min_lr)
-                    for group in params_lr:
-                        group["lr"] = lr
-                    loss, grad_norm = self._train_step(batch)
-                    if not math.isfinite(loss):
-                        raise AlignprobeError(
-                            f"the loss became {loss} at epoch {epoch + 1}, step {state['step']}; lower the "
-                            f"learning rate (now {lr:g}), set grad_clip, or use precision='fp32'")
-                    seconds = time.perf_counter() - t0
-                    state["step"] += 1
-                    state["batch"] = batch.index + 1
-                    state["loss_sum"] += loss * batch.global_size
-                    state["seen"] += batch.global_size
-                    speed = batch.global_size / max(seconds, 1e-9)
-                    if state["step"] % config.log_every == 0:
-                        self._log.step({
-                            "step": state["step"], "epoch": epoch + 1, "batch": batch.index + 1, "loss": loss,
-                            "lr": lr, "grad_norm": grad_norm, "logit_scale": float(model.logit_scale.detach().exp()),
-                            "logit_bias": float(model.logit_bias.detach()), "samples_per_s": speed, "seconds": seconds})
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", samples_s=f"{speed:.0f}", refresh=False)
-                    if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
-                        self._save(state, best_state, force=True)
-                    for cb in callbacks:
-                        cb(self, "step", {"step": state["step"], "epoch": epoch, "loss": loss})
-                # ---- epoch end: validation, evaluation, selection, checkpoint
-                val_loss = self._val_loss()
-                last = epoch + 1 == config.epochs
-                metrics, selection = {}, {}
-                if (config.eval_every and (epoch + 1) % config.eval_every == 0) or last:
-                    metrics = self._evaluate()
-                    if config.select_by != "val_loss":
-                        selection = self._evaluate(self._selection)
-                row = {"epoch": epoch + 1, "step": state["step"],
-                       "train_loss": state["loss_sum"] / max(1, state["seen"]), "val_loss": val_loss,
-                       "lr": lr_at(max(0, state["step"] - 1), total_steps, config.lr, warmup, config.schedule,
-                                   config.min_lr),
-                       "seconds": time.perf_counter() - t_epoch,
-                       "logit_scale": float(model.logit_scale.detach().exp()),
-                       "logit_bias": float(model.logit_bias.detach()), **metrics}
-                state["history"].append(row)
-                row.update({f"selection_{k}": v for k, v in selection.items()})
-                score = val_loss if config.select_by == "val_loss" else selection.get(config.select_by)
-                if config.select_by != "val_loss" and selection and score is None:
-                    raise ValidationError(f"select_by={config.select_by!r} is not among the selection set's "
-                                          f"metrics {sorted(selection)}")
-                best = state["best"]
-                no_selection = score is None and config.select_by == "val_loss" and self._val_stream is None
-                if no_selection or (score is not None and (
-                        best["score"] is None
-                        or (score > best["score"] + config.min_delta if higher_is_better
-                            else score < best["score"] - config.min_delta))):
-                    state["best"] = {"score": score, "epoch": epoch + 1, "step": state["step"], **metrics}
-                    state["bad_epochs"] = 0
-                    best_state = _cpu_state(model)
-                elif score is not None:
-                    state["bad_epochs"] += 1
-                    if config.patience is not None and state["bad_epochs"] >= config.patience:
-                        state["stopped"] = True
-                state["epoch"], state["batch"], state["loss_sum"], state["seen"] = epoch + 1, 0, 0.0, 0
-                self._log.epoch(row)
-                bar.set_postfix(epoch=epoch + 1, val_loss=f"{val_loss:.4g}" if val_loss is not None else "-",
-                                refresh=False)
-                self._save(state, best_state, force=state["epoch"] == config.epochs or state["stopped"])
-                for cb in callbacks:
-                    cb(self, "epoch", row)
-        finally:
-            bar.close()
-            self._log.close()
-        self._finish(state, best_state)
+        state.stopped = state.best.exhausted
+        state.next_epoch()
+        self._log.epoch(row)
+        bar.set_postfix(epoch=epoch, val_loss=f"{val_loss:.4g}" if val_loss is not None else "-", refresh=False)
+        self._save(state, best_state, force=state.epoch == config.epochs or state.stopped)
+        for cb in callbacks:
+            cb(self, "epoch", row)
+        return best_state
 
-    def _fresh_state(self) -> dict[str, Any]:
-        return {"format": ALIGNED_FORMAT, "config": self.config_.to_dict(), "world_size": self.dist_.world_size,
-                "positives": self.positives_, "n_train": len(self.train_index_), "n_val": len(self.val_index_),
-                "epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0,
-                "best": {"score": None, "epoch": 0, "step": 0}, "bad_epochs": 0, "stopped": False,
-                "initial_val_loss": None, "history": []}
+    def _fresh_state(self) -> LoopState:
+        return LoopState(config=self.config_.to_dict(), world_size=self.dist_.world_size, positives=self.positives_,
+                         n_train=len(self.train_index_), n_val=len(self.val_index_), best=self._tracker())
 
-    def _restore(self) -> tuple[dict, dict]:
+    def _restore(self) -> tuple[LoopState, dict]:
         ckpt = self._store.load("latest", device=self.device_)
         state = ckpt["state"]
-        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
+        # Fields added since a checkpoint was written: the values that reproduce how it trained.
+        saved = {**LEGACY_FIELDS, **{k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}}
         now = {k: v for k, v in self.config_.to_dict().items() if k not in RUNTIME_FIELDS}
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if changed:
@@ -423,19 +588,17 @@ class Trainer:
                 f"cannot resume {self.out_dir}: the configuration differs from the checkpoint's in {changed} "
                 f"(saved: {[saved.get(k) for k in changed]}, now: {[now.get(k) for k in changed]}); "
                 f"rerun with the saved settings, or start afresh with overwrite")
-        for key in ("world_size", "positives", "n_train", "n_val"):
-            mine = {"world_size": self.dist_.world_size, "positives": self.positives_,
-                    "n_train": len(self.train_index_), "n_val": len(self.val_index_)}[key]
-            if state[key] != mine:
-                raise ValidationError(f"cannot resume {self.out_dir}: {key} was {state[key]} and is now {mine} "
+        mine = {"world_size": self.dist_.world_size, "positives": self.positives_,
+                "n_train": len(self.train_index_), "n_val": len(self.val_index_)}
+        for key, value in mine.items():
+            if state[key] != value:
+                raise ValidationError(f"cannot resume {self.out_dir}: {key} was {state[key]} and is now {value} "
                                       f"(resume with the same data and number of processes)")
         self.model_.load_state_dict(ckpt["model"])
         self._optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
         if self._scaler is not None and ckpt["optimizer"].get("scaler"):
             self._scaler.load_state_dict(ckpt["optimizer"]["scaler"])
         set_rng_state(ckpt["rng"])
-        from safetensors.torch import load_file
-
         best_dir = self._store.path("best")
         if (ckpt["dir"] / BEST_FILE).is_file():
             best_state = load_file(str(ckpt["dir"] / BEST_FILE))
@@ -446,9 +609,9 @@ class Trainer:
         if self.dist_.is_main:
             log.info("resuming %s at epoch %d, batch %d (step %d)", self.out_dir, state["epoch"] + 1,
                      state["batch"], state["step"])
-        return state, best_state
+        return LoopState.from_dict(state, self._tracker()), best_state
 
-    def _save(self, state: dict, best_state: dict, force: bool = False) -> None:
+    def _save(self, state: LoopState, best_state: dict, force: bool = False) -> None:
         """Checkpoint (latest weights, the best so far, optimizer, RNG, loop state) and ``aligned.json``.
 
         Epoch-end saves are throttled to one per ``checkpoint_seconds``: a
@@ -463,18 +626,17 @@ class Trainer:
             return
         optimizer = {"optimizer": self._optimizer.state_dict(),
                      "scaler": self._scaler.state_dict() if self._scaler is not None else None}
-        self._store.save(state["step"], _cpu_state(self.model_), optimizer, rng_state(), state, ("latest",),
-                         best_state=best_state)
+        self._store.save(state.step, _cpu_state(self.model_), optimizer, rng_state(), state.to_dict(),
+                         ("latest",), best_state=best_state)
         self._last_save = time.monotonic()
         self._write_aligned(state, metrics=None)
 
-    def _finish(self, state: dict, best_state: dict) -> None:
-        self.history_ = state["history"]
-        self.initial_val_loss_ = state["initial_val_loss"]
-        self.steps_ = state["step"]
-        self.stopped_early_ = state["stopped"]
-        best = state["best"]
-        self.best_epoch_, self.best_score_ = best["epoch"], best["score"]
+    def _finish(self, state: LoopState, best_state: dict) -> None:
+        self.history_ = state.history
+        self.initial_val_loss_ = state.initial_val_loss
+        self.steps_ = state.step
+        self.stopped_early_ = state.stopped
+        self.best_epoch_, self.best_score_ = state.best.epoch, state.best.score
         self.model_.load_state_dict(best_state)
         self.model_.eval()
         self.metrics_ = self._evaluate()
@@ -493,7 +655,7 @@ class Trainer:
                                          if self.best_epoch_ else min(val))
         return out
 
-    def _write_aligned(self, state: dict, metrics: dict | None) -> Path:
+    def _write_aligned(self, state: LoopState, metrics: dict | None) -> Path:
         latest = self._store.path("latest")
         weights = latest / BEST_FILE if latest is not None and (latest / BEST_FILE).is_file() else \
             (self._store.path("best") or latest) / MODEL_FILE
@@ -504,12 +666,14 @@ class Trainer:
             "model_config": self.model_.config(),
             "train_config": self.config_.to_dict(),
             "weights": str(weights.relative_to(self.out_dir)),
-            "best": {"epoch": state["best"]["epoch"], "step": state["best"]["step"],
-                     "select_by": self.config_.select_by, "score": state["best"]["score"]},
-            "epochs_run": len(state["history"]),
-            "steps": state["step"],
+            "best": {"epoch": state.best.epoch, "step": state.best.step,
+                     "select_by": self.config_.select_by, "score": state.best.score},
+            "epochs_run": len(state.history),
+            "steps": state.step,
+            "steps_per_epoch": len(self._train_stream),
+            "images_per_epoch": self._train_stream.images_per_epoch,
             "finished": metrics is not None,
-            "stopped_early": state["stopped"],
+            "stopped_early": state.stopped,
             "positives": self.positives_,
             "train_captions": self.train_captions_,
             "n_train": len(self.train_index_),
@@ -517,7 +681,7 @@ class Trainer:
             "world_size": self.dist_.world_size,
             "metrics": metrics,
             "notes": self.notes_,
-            "history": state["history"],
+            "history": state.history,
             "metadata": {k: v for k, v in self.metadata.items() if k not in ("vision", "text")},
         }
         path = self.out_dir / ALIGNED_FILE

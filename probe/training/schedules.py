@@ -32,8 +32,15 @@ def lr_at(
     """Learning rate for the 0-based optimizer ``step`` out of ``total_steps``.
 
     Warmup rises linearly to ``base_lr`` at step ``warmup_steps - 1`` (never 0,
-    so the first step moves the weights); then ``cosine`` decays to ``min_lr``
-    at the last step, or ``constant`` stays at ``base_lr``.
+    so the first step moves the weights); then ``cosine`` decays towards
+    ``min_lr``, or ``constant`` stays at ``base_lr``.
+
+    The cosine follows the SAIL reference (lezhang7/SAIL ``train/scheduler.py``,
+    ``cosine_lr``): ``e = step - warmup``, ``es = total - warmup``,
+    ``lr = 0.5 * (1 + cos(pi * e / es)) * base_lr``. Its end point is
+    ``total - warmup``, one past the last step, so the last step runs at a small
+    positive rate, not at ``min_lr`` itself. (``min_lr`` > 0 is an addition of
+    ours; at the default 0 the formula is the reference's.)
     """
     if schedule not in SCHEDULES:
         raise ValidationError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -41,6 +48,6 @@ def lr_at(
         return base_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
-    decay_steps = max(1, total_steps - warmup_steps - 1)
+    decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))

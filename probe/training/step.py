@@ -144,13 +144,28 @@ def resolve_micro_batch(model: AlignmentModel, n_images: int, n_texts: int, devi
     return mb
 
 
+def head_input(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``head``'s parameters (fp32 for a parameterless head).
+
+    Batches arrive in their storage dtype (fp16 from an fp16 cache: half the
+    memory of an fp32 copy of the batch and of the prefetched one); each
+    micro-batch is cast only as it runs, so at most one micro-batch exists in
+    fp32 at a time. fp16 -> fp32 is exact: the numbers are those of casting
+    the whole batch up front.
+    """
+    param = next(head.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def embed(head: torch.nn.Module, x: torch.Tensor, micro_batch: int | None, device: torch.device,
           precision: str = "fp32") -> torch.Tensor:
     """Head outputs computed micro-batch by micro-batch (the same split in both
-    passes of a two-pass step, so both passes see identical outputs)."""
+    passes of a two-pass step, so both passes see identical outputs); each
+    micro-batch is cast to the head's dtype as it runs (`head_input`)."""
     mb = micro_batch or len(x)
     with autocast(device, precision):
-        return torch.cat([head(x[s : s + mb]) for s in range(0, len(x), mb)])
+        return torch.cat([head(head_input(head, x[s : s + mb])) for s in range(0, len(x), mb)])
 
 
 def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, texts: torch.Tensor,
@@ -164,6 +179,8 @@ def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: 
     then each micro-batch is embedded again with a graph and backpropagated
     with its slice of that gradient. The parameter gradient is that of the
     full-batch loss; the activations alive at once are those of one micro-batch.
+    ``images`` / ``texts`` may be in their storage dtype (fp16): they are cast
+    to the heads' dtype micro-batch by micro-batch (`head_input`).
     """
     device = images.device
     optimizer.zero_grad(set_to_none=True)
@@ -192,11 +209,12 @@ def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: 
                 continue
             for s in range(0, len(x), mb):
                 with autocast(device, config.precision):
-                    out = head(x[s : s + mb])
+                    out = head(head_input(head, x[s : s + mb]))
                 out.backward(grad[s : s + mb])
     else:
         with autocast(device, config.precision):
-            zi, zt = model.image_head(images), model.text_head(texts)
+            zi = model.image_head(head_input(model.image_head, images))
+            zt = model.text_head(head_input(model.text_head, texts))
         loss = loss_of(zi, zt)
         backward(loss)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -17,7 +17,10 @@ memory-mapped shards -- and nothing ever holds the whole matrix.
   epoch (``sampling="random"``) or always the first ones (``"fixed"``);
 * a global batch is split across the ranks of a distributed run, each rank
   reading only its share; the choice of captions is made for the global batch
-  first, so a run on one process and on several see the same pairs.
+  first, so a run on one process and on several see the same pairs;
+* rows stay in their storage dtype (an fp16 cache gives fp16 batches): the
+  training step casts each micro-batch to the heads' dtype as it runs it, so
+  the current and the prefetched batch cost half the memory of fp32 copies.
 """
 from __future__ import annotations
 
@@ -32,6 +35,10 @@ import torch
 from alignprobe.errors import DataError, ValidationError
 
 SAMPLINGS = ("random", "fixed")
+#: Dtypes a batch keeps as stored; anything else (fp64, ints) is read as fp32.
+_KEPT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NUMPY_KEPT = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+_CACHE_DTYPES = {"fp16": (np.float16, torch.float16), "fp32": (np.float32, torch.float32)}
 
 
 class EmbeddingStore:
@@ -50,20 +57,32 @@ class EmbeddingStore:
             if not floating:
                 raise ValidationError(f"{name} must hold floats (fp16/bf16/fp32/fp64), got dtype {data.dtype}")
             self.n, self.dim = int(data.shape[0]), int(data.shape[1])
+        self.dtype = self._batch_dtype(data)
         if self.n == 0 or self.dim == 0:
             raise ValidationError(f"{name} is empty (shape ({self.n}, {self.dim}))")
         self.data = data
 
+    @staticmethod
+    def _batch_dtype(data) -> torch.dtype:
+        """The dtype batches keep: the stored one when it is fp16, bf16 or fp32, else fp32."""
+        if hasattr(data, "manifest"):
+            return _CACHE_DTYPES.get(data.manifest.get("dtype"), _CACHE_DTYPES["fp32"])[1]
+        if torch.is_tensor(data):
+            return data.dtype if data.dtype in _KEPT_DTYPES else torch.float32
+        return _NUMPY_KEPT.get(np.dtype(data.dtype), torch.float32)
+
     def take(self, rows: np.ndarray) -> torch.Tensor:
-        """fp32 CPU tensor of the given rows (any order; sorted reads are fastest)."""
+        """CPU tensor of the given rows in `dtype` (any order; sorted reads are fastest)."""
         rows = np.asarray(rows, dtype=np.int64)
         data = self.data
         if hasattr(data, "manifest"):
-            block = torch.from_numpy(data.rows(rows, dtype=np.float32))
+            np_dtype = _CACHE_DTYPES.get(data.manifest.get("dtype"), _CACHE_DTYPES["fp32"])[0]
+            block = torch.from_numpy(data.rows(rows, dtype=np_dtype))
         elif torch.is_tensor(data):
-            block = data[torch.from_numpy(rows).to(data.device)].detach().to("cpu", torch.float32)
+            block = data[torch.from_numpy(rows).to(data.device)].detach().to("cpu", self.dtype)
         else:
-            block = torch.from_numpy(np.asarray(data[rows], dtype=np.float32))
+            np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
+            block = torch.from_numpy(np.asarray(data[rows], dtype=np_dtype))
         finite = torch.isfinite(block).all(dim=1)
         if not bool(finite.all()):
             bad = int(rows[int(torch.nonzero(~finite)[0, 0])])
@@ -84,10 +103,12 @@ class ConcatStore(EmbeddingStore):
         self.name, self.stores = name, list(stores)
         self.starts = np.cumsum([0] + [s.n for s in stores])
         self.n, self.dim = int(self.starts[-1]), stores[0].dim
+        dtypes = {s.dtype for s in stores}
+        self.dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32  # mixed sources: fp32 holds them all
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         rows = np.asarray(rows, dtype=np.int64)
-        out = torch.empty(len(rows), self.dim, dtype=torch.float32)
+        out = torch.empty(len(rows), self.dim, dtype=self.dtype)
         which = np.searchsorted(self.starts, rows, side="right") - 1
         for j in np.unique(which):
             mask = which == j
@@ -159,17 +180,25 @@ class PairStream:
         sampling: ``"random"`` (new captions each epoch) or ``"fixed"`` (the first ones).
         seed, stream: the permutation of epoch ``e`` is drawn from ``(seed, stream, e)``.
         shuffle: False keeps ``image_rows`` in order (evaluation).
+        drop_last: True (the SAIL reference's training loader): ``floor(n / batch_size)``
+            full batches an epoch, the remainder left for a later shuffle; False:
+            every image, in near-equal batches.
         rank, world_size: this process's share of each global batch.
         prefetch: gather the next batch in a background thread while the current one trains.
 
-    The epoch is split into ``steps_per_epoch`` batches of near-equal size, each a
-    multiple of ``world_size`` (up to ``world_size - 1`` images an epoch are left
-    out, different ones each epoch); a batch never shrinks to a noisy remainder.
+    Every batch is a multiple of ``world_size`` (up to ``world_size - 1``
+    images an epoch are left out, different ones each epoch). With
+    ``drop_last`` each batch holds ``batch_size // world_size`` images per rank
+    and the images that do not fill one more are left out of the epoch; without
+    it the epoch is split into ``steps_per_epoch`` near-equal batches, so a batch
+    never shrinks to a noisy remainder. Either way, when the stream holds fewer
+    images than one batch, the epoch is one batch of all of them
+    (``batch_exceeds_data``): a tiny set still trains.
     """
 
     def __init__(self, images, captions, caption_image, image_rows, *, batch_size: int, positives: int | str = 1,
                  sampling: str = "random", seed: int = 0, stream: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, prefetch: bool = True,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, prefetch: bool = True,
                  caption_index: CaptionIndex | None = None):
         if sampling not in SAMPLINGS:
             raise ValidationError(f"caption sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -187,13 +216,25 @@ class PairStream:
         self.units = len(self.image_rows) // self.world_size
         if self.units == 0:
             raise DataError(f"{len(self.image_rows)} images cannot be shared by {self.world_size} ranks")
-        self.steps_per_epoch = max(1, min(self.units, math.ceil(self.units * self.world_size / self.batch_size)))
+        if self.batch_size < 1:
+            raise ValidationError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.drop_last = bool(drop_last)
+        self.batch_exceeds_data = self.units * self.world_size < self.batch_size
+        # Per-rank images of one full batch (drop_last); at least one.
+        self._full_units = max(1, self.batch_size // self.world_size)
+        if self.drop_last:
+            self.steps_per_epoch = max(1, self.units // self._full_units)
+        else:
+            self.steps_per_epoch = max(1, min(self.units, math.ceil(self.units * self.world_size / self.batch_size)))
 
     def __len__(self) -> int:
         return self.steps_per_epoch
 
     @property
     def images_per_epoch(self) -> int:
+        """Images trained on per epoch (those ``drop_last`` leaves out excluded)."""
+        if self.drop_last and not self.batch_exceeds_data:
+            return self.steps_per_epoch * self._full_units * self.world_size
         return self.units * self.world_size
 
     def plan(self, epoch: int) -> list[np.ndarray]:
@@ -203,7 +244,10 @@ class PairStream:
         else:
             order = self.image_rows
         order = order[: self.units * self.world_size]
-        bounds = np.linspace(0, self.units, self.steps_per_epoch + 1).round().astype(np.int64) * self.world_size
+        if self.drop_last and not self.batch_exceeds_data:
+            bounds = np.arange(self.steps_per_epoch + 1, dtype=np.int64) * self._full_units * self.world_size
+        else:
+            bounds = np.linspace(0, self.units, self.steps_per_epoch + 1).round().astype(np.int64) * self.world_size
         return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _offsets(self, epoch: int, index: int, rows: np.ndarray) -> np.ndarray:
@@ -227,7 +271,7 @@ class PairStream:
             positive_index = torch.arange(len(rows)).repeat(self.positives)
         # Each block of captions is read in sorted order, then put back in image order.
         sort = np.argsort(caption_rows, kind="stable")
-        texts = torch.empty(len(caption_rows), self.captions.dim, dtype=torch.float32)
+        texts = torch.empty(len(caption_rows), self.captions.dim, dtype=self.captions.dtype)
         texts[torch.from_numpy(sort)] = self.captions.take(caption_rows[sort])
         return Batch(epoch, index, self.images.take(rows), texts, positive_index, share * self.world_size)
 
