@@ -86,7 +86,7 @@ def _visit_once(dirpath: str, base_real: str, seen: dict[str, str], spec_path: s
                         "whole folder (a symlink loop); its images would be listed again and again under "
                         "another class. Remove the link")
     if real in seen:
-        raise DataError(f"folder:{spec_path}: {dirpath} leads to {real}, already listed as {seen[real]} "
-                        "(a symlink loop or a second link to the same images), so its images would count "
-                        "twice; remove one of the links")
+        raise DataError(f"folder:{spec_path}: directory {real} is reached twice, as {seen[real]} and as "
+                        f"{dirpath} (a symlink loop or a second link to the same images), so its images would "
+                        "count twice, perhaps under two classes; remove the link")
     seen[real] = dirpath
