@@ -25,8 +25,12 @@ _EXPORTS = {
     "SweepConfig": "alignprobe.probe.pipelines.sweep",
     "run_sweep": "alignprobe.probe.pipelines.sweep",
     "load_aligned": "alignprobe.probe.pipelines.aligned",
+    "export_vision_tower": "alignprobe.probe.export",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
+
+# transformers' AutoConfig / AutoModel learn the exported vision tower's model type when they load
+import alignprobe.probe.export  # noqa: E402,F401  (stdlib only: imports no ML library)
 
 
 def __getattr__(name: str):

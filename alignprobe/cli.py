@@ -349,12 +349,13 @@ def plot(results_dir, output, text, formats, n_boot, seed, exclude, rows):
 
 
 # SAIL training commands live in their own module; registered here so `alignprobe --help` lists them.
-from alignprobe.cli_train import classify, evaluate, segment, train  # noqa: E402
+from alignprobe.cli_train import classify, evaluate, export, segment, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(evaluate, name="eval")
 main.add_command(classify)
 main.add_command(segment)
+main.add_command(export)
 
 
 if __name__ == "__main__":  # pragma: no cover

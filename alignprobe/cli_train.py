@@ -432,4 +432,29 @@ def segment(model_path, data, figure, figure_images, limit, window, stride, shor
         write_json_atomic(json_out, {"model": str(aligned.path), "data": data, "metrics": row})
 
 
-__all__ = ["train", "evaluate", "classify", "segment"]
+# --------------------------------------------------------------------------- export
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="Run directory of `alignprobe train` (or its aligned.json).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the transformers model (config.json, model.safetensors, preprocessor_config.json).")
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@_friendly_errors
+def export(model_path, out_dir, which, overwrite):
+    """The run's vision encoder (backbone at its trained layer + trained head) as a transformers model:
+    a vision tower for LLaVA-style MLLMs, loaded with AutoModel.from_pretrained after `import alignprobe`."""
+    from alignprobe.probe.export import export_vision_tower
+
+    check_writable(out_dir, "export directory (--out)")
+    notes: list[str] = []
+    out = export_vision_tower(model_path, out_dir, which=which, overwrite=overwrite, notes=notes)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {out}")
+    click.echo(f"load it with: import alignprobe, transformers; transformers.AutoModel.from_pretrained({str(out)!r})")
+
+
+__all__ = ["train", "evaluate", "classify", "segment", "export"]
