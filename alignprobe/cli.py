@@ -309,6 +309,7 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export, exclude, co
                    f"unreadable (left out of the table):", err=True)
         for path, reason in unreadable:
             click.echo(f"  {reason}", err=True)
+    _note_failed_reruns(results_dir)
     if export:
         from alignprobe.reports.store import export_results, load_results
 
@@ -318,6 +319,17 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export, exclude, co
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text)
+
+
+def _note_failed_reruns(results_dir) -> None:
+    from alignprobe.reports.store import failed_reruns, load_results
+
+    reruns = failed_reruns(load_results(results_dir))
+    if len(reruns):  # both facts: the finished metrics are in the table, the later failure is named here
+        click.echo(f"report: {len(reruns)} finished record(s) failed when rerun later; the table shows their "
+                   f"finished metrics, the failures are kept beside them (*.failed.json):", err=True)
+        for r in reruns.itertuples(index=False):
+            click.echo(f"  {r.vision} x {r.text} (seed {r.seed}): {r.last_failure}", err=True)
 
 
 @main.command()

@@ -20,7 +20,7 @@ from alignprobe.reports.metric_info import metric_info
 from alignprobe.reports.plot_style import figure_png_bytes
 from alignprobe.reports.correlations import exclude_encoders, format_p
 from alignprobe.reports.plots import METHOD_LABELS, format_ci, standard_figures
-from alignprobe.reports.store import filter_rows, load_results
+from alignprobe.reports.store import failed_reruns, filter_rows, load_results
 from alignprobe.reports.tables import render_table, table_legend
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,22 @@ def _failed_section(failed: pd.DataFrame) -> str:
             f"<th>seed</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>\n")
 
 
+def _failed_reruns_section(ok: pd.DataFrame) -> str:
+    reruns = failed_reruns(ok)
+    if reruns.empty:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.vision))}</td><td>{html.escape(str(r.text))}</td>"
+        f"<td>{'' if pd.isna(r.seed) else r.seed}</td><td>{html.escape(str(r.last_failure_at))}</td>"
+        f'<td class="error">{html.escape(str(r.last_failure))}</td></tr>'
+        for r in reruns.itertuples(index=False)
+    )
+    return (f"<h2>Failed reruns of finished records ({len(reruns)})</h2>\n<p class=\"note\">These pairs finished, "
+            "then failed when run again; the tables show the finished metrics and the failures are kept beside "
+            "them (<code>*.failed.json</code>).</p>\n<table><thead><tr><th>vision</th><th>text</th><th>seed</th>"
+            f"<th>failed at</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>\n")
+
+
 def render_html_report(results_dir: str | Path, plots: bool = True, metrics: str | Sequence[str] | None = None,
                        rows: str | Sequence[str] | None = None, sort_by: str | None = None, mark_best: bool = True,
                        text: str | None = None, n_boot: int = 1000, seed: int = 0,
@@ -143,7 +159,7 @@ def render_html_report(results_dir: str | Path, plots: bool = True, metrics: str
     ok, failed = everything[everything["status"] == "ok"], everything[everything["status"] != "ok"]
     title = f"alignprobe report: {Path(results_dir).name}"
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = (f"{len(ok)} finished record(s), {len(failed)} failed; {ok['vision'].nunique()} vision x "
+    meta = (f"{len(ok)} finished record(s), {len(failed)} failed, {len(failed_reruns(ok))} failed on a rerun; {ok['vision'].nunique()} vision x "
             f"{ok['text'].nunique()} text encoder(s). Results: <code>{html.escape(str(results_dir))}</code>. "
             f"Generated {when} by alignprobe {html.escape(__version__)}.")
     body = [f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{meta}</p>']
@@ -155,6 +171,7 @@ def render_html_report(results_dir: str | Path, plots: bool = True, metrics: str
         body.append(f'<p class="note">{html.escape(table_legend("html"))}</p>')
         if plots:
             body.append(_plots_section(exclude_encoders(ok, exclude), text, n_boot, seed))
+    body.append(_failed_reruns_section(ok))
     body.append(_failed_section(failed))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"

@@ -48,6 +48,10 @@ RC = {
     # Type 42 (TrueType) fonts in PDFs: editable text, and accepted by conference checkers that reject Type 3.
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
+    # Encoder names are user text: "$x^2$" must print as typed, and "$\\foo$" must not abort a figure, so no
+    # mathtext and no LaTeX on any label (every figure is made and saved inside `paper_style`).
+    "text.parse_math": False,
+    "text.usetex": False,
 }
 POINT_LABEL_SIZE = 7
 

@@ -7,7 +7,7 @@ from typing import Sequence
 from alignprobe.errors import ValidationError
 from alignprobe.io import write_text_atomic
 from alignprobe.reports.correlations import render_correlation_section
-from alignprobe.reports.store import filter_rows, load_results
+from alignprobe.reports.store import failed_reruns_note, filter_rows, load_results
 from alignprobe.reports.tables import normalize_format, render_table
 
 _SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex", ".html": "html", ".htm": "html"}
@@ -48,11 +48,14 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
         text = render_html_report(results_dir, plots=plots, metrics=metrics, rows=rows, sort_by=sort_by,
                                   mark_best=mark_best, n_boot=n_boot, seed=seed, exclude=exclude)
     else:
-        text = render_table(results_dir, format=fmt, metrics=metrics, rows=rows, sort_by=sort_by,
-                            mark_best=mark_best)
+        df = filter_rows(load_results(results_dir), rows)
+        text = render_table(df, format=fmt, metrics=metrics, sort_by=sort_by, mark_best=mark_best)
+        note = failed_reruns_note(df)
+        if fmt == "md" and note:  # CSV and LaTeX stay one table; the command says it on stderr
+            text = text.rstrip("\n") + "\n\n" + note + "\n"
         if fmt == "md" and correlations:
-            text = text.rstrip("\n") + "\n" + render_correlation_section(
-                filter_rows(load_results(results_dir), rows), n_boot=n_boot, seed=seed, exclude=exclude)
+            text = text.rstrip("\n") + "\n" + render_correlation_section(df, n_boot=n_boot, seed=seed,
+                                                                          exclude=exclude)
     if output is not None:
         write_text_atomic(output, text)
     return text

@@ -28,7 +28,8 @@ _INFO_FIELDS = ("family", "params_m", "is_control", "dim")
 BASE_COLUMNS = (
     "kind", "status", "vision", "text",
     *(f"{role}_{f}" for role in ("vision", "text") for f in _INFO_FIELDS),
-    "heads", "config_hash", "group_hash", "seed", "started", "finished", "total_seconds", "error", "path",
+    "heads", "config_hash", "group_hash", "seed", "started", "finished", "total_seconds", "error",
+    "last_failure", "last_failure_at", "path",
 )
 #: Per-group columns of `aggregate` that are not metric statistics.
 AGG_BASE_COLUMNS = (
@@ -76,14 +77,13 @@ def _row(path: Path, record: dict) -> dict:
         started=record.get("started"),
         finished=record.get("finished"),
         total_seconds=(record.get("timings_s") or {}).get("total"),
-        error=record.get("error"),
+        error=None if record.get("error") is None else str(record["error"]),
+        last_failure=None,  # filled by _merge_failed_reruns
+        last_failure_at=None,
         path=str(path),
     )
-    metrics = record.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        log.warning("%s: 'metrics' is not a mapping; its metrics are ignored", path)
-        metrics = {}
-    for name, value in metrics.items():
+    # iter_records has left out records whose metrics are not a mapping of values.
+    for name, value in (record.get("metrics") or {}).items():
         row[f"metric:{name}"] = value
     return row
 
@@ -140,7 +140,7 @@ def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.Da
         raise ValidationError(f"metric name(s) {clash} collide with the store's own columns; rename them")
     for name in metric_names:
         df[name] = _numeric(df.pop(f"metric:{name}"), name)
-    for col in ("started", "finished"):
+    for col in ("started", "finished", "last_failure_at"):
         df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
     for col in ("vision_params_m", "text_params_m", "total_seconds"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
@@ -149,6 +149,7 @@ def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.Da
     for col in ("vision_is_control", "text_is_control"):
         df[col] = df[col].astype("boolean")
     df = df[list(BASE_COLUMNS) + metric_names]
+    df = _merge_failed_reruns(df)
 
     dup = df.duplicated(subset=["kind", "vision", "text", "config_hash"], keep=False) & df["config_hash"].notna()
     if dup.any():
@@ -164,6 +165,53 @@ def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.Da
     df.attrs["unreadable"] = [(str(p), reason) for p, reason in unreadable]
     df.attrs["results_dir"] = str(results_dir)
     return df
+
+
+_RECORD_KEY = ["kind", "vision", "text", "config_hash"]
+
+
+def _merge_failed_reruns(df: pd.DataFrame) -> pd.DataFrame:
+    """A failed rerun of a finished record never replaces it: the finished row is kept and carries
+    the failure's error and time (`last_failure`, `last_failure_at`); the failure row is dropped.
+
+    A failure older than the finished record (the pair succeeded afterwards) is dropped silently.
+    """
+    keyed = df["config_hash"].notna()
+    ok, failed = df[keyed & (df["status"] == "ok")], df[keyed & (df["status"] != "ok")]
+    if ok.empty or failed.empty:
+        return df
+    done_at = ok.groupby(_RECORD_KEY, sort=False)["finished"].max()
+    drop = []
+    for index, row in failed.sort_values("finished", na_position="first").iterrows():
+        key = tuple(row[k] for k in _RECORD_KEY)
+        if key not in done_at.index:
+            continue  # never finished: the failure is the pair's only fact, shown as a failed row
+        drop.append(index)
+        # Times have whole seconds; a tie counts as later, since a failure is written beside a record only
+        # when that record already exists.
+        later = pd.notna(row["finished"]) and (pd.isna(done_at[key]) or row["finished"] >= done_at[key])
+        if later:  # rows are in time order, so the last failure written is the latest
+            same = (df[_RECORD_KEY] == pd.Series(key, index=_RECORD_KEY)).all(axis=1) & (df["status"] == "ok")
+            df.loc[same, "last_failure"] = row["error"] if isinstance(row["error"], str) else "failed"
+            df.loc[same, "last_failure_at"] = row["finished"]
+    return df.drop(index=drop)
+
+
+def failed_reruns(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished rows of a `load_results` frame whose pair failed when it was run again later."""
+    if "last_failure" not in df.columns:
+        return df.iloc[0:0]
+    return df[df["last_failure"].notna() & (df["status"] == "ok")]
+
+
+def failed_reruns_note(df: pd.DataFrame) -> str | None:
+    """One paragraph naming the finished records that a later rerun failed on (their metrics are shown)."""
+    reruns = failed_reruns(df)
+    if reruns.empty:
+        return None
+    items = [f"{r.vision} x {r.text} (seed {r.seed}): {r.last_failure}" for r in reruns.itertuples(index=False)]
+    return (f"{len(reruns)} finished record(s) failed when rerun later; the table shows their finished metrics "
+            f"(the failures are kept beside them as *.failed.json): " + "; ".join(items))
 
 
 def unreadable_records(df: pd.DataFrame) -> list[tuple[str, str]]:
