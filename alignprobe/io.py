@@ -68,20 +68,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-_OS_CODE = re.compile(r"\bcode:\s*(\d+)")
+# Rust's io::Error as safetensors prints it: "I/O error: No space left on device (os error 28)",
+# or in older releases "IoError(Os { code: 28, kind: StorageFull, ... })".
+_OS_CODE = re.compile(r"\(os error (\d+)\)|\bcode:\s*(\d+)")
 
 
 def disk_error(exc: BaseException, target: str | os.PathLike) -> OSError | None:
     """The OSError that a library's own exception wraps (safetensors reports a full disk as
-    ``SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull ...})")``),
+    ``SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")``),
     or None when `exc` is not an I/O failure."""
     if isinstance(exc, OSError):
         return exc
     text = str(exc)
-    if "IoError" not in text and "Os {" not in text:
-        return None
     m = _OS_CODE.search(text)
-    code = int(m.group(1)) if m else errno.EIO
+    if m is None and "I/O error" not in text and "IoError" not in text:
+        return None
+    code = int(m.group(1) or m.group(2)) if m else errno.EIO
     return OSError(code, os.strerror(code), os.fspath(target))
 
 

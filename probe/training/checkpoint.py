@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from alignprobe.errors import ValidationError
-from alignprobe.io import apply_umask, write_json_atomic
+from alignprobe.io import apply_umask, library_write, write_json_atomic
 
 MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "rng.pt", "state.json"
 ALIGNED_FILE = "aligned.json"
@@ -107,11 +108,15 @@ class CheckpointStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
         apply_umask(tmp, directory=True)  # mkdtemp's 0700 would hide a shared run from colleagues
         try:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()},
-                      str(tmp / MODEL_FILE), metadata={"step": str(step), "format": "alignprobe.sail/1"})
+            # A full disk surfaces as safetensors' own error: re-raised as the OSError it is; the
+            # temp directory goes, and the checkpoints already saved stay as they were.
+            with library_write(tmp / MODEL_FILE):
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()},
+                          str(tmp / MODEL_FILE), metadata={"step": str(step), "format": "alignprobe.sail/1"})
             if best_state is not None:
-                save_file({k: v.detach().to("cpu").contiguous() for k, v in best_state.items()},
-                          str(tmp / BEST_FILE), metadata={"step": str(step)})
+                with library_write(tmp / BEST_FILE):
+                    save_file({k: v.detach().to("cpu").contiguous() for k, v in best_state.items()},
+                              str(tmp / BEST_FILE), metadata={"step": str(step)})
             torch.save(optimizer_state, tmp / OPTIM_FILE)
             torch.save(rng, tmp / RNG_FILE)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True, default=_json_default))
@@ -160,18 +165,66 @@ class CheckpointStore:
     # ---- load
     def load(self, name: str = "latest", device: torch.device | str = "cpu") -> dict[str, Any]:
         """``{"model": state_dict, "optimizer": ..., "rng": ..., "state": ..., "dir": path}``."""
-        from safetensors.torch import load_file
-
         directory = self.path(name)
         if directory is None:
             raise ValidationError(f"{self.run_dir} has no {name} checkpoint (no {self.root / (name + '.json')})")
         return {
-            "model": load_file(str(directory / MODEL_FILE), device=str(device)),
-            "optimizer": torch.load(directory / OPTIM_FILE, map_location=device, weights_only=True),
-            "rng": torch.load(directory / RNG_FILE, map_location="cpu", weights_only=True),
-            "state": json.loads((directory / STATE_FILE).read_text()),
+            "model": load_weights(directory / MODEL_FILE, device=device),
+            "optimizer": _torch_load(directory / OPTIM_FILE, device),
+            "rng": _torch_load(directory / RNG_FILE, "cpu"),
+            "state": _read_state(directory / STATE_FILE),
             "dir": directory,
         }
+
+
+def load_weights(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors weights file (``model.safetensors``, ``best.safetensors``).
+
+    A missing, truncated or garbled file is one `ValidationError` naming the file,
+    not safetensors' own error: a run killed while copying, or a disk that filled up,
+    leaves such files behind.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"weights file {path} does not exist; the checkpoint is incomplete -- resume from "
+                              f"another one, or retrain")
+    try:
+        return load_file(str(path), device=str(device))
+    except OSError as err:
+        raise ValidationError(f"weights file {path} cannot be read ({err.strerror or err})") from None
+    except Exception as err:  # safetensors raises its own SafetensorError (and others) for a damaged file
+        raise ValidationError(f"weights file {path} is damaged ({_short(err)}; {path.stat().st_size} bytes): "
+                              f"truncated or not a safetensors file; resume from another checkpoint, restore "
+                              f"the file from a copy, or retrain") from None
+
+
+def _torch_load(path: Path, device) -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ValidationError(f"checkpoint file {path} does not exist; the checkpoint is incomplete") from None
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        raise ValidationError(f"checkpoint file {path} is damaged ({_short(err)}); resume from another "
+                              f"checkpoint, or start afresh") from None
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValidationError(f"checkpoint file {path} is damaged ({_short(err)}); resume from another "
+                              f"checkpoint, or start afresh") from None
+    if not isinstance(state, dict):
+        raise ValidationError(f"checkpoint file {path} is damaged: it holds a {type(state).__name__}, "
+                              f"not a JSON object")
+    return state
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"{type(err).__name__}: {text[:200]}"
 
 
 def _fsync(path: Path) -> None:
