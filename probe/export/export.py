@@ -7,10 +7,11 @@ std), so ``AutoModel.from_pretrained(DIR)`` and ``AutoImageProcessor.from_pretra
 it after ``import alignprobe``, without remote code (see `alignprobe.probe.export.tower`).
 
 Supported: vision encoders loaded through transformers whose output is patch tokens (DINOv2,
-DINOv2 with registers, ViT, DINO, I-JEPA, MAE, CLIP / SigLIP vision towers) with a token pooling
+DINOv2 with registers, ViT, DINO, I-JEPA, MAE, CLIP / SigLIP vision towers; the packaged
+``dinov2-s-focus``, converted from ONNX into a ``Dinov2Model``, is one) with a token pooling
 (``concat``, ``cls`` or ``mean``). Not supported, with an error saying so: the controls, timm
-models (ViTs and CNNs; a CNN's feature-map cells would be its tokens, not exported yet), ONNX
-encoders, and ``pooler`` pooling (the model's own head has no per-patch counterpart).
+models (ViTs and CNNs; a CNN's feature-map cells would be its tokens, not exported yet), and
+``pooler`` pooling (the model's own head has no per-patch counterpart).
 """
 from __future__ import annotations
 
