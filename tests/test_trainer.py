@@ -128,6 +128,34 @@ def test_fp16_memmap_read_in_batches_matches_in_memory(data, tmp_path):
         assert torch.equal(value, in_memory.state_dict()[name]), name
 
 
+
+@pytest.mark.parametrize("micro_batch", [None, 24])
+def test_fp16_batches_stay_fp16_until_each_micro_batch_and_the_step_is_unchanged(micro_batch):
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.step import make_optimizer, train_step
+    from alignprobe.probe.training.streaming import PairStream
+
+    image, text = planted(96)
+    half_image, half_text = image.astype(np.float16), text.astype(np.float16)
+    stream = PairStream(half_image, half_text, np.arange(96), np.arange(96), batch_size=64, positives=1,
+                        prefetch=False)
+    batch = next(stream.epoch(0))
+    assert batch.images.dtype == torch.float16 and batch.texts.dtype == torch.float16  # half the bytes
+    config = small_config(micro_batch=micro_batch, chunk_size=16)
+    results = []
+    for images, texts in ((batch.images, batch.texts), (batch.images.float(), batch.texts.float())):
+        torch.manual_seed(0)
+        model = AlignmentModel(image.shape[1], text.shape[1], 16, "linear", "linear")
+        optimizer = make_optimizer(model, config)
+        loss, grad_norm = train_step(model, optimizer, images, texts, batch.positive_index, 64, config)
+        results.append((loss, grad_norm, {k: v.clone() for k, v in model.state_dict().items()}))
+    (loss16, norm16, state16), (loss32, norm32, state32) = results
+    # fp16 -> fp32 is exact, so casting per micro-batch gives the numbers of casting the batch up front
+    assert loss16 == pytest.approx(loss32, rel=1e-6) and norm16 == pytest.approx(norm32, rel=1e-6)
+    for name in state32:
+        torch.testing.assert_close(state16[name], state32[name], rtol=1e-6, atol=1e-7)
+
+
 def test_multi_positive_captions_and_caption_index(data):
     image, text = data
     extra = np.stack([text + 0.1, text - 0.1])
