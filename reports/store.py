@@ -7,6 +7,7 @@ the JSON layout. Reports read records only; they never compute embeddings.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -307,10 +308,10 @@ def filter_rows(df: pd.DataFrame, rows: str | Iterable[str] | None) -> pd.DataFr
     visions = set(df["vision"])
     if isinstance(rows, str):
         parts = [p.strip() for p in rows.split(",") if p.strip()]
-        if parts and all(p in visions for p in parts):
-            rows = parts
+        if parts and (all(p in visions for p in parts) or ("," in rows and not _has_comparison(rows))):
+            rows = parts  # names; unknown ones are named below
         else:
-            out = df[filter_mask(df, rows)]
+            out = df[_mask_or_names_hint(df, rows, visions)]
             if out.empty:
                 raise ValidationError(f"--rows {rows!r} selects no rows (vision encoders present: "
                                       f"{', '.join(sorted(map(str, visions)))})")
@@ -322,6 +323,21 @@ def filter_rows(df: pd.DataFrame, rows: str | Iterable[str] | None) -> pd.DataFr
             f"vision encoder(s) {unknown} are not in these results; present: {', '.join(sorted(visions))}"
         )
     return df[df["vision"].isin(rows)]
+
+
+def _has_comparison(rows: str) -> bool:
+    return re.search(r"[=<>]|\bin\b", rows) is not None
+
+
+def _mask_or_names_hint(df: pd.DataFrame, rows: str, visions: set) -> pd.Series:
+    try:
+        return filter_mask(df, rows)
+    except ValidationError as err:
+        if _has_comparison(rows):
+            raise
+        # No comparison at all: most likely a mistyped encoder name (`dinov2-bb`), not a filter.
+        raise ValidationError(f"--rows {rows!r} names no vision encoder of these results (present: "
+                              f"{', '.join(sorted(map(str, visions)))}), and as a filter: {err}") from None
 
 
 def export_results(df: pd.DataFrame, path: str | Path) -> Path:
