@@ -318,3 +318,27 @@ def test_mask_of_another_size_names_both_files(tmp_path):
     assert "8 x 5" in msg and "8 x 6" in msg
     Image.fromarray(np.ones((6, 8), np.uint8), mode="L").save(root / "masks" / "x.png")
     assert ds.load_mask(0).shape == (6, 8)
+
+
+def test_imageless_wds_samples_never_count_as_overlap(tmp_path):
+    from alignprobe.probe.data.overlap import find_overlap
+
+    train = write_tar(tmp_path / "train.tar", [("a.png", png_bytes((1, 2, 3))), ("t.txt", "caption only")])
+    test = write_tar(tmp_path / "test.tar", [("b.png", png_bytes((1, 2, 3))), ("u.txt", "caption only too")])
+    found = find_overlap(open_dataset(f"wds:{train}"), open_dataset(f"wds:{test}"))
+    assert found.test_rows == [0]  # the same image; the two image-less samples do not "match"
+
+
+def test_segmentation_spec_takes_an_encoding(tmp_path):
+    from alignprobe.probe.data.readers_seg import open_segmentation
+
+    root = tmp_path / "seg"
+    draw(root / "images" / "x.png", size=(4, 4))
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(root / "masks" / "x.png")
+    (root / "classes.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        open_segmentation(f"seg:{root}")
+    assert open_segmentation(f"seg:{root}?encoding=latin-1").class_names == ["caf\xe9"]
+    with pytest.raises(DataError, match="unknown text encoding"):
+        open_segmentation(f"seg:{root}?encoding=klingon")

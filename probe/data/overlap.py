@@ -74,7 +74,9 @@ def _resolved_paths(ds: Dataset) -> list[str | None]:
     index = getattr(ds, "_shard_index", None)
     if shards is not None and members is not None and index is not None:
         real = [os.path.realpath(s) for s in shards]
-        return [f"{real[int(s)]}::{m}" for s, m in zip(index, members)]
+        no_image = getattr(ds, "no_image", {})  # webdataset samples without an image: nothing stored
+        return [None if i in no_image else f"{real[int(s)]}::{m}"
+                for i, (s, m) in enumerate(zip(index, members))]
     return [None] * len(ds)
 
 
@@ -95,10 +97,14 @@ def _sizes_and_readers(ds: Dataset) -> tuple[list[int | None], Callable[[int], b
 
         return sizes, read_file
     if hasattr(ds, "_sizes") and hasattr(ds, "_offsets") and hasattr(ds, "_fd"):
+        no_image = getattr(ds, "no_image", {})
+
         def read_member(i: int) -> bytes:
+            if i in no_image:  # no image, so no content to match (not the empty string's digest)
+                raise DataError(f"{ds.ids[i]}: {no_image[i]}")
             return os.pread(ds._fd(int(ds._shard_index[i])), int(ds._sizes[i]), int(ds._offsets[i]))
 
-        return [int(s) for s in ds._sizes], read_member
+        return [-1 if i in no_image else int(s) for i, s in enumerate(ds._sizes)], read_member
 
     def read_pixels(i: int) -> bytes:
         img = ds.load_image(i)
