@@ -342,3 +342,12 @@ def test_segmentation_spec_takes_an_encoding(tmp_path):
     assert open_segmentation(f"seg:{root}?encoding=latin-1").class_names == ["caf\xe9"]
     with pytest.raises(DataError, match="unknown text encoding"):
         open_segmentation(f"seg:{root}?encoding=klingon")
+
+
+def test_wds_text_members_in_utf16(tmp_path):
+    shard = write_tar(tmp_path / "s.tar", [("a.png", png_bytes()),
+                                           ("a.txt", codecs.BOM_UTF16_LE + "un café".encode("utf-16-le"))])
+    assert open_dataset(f"wds:{shard}").captions(0) == ["un café"]
+    shard = write_tar(tmp_path / "s.tar", [("a.png", png_bytes()), ("a.txt", "un café".encode("utf-16-le"))])
+    with pytest.raises(DataError, match=r"\?encoding=utf-16-le' \(it looks like UTF-16-LE\)"):
+        open_dataset(f"wds:{shard}")

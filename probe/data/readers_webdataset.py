@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
-from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_bytes
+from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_bytes, utf16_without_bom
 from alignprobe.probe.data.datasets import Dataset, decode_image, index_labels
 
 log = logging.getLogger("alignprobe.data")
@@ -395,9 +395,11 @@ def _parse_text_member(shard, member, ext, raw: bytes, encoding: str = DEFAULT_E
     try:
         text = decode_bytes(raw, encoding).strip()  # a UTF-16 byte-order mark is honoured
     except UnicodeDecodeError as exc:
+        guess = utf16_without_bom(raw[:4096])
+        hint = f"'?encoding={guess}' (it looks like {guess.upper()})" if guess else "'?encoding=latin-1'"
         raise DataError(f"{shard}:{member} is not {'UTF-8' if encoding == DEFAULT_ENCODING else encoding} "
                         f"text (byte offset {exc.start} of the member, bytes {raw[exc.start:exc.end]!r}); "
-                        f"add its encoding to the data spec, e.g. '?encoding=latin-1', or re-create the "
+                        f"add its encoding to the data spec, e.g. {hint}, or re-create the "
                         f"shard with UTF-8 text") from None
     if ext == "txt":
         return text
