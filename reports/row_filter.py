@@ -38,6 +38,7 @@ _SYMBOL = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">
 _OTHER_SYMBOL = {ast.Is: "is", ast.IsNot: "is not"}
 _LITERAL_TYPES = (str, int, float, bool, type(None))
 _COLUMN_PREFIX = "__alignprobe_column_"
+MAX_LENGTH = 4000
 
 
 class _Refused(Exception):
@@ -51,14 +52,19 @@ def filter_mask(df: pd.DataFrame, expr: str) -> pd.Series:
     the unknown column and the columns there are.
     """
     source, quoted = _unquote_columns(expr)
+    if len(source) > MAX_LENGTH:  # a filter is a line a person types; a megabyte of parentheses is not one
+        raise ValidationError(f"--rows filter is {len(source):,} characters long; at most {MAX_LENGTH:,} are read")
     try:
         tree = ast.parse(source.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValidationError(f"--rows {expr!r} is not a valid filter ({err.msg}); {ALLOWED}") from None
+    except (SyntaxError, ValueError) as err:  # ValueError: a NUL byte
+        reason = err.msg if isinstance(err, SyntaxError) else str(err)
+        raise ValidationError(f"--rows {expr!r} is not a valid filter ({reason}); {ALLOWED}") from None
     try:
         mask = _Evaluator(df, quoted, expr).condition(tree.body)
     except _Refused as err:
         raise ValidationError(f"--rows {expr!r}: {err}; {ALLOWED}") from None
+    except RecursionError:
+        raise ValidationError(f"--rows filter is nested too deeply; {ALLOWED}") from None
     return mask.fillna(False).astype(bool)
 
 

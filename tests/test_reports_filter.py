@@ -176,3 +176,11 @@ def test_mistyped_encoder_names_are_named_as_names(df):
         filter_rows(df, "dino-b, clipb")
     with pytest.raises(ValidationError, match="'dinov2-bb' names no vision encoder.*present: clip-b"):
         filter_rows(df, "dinov2-bb")
+
+
+def test_huge_or_odd_filters_are_refused_cheaply(df):
+    with pytest.raises(ValidationError, match="characters long"):
+        filter_rows(df, "seed == 0 or " * 1000 + "seed == 1")
+    with pytest.raises(ValidationError, match="not a valid filter"):
+        filter_rows(df, "seed == '\x00'")
+    assert len(filter_rows(df, "not " * 501 + "(seed == 1)")) == int((df["seed"] == 1).sum())
