@@ -449,10 +449,7 @@ def export(model_path, out_dir, which, overwrite):
     from alignprobe.probe.export import export_vision_tower
 
     check_writable(out_dir, "export directory (--out)")
-    notes: list[str] = []
-    out = export_vision_tower(model_path, out_dir, which=which, overwrite=overwrite, notes=notes)
-    for note in notes:
-        click.echo(f"note: {note}", err=True)
+    out = export_vision_tower(model_path, out_dir, which=which, overwrite=overwrite)
     click.echo(f"wrote {out}")
     click.echo(f"load it with: import alignprobe, transformers; transformers.AutoModel.from_pretrained({str(out)!r})")
 

@@ -172,9 +172,8 @@ def test_layer_trained_run_exports_that_layer(dino_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["layer"] == 1
     aligned = load_aligned(run, device="cpu")
     encoder = aligned.encoder("vision")
-    if encoder.spec.layer is None:  # a load_aligned from before the encoder-identity fix: the last block
-        encoder = encoder.at_layer(1)
-    assert encoder.spec.layer == 1
+    assert encoder.spec.layer == 1  # load_aligned rebuilds the trained layer (the run's EncoderRequest)
+    assert json.loads((out / "config.json").read_text())["alignprobe"]["request"]["layer"] == 1
     tower = AutoModel.from_pretrained(out).eval()
     images = _images()
     x = encoder.collate([encoder.preprocess(im) for im in images])

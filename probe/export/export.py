@@ -58,17 +58,17 @@ def _unsupported(encoder, why: str) -> ValidationError:
                            f"{type(encoder).__name__}) as a vision tower: {why}. Supported: {SUPPORTED}")
 
 
-def _trained_encoder(aligned, notes: list[str]):
-    """The frozen encoder of the run, at the layer it was trained on."""
+def _trained_encoder(aligned):
+    """The frozen encoder of the run exactly as trained on (`load_aligned` rebuilds its
+    `EncoderRequest`: name, layer, pooling, revision), with its weights loaded."""
     encoder = aligned.encoder("vision")
     if callable(getattr(type(encoder), "load", None)):  # a LazyEncoder stand-in: the weights are needed
         encoder = encoder.load()
-    recorded = ((aligned.info.get("vision") or {}).get("manifest") or {}).get("layer")
-    if recorded is not None and encoder.spec.layer != recorded:
-        # aligned.json records the layer; a load_aligned that does not rebuild it yet gets it here
-        notes.append(f"load_aligned rebuilt layer {encoder.spec.layer}; the run was trained on layer "
-                     f"{recorded}, exported at that layer")
-        encoder = encoder.at_layer(int(recorded))
+    trained = aligned.request("vision").layer
+    if trained is not None and encoder.spec.layer != trained:  # one identity, or no export
+        raise ValidationError(f"the run was trained on layer {trained} of {encoder.spec.base_name!r} but its "
+                              f"encoder was rebuilt at layer {encoder.spec.layer}; cannot export a tower that "
+                              "differs from the trained one")
     return encoder
 
 
@@ -112,21 +112,19 @@ def _write_atomic_dir(build, out_dir: Path, overwrite: bool) -> None:
 
 
 def export_vision_tower(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",
-                        overwrite: bool = False, notes: list[str] | None = None) -> Path:
+                        overwrite: bool = False) -> Path:
     """Write the run's frozen vision backbone (at its trained layer) and trained vision head as a
     transformers model directory ``out_dir``; returns it.
 
-    ``which``: ``"best"`` or ``"latest"`` weights of the run (as `load_aligned`). ``notes``: a list
-    that receives what the export had to decide (e.g. the layer taken from ``aligned.json``).
-    Raises `ValidationError` for an encoder that is not a transformers model with patch tokens.
+    ``which``: ``"best"`` or ``"latest"`` weights of the run (as `load_aligned`); ``overwrite``:
+    replace a non-empty ``out_dir`` (the new directory is built beside it, then renamed). Raises `ValidationError` for an encoder that is not a transformers model with patch tokens.
     """
     import torch
 
     from alignprobe.probe.export.tower import AlignedVisionTowerConfig, AlignedVisionTowerModel
 
-    notes = notes if notes is not None else []
     aligned = load_aligned(run_dir, device="cpu", which=which)
-    encoder = _trained_encoder(aligned, notes)
+    encoder = _trained_encoder(aligned)
     backbone = _check_supported(encoder)
     head = aligned.model.image_head
     if head.in_dim != encoder.dim:
@@ -137,7 +135,7 @@ def export_vision_tower(run_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     backbone_config.pop("dtype", None)
     backbone_config.pop("torch_dtype", None)
     manifest = encoder.manifest()
-    request = aligned.request("vision").to_dict() if hasattr(aligned, "request") else None
+    request = aligned.request("vision").to_dict()
     config = AlignedVisionTowerConfig(
         backbone_config=backbone_config, layer=encoder.spec.layer, pooling=encoder.spec.pooling,
         head={"in_dim": head.in_dim, "out_dim": head.out_dim, "kind": head.kind, "width": head.width},
