@@ -21,39 +21,53 @@ _DTYPE_NAMES = {
 }
 
 
-def resolve_device(device: Any = "auto"):
-    """`"auto"`/None: cuda if available, else mps, else cpu; otherwise a device that must exist."""
-    import torch
+def resolve_device(device: Any = "auto", *, local_rank: int | None = None):
+    """The one device resolver of the package (encoders, the training engine, distributed ranks).
 
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+    ``"auto"``/None: CUDA if available (``cuda:<local_rank>`` for a torchrun rank), else Apple
+    MPS, else CPU. Anything else must exist: ``cuda:3`` on a one-GPU machine, CUDA on a CPU
+    machine or MPS off a Mac is one clear `ValidationError` at the boundary. A bare ``cuda``
+    under torchrun becomes the rank's own GPU.
+    """
+    import torch  # lazily: resolving a name must not load it
+
+    if isinstance(device, torch.device):
+        dev = device
+    elif device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            if local_rank is None:
+                return torch.device("cuda")
+            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValidationError(
-            "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>', 'mps' or a torch.device, got "
-            f"{device!r}"
-        ) from None
+    else:
+        try:
+            dev = torch.device(device.strip() if isinstance(device, str) else device)
+        except (RuntimeError, TypeError):
+            raise ValidationError(
+                "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>', 'mps' or a torch.device, got "
+                f"{device!r}"
+            ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValidationError(
-                f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'"
+                f"device {str(device)!r} requested but CUDA is not available; use device 'auto' or 'cpu'"
             )
+        if dev.index is None and local_rank is not None:
+            dev = torch.device("cuda", local_rank)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValidationError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) "
-                "exist"
+                f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) "
+                "exist; use device 'auto' or one of cuda:0..cuda:"
+                f"{max(0, torch.cuda.device_count() - 1)}"
             )
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise ValidationError(
-                f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'"
+                f"device {str(device)!r} requested but MPS is not available; use device 'auto' or 'cpu'"
             )
     return dev
 

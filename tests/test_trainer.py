@@ -102,7 +102,8 @@ def test_not_fitted_errors(tmp_path):
 
 def test_save_load_round_trip(fitted, data, tmp_path):
     fitted.save(tmp_path / "probe", metadata={"vision": "tiny-vit", "dataset": "abc123"})
-    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == ["model.safetensors", "probe.json"]
+    # one trained-model format for the probe and SAIL runs
+    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == ["aligned.json", "model.safetensors"]
     loaded = AlignmentProbe.load(tmp_path / "probe")
     image, text = data
     np.testing.assert_array_equal(loaded.transform_image(image), fitted.transform_image(image))
@@ -110,9 +111,36 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     np.testing.assert_array_equal(loaded.val_index_, fitted.val_index_)
     assert loaded.config_ == fitted.config_ and loaded.history_ == fitted.history_
     assert loaded.metadata_ == {"vision": "tiny-vit", "dataset": "abc123"}
-    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["format"].startswith("alignprobe")
+    assert json.loads((tmp_path / "probe" / "aligned.json").read_text())["format"] == "alignprobe.aligned/3"
     out = loaded.transform_text(torch.from_numpy(text[:3]))
     assert torch.is_tensor(out) and out.shape == (3, 16)
+
+
+def test_a_saved_probe_loads_with_load_aligned_and_the_old_format_still_reads(fitted, data, tmp_path):
+    from alignprobe import EncoderRequest, load_aligned
+
+    entries = {m: {"request": EncoderRequest.create(m, name).to_dict()} for m, name in
+               (("vision", "pixels-8"), ("text", "bow"))}
+    fitted.save(tmp_path / "probe", metadata=entries)
+    aligned = load_aligned(tmp_path / "probe", device="cpu")
+    image, text = data
+    np.testing.assert_allclose(aligned.transform_image(image).numpy(), fitted.transform_image(image), atol=1e-6)
+    assert aligned.request("vision") == EncoderRequest.create("vision", "pixels-8")
+    # the format of earlier versions: probe.json beside the weights
+    meta = json.loads((tmp_path / "probe" / "aligned.json").read_text())
+    meta.update(format="alignprobe.alignment_probe/2", config=meta.pop("train_config"))
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "probe.json").write_text(json.dumps(meta))
+    (legacy / "model.safetensors").write_bytes((tmp_path / "probe" / "model.safetensors").read_bytes())
+    np.testing.assert_array_equal(AlignmentProbe.load(legacy).transform_text(text), fitted.transform_text(text))
+    # anything else is refused, naming the file
+    (legacy / "probe.json").write_text(json.dumps({"format": "something/1"}))
+    with pytest.raises(ValidationError, match="probe.json has format 'something/1'"):
+        load_aligned(legacy)
+    (legacy / "probe.json").write_text("{truncated")
+    with pytest.raises(ValidationError, match="probe.json is damaged"):
+        AlignmentProbe.load(legacy)
 
 
 def test_fp16_memmap_read_in_batches_matches_in_memory(data, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from alignprobe.console import progress as tqdm  # summary lines, not redraws, in a log
 from alignprobe.errors import DataError, ImageLoadError, ValidationError
 from alignprobe.probe.embeddings.cache import (
     CacheIdentity,
@@ -105,12 +106,12 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _preprocessor(encoder):
+def preprocessor_of(encoder):
     """The picklable object that turns items into model inputs (runs in DataLoader workers)."""
     return getattr(encoder, "preprocessor", None) or encoder
 
 
-class _ShardItems:
+class ShardItems:
     """A map-style torch dataset over rows [start, end) of a source, preprocessed."""
 
     def __init__(self, source, preprocessor, start: int, end: int):
@@ -129,7 +130,9 @@ class _ShardItems:
             return i, None, f"{type(err).__name__}: {err}"
 
 
-class _Collate:
+class SkippingCollate:
+    """Collates the readable items of a batch and lists the unreadable ones (row, reason) apart."""
+
     def __init__(self, preprocessor):
         self.preprocessor = preprocessor
 
@@ -156,7 +159,7 @@ def nonfinite_message(encoder_name, source_name, start: int, end: int, compute_d
             f"the weights or these inputs are broken; check the checkpoint (re-download it) and those rows.")
 
 
-def _strict_error(source, skipped: dict[str, str], where: str) -> DataError:
+def strict_error(source, skipped: dict[str, str], where: str) -> DataError:
     shown = "; ".join(f"{k!r} ({v})" for k, v in list(skipped.items())[:10])
     more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
     return DataError(
@@ -201,10 +204,6 @@ def encode_source(
     unit an interrupted encode resumes from. A damaged cache entry is moved
     aside and re-encoded (`recompute`) or an error naming it.
     """
-    import torch
-
-    from alignprobe.console import progress as tqdm  # summary lines, not redraws, in a log
-
     if batch_size < 1:
         raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers is not None and num_workers < 0:
@@ -228,7 +227,7 @@ def encode_source(
         log.info("cache hit: %s", hit)
         skipped = dict(hit.manifest.get("skipped", {}))
         if strict and skipped:
-            raise _strict_error(source, skipped, f"the cached entry {hit.directory}")
+            raise strict_error(source, skipped, f"the cached entry {hit.directory}")
         return EncodeResult(hit, True, 0, skipped, 0.0)
 
     rank, world = shard
@@ -239,59 +238,16 @@ def encode_source(
     if strict:  # shards finished by an earlier lenient run must not carry their skips into a strict one
         earlier = cache.skipped_so_far(identity)
         if earlier:
-            raise _strict_error(source, earlier, f"shards already encoded in {cache.entry_dir(identity)}")
+            raise strict_error(source, earlier, f"shards already encoded in {cache.entry_dir(identity)}")
     cache.begin(identity)
 
-    workers = default_num_workers(source) if num_workers is None else num_workers
-    pre = _preprocessor(encoder)
-    collate = _Collate(pre)
-    total = sum(identity.shard_range(j)[1] - identity.shard_range(j)[0] for j in todo)
-    unit = "img" if source.kind == "images" else "txt"
-    bar = tqdm(total=total, disable=quiet, unit=unit, unit_scale=True,
-               desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]")
-    skipped_all: dict[str, str] = {}
-    ids = source.ids
-    encoded = 0
-    try:
-        for j in todo:
-            start, end = identity.shard_range(j)
-            items = _ShardItems(source, pre, start, end)
-            loader = torch.utils.data.DataLoader(
-                items, batch_size=batch_size, shuffle=False, num_workers=workers,
-                collate_fn=collate, persistent_workers=False,
-                prefetch_factor=4 if workers > 0 else None,
-            )
-            out = np.zeros((end - start, encoder.dim), dtype=np.float32)
-            valid = np.zeros(end - start, dtype=bool)
-            skipped: dict[str, str] = {}
-            for rows, batch, failed in loader:
-                for i, reason in failed:
-                    if strict:
-                        raise DataError(
-                            f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
-                            "fix or remove it, or run without --strict to skip it."
-                        )
-                    log.warning("skipped %s: %s", ids[i], reason)
-                    skipped[ids[i]] = reason
-                if batch is not None:
-                    emb = encoder.forward(batch).detach().float().cpu().numpy()
-                    # Checked per batch, before the shard is cast: fail within seconds of the cause.
-                    check_storage_range(emb, storage_dtype, f"{identity.encoder.get('name')} on {source.name} "
-                                                            f"rows {rows[0]}-{rows[-1]}")
-                    local = np.asarray(rows) - start
-                    out[local] = emb
-                    valid[local] = True
-                bar.update(len(rows) + len(failed))
-                if on_batch is not None:
-                    on_batch(len(rows))
-            if not np.isfinite(out).all():
-                raise DataError(nonfinite_message(identity.encoder.get("name"), source.name, start, end,
-                                                  identity.encoder.get("dtype")))
-            cache.write_shard(identity, j, out, valid, skipped)
-            skipped_all.update(skipped)
-            encoded += end - start
-    finally:
-        bar.close()
+    def forward(batch, wanted):
+        return {0: encoder.forward(batch).detach().float().cpu().numpy()}
+
+    encoded, skipped_all = encode_shards(
+        source, preprocessor_of(encoder), cache, {0: identity}, {0: set(todo)}, forward, batch_size=batch_size,
+        num_workers=num_workers, storage_dtype=storage_dtype, strict=strict, quiet=quiet,
+        desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]", on_batch=on_batch)
     if skipped_all:
         log.warning("%d of %d %s skipped (missing or corrupt); see the manifest's 'skipped' list",
                     len(skipped_all), len(source), source.kind)
@@ -300,3 +256,71 @@ def encode_source(
     if result is not None:
         skipped_all = dict(result.manifest.get("skipped", {}))
     return EncodeResult(result, False, encoded, skipped_all, seconds)
+
+
+def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict, todo: dict[Any, set[int]],
+                  forward: Callable, *, batch_size: int, num_workers: int | None, storage_dtype: str, strict: bool,
+                  quiet: bool, desc: str, on_batch: Callable[[int], None] | None = None) -> tuple[int, dict[str, str]]:
+    """The one shard loop of single- and multi-layer encoding.
+
+    ``identities``: ``{key: CacheIdentity}`` of the entries being filled (one per layer; they
+    share the source and shard layout); ``todo``: the shards each still needs. Every needed
+    shard is read once -- rows loaded and preprocessed in DataLoader workers, unreadable ones
+    skipped (an error under ``strict``) -- and ``forward(batch, wanted_keys)`` returns
+    ``{key: (rows, dim) float32 array}`` once per batch. Values are range-checked per batch and
+    the shard written atomically to each entry that needs it. Returns ``(rows encoded, skipped)``.
+    """
+    import torch  # the DataLoader; this module stays importable without it
+
+    first = next(iter(identities.values()))
+    shards = sorted(set().union(*todo.values()))
+    workers = default_num_workers(source) if num_workers is None else num_workers
+    collate = SkippingCollate(preprocessor)
+    total = sum(first.shard_range(j)[1] - first.shard_range(j)[0] for j in shards)
+    bar = tqdm(total=total, disable=quiet, unit="img" if source.kind == "images" else "txt", unit_scale=True,
+               desc=desc)
+    ids, skipped_all, encoded = source.ids, {}, 0
+    try:
+        for j in shards:
+            start, end = first.shard_range(j)
+            loader = torch.utils.data.DataLoader(
+                ShardItems(source, preprocessor, start, end), batch_size=batch_size, shuffle=False,
+                num_workers=workers, collate_fn=collate, persistent_workers=False,
+                prefetch_factor=4 if workers > 0 else None)
+            wanted = [key for key in identities if j in todo[key]]
+            outs: dict[Any, np.ndarray] = {}
+            valid = np.zeros(end - start, dtype=bool)
+            skipped: dict[str, str] = {}
+            for rows, batch, failed in loader:
+                for i, reason in failed:
+                    if strict:
+                        raise DataError(f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
+                                        "fix or remove it, or run without --strict to skip it.")
+                    log.warning("skipped %s: %s", ids[i], reason)
+                    skipped[ids[i]] = reason
+                if batch is not None:
+                    local = np.asarray(rows) - start
+                    for key, emb in forward(batch, wanted).items():
+                        # Checked per batch, before the shard is cast: fail within seconds of the cause.
+                        check_storage_range(emb, storage_dtype, f"{identities[key].encoder.get('name')} on "
+                                                                f"{source.name} rows {rows[0]}-{rows[-1]}")
+                        if key not in outs:
+                            outs[key] = np.zeros((end - start, emb.shape[1]), dtype=np.float32)
+                        outs[key][local] = emb
+                    valid[local] = True
+                bar.update(len(rows) + len(failed))
+                if on_batch is not None:
+                    on_batch(len(rows))
+            for key in wanted:
+                out = outs.get(key)
+                if out is None:  # every row of the shard was unreadable
+                    out = np.zeros((end - start, int(identities[key].encoder.get("dim") or 0)), dtype=np.float32)
+                if not np.isfinite(out).all():
+                    raise DataError(nonfinite_message(identities[key].encoder.get("name"), source.name, start, end,
+                                                      identities[key].encoder.get("dtype")))
+                cache.write_shard(identities[key], j, out, valid, skipped)
+            skipped_all.update(skipped)
+            encoded += end - start
+    finally:
+        bar.close()
+    return encoded, skipped_all

@@ -17,23 +17,19 @@ from typing import Sequence
 
 import numpy as np
 
-from alignprobe.console import progress
+from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, ValidationError
-from alignprobe.probe.embeddings.cache import (
-    DEFAULT_SHARD_ROWS,
-    CacheIdentity,
-    EmbeddingCache,
-    check_storage_range,
-)
+from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.embeddings.cache import DEFAULT_SHARD_ROWS, CacheIdentity, EmbeddingCache
+from alignprobe.probe.embeddings.encode_job import create_encoder, resolve_model
 from alignprobe.probe.embeddings.encoding import (
     EncodeResult,
-    _Collate,
-    _preprocessor,
-    _ShardItems,
-    _strict_error,
-    default_num_workers,
+    ImageSource,
+    encode_shards,
     encode_source,
-    nonfinite_message,
+    parse_shard,
+    preprocessor_of,
+    strict_error,
 )
 
 log = logging.getLogger("alignprobe.encode")
@@ -75,8 +71,6 @@ def encode_source_layers(
     quiet: bool = False,
 ) -> dict[int, EncodeResult]:
     """Encode `source` at each of `layers` into `cache`; `{layer: EncodeResult}` in order."""
-    import torch
-
     layers = parse_layers(list(layers))
     cache = cache or EmbeddingCache()
     shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
@@ -98,11 +92,11 @@ def encode_source_layers(
     if len(left) == 1:
         results[left[0]] = encode_source(views[left[0]], source, **common)
     elif left:
-        results.update(_encode_together(encoder, views, identities, left, source, torch, **common))
+        results.update(_encode_together(encoder, views, identities, left, source, **common))
     return {n: results[n] for n in layers}
 
 
-def _encode_together(encoder, views, identities, left, source, torch, *, cache, batch_size, num_workers,
+def _encode_together(encoder, views, identities, left, source, *, cache, batch_size, num_workers,
                      storage_dtype, shard_rows, recompute, shard, strict, quiet) -> dict[int, EncodeResult]:
     started = time.perf_counter()
     rank, world = shard
@@ -113,53 +107,18 @@ def _encode_together(encoder, views, identities, left, source, torch, *, cache, 
         raise cache.mismatch_error(identities[next(n for n in left if todo[n])])
     for n in left:
         if strict and cache.skipped_so_far(identities[n]):
-            raise _strict_error(source, cache.skipped_so_far(identities[n]),
-                                f"shards already encoded in {cache.entry_dir(identities[n])}")
+            raise strict_error(source, cache.skipped_so_far(identities[n]),
+                               f"shards already encoded in {cache.entry_dir(identities[n])}")
         cache.begin(identities[n])
-    shards = sorted(set().union(*todo.values()))
-    workers = default_num_workers(source) if num_workers is None else num_workers
-    pre = _preprocessor(encoder)
-    total = sum(first.shard_range(j)[1] - first.shard_range(j)[0] for j in shards)
+
+    def forward(batch, wanted):
+        return {n: emb.numpy() for n, emb in encoder.forward_layers(batch, wanted).items()}
+
     names = ",".join(str(n) for n in left)
-    bar = progress(total=total, disable=quiet, unit="img", unit_scale=True,
-                   desc=f"encode {encoder.spec.base_name}@{names} [{source.name} {source.kind}]")
-    ids, skipped_all, encoded = source.ids, {}, 0
-    try:
-        for j in shards:
-            start, end = first.shard_range(j)
-            loader = torch.utils.data.DataLoader(
-                _ShardItems(source, pre, start, end), batch_size=batch_size, shuffle=False,
-                num_workers=workers, collate_fn=_Collate(pre), persistent_workers=False,
-                prefetch_factor=4 if workers > 0 else None)
-            wanted = [n for n in left if j in todo[n]]
-            outs = {n: np.zeros((end - start, views[n].dim), dtype=np.float32) for n in wanted}
-            valid = np.zeros(end - start, dtype=bool)
-            skipped: dict[str, str] = {}
-            for rows, batch, failed in loader:
-                for i, reason in failed:
-                    if strict:
-                        raise DataError(f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
-                                        "fix or remove it, or run without --strict to skip it.")
-                    log.warning("skipped %s: %s", ids[i], reason)
-                    skipped[ids[i]] = reason
-                if batch is not None:
-                    local = np.asarray(rows) - start
-                    for n, emb in encoder.forward_layers(batch, wanted).items():
-                        emb = emb.numpy()
-                        check_storage_range(emb, storage_dtype, f"{views[n].spec.name} on {source.name} "
-                                                                f"rows {rows[0]}-{rows[-1]}")
-                        outs[n][local] = emb
-                    valid[local] = True
-                bar.update(len(rows) + len(failed))
-            for n in wanted:
-                if not np.isfinite(outs[n]).all():
-                    raise DataError(nonfinite_message(views[n].spec.name, source.name, start, end,
-                                                      identities[n].encoder.get("dtype")))
-                cache.write_shard(identities[n], j, outs[n], valid, skipped)
-            skipped_all.update(skipped)
-            encoded += end - start
-    finally:
-        bar.close()
+    encoded, skipped_all = encode_shards(
+        source, preprocessor_of(encoder), cache, {n: identities[n] for n in left}, todo, forward,
+        batch_size=batch_size, num_workers=num_workers, storage_dtype=storage_dtype, strict=strict, quiet=quiet,
+        desc=f"encode {encoder.spec.base_name}@{names} [{source.name} {source.kind}]")
     seconds = time.perf_counter() - started
     out = {}
     for n in left:
@@ -173,11 +132,6 @@ def encode_dataset_layers(model: str, data: str, layers, *, split: str | None = 
                           options=None) -> dict[str, EncodeResult]:
     """`alignprobe encode --vision-layer 4,8,12`: one vision encoder, one pass over the images,
     one cache entry per layer; results keyed `images@N` (the `kind` column of `encode`)."""
-    from alignprobe.config import EncodeOptions
-    from alignprobe.probe.data.spec import open_dataset
-    from alignprobe.probe.embeddings.encode_job import create_encoder, resolve_model
-    from alignprobe.probe.embeddings.encoding import ImageSource, parse_shard
-
     options = options or EncodeOptions()
     wanted = parse_layers(layers)
     spec = resolve_model(model, "vision")

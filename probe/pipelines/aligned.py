@@ -113,7 +113,7 @@ class AlignedModel:
 
     def encoder_info(self, modality: str) -> dict:
         entry = self.info.get(modality)
-        if not entry or not entry.get("name"):
+        if not isinstance(entry, dict) or not (entry.get("request") or entry.get("name")):
             raise ValidationError(
                 f"this checkpoint does not name its {modality} encoder (it was trained on raw embeddings); "
                 f"use transform_{'image' if modality == 'vision' else 'text'}(embeddings) instead")

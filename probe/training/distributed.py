@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from alignprobe.backbones.devices import resolve_device
 from alignprobe.errors import ValidationError
 
 
@@ -82,18 +83,8 @@ def shutdown(ctx: DistContext) -> None:
 
 
 def rank_device(ctx: DistContext, device: str) -> torch.device:
-    """The device of this rank: ``auto`` is ``cuda:<local_rank>`` when CUDA exists, else CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", ctx.local_rank % max(1, torch.cuda.device_count()))
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValidationError(f"device {device!r} is not a valid torch device: {err}") from None
-    if dev.type == "cuda" and dev.index is None and ctx.enabled:
-        dev = torch.device("cuda", ctx.local_rank)
-    return dev
+    """The device of this rank (`resolve_device`: ``auto`` is ``cuda:<local_rank>`` under torchrun)."""
+    return resolve_device(device, local_rank=ctx.local_rank if ctx.enabled else None)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -17,14 +17,17 @@ whole matrix is never copied to fp32.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from alignprobe._version import __version__
+from alignprobe.backbones.devices import resolve_device
 from alignprobe.errors import NotFittedError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
 
@@ -32,20 +35,10 @@ from alignprobe.probe.training.config import PRESETS, TrainConfig, resolve_recip
 from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.evaluation import project
 from alignprobe.probe.training.heads import AlignmentModel
+from alignprobe.probe.training.model_file import ALIGNED_FILE, ALIGNED_FORMAT, MODEL_FILE, inside, read_model_file
 from alignprobe.probe.training.streaming import as_store
 
-CHECKPOINT_FORMAT = "alignprobe.alignment_probe/2"
-MODEL_FILE, META_FILE = "model.safetensors", "probe.json"
 _PARAMS = ("config", "preset", "quiet", "out_dir", "resume", "overrides")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValidationError(f"device {device!r} is not a valid torch device: {err}") from None
 
 
 class AlignmentProbe:
@@ -182,45 +175,50 @@ class AlignmentProbe:
 
     # ---- persistence
     def save(self, directory, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``probe.json`` (last, so a directory with it is complete)."""
-        from safetensors.torch import save_file
+        """Write the trained-model format SAIL runs write too: ``model.safetensors`` and
+        ``aligned.json`` (last, so a directory with it is complete); `load_aligned` reads it.
 
+        ``metadata``: what the probe was trained on; its ``"vision"`` / ``"text"`` encoder
+        entries (each with a ``"request"``, an `EncoderRequest.to_dict()`) let `load_aligned`
+        rebuild the encoders."""
         self._check_fitted()
         directory = Path(directory)
         with atomic_path(directory / MODEL_FILE) as tmp:
             save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        write_json_atomic(directory / META_FILE, {
-            "format": CHECKPOINT_FORMAT, "alignprobe_version": __version__,
-            "config": self.config_.to_dict(), "recipe_changes": self.recipe_changes_,
-            "model_config": self.model_.config(), "history": self.history_,
-            "best_epoch": self.best_epoch_, "best_val_loss": self.best_val_loss_,
+        metadata = dict(metadata or {})
+        write_json_atomic(directory / ALIGNED_FILE, {
+            "format": ALIGNED_FORMAT, "kind": "probe", "alignprobe_version": __version__,
+            "vision": metadata.pop("vision", None), "text": metadata.pop("text", None),
+            "model_config": self.model_.config(), "train_config": self.config_.to_dict(),
+            "weights": MODEL_FILE, "finished": True, "recipe_changes": self.recipe_changes_,
+            "history": self.history_, "best_epoch": self.best_epoch_, "best_val_loss": self.best_val_loss_,
             "initial_val_loss": self.initial_val_loss_,
             "stopped_early": self.stopped_early_, "train_captions": self.train_captions_,
             "train_index": [int(i) for i in self.train_index_], "val_index": [int(i) for i in self.val_index_],
-            "metadata": metadata or {},
+            "metadata": metadata,
         })
         return directory
 
     @classmethod
     def load(cls, directory, device: str | None = None, quiet: bool = True) -> "AlignmentProbe":
-        """A fitted probe from a directory written by `save`; ``device`` overrides the saved one."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
-            raise ValidationError(f"{directory} holds no {META_FILE}; it is not a saved AlignmentProbe "
-                                  f"(or saving was interrupted)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValidationError(f"{meta_path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-        config = TrainConfig.from_dict(meta["config"])
+        """A fitted probe from a directory written by `save` (this format or the older
+        ``probe.json``); ``device`` overrides the saved one."""
+        meta, file = read_model_file(directory)
+        if "train_index" not in meta:
+            raise ValidationError(f"{file} is a SAIL training run, not a saved AlignmentProbe; load it with "
+                                  f"alignprobe.load_aligned")
+        config = TrainConfig.from_dict(meta.get("train_config") or meta["config"])  # "config": the old format
         if device is not None:
             config = config.replace(device=device)
         probe = cls(config, quiet=quiet)
         probe.config_, probe.device_ = config, resolve_device(config.device)
         model = AlignmentModel.from_config(meta["model_config"])
-        model.load_state_dict(load_file(str(directory / MODEL_FILE)))
+        weights = inside(file.parent, meta.get("weights", MODEL_FILE), f"{file}'s weights")
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValidationError(f"the weights {weights} are damaged or do not fit {file} ({type(err).__name__}: "
+                                  f"{err}); refit the probe") from None
         probe.model_ = model.to(probe.device_).eval()
         probe.recipe_changes_, probe.history_ = meta["recipe_changes"], meta["history"]
         probe.initial_val_loss_ = meta["initial_val_loss"]
@@ -229,5 +227,5 @@ class AlignmentProbe:
         probe.train_index_ = np.asarray(meta["train_index"], dtype=np.int64)
         probe.val_index_ = np.asarray(meta["val_index"], dtype=np.int64)
         probe.n_features_image_, probe.n_features_text_ = model.image_head.in_dim, model.text_head.in_dim
-        probe.metadata_ = meta["metadata"]
+        probe.metadata_ = {**meta.get("metadata", {}), **{k: meta[k] for k in ("vision", "text") if meta.get(k)}}
         return probe
