@@ -150,3 +150,35 @@ def test_a_model_trained_with_a_pooling_override_reloads_that_pooling(tmp_path, 
     torch.testing.assert_close(_features(aligned, images), cls_features)
     record = json.loads((run_dir / "aligned.json").read_text())
     assert record["vision"]["request"]["pooling"] == "cls"
+
+
+# --------------------------------------------------------------------------- train: reuse and resume
+
+
+def test_train_reuses_a_record_only_for_the_same_inputs(tmp_path):
+    options = EncodeOptions(device="cpu", quiet=True)
+    pairs = tmp_path / "pairs.csv"
+    rows = ["image,caption"] + [f"{tmp_path / f'i{i}.png'},a {c} shape" for i, c in
+                                enumerate(["red", "blue", "green", "red", "blue", "green"] * 2)]
+    for i in range(12):
+        Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(tmp_path / f"i{i}.png")
+    pairs.write_text("\n".join(rows) + "\n")
+    config = SailRunConfig(vision="pixels-8", text="bow", pairs=f"csv:{pairs}", labelled=None, retrieval=None,
+                           train=dict(TRAIN, epochs=1))
+    first = train_pair(config, tmp_path / "run1", options=options, results_dir=tmp_path / "results")
+    again = train_pair(config, tmp_path / "run2", options=options, results_dir=tmp_path / "results")
+    assert not first.reused and again.reused
+    # other storage dtype: other numbers, so no reuse
+    fp32 = train_pair(config, tmp_path / "run3", options=EncodeOptions(device="cpu", quiet=True,
+                                                                        storage_dtype="fp32"),
+                      results_dir=tmp_path / "results")
+    assert not fp32.reused
+    # the pairs file edited in place: same config hash, other data -> recomputed
+    pairs.write_text("\n".join(rows[:1] + [r.replace("shape", "thing") for r in rows[1:]]) + "\n")
+    edited = train_pair(config, tmp_path / "run4", options=options, results_dir=tmp_path / "results")
+    assert not edited.reused and edited.record["reuse_key"] != first.record["reuse_key"]
+
+    # resuming run4 on the edited data is fine; on other data it is refused, naming the data
+    pairs.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValidationError, match="cannot resume .*the pairs data"):
+        train_pair(config, tmp_path / "run4", options=options, resume=True)

@@ -119,7 +119,7 @@ def test_changed_inputs_or_defaults_never_reuse_an_old_record(tmp_path, monkeypa
         presets = {name: dict(values) for name, values in training_config.PRESETS.items()}
         presets["sail-probe"]["weight_decay"] = 1e-3
         monkeypatch.setattr(training_config, "PRESETS", presets)
-        monkeypatch.setattr("alignprobe.probe.pipelines.run.PRESETS", presets)
+        monkeypatch.setattr("alignprobe.probe.pipelines.workspace.PRESETS", presets)
     second, _, reused = run_pair(config, out_dir=tmp_path, options=options)
     assert not reused and second["reuse_key"] != first["reuse_key"]
 

@@ -25,16 +25,14 @@ from alignprobe.errors import DataError, ValidationError
 from alignprobe.hashing import stable_hash
 from alignprobe.probe.data.overlap import check_no_overlap
 from alignprobe.probe.embeddings.lazy import EncoderPool
-from alignprobe.probe.pipelines.workspace import EncodedSet, EncoderPair, Workspace, resolve_pair_recipe
-from alignprobe.probe.training.config import PRESETS, SMALL_DATA_PAIRS, TrainConfig, small_data_changes
+from alignprobe.probe.pipelines.workspace import (RESULT_FORMAT, EncodedSet, EncoderPair, Workspace,
+                                                  resolve_pair_recipe)
+from alignprobe.probe.training.config import PRESETS, TrainConfig
 from alignprobe.probe.training.evaluation import evaluate
 from alignprobe.probe.training.probe import AlignmentProbe
 from alignprobe.reports.records import lookup_record, now_iso, record_path, write_record
 
 log = logging.getLogger("alignprobe.run")
-
-#: Bumped whenever a record's numbers would change for the same inputs (new metric definitions, ...).
-RESULT_FORMAT = 2
 
 #: Metric groups `--metrics` may select; each maps to the record keys it fills.
 METRIC_GROUPS = {
@@ -113,12 +111,6 @@ class RunConfig(EncoderPair):
         return stable_hash({k: v for k, v in self.as_dict().items() if k != "seed"}, length=12)
 
 
-def training_defaults_hash() -> str:
-    """Changes when a recipe default or the small-data adaptation changes (so old records are not reused)."""
-    return stable_hash({"presets": PRESETS, "small": small_data_changes(SMALL_DATA_PAIRS - 1),
-                        "threshold": SMALL_DATA_PAIRS}, length=12)
-
-
 class RunPipeline:
     """Runs one RunConfig through a `Workspace`. Use `run_pair(config, ...)` unless you need the pieces.
 
@@ -144,12 +136,7 @@ class RunPipeline:
 
     def reuse_key(self) -> str:
         """Everything that changes the record's numbers, computed without loading a model."""
-        ws, opts = self.workspace, self.options
-        return stable_hash({
-            "format": RESULT_FORMAT, "run": self.config.as_dict(), "training_defaults": training_defaults_hash(),
-            "encoders": ws.identity(), "storage_dtype": opts.storage_dtype, "strict": opts.strict,
-            "data": {role: ws.fingerprint(spec) for role, spec in self.data_specs().items()},
-        }, length=16)
+        return self.workspace.reuse_key(self.config.as_dict(), self.data_specs())
 
     def data_specs(self) -> dict[str, str]:
         """The data sets this run reads, by role (what its metrics need)."""

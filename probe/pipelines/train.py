@@ -20,14 +20,15 @@ from alignprobe.errors import DataError, ValidationError
 from alignprobe.hashing import slug, stable_hash
 from alignprobe.probe.evals.aligned import evaluate_aligned
 from alignprobe.probe.pipelines.aligned import AlignedModel, load_aligned
-from alignprobe.probe.pipelines.workspace import EncoderPair, Workspace, resolve_pair_recipe
+from alignprobe.probe.pipelines.run import reusable_record
+from alignprobe.probe.pipelines.workspace import RESULT_FORMAT, EncoderPair, Workspace, resolve_pair_recipe
 from alignprobe.probe.training import distributed as D
 from alignprobe.probe.training.config import PRESETS, TrainConfig
 from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate
-from alignprobe.probe.training.model_file import ALIGNED_FILE
+from alignprobe.probe.training.model_file import ALIGNED_FILE, read_model_file
 from alignprobe.reports.metric_info import metric_info
-from alignprobe.reports.records import lookup_record, now_iso, read_record, record_path, write_record
+from alignprobe.reports.records import now_iso, read_record, record_path, write_record
 from alignprobe.reports.store import load_results
 
 log = logging.getLogger("alignprobe.train")
@@ -75,6 +76,12 @@ class SailRunConfig(EncoderPair):
                 f"selection set of its own with --selection SPEC (selecting on a reported test set would "
                 f"inflate its score)")
 
+    def data_specs(self) -> dict[str, str]:
+        """The data sets this run reads, by role (their fingerprints are part of its reuse key)."""
+        specs = {"pairs": self.pairs, "labelled": self.labelled, "retrieval": self.retrieval,
+                 "selection": self.selection}
+        return {role: spec for role, spec in specs.items() if spec}
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.train.items())}
@@ -97,6 +104,32 @@ class SailRunResult:
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+def check_resume_matches(run_dir: Path, ws: Workspace, config: SailRunConfig) -> None:
+    """Refuse to resume a run on other data or other encoders than it started with, naming what differs.
+
+    The run's ``aligned.json`` (written after each epoch) records both encoders' `EncoderRequest`
+    keys and the fingerprints of the data it read; a run killed before its first epoch ended has
+    none yet and resumes from its checkpoint as it is."""
+    try:
+        info, file = read_model_file(run_dir)
+    except ValidationError:
+        return
+    meta = info.get("metadata") or {}
+    differs = []
+    for modality in ("vision", "text"):
+        recorded = ((info.get(modality) or {}).get("request") or {}).get("key")
+        if recorded is not None and recorded != ws.requests[modality].key():
+            differs.append(f"the {modality} encoder ({ws.requests[modality].label!r} now)")
+    recorded_data = meta.get("data_fingerprints") or {}
+    for role, spec in config.data_specs().items():
+        if role in recorded_data and recorded_data[role] != ws.fingerprint(spec):
+            differs.append(f"the {role} data ({spec!r} has other contents now)")
+    if differs:
+        raise ValidationError(f"cannot resume {run_dir}: it was started with other inputs -- "
+                              f"{'; '.join(differs)}. Resume with the inputs it started with, or start a new "
+                              f"run (another --out, or --overwrite to replace this one)")
 
 
 def eval_sets(workspace: Workspace, labelled: str | None, retrieval: str | None
@@ -147,17 +180,20 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
     options = options or EncodeOptions()
     run_dir = Path(run_dir)
     ctx = D.init_distributed()
+    ws = Workspace(config.request("vision"), config.request("text"), options, dist=ctx)
+    key = ws.reuse_key({"kind": "sail", **config.as_dict()}, config.data_specs())
     path = None
     if results_dir is not None:
         path = record_path(results_dir, config.vision, config.text, config.config_hash(), kind="sail")
         if not (force or resume):
-            record = lookup_record(path) or {}  # a damaged record is moved aside and treated as missing
-            if record.get("status") == "ok":
+            record = reusable_record(path, key)
+            if record is not None:
                 kept = Path(record.get("run_dir") or Path(record.get("checkpoint", run_dir)).parent)
                 return SailRunResult(record, kept, path, True, [])
+    if resume:
+        check_resume_matches(run_dir, ws, config)
 
     started, t0 = now_iso(), time.perf_counter()
-    ws = Workspace(config.request("vision"), config.request("text"), options, dist=ctx)
     ws.check()
     pairs = ws.encode("pairs", config.pairs, captions=True, distributed=True)
     zero_shot = retrieval = selection = None
@@ -170,6 +206,8 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
         "sail", config.preset, config.train, seed=config.seed, device=options.device,
         usable_pairs=pairs.usable_pairs())
     metadata = {
+        "reuse_key": key,
+        "data_fingerprints": {role: ws.fingerprint(spec) for role, spec in config.data_specs().items()},
         "vision": encoder_entry(ws, "vision"),
         "text": encoder_entry(ws, "text"),
         "run_config": config.as_dict(),
@@ -200,6 +238,8 @@ def train_pair(config: SailRunConfig, run_dir: str | Path, *, options: EncodeOpt
         "best_epoch": trainer.best_epoch_,
         "notes": notes,
         "world_size": ctx.world_size,
+        "reuse_key": key,
+        "result_format": RESULT_FORMAT,
         "run_dir": str(run_dir),
         "checkpoint": str(trainer.checkpoint_) if trainer.checkpoint_ else str(run_dir / ALIGNED_FILE),
         **(extra_record or {}),

@@ -19,16 +19,20 @@ import numpy as np
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError
+from alignprobe.hashing import stable_hash
 from alignprobe.metrics.retrieval import cap_captions_per_image
 from alignprobe.probe.data.datasets import class_prompts, flatten_captions
 from alignprobe.probe.data.spec import open_dataset
 from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
 from alignprobe.probe.embeddings.lazy import MEMO_DIR, EncoderPool, LazyEncoder
 from alignprobe.probe.training import distributed as D
-from alignprobe.probe.training.config import TrainConfig, describe_changes, resolve_recipe
+from alignprobe.probe.training.config import (PRESETS, SMALL_DATA_PAIRS, TrainConfig, describe_changes,
+                                             resolve_recipe, small_data_changes)
 from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData
 from alignprobe.reports.records import environment, now_iso
 
+#: Bumped whenever a record's numbers would change for the same inputs (new metric definitions, ...).
+RESULT_FORMAT = 2
 #: The reference's COCO retrieval protocol (SAIL coco_zs_retrieval.py, CLIP_benchmark): 5 captions an image.
 RETRIEVAL_MAX_CAPTIONS = 5
 
@@ -171,6 +175,17 @@ class Workspace:
         """What identifies the pair's encoders without loading them (for reuse keys)."""
         return {m: self.encoder(m).identity_key() for m in ("vision", "text")}
 
+    def reuse_key(self, config: dict, specs: dict[str, str]) -> str:
+        """Everything that changes a record's numbers, computed without loading a model: the run's
+        config, the training defaults, both encoders' identities, the fingerprints of the data sets
+        it reads (``{role: spec}``, files named inside a spec included), the storage dtype,
+        strictness and the result format. `run` and `train` reuse a finished record only on a match."""
+        return stable_hash({
+            "format": RESULT_FORMAT, "run": config, "training_defaults": training_defaults_hash(),
+            "encoders": self.identity(), "storage_dtype": self.options.storage_dtype, "strict": self.options.strict,
+            "data": {role: self.fingerprint(spec) for role, spec in sorted(specs.items())},
+        }, length=16)
+
     # ------------------------------------------------------------------ encoding
     def _encode(self, modality: str, source, *, distributed: bool = False, **extra):
         opts = self.options
@@ -259,6 +274,12 @@ class Workspace:
             "finished": now_iso(),
             "environment": environment(),
         }
+
+
+def training_defaults_hash() -> str:
+    """Changes when a recipe default or the small-data adaptation changes (so old records are not reused)."""
+    return stable_hash({"presets": PRESETS, "small": small_data_changes(SMALL_DATA_PAIRS - 1),
+                        "threshold": SMALL_DATA_PAIRS}, length=12)
 
 
 def resolve_pair_recipe(default_preset: str, preset: str | None, train: dict, *, seed: int, device: str,
