@@ -185,6 +185,36 @@ def test_layer_trained_run_exports_that_layer(dino_dir, tmp_path):
     assert not torch.allclose(res.pooler_output, last_block, atol=1e-3)  # the layer matters
 
 
+@pytest.mark.parametrize("arch, pooling", [("vit", "mean"), ("dinov2_with_registers", "concat")])
+def test_other_backbones_and_poolings(arch, pooling, tmp_path):
+    """ViT (mean of the patches: each patch token through the head) and DINOv2 with registers (the
+    register tokens are neither the global token nor patches)."""
+    import transformers as T
+    from transformers import AutoModel
+
+    from alignprobe import export_vision_tower
+    from alignprobe.probe.evals.segmentation import dense_features
+
+    torch.manual_seed(0)
+    folder = tmp_path / arch
+    config = T.AutoConfig.for_model(arch, **TINY_DINO, **({"num_register_tokens": 2} if "registers" in arch else {}))
+    T.AutoModel.from_config(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
+    run = _train(tmp_path, folder, pooling=pooling)
+    tower = AutoModel.from_pretrained(export_vision_tower(run, tmp_path / "tower")).eval()
+    aligned = load_aligned(run, device="cpu")
+    encoder = aligned.encoder("vision")
+    images = _images()
+    x = encoder.collate([encoder.preprocess(im) for im in images])
+    with torch.no_grad():
+        res = tower(pixel_values=x)
+        pooled = aligned.model.image_head(encoder.encode(images))
+        dense = aligned.model.image_head(dense_features(encoder, x)).flatten(1, 2)
+    assert res.last_hidden_state.shape == (4, 17, 16)
+    torch.testing.assert_close(res.pooler_output, pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.last_hidden_state[:, 1:], dense, atol=1e-5, rtol=1e-5)
+
+
 def test_unsupported_encoders_fail_clearly(tmp_path):
     from alignprobe import export_vision_tower
 

@@ -117,7 +117,8 @@ def export_vision_tower(run_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     transformers model directory ``out_dir``; returns it.
 
     ``which``: ``"best"`` or ``"latest"`` weights of the run (as `load_aligned`); ``overwrite``:
-    replace a non-empty ``out_dir`` (the new directory is built beside it, then renamed). Raises `ValidationError` for an encoder that is not a transformers model with patch tokens.
+    replace a non-empty ``out_dir`` (the new directory is built beside it, then renamed). Raises
+    `ValidationError` for an encoder that is not a transformers model with patch tokens.
     """
     import torch
 

@@ -55,6 +55,7 @@ class AlignedVisionTowerModel(PreTrainedModel):
     def __init__(self, config: AlignedVisionTowerConfig):
         super().__init__(config)
         self.backbone = AutoModel.from_config(config.backbone_config)
+        self._takes_noise = "noise" in inspect.signature(self.backbone.forward).parameters
         head = dict(config.head or {})
         self.head = AlignmentHead(int(head["in_dim"]), int(head["out_dim"]), head.get("kind", "linear"),
                                   int(head.get("width", 8)))
@@ -78,8 +79,9 @@ class AlignedVisionTowerModel(PreTrainedModel):
         ph, pw = self._patch_hw()
         n_patches = (pixel_values.shape[-2] // ph) * (pixel_values.shape[-1] // pw)
         kwargs = {}
-        if getattr(self.backbone.config, "mask_ratio", 0) and "noise" in _params(self.backbone):
-            # MAE-style models shuffle patches unless given a noise; ascending keeps them in order
+        if self._takes_noise:
+            # MAE-style models shuffle patches unless given a noise; ascending keeps them in order,
+            # as alignprobe's encoder does (`alignprobe.backbones.hf_vision`)
             kwargs["noise"] = torch.arange(n_patches, device=pixel_values.device,
                                            dtype=torch.float32).expand(pixel_values.shape[0], -1)
         layer = self.config.layer
@@ -118,10 +120,6 @@ class AlignedVisionTowerModel(PreTrainedModel):
         if not return_dict:
             return tuple(v for v in (last, glob, hidden) if v is not None)
         return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=glob, hidden_states=hidden)
-
-
-def _params(module) -> set[str]:
-    return set(inspect.signature(module.forward).parameters)
 
 
 def register(exist_ok: bool = True) -> None:
