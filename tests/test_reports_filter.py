@@ -184,3 +184,18 @@ def test_huge_or_odd_filters_are_refused_cheaply(df):
     with pytest.raises(ValidationError, match="not a valid filter"):
         filter_rows(df, "seed == '\x00'")
     assert len(filter_rows(df, "not " * 500 + "(seed == 1)")) == int((df["seed"] == 1).sum())
+
+
+def test_html_report_and_plots_go_through_the_filter(results, tmp_path):
+    from alignprobe.reports.plots import make_plots
+    from alignprobe.reports.report import write_report
+
+    marker = tmp_path / "ran"
+    exploit = f"@pd.io.common.os.system('touch {marker}')"
+    with pytest.raises(ValidationError):
+        write_report(results, "html", rows=exploit)
+    with pytest.raises(ValidationError):
+        make_plots(results, tmp_path / "p", rows=exploit)
+    assert not marker.exists()
+    page = write_report(results, "html", rows="text == 'mpnet'", plots=False)
+    assert "<td>mpnet</td>" in page and "<td>minilm</td>" not in page
