@@ -224,3 +224,38 @@ def test_a_layer_sweep_costs_one_encode(tmp_path, monkeypatch):
     base_loads.clear()
     assert [o.status for o in run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)] == ["skipped"] * 2
     assert base_loads == [] and lazy_loads == []
+
+
+ALLOCATOR_PROBE = """
+import resource, sys
+from alignprobe._allocator import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "1" else False
+import numpy as np
+a = np.ones(64 * 2**20 // 8); del a
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    a = np.ones(64 * 2**20 // 8); del a
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_allocator_keeps_freed_memory_without_environment_variables():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+    def run(flag, **extra):
+        out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, flag], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    applied, kept_faults = run("1")
+    if not applied:
+        pytest.skip("not glibc: mallopt unavailable")
+    _, default_faults = run("0")
+    # five 64 MiB arrays: by default each is mapped afresh and faulted in; kept, the heap's pages are reused
+    assert kept_faults * 10 < default_faults
+    assert run("1", MALLOC_MMAP_MAX_="65536")[0] is False  # the user's own setting wins
