@@ -8,6 +8,7 @@ evaluation, and correlation statistics. Every function validates its inputs
 and raises ``alignprobe.errors.ValidationError`` with a message that names the
 argument, what it must be, and what it got.
 """
+from .baselines import BASELINES, Baseline, fit_baseline
 from .calibration import CalibrationResult, MaxCalibrationResult, calibrate, calibrate_max
 from .clustering import kmeans, kmeans_nmi, kmeanspp_seeds
 from .correlation import (
@@ -49,6 +50,7 @@ from .vision_protocol import VISION_PROTOCOLS, vision_quality
 from .zero_shot import ZERO_SHOT_TOPK, build_class_embeddings, reportable_topk, zero_shot_accuracy, zero_shot_scores
 
 __all__ = [
+    "BASELINES",
     "DEFAULT_KNN_K",
     "DEFAULT_KNN_TEMPERATURE",
     "DEFAULT_L2_GRID",
@@ -60,6 +62,7 @@ __all__ = [
     "TOO_FEW_FOR_INTERVALS",
     "VISION_PROTOCOLS",
     "ZERO_SHOT_TOPK",
+    "Baseline",
     "CalibrationResult",
     "MaxCalibrationResult",
     "Measure",
@@ -73,6 +76,7 @@ __all__ = [
     "correlate",
     "correlation_difference",
     "cycle_knn",
+    "fit_baseline",
     "get_measure",
     "kmeans",
     "kmeans_nmi",
