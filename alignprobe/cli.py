@@ -297,9 +297,9 @@ def report(results_dir, fmt, output, metrics, sort_by, rows, export, exclude, co
         text = write_report(results_dir, fmt, output, metrics=metrics, rows=rows, sort_by=sort_by,
                             correlations=correlations, exclude=exclude, n_boot=n_boot, seed=seed)
     except OSError as err:  # the check above passed but the write failed (disk full, lost mount)
-        from alignprobe.reports.report import _SUFFIX_FORMATS
+        from alignprobe.reports.report import SUFFIX_FORMATS
 
-        fallback = fmt or _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "md")
+        fallback = fmt or SUFFIX_FORMATS.get(Path(output).suffix.lower(), "md")
         click.echo(write_report(results_dir, fallback, None, metrics=metrics, rows=rows, sort_by=sort_by))
         click.echo(f"error: could not write {output} ({err.strerror or err}); the report is printed above "
                    f"instead", err=True)

@@ -10,7 +10,7 @@ from alignprobe.reports.correlations import render_correlation_section
 from alignprobe.reports.store import failed_reruns_note, filter_rows, load_results
 from alignprobe.reports.tables import normalize_format, render_table
 
-_SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex", ".html": "html", ".htm": "html"}
+SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".tex": "latex", ".html": "html", ".htm": "html"}
 
 
 def write_report(results_dir: str | Path, format: str | None = "md", output: str | Path | None = None, *,
@@ -36,11 +36,11 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
         format = "md"  # printed to a terminal
     if format is None:
         suffix = Path(output).suffix.lower()
-        if suffix not in _SUFFIX_FORMATS:
+        if suffix not in SUFFIX_FORMATS:
             raise ValidationError(
                 f"cannot infer the report format from {str(output)!r}; pass format= one of md, csv, latex, html"
             )
-        format = _SUFFIX_FORMATS[suffix]
+        format = SUFFIX_FORMATS[suffix]
     fmt = normalize_format(format)
     if fmt == "html":
         from alignprobe.reports.html_report import render_html_report  # matplotlib only when a page is asked for

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from alignprobe.errors import DataError
+from alignprobe.errors import DataError, ImageLoadError
 from alignprobe.probe.data.datasets import Dataset
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,15 @@ def _sizes_and_readers(ds: Dataset) -> tuple[list[int | None], Callable[[int], b
                 return f.read()
 
         return sizes, read_file
-    if hasattr(ds, "_sizes") and hasattr(ds, "_offsets") and hasattr(ds, "_fd"):
-        no_image = getattr(ds, "no_image", {})
-
+    if hasattr(ds, "raw_bytes") and hasattr(ds, "raw_size"):  # stored members (webdataset tars)
         def read_member(i: int) -> bytes:
-            if i in no_image:  # no image, so no content to match (not the empty string's digest)
-                raise DataError(f"{ds.ids[i]}: {no_image[i]}")
-            return os.pread(ds._fd(int(ds._shard_index[i])), int(ds._sizes[i]), int(ds._offsets[i]))
+            try:
+                return ds.raw_bytes(i)
+            except ImageLoadError as err:  # no image, so no content to match (not the empty string's digest)
+                raise DataError(f"{ds.ids[i]}: {err.reason}") from None
 
-        return [-1 if i in no_image else int(s) for i, s in enumerate(ds._sizes)], read_member
+        sizes = [ds.raw_size(i) for i in range(len(ds))]
+        return [-1 if size is None else size for size in sizes], read_member
 
     def read_pixels(i: int) -> bytes:
         img = ds.load_image(i)

@@ -135,11 +135,17 @@ class WebDataset(Dataset):
         self._pid = os.getpid()
         super().__init__(name, ids, labels=labels, **kwargs)
 
-    def load_image(self, i: int):
+    def raw_size(self, i: int) -> int | None:
+        """The byte size of sample ``i``'s stored image member (None: the sample has no image)."""
+        return None if i in self.no_image else int(self._sizes[i])
+
+    def raw_bytes(self, i: int) -> bytes:
+        """The stored bytes of sample ``i``'s image member, undecoded (`ImageLoadError` when it has
+        none, or its shard is unreadable or cut short)."""
         s = int(self._shard_index[i])
-        if i in self.no_image:
-            raise ImageLoadError(self.ids[i], f"{self.shards[s]}:{self._members[i]}", self.no_image[i])
         where = f"{self.shards[s]}:{self._members[i]}"
+        if i in self.no_image:
+            raise ImageLoadError(self.ids[i], where, self.no_image[i])
         try:
             data = os.pread(self._fd(s), int(self._sizes[i]), int(self._offsets[i]))
         except OSError as exc:
@@ -147,7 +153,11 @@ class WebDataset(Dataset):
         if len(data) != self._sizes[i]:
             raise ImageLoadError(self.ids[i], where,
                                  f"shard truncated: read {len(data)} of {self._sizes[i]} bytes")
-        return decode_image(io.BytesIO(data), self.ids[i], where)
+        return data
+
+    def load_image(self, i: int):
+        where = f"{self.shards[int(self._shard_index[i])]}:{self._members[i]}"
+        return decode_image(io.BytesIO(self.raw_bytes(i)), self.ids[i], where)
 
     def captions(self, i: int) -> list[str]:
         return list(self._captions[i])

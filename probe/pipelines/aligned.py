@@ -21,16 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from alignprobe.backbones.devices import resolve_device
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.errors import ValidationError
 from alignprobe.probe.data.templates import load_templates
 from alignprobe.probe.embeddings.lazy import EncoderPool
-from alignprobe.probe.training.checkpoint import CheckpointStore
+from alignprobe.probe.data.datasets import decode_image
+from alignprobe.probe.training.checkpoint import CheckpointStore, load_weights
 from alignprobe.probe.training.heads import AlignmentModel
 from alignprobe.probe.training.model_file import MODEL_FILE, inside, read_model_file
 
@@ -163,9 +161,8 @@ class AlignedModel:
         for s in range(0, len(images), batch_size):
             batch = []
             for item in images[s : s + batch_size]:
-                if isinstance(item, (str, Path)):
-                    with Image.open(item) as im:
-                        item = im.convert("RGB")
+                if isinstance(item, (str, Path)):  # the readers' decoding: size limit, 16-bit scaling, clear errors
+                    item = decode_image(item, str(item), str(item))
                 batch.append(item)
             feats.append(encoder.encode(batch))
         if not feats:
@@ -250,8 +247,8 @@ def load_aligned(path: str | Path, *, device: str = "auto", encoder_dtype: str |
                               f"without its checkpoints/ folder?")
     model = AlignmentModel.from_config(info["model_config"])
     try:
-        model.load_state_dict(load_file(str(weights)))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValidationError(f"the weights {weights} are damaged or do not fit {file} ({type(err).__name__}: "
-                              f"{err}); retrain, or restore them from a copy") from None
+        model.load_state_dict(load_weights(weights))
+    except RuntimeError as err:  # the tensors do not fit the heads aligned.json describes
+        raise ValidationError(f"the weights {weights} do not fit {file} ({err}); retrain, or restore both files "
+                              f"from one copy") from None
     return AlignedModel(model, info, file, device=device, encoder_dtype=encoder_dtype)

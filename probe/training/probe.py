@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from alignprobe._version import __version__
 from alignprobe.backbones.devices import resolve_device
 from alignprobe.errors import NotFittedError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
 
+from alignprobe.probe.training.checkpoint import load_weights
 from alignprobe.probe.training.config import PRESETS, TrainConfig, resolve_recipe
 from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.evaluation import project
@@ -215,10 +215,9 @@ class AlignmentProbe:
         model = AlignmentModel.from_config(meta["model_config"])
         weights = inside(file.parent, meta.get("weights", MODEL_FILE), f"{file}'s weights")
         try:
-            model.load_state_dict(load_file(str(weights)))
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise ValidationError(f"the weights {weights} are damaged or do not fit {file} ({type(err).__name__}: "
-                                  f"{err}); refit the probe") from None
+            model.load_state_dict(load_weights(weights))
+        except RuntimeError as err:  # the tensors do not fit the heads the file describes
+            raise ValidationError(f"the weights {weights} do not fit {file} ({err}); refit the probe") from None
         probe.model_ = model.to(probe.device_).eval()
         probe.recipe_changes_, probe.history_ = meta["recipe_changes"], meta["history"]
         probe.initial_val_loss_ = meta["initial_val_loss"]
