@@ -41,6 +41,7 @@ from .similarity import (
 )
 from .similarity_protocol import (
     DEFAULT_NULL_PERMUTATIONS,
+    DEFAULT_SIMILARITY_MEASURES,
     DEFAULT_SIMILARITY_SAMPLES,
     null_score,
     similarity_sample,
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_KNN_TEMPERATURE",
     "DEFAULT_L2_GRID",
     "DEFAULT_NULL_PERMUTATIONS",
+    "DEFAULT_SIMILARITY_MEASURES",
     "DEFAULT_SIMILARITY_SAMPLES",
     "MAX_CAPTIONS_PER_IMAGE",
     "MIN_INTERVAL_N",

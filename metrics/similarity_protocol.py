@@ -12,18 +12,24 @@ trust a number:
 - ``null_score``: the mean score of the same features under random pairings
   (rows of ``b`` shuffled), i.e. what "no alignment" looks like at that n and
   dimension; reported beside each score as ``<metric>_null``.
+
+With ``n_permutations``, ``similarity_scores`` goes one step further and
+calibrates every score (``calibration.calibrate``, Gröger, Wen & Brbić, ICML
+2026): ``<metric>_calibrated``, ``<metric>_p`` and ``<metric>_threshold`` join
+the score, and ``<metric>_null`` becomes the mean of those same permutations.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from alignprobe.errors import ValidationError
 
 from ._validation import as_int
-from .similarity import cka, cknna, mutual_knn
+from .calibration import calibrate
+from .measures import get_measure, list_measures
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ DEFAULT_SIMILARITY_SAMPLES = 1024
 #: Random pairings averaged for the null (chance) level of each score.
 DEFAULT_NULL_PERMUTATIONS = 10
 
-_METRICS: dict[str, Callable[..., float]] = {"mutual_knn": mutual_knn, "cka": cka, "cknna": cknna}
+#: What ``similarity_scores`` measures unless told otherwise (platonic-rep's measures).
+DEFAULT_SIMILARITY_MEASURES = ("mutual_knn", "cka", "cknna")
 
 
 def similarity_sample(n: int, size: int | None = DEFAULT_SIMILARITY_SAMPLES, seed: int = 0) -> np.ndarray:
@@ -66,12 +73,21 @@ def null_score(
 
     A random pairing keeps each side's own geometry (n, dimension,
     spectrum) and destroys the correspondence, so this is the score that
-    chance alone gives these features. `metric`: "mutual_knn", "cka",
-    "cknna" or any callable (a, b, **kwargs) -> float.
+    chance alone gives these features. `metric`: a registered measure
+    (``list_measures()``: "mutual_knn", "cka", "cknna", ...) or any callable
+    (a, b, **kwargs) -> float.
     """
-    fn = _METRICS.get(metric) if isinstance(metric, str) else metric
-    if fn is None or not callable(fn):
-        raise ValidationError(f"metric must be one of {', '.join(_METRICS)} or a callable; got {metric!r}")
+    if isinstance(metric, str):
+        try:
+            fn: Any = get_measure(metric)
+        except ValidationError as exc:
+            raise ValidationError(
+                f"metric must be one of {', '.join(list_measures())} or a callable; got {metric!r}"
+            ) from exc
+    else:
+        fn = metric
+    if not callable(fn):
+        raise ValidationError(f"metric must be one of {', '.join(list_measures())} or a callable; got {metric!r}")
     n_permutations = as_int(n_permutations, "n_permutations", low=1)
     seed = as_int(seed, "seed", low=0)
     b_arr = b if hasattr(b, "shape") else np.asarray(b)
@@ -92,17 +108,30 @@ def similarity_scores(
     sample_size: int | None = DEFAULT_SIMILARITY_SAMPLES,
     seed: int = 0,
     n_null: int = DEFAULT_NULL_PERMUTATIONS,
+    measures: Sequence[str] = DEFAULT_SIMILARITY_MEASURES,
+    n_permutations: int | None = None,
+    alpha: float = 0.05,
 ) -> dict[str, dict[str, Any]]:
-    """mutual-kNN, CKA and CKNNA of paired rows on a fixed seeded sample, each with its null level.
+    """Similarity measures of paired rows on a fixed seeded sample, each with its null level (or calibrated).
 
-    Rows are L2-normalised by every metric (platonic-rep ``compute_score``
-    with ``normalize=True``); CKA is the biased linear CKA of platonic-rep's
-    ``cka``. k is capped at sample - 1.
+    By default mutual-kNN, CKA and CKNNA: rows are L2-normalised by every
+    metric (platonic-rep ``compute_score`` with ``normalize=True``); CKA is the
+    biased linear CKA of platonic-rep's ``cka``. k is capped at sample - 1 and
+    goes to every measure that has a ``k``.
 
-    Returns {"metrics": {mutual_knn, cka, cknna, mutual_knn_null, cka_null,
-    cknna_null}, "details": {similarity_n, similarity_seed, similarity_k,
-    similarity_null_permutations}}: the metrics go into a run record's
-    ``metrics``, the details (what the numbers were measured on) into its ``details``.
+    Args:
+        measures: registered measure names (``list_measures()``).
+        n_null: permutations averaged for ``<metric>_null`` when not calibrating.
+        n_permutations: calibrate each score with this many seeded permutations
+            (Algorithm 1 of Gröger, Wen & Brbić 2026; the same permutations for
+            every measure); None (the default) reports only the null mean.
+        alpha: the calibration's level.
+
+    Returns {"metrics": {<m>, <m>_null [, <m>_calibrated, <m>_p, <m>_threshold]
+    for each measure m}, "details": {similarity_n, similarity_seed,
+    similarity_k, similarity_null_permutations [, similarity_alpha]}}: the
+    metrics go into a run record's ``metrics``, the details (what the numbers
+    were measured on) into its ``details``.
     """
     n_a = int(a.shape[0]) if hasattr(a, "shape") else len(a)
     n_b = int(b.shape[0]) if hasattr(b, "shape") else len(b)
@@ -113,10 +142,21 @@ def similarity_scores(
         raise ValidationError(f"the similarity metrics need at least 4 pairs; got {len(rows)}")
     a_s, b_s = a[rows], b[rows]
     k = min(as_int(k, "k", low=2), len(rows) - 1)
+    if isinstance(measures, str):
+        measures = (measures,)
+    chosen = [get_measure(m) for m in measures]
+    if not chosen:
+        raise ValidationError("measures must name at least one similarity measure; see list_measures()")
     metrics: dict[str, Any] = {}
-    for name, kwargs in (("mutual_knn", {"k": k}), ("cka", {}), ("cknna", {"k": k})):
-        metrics[name] = float(_METRICS[name](a_s, b_s, **kwargs))
-        metrics[f"{name}_null"] = null_score(name, a_s, b_s, n_null, seed, **kwargs)
+    for m in chosen:
+        kwargs = {"k": k} if "k" in m.params() else {}
+        if n_permutations is None:
+            metrics[m.name] = m(a_s, b_s, **kwargs)
+            metrics[f"{m.name}_null"] = null_score(m.name, a_s, b_s, n_null, seed, **kwargs)
+        else:
+            metrics.update(calibrate(a_s, b_s, m, n_permutations, alpha, seed, **kwargs).as_metrics())
     details = {"similarity_n": int(len(rows)), "similarity_seed": int(seed), "similarity_k": int(k),
-               "similarity_null_permutations": int(n_null)}
+               "similarity_null_permutations": int(n_null if n_permutations is None else n_permutations)}
+    if n_permutations is not None:
+        details["similarity_alpha"] = float(alpha)
     return {"metrics": metrics, "details": details}

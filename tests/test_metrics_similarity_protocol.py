@@ -124,3 +124,31 @@ def test_similarity_scores_use_the_sample_and_record_it():
     assert small["details"]["similarity_n"] == 8 and small["details"]["similarity_k"] == 7
     with pytest.raises(ValidationError, match="same number of rows"):
         similarity_scores(a, b[:-1])
+
+
+def test_similarity_scores_can_pick_measures_and_calibrate_them():
+    from alignprobe.metrics import calibrate
+
+    a, b = paired(n=300, noise=2.0)
+    out = similarity_scores(a, b, k=5, sample_size=120, seed=3, measures=("mutual_knn", "rsa"), n_permutations=30)
+    rows = similarity_sample(300, 120, seed=3)
+    m = out["metrics"]
+    assert set(m) == {f"{name}{suffix}" for name in ("mutual_knn", "rsa")
+                      for suffix in ("", "_calibrated", "_p", "_threshold", "_null")}
+    ref = calibrate(a[rows], b[rows], "mutual_knn", 30, seed=3, k=5)
+    assert (m["mutual_knn"], m["mutual_knn_null"], m["mutual_knn_p"]) == (ref.observed, ref.null_mean, ref.p_value)
+    assert m["rsa_p"] == pytest.approx(1 / 31) and 0 < m["rsa_calibrated"] <= 1
+    assert out["details"] == {"similarity_n": 120, "similarity_seed": 3, "similarity_k": 5,
+                              "similarity_null_permutations": 30, "similarity_alpha": 0.05}
+    plain = similarity_scores(a, b, k=5, sample_size=120, seed=3, measures=["procrustes"])["metrics"]
+    assert set(plain) == {"procrustes", "procrustes_null"}
+    with pytest.raises(ValidationError, match="Did you mean 'cknna'"):
+        similarity_scores(a, b, measures=["ckna"])
+
+
+def test_null_score_takes_any_registered_measure():
+    a, b = paired(n=80)
+    rng = np.random.default_rng(0)
+    from alignprobe.metrics import rsa
+    manual = np.mean([rsa(a, b[rng.permutation(80)]) for _ in range(3)])
+    assert null_score("rsa", a, b, 3) == pytest.approx(manual)
