@@ -132,7 +132,7 @@ def test_image_processor_reproduces_the_encoder_preprocessing(exported):
     torch.testing.assert_close(shifted[:, 1:], ours[:, :-1], atol=1e-6, rtol=0)
 
 
-def test_llava_uses_the_exported_tower(exported):
+def test_llava_uses_the_exported_tower(exported, tmp_path):
     from transformers import (AutoConfig, AutoModel, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration)
 
@@ -160,6 +160,12 @@ def test_llava_uses_the_exported_tower(exported):
             assert logits.shape == (1, ids.shape[1], 64) and torch.isfinite(logits).all()
             gen = llava.generate(input_ids=ids, pixel_values=x, max_new_tokens=3, do_sample=False)
         assert gen.shape == (1, ids.shape[1] + 3)
+    # a saved LLaVA with the tower reloads the ordinary way (the tower's config is in its config.json)
+    llava.save_pretrained(tmp_path / "llava")
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    assert type(again.model.vision_tower).__name__ == "AlignedVisionTowerModel"
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, pixel_values=x).logits, logits)
 
 
 def test_layer_trained_run_exports_that_layer(dino_dir, tmp_path):
