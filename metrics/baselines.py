@@ -251,7 +251,7 @@ class ASIFBaseline(Baseline):
     even p would otherwise turn them into strong matches). The outputs are
     dense (m, n_anchors) float32 arrays: transform at most a few thousand
     samples against ~100 k anchors at a time (``chunk_size`` rows are scored
-    per block).
+    per block). ``normalize`` changes nothing here: the similarities are cosines.
     """
 
     name = "asif"

@@ -103,7 +103,7 @@ class Measure:
     def params(self, **overrides: Any) -> dict[str, Any]:
         """The keyword parameters of ``fn`` with their defaults, updated by ``overrides`` (unknown names refused)."""
         sig = inspect.signature(self.fn)
-        names = [p for p in list(sig.parameters)[2:]]
+        names = list(sig.parameters)[2:]  # after x and y
         unknown = sorted(set(overrides) - set(names))
         if unknown:
             raise ValidationError(
@@ -207,16 +207,15 @@ class Side:
         return self.get(("basis",), lambda: orthonormal_basis(self.centered, self.name))
 
     def kernel(self, kind: str, sigma: float | None = None, normalize: bool = True) -> torch.Tensor:
-        """(n, n) kernel matrix as ``cka`` builds it: linear on centred (optionally unit-row) features, or rbf."""
+        """(n, n) kernel matrix as ``cka`` builds it: linear on centred (optionally unit-row) features, or rbf.
 
-        def make() -> torch.Tensor:
-            x = unit_rows(self.x64, self.name) if normalize else self.x64
-            if kind == "rbf":
-                return _rbf_kernel(x, sigma)
-            c = _center(x)
-            return c @ c.T
-
-        return self.get(("kernel", kind, sigma, normalize), make)
+        Not cached: the HSIC statistics derived from it are, and keeping both would double the memory.
+        """
+        x = unit_rows(self.x64, self.name) if normalize else self.x64
+        if kind == "rbf":
+            return _rbf_kernel(x, sigma)
+        c = _center(x)
+        return c @ c.T
 
 
 def _check_gram_size(n: int, what: str) -> None:
