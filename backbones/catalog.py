@@ -237,6 +237,9 @@ def _vision() -> list[EncoderSpec]:
 # NV-Embed's instruction for semantic-similarity tasks. SAIL encodes captions without it
 # (model/language_model.py: self.model.encode(sentences, max_length=1024)), so the default entry
 # has no prefix; `nv-embed-v2-instruct` (or prefix=NV_EMBED_PREFIX) embeds captions as queries.
+# Commits of the remote-code repositories (see the entries below for where each comes from).
+GTE_V15_CODE_REVISION = "40ced75c3017eb27626c9d4ea981bde21a2662f4"
+NV_EMBED_V2_REVISION = "7604d305b621f14095a1aa23d351674c2859553a"
 NV_EMBED_PREFIX = "Instruct: Retrieve semantically similar text.\nQuery: "
 
 
@@ -248,6 +251,10 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="Alibaba-NLP/gte-base-en-v1.5",
             trust_remote_code=True,
+            # Remote code runs only at pinned commits: the weights repo (as pinned in public code that loads
+            # this model) and, through code_revision, the Alibaba-NLP/new-impl repo its config points at.
+            revision="a829fd0e060bb84554da0dfd354d0de0f7712b7f",
+            model_kwargs={"code_revision": GTE_V15_CODE_REVISION},
             # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'BOS' (last_hidden_state[:, 0]).
             pooling="cls",
             dim=768,
@@ -263,6 +270,9 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="Alibaba-NLP/gte-large-en-v1.5",
             trust_remote_code=True,
+            # Pinned (see gte-base-en-v1.5): the commit public embedding services pin for this model.
+            revision="104333d6af6f97649377c2afbde10a7704870c7b",
+            model_kwargs={"code_revision": GTE_V15_CODE_REVISION},
             # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'BOS' (last_hidden_state[:, 0]).
             pooling="cls",
             dim=1024,
@@ -278,6 +288,8 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="Alibaba-NLP/gte-Qwen2-1.5B-instruct",
             trust_remote_code=True,
+            # Pinned to the commit MTEB evaluates (mteb/models/gte_models.py).
+            revision="c6c1b92f4a3e1b92b326ad29dd3c8433457df8dd",
             # Pooling: SAIL model/language_model.py MODEL_EMBEDDING_TYPE 'LastToken' (last_token_pool).
             pooling="last",
             dim=1536,
@@ -295,6 +307,8 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="nvidia/NV-Embed-v2",
             trust_remote_code=True,
+            # Pinned to the commit MTEB evaluates (mteb/models/nvidia_models.py).
+            revision=NV_EMBED_V2_REVISION,
             # Pooling: SAIL model/language_model.py get_sentence_embeddings ('NV': model.encode(sentences,
             # max_length=1024), no instruction): the model's latent-attention pooling.
             pooling="encode",
@@ -313,6 +327,8 @@ def _text() -> list[EncoderSpec]:
             source="transformers",
             hub_id="nvidia/NV-Embed-v2",
             trust_remote_code=True,
+            # Pinned to the commit MTEB evaluates (mteb/models/nvidia_models.py).
+            revision=NV_EMBED_V2_REVISION,
             # Pooling: as nv-embed-v2, with NV-Embed's semantic-similarity query instruction (its model card).
             pooling="encode",
             dim=4096,

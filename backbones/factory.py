@@ -19,6 +19,7 @@ from typing import Any
 from alignprobe.errors import ValidationError
 
 from .hub import check_available
+from .registry import lookup
 from .resolve import WrongModalityError, resolve_spec
 from .spec import POOLINGS, EncoderSpec, Preprocessing
 
@@ -75,6 +76,28 @@ def apply_overrides(spec: EncoderSpec, overrides: dict[str, Any]) -> EncoderSpec
     return spec.with_layer(layer) if layer is not None else spec
 
 
+def check_remote_code(spec: EncoderSpec, opted_in: bool = False) -> None:
+    """Code from a model hub runs only at a registered, pinned commit, or when the user opts in.
+
+    A registered remote-code entry (GTE v1.5, gte-Qwen2, NV-Embed-v2) pins its commit; any other
+    revision of it, and any unregistered model that needs remote code, is refused unless
+    ``trust_remote_code=True`` (``--trust-remote-code``) was given explicitly for this call.
+    """
+    if not spec.trust_remote_code or opted_in:
+        return
+    registered = lookup(spec.base_name)
+    if (registered is not None and registered.trust_remote_code and registered.hub_id == spec.hub_id
+            and registered.revision is not None and spec.revision == registered.revision):
+        return
+    where = (f"revision {spec.revision!r} instead of the pinned {registered.revision!r}"
+             if registered is not None and registered.trust_remote_code and registered.hub_id == spec.hub_id
+             else "no registered, pinned commit")
+    raise ValidationError(
+        f"{spec.name!r} runs model code from the hub ({where}); alignprobe runs remote code only at the "
+        f"commits its registry pins. If you trust this code, pass trust_remote_code=True "
+        f"(--trust-remote-code) explicitly")
+
+
 def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any]):
     from .devices import resolve_device, resolve_dtype
     from .hf_common import import_string
@@ -89,7 +112,9 @@ def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any
         spec = name_or_path
     else:
         spec = resolve_spec(name_or_path, modality)
+    opted_in = overrides.get("trust_remote_code") is True
     spec = apply_overrides(spec, overrides)
+    check_remote_code(spec, opted_in)
     check_available(spec)
     if spec.converter is not None and not spec.path:
         # packaged weights in a foreign format: converted once into a model directory

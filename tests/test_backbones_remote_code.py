@@ -110,3 +110,38 @@ def test_remote_code_runs_only_when_asked(remote_dir):
     d, _ = remote_dir
     with pytest.raises(ValidationError, match="trust_remote_code=True"):
         create_text_encoder(d, pooling="encode")
+
+
+def test_registered_remote_code_entries_are_pinned_and_other_revisions_need_opt_in():
+    from alignprobe.backbones import list_encoders, resolve_spec
+    from alignprobe.backbones.factory import check_remote_code
+
+    remote = [s for s in list_encoders() if s.trust_remote_code]
+    assert remote and all(s.revision and len(s.revision) == 40 for s in remote)  # a full commit each
+    for spec in remote:
+        check_remote_code(spec)  # the pinned commit needs no opt-in
+    other = resolve_spec("hf:Alibaba-NLP/gte-large-en-v1.5@refs/pr/99", "text")
+    with pytest.raises(ValidationError, match="refs/pr/99.*pass trust_remote_code=True"):
+        check_remote_code(other)
+    check_remote_code(other, opted_in=True)
+    # through the factory: the revision override alone is refused before anything loads
+    with pytest.raises(ValidationError, match="instead of the pinned"):
+        create_text_encoder("nv-embed-v2", revision="main", device="cpu")
+
+
+def test_a_run_directory_never_enables_remote_code_by_itself(remote_dir):
+    """aligned.json records the user's opt-in, but reloading it needs the opt-in again."""
+    from alignprobe import EncoderRequest
+    from alignprobe.probe.pipelines.aligned import AlignedModel
+    from alignprobe.probe.training.heads import AlignmentModel
+
+    request = EncoderRequest.create("text", str(remote_dir[0]), pooling="encode", trust_remote_code=True)
+    info = {"text": {"request": request.to_dict()}, "vision": {"request": EncoderRequest.create(
+        "vision", "pixels-8").to_dict()}}
+    model = AlignmentModel(8, 4, out_dim=4)
+    shared = AlignedModel(model, info, device="cpu")
+    assert "trust_remote_code" not in shared.request("text").option_dict()
+    with pytest.raises(ValidationError, match="trust_remote_code=True"):
+        shared.encoder("text").encode(["a photo"])
+    trusted = AlignedModel(model, info, device="cpu", trust_remote_code=True)
+    assert trusted.request("text").option_dict()["trust_remote_code"] is True

@@ -89,8 +89,9 @@ class AlignedModel:
 
     def __init__(self, model: AlignmentModel, info: dict[str, Any], path: Path | None = None, *,
                  device: str | torch.device = "auto", encoder_dtype: str | None = None,
-                 pool: EncoderPool | None = None):
+                 pool: EncoderPool | None = None, trust_remote_code: bool = False):
         self.model = model
+        self.trust_remote_code = trust_remote_code
         self.info = info
         self.path = path
         self.device = resolve_device(device)
@@ -118,8 +119,16 @@ class AlignedModel:
         return entry
 
     def request(self, modality: str) -> EncoderRequest:
-        """The `EncoderRequest` the ``modality`` side was trained on (as recorded)."""
-        return request_from_entry(self.encoder_info(modality), modality, str(self.path or "this model"))
+        """The `EncoderRequest` the ``modality`` side was trained on (as recorded).
+
+        A recorded ``trust_remote_code`` is dropped unless this model was loaded with
+        ``trust_remote_code=True``: a run directory never enables remote code by itself."""
+        request = request_from_entry(self.encoder_info(modality), modality, str(self.path or "this model"))
+        options = request.option_dict()
+        if "trust_remote_code" in options and not self.trust_remote_code:
+            options.pop("trust_remote_code")
+            request = request.replace(options=options)
+        return request
 
     def encoder(self, modality: str):
         """The frozen encoder of ``"vision"`` or ``"text"`` exactly as trained on, loaded on first use."""
@@ -223,13 +232,14 @@ def _templates(templates) -> list[str]:
 
 
 def load_aligned(path: str | Path, *, device: str = "auto", encoder_dtype: str | None = None,
-                 which: str = "best") -> AlignedModel:
+                 which: str = "best", trust_remote_code: bool = False) -> AlignedModel:
     """The trained model of a run directory (SAIL training or a saved probe), or its ``aligned.json``.
 
     ``which``: ``"best"`` -- the weights the run kept (best held-out epoch);
     ``"latest"`` -- the last checkpoint (SAIL runs). ``device``: where the heads and
     encoders run (``auto``: CUDA, then MPS, then CPU). ``encoder_dtype``:
-    ``fp32``/``fp16``/``bf16`` for the encoders (their default otherwise).
+    ``fp32``/``fp16``/``bf16`` for the encoders (their default otherwise). ``trust_remote_code``:
+    allow an encoder the run opted into remote code for (registered, pinned entries need nothing).
     """
     if which not in ("best", "latest"):
         raise ValidationError(f"which must be 'best' or 'latest', got {which!r}")
@@ -251,4 +261,5 @@ def load_aligned(path: str | Path, *, device: str = "auto", encoder_dtype: str |
     except RuntimeError as err:  # the tensors do not fit the heads aligned.json describes
         raise ValidationError(f"the weights {weights} do not fit {file} ({err}); retrain, or restore both files "
                               f"from one copy") from None
-    return AlignedModel(model, info, file, device=device, encoder_dtype=encoder_dtype)
+    return AlignedModel(model, info, file, device=device, encoder_dtype=encoder_dtype,
+                        trust_remote_code=trust_remote_code)
