@@ -81,7 +81,7 @@ def check_remote_code(spec: EncoderSpec, opted_in: bool = False) -> None:
 
     A registered remote-code entry (GTE v1.5, gte-Qwen2, NV-Embed-v2) pins its commit; any other
     revision of it, and any unregistered model that needs remote code, is refused unless
-    ``trust_remote_code=True`` (``--trust-remote-code``) was given explicitly for this call.
+    ``trust_remote_code=True`` was given explicitly for this call.
     """
     if not spec.trust_remote_code or opted_in:
         return
@@ -94,8 +94,8 @@ def check_remote_code(spec: EncoderSpec, opted_in: bool = False) -> None:
              else "no registered, pinned commit")
     raise ValidationError(
         f"{spec.name!r} runs model code from the hub ({where}); alignprobe runs remote code only at the "
-        f"commits its registry pins. If you trust this code, pass trust_remote_code=True "
-        f"(--trust-remote-code) explicitly")
+        f"commits its registry pins. If you trust this code, pass trust_remote_code=True explicitly "
+        f"(create_text_encoder / EncoderRequest.create)")
 
 
 def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any]):
