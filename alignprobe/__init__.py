@@ -16,6 +16,7 @@ _EXPORTS = {
     "register_encoder": "alignprobe.backbones",
     "resolve_spec": "alignprobe.backbones",
     "EncoderSpec": "alignprobe.backbones",
+    "EncoderRequest": "alignprobe.backbones",
     "open_dataset": "alignprobe.probe.data.spec",
     "EmbeddingCache": "alignprobe.probe.embeddings.cache",
     "encode_dataset": "alignprobe.probe.embeddings.encode_job",

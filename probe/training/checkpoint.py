@@ -33,10 +33,9 @@ import torch
 
 from alignprobe.errors import ValidationError
 from alignprobe.io import apply_umask, library_write, write_json_atomic
+from alignprobe.probe.training.model_file import ALIGNED_FILE, BEST_FILE, MODEL_FILE
 
-MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "rng.pt", "state.json"
-ALIGNED_FILE = "aligned.json"
-BEST_FILE = "best.safetensors"
+OPTIM_FILE, RNG_FILE, STATE_FILE = "optimizer.pt", "rng.pt", "state.json"
 POINTERS = ("latest", "best")
 
 
