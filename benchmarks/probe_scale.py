@@ -4,6 +4,7 @@
     python benchmarks/probe_scale.py --steps 0         # a whole epoch at each size (31 + 8 steps: hours on 2 cores)
     python benchmarks/probe_scale.py --quick           # 100k / 25k pairs, 512 / 256-d, batch 4,096 (a minute)
     python benchmarks/probe_scale.py --micro-batch 4096 # two-pass (GradCache) steps: less memory, a second forward
+    python benchmarks/probe_scale.py --micro-batch auto,4096 --pairs 1000000   # both modes, one table
 
 For each size a synthetic memory-mapped fp16 cache is written (images and one
 caption per image, as `np.memmap` files -- what a `CachedEmbeddings` entry
@@ -21,6 +22,10 @@ first epoch (0: the whole epoch), each in its own subprocess. Printed:
   reference). Counted: each head's forward and weight gradient (inputs need no
   gradient), the loss's similarity forward, its recomputation in the backward
   and the two gradient products. Goal: >= 0.7.
+
+Batches stay in the cache's fp16 until each micro-batch runs (`streaming.py`,
+`step.head_input`); the table's "batch dtype" column says what the engine held.
+An epoch is ``floor(pairs / batch)`` steps (``drop_last``, as the reference).
 """
 from __future__ import annotations
 
@@ -135,6 +140,7 @@ def worker(args) -> dict:
 
     def timed_step(self, batch):
         started["t"] = time.perf_counter()
+        started["dtype"] = str(batch.images.dtype).replace("torch.", "")
         return real_step(self, batch)
 
     Trainer._train_step = timed_step
@@ -152,6 +158,7 @@ def worker(args) -> dict:
     step_s = float(np.median(seconds))
     ref = max(peak_before, peak_after)
     return {"pairs": n, "steps": len(seconds), "step_s": step_s, "peak_rss_anon_gib": peak / GiB,
+            "batch_dtype": started.get("dtype"), "steps_per_epoch": n // args.batch,
             "gflops": flops / step_s / 1e9, "gemm_peak_gflops": ref / 1e9, "fraction_of_peak": flops / step_s / ref,
             "micro_batch": trainer.micro_batch_, "threads": torch.get_num_threads()}
 
@@ -165,7 +172,8 @@ def main():
     parser.add_argument("--d-txt", type=int, default=1024)
     parser.add_argument("--out-dim", type=int, default=2048)
     parser.add_argument("--dir", default="/tmp/alignprobe-probe-scale")
-    parser.add_argument("--micro-batch", default="auto", help="auto (the default: one pass when it fits), none, or rows")
+    parser.add_argument("--micro-batch", default="auto",
+                        help="auto (the default: one pass when it fits), none, or rows; a comma list runs each")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -182,23 +190,28 @@ def main():
         t0 = time.perf_counter()
         images, texts = write_cache(Path(args.dir), n, args.d_img, args.d_txt)
         print(f"cache of {n:,} pairs ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        cmd = [sys.executable, __file__, WORKER, "--n", str(n), "--images", str(images), "--texts", str(texts),
-               "--steps", str(args.steps), "--batch", str(args.batch), "--d-img", str(args.d_img),
-               "--d-txt", str(args.d_txt), "--out-dim", str(args.out_dim), "--micro-batch", str(args.micro_batch)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        for micro in args.micro_batch.split(","):
+            cmd = [sys.executable, __file__, WORKER, "--n", str(n), "--images", str(images), "--texts", str(texts),
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--d-img", str(args.d_img),
+                   "--d-txt", str(args.d_txt), "--out-dim", str(args.out_dim), "--micro-batch", micro]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr)
     print(f"\nsail-probe steps from fp16 memmaps: batch {args.batch:,}, {args.d_img} / {args.d_txt} -> {args.out_dim}")
-    print("| pairs | steps | s / step | peak RssAnon | GFLOP/s | GEMM peak | fraction of peak | micro-batch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| pairs | steps | s / step | peak RssAnon | GFLOP/s | GEMM peak | fraction of peak | micro-batch | "
+          "batch dtype |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['pairs']:,} | {r['steps']} | {r['step_s']:.1f} | {r['peak_rss_anon_gib']:.2f} GiB | "
-              f"{r['gflops']:.0f} | {r['gemm_peak_gflops']:.0f} | {r['fraction_of_peak']:.2f} | {r['micro_batch']} |")
-    if len(rows) >= 2:
-        big, small = max(rows, key=lambda r: r["pairs"]), min(rows, key=lambda r: r["pairs"])
-        ratio = big["peak_rss_anon_gib"] / small["peak_rss_anon_gib"]
-        print(f"\nmemory {big['pairs']:,} / {small['pairs']:,} pairs: {ratio:.2f}x (goal <= 1.2x); "
-              f"at {big['pairs']:,}: {big['peak_rss_anon_gib']:.2f} GiB (goal <= 3 GiB)")
+              f"{r['gflops']:.0f} | {r['gemm_peak_gflops']:.0f} | {r['fraction_of_peak']:.2f} | {r['micro_batch']} | "
+              f"{r['batch_dtype']} |")
+    for mode in dict.fromkeys(r["micro_batch"] for r in rows):
+        same = [r for r in rows if r["micro_batch"] == mode]
+        if len(same) >= 2:
+            big, small = max(same, key=lambda r: r["pairs"]), min(same, key=lambda r: r["pairs"])
+            ratio = big["peak_rss_anon_gib"] / small["peak_rss_anon_gib"]
+            print(f"\nmicro-batch {mode}: memory {big['pairs']:,} / {small['pairs']:,} pairs: {ratio:.2f}x "
+                  f"(goal <= 1.2x); at {big['pairs']:,}: {big['peak_rss_anon_gib']:.2f} GiB (goal <= 3 GiB)")
 
 
 if __name__ == "__main__":

@@ -165,7 +165,16 @@ def embed(head: torch.nn.Module, x: torch.Tensor, micro_batch: int | None, devic
     micro-batch is cast to the head's dtype as it runs (`head_input`)."""
     mb = micro_batch or len(x)
     with autocast(device, precision):
-        return torch.cat([head(head_input(head, x[s : s + mb])) for s in range(0, len(x), mb)])
+        if mb >= len(x):
+            return head(head_input(head, x))
+        # Filled in place: a list of pieces and their concatenation would hold the outputs twice.
+        out = None
+        for s in range(0, len(x), mb):
+            piece = head(head_input(head, x[s : s + mb]))
+            if out is None:
+                out = piece.new_empty((len(x), *piece.shape[1:]))
+            out[s : s + len(piece)] = piece
+        return out
 
 
 def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: torch.Tensor, texts: torch.Tensor,
