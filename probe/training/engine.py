@@ -40,6 +40,7 @@ from alignprobe.errors import AlignprobeError, DataError, NotFittedError, Valida
 from alignprobe.io import write_json_atomic
 
 from alignprobe.probe.training import distributed as D
+from alignprobe.probe.training.model_file import ALIGNED_FORMAT
 from alignprobe.probe.training.checkpoint import (ALIGNED_FILE, BEST_FILE, MODEL_FILE, CheckpointStore, rng_state,
                                                   set_rng_state)
 from alignprobe.probe.training.config import LOWER_IS_BETTER, RUNTIME_FIELDS, TrainConfig
@@ -52,10 +53,8 @@ from alignprobe.probe.training.train_log import TrainLog
 
 log = logging.getLogger("alignprobe.train")
 
-#: Format of ``aligned.json`` and of the checkpoints' state.
-ALIGNED_FORMAT = "alignprobe.sail/2"
-#: `TrainConfig` fields added after checkpoints of this format were first written, with the
-#: values that reproduce how such a checkpoint trained (so it still resumes).
+#: `TrainConfig` fields added after checkpoints were first written, with the values that
+#: reproduce how such a checkpoint trained (so it still resumes).
 LEGACY_FIELDS = {"drop_last": False, "min_rel_delta": 0.0}
 
 
@@ -143,6 +142,13 @@ class BestEpoch:
     def _keep(self, score, epoch, step, metrics) -> None:
         self.score, self.epoch, self.step, self.metrics = score, epoch, step, dict(metrics)
 
+    def restore(self, score: float | None, epoch: int, step: int, metrics: dict, bad_epochs: int,
+                anchor: float | None) -> "BestEpoch":
+        """Set the tracked values (from a checkpoint); returns self."""
+        self._keep(score, epoch, step, metrics)
+        self.bad_epochs, self.anchor = bad_epochs, anchor
+        return self
+
     @property
     def exhausted(self) -> bool:
         """``patience`` epochs in a row without significant progress."""
@@ -153,8 +159,8 @@ class BestEpoch:
 class LoopState:
     """Where the training loop is; what a checkpoint's ``state.json`` holds.
 
-    ``to_dict`` writes the same keys as checkpoints of format ``alignprobe.sail/2``
-    always had (plus ``stop_anchor``), so older checkpoints resume.
+    ``to_dict`` writes the keys checkpoints have always had (plus ``stop_anchor``),
+    so older checkpoints resume.
     """
 
     config: dict
@@ -201,10 +207,8 @@ class LoopState:
         """Rebuild from ``to_dict``'s output; ``tracker`` brings the stopping settings."""
         best = dict(values["best"])
         score, epoch, step = best.pop("score"), best.pop("epoch"), best.pop("step")
-        tracker._keep(score, epoch, step, best)
-        tracker.bad_epochs = values["bad_epochs"]
         # Checkpoints from before the relative threshold: the anchor was the best score.
-        tracker.anchor = values.get("stop_anchor", score)
+        tracker.restore(score, epoch, step, best, values["bad_epochs"], values.get("stop_anchor", score))
         return cls(config=values["config"], world_size=values["world_size"], positives=values["positives"],
                    n_train=values["n_train"], n_val=values["n_val"], best=tracker, format=values["format"],
                    epoch=values["epoch"], batch=values["batch"], step=values["step"],
