@@ -151,3 +151,30 @@ def test_a_set_smaller_than_the_batch_trains_and_says_so(tmp_path):
     assert trainer.steps_ == 3  # one batch of the 11 training pairs an epoch (batch 12)
     record = json.loads((tmp_path / "run" / "aligned.json").read_text())
     assert any("exceeds the 11 training images" in note for note in record["notes"])
+
+
+def test_a_run_killed_mid_epoch_resumes_bit_for_bit_with_drop_last(tmp_path):
+    image, text = planted(100)
+    # 80 training pairs, batch 16: 5 full steps an epoch; checkpoints at steps 3, 6, ...
+    config = TrainConfig(out_dim=8, batch_size=16, epochs=3, lr=1e-3, val_fraction=0.2, device="cpu",
+                         checkpoint_every=3, prefetch=False)
+    whole = Trainer(config, tmp_path / "a", quiet=True).fit(image, text)
+
+    class Killed(BaseException):
+        pass
+
+    def kill(trainer, event, info):
+        if event == "step" and info["step"] == 5:  # the last checkpoint is step 3, batch 3 of epoch 1
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(config, tmp_path / "b", quiet=True).fit(image, text, callbacks=[kill])
+    latest = json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())
+    state = json.loads((tmp_path / "b" / "checkpoints" / latest["dir"] / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch"]) == (3, 0, 3)  # mid-epoch
+    resumed = Trainer(config, tmp_path / "b", quiet=True).fit(image, text, resume=True)
+    assert resumed.steps_ == whole.steps_ == 15
+    for name, value in whole.model_.state_dict().items():
+        assert torch.equal(value, resumed.model_.state_dict()[name]), name
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(resumed.history_) == strip(whole.history_)
