@@ -82,8 +82,10 @@ def main() -> None:
     print(f"{'lr':>8} {'init val':>9} {'best val':>9} {'best ep':>7} {'epochs':>6} {'i2t R@1':>7} {'t2i R@1':>7} {'sec':>6}")
     for lr in lrs:
         start = time.perf_counter()
+        # the stopping rule of the recorded measurement (patience 20 alone), not today's recipe's
         config, _ = resolve_recipe("sail-probe", n, dict(out_dim=256, lr=lr, batch_size=args.batch_size, epochs=100,
-                                                         device="cpu", optimizer=args.optimizer))
+                                                         device="cpu", optimizer=args.optimizer, patience=20,
+                                                         min_rel_delta=0.0))
         probe = AlignmentProbe(config, quiet=True).fit(image, text)
         i2t, t2i = r_at_1(probe, image, text)
         print(f"{lr:8.0e} {probe.initial_val_loss_:9.5f} {probe.best_val_loss_:9.5f} {probe.best_epoch_:7d} "
