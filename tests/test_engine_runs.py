@@ -259,3 +259,17 @@ def test_the_allocator_keeps_freed_memory_without_environment_variables():
     # five 64 MiB arrays: by default each is mapped afresh and faulted in; kept, the heap's pages are reused
     assert kept_faults * 10 < default_faults
     assert run("1", MALLOC_MMAP_MAX_="65536")[0] is False  # the user's own setting wins
+
+
+def test_gpu_check_exits_cleanly_without_cuda(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device" in proc.stdout and not out.exists()
