@@ -190,7 +190,7 @@ def options_from(kwargs) -> "EncodeOptions":
         from alignprobe.errors import OutputNotWritableError
 
         try:
-            check_writable(options.cache().root, "embedding cache (--cache-dir)")
+            check_writable(options.cache_root(), "embedding cache (--cache-dir)")
         except OutputNotWritableError as err:
             raise OutputNotWritableError(f"{err} (or pass --no-recompute to only read a shared cache)") from None
     return options

@@ -6,11 +6,23 @@ over a real default.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from alignprobe.errors import ValidationError
+
+
+ENV_CACHE_DIR = "ALIGNPROBE_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """`$ALIGNPROBE_CACHE_DIR`, else `$XDG_CACHE_HOME/alignprobe`, else `~/.cache/alignprobe`."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "alignprobe"
 
 
 @dataclass
@@ -41,11 +53,9 @@ class EncodeOptions:
         if self.dtype not in (None, "fp32", "fp16", "bf16"):
             raise ValidationError(f"dtype must be one of fp32, fp16, bf16, got {self.dtype!r}")
 
-    def cache(self):
-        from alignprobe.probe.embeddings.cache import EmbeddingCache, default_cache_dir
-
-        root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
-        return EmbeddingCache(root) if self.shard_rows is None else EmbeddingCache(root, shard_rows=self.shard_rows)
+    def cache_root(self) -> Path:
+        """Where the embedding cache lives: ``cache_dir``, else `default_cache_dir()`."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from typing import TypeVar, overload
 
 from alignprobe.errors import UnknownEncoderError, ValidationError
 
+from . import packaged
 from .spec import MODALITIES, EncoderSpec
 
 _SPECS: dict[str, EncoderSpec] = {}  # key(name) -> spec
@@ -159,9 +160,7 @@ def offline_status(spec: EncoderSpec) -> str:
         return "builtin"
     if not spec.packaged:
         return ""
-    from .resolve import packaged_path  # resolve imports this module
-
-    if packaged_path(spec.packaged) is not None:
+    if packaged.packaged_path(spec.packaged) is not None:
         return "packaged"
     requirement = spec.package or spec.packaged.partition(":")[0].replace("_", "-")
     return f"pip install '{requirement}'"

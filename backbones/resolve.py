@@ -11,7 +11,6 @@ Nothing is decided from substrings of model names.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from alignprobe.errors import UnknownEncoderError, ValidationError
 
+from . import packaged
 from .registry import list_encoders, lookup, unknown_encoder_error
 from .spec import IMAGENET_MEAN, IMAGENET_STD, MODALITIES, EncoderSpec, Preprocessing
 
@@ -103,28 +103,6 @@ def _with_modality(spec: EncoderSpec, modality: str) -> EncoderSpec:
     return spec
 
 
-def packaged_path(packaged: str) -> Path | None:
-    """The folder or file `"package:sub/path"` of an installed package, without importing it."""
-    package, _, sub = packaged.partition(":")
-    try:
-        found = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if found is None or not found.submodule_search_locations:
-        return None
-    for location in found.submodule_search_locations:
-        target = Path(location) / sub
-        if target.exists():
-            return target
-    return None
-
-
-def packaged_dir(packaged: str) -> Path | None:
-    """The folder `"package:sub/folder"` of an installed package (None for a file)."""
-    found = packaged_path(packaged)
-    return found if found is not None and found.is_dir() else None
-
-
 def _with_packaged(spec: EncoderSpec) -> EncoderSpec:
     """Point a spec at weights shipped in an installed Python package, when there are some:
     a folder becomes its `path`, a weights file its `checkpoint` (a converter, if any, turns
@@ -132,9 +110,9 @@ def _with_packaged(spec: EncoderSpec) -> EncoderSpec:
     if not spec.packaged or spec.path or spec.checkpoint:
         return spec
     if spec.checkpoint_filter is None and spec.converter is None:
-        folder = packaged_dir(spec.packaged)  # a packaged model directory
+        folder = packaged.packaged_dir(spec.packaged)  # a packaged model directory
         return spec.replace(path=str(folder)) if folder is not None else spec
-    found = packaged_path(spec.packaged)  # a packaged weights file
+    found = packaged.packaged_path(spec.packaged)  # a packaged weights file
     return spec.replace(checkpoint=str(found)) if found is not None and found.is_file() else spec
 
 

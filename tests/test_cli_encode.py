@@ -120,8 +120,10 @@ def test_grid_of_two_by_two_encoders_encodes_four_times(monkeypatch, tmp_path):
             misses.append((encoder.spec.name, source.kind))
         return res
 
-    monkeypatch.setattr(encoding, "encode_source", counting)
+    from alignprobe.probe.pipelines import workspace
     from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
+
+    monkeypatch.setattr(workspace, "encode_source", counting)  # every pipeline encodes through the workspace
 
     sweep = SweepConfig(vision=["pixels", "hog"], text=["bow", "minilm"],
                         run={"pairs": "shapes:train?n=60", "metrics": ("similarity",)})

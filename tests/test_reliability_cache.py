@@ -15,7 +15,7 @@ from PIL import Image
 
 from alignprobe.errors import CacheDamagedError, DataError, ImageLoadError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
-from alignprobe.probe.embeddings.cache import CacheIdentity, EmbeddingCache, check_shard
+from alignprobe.probe.embeddings.cache import CacheIdentity, EmbeddingCache, check_shard, open_cache
 from alignprobe.probe.embeddings.encoding import TextSource, encode_source, nonfinite_message, ImageSource
 
 
@@ -346,7 +346,7 @@ def test_shard_rows_travels_with_the_cache_of_the_options(tmp_path):
     # How `--shard-rows` reaches every command that encodes (run, sweep, train build caches from options).
     from alignprobe.config import EncodeOptions
 
-    cache = EncodeOptions(cache_dir=str(tmp_path), shard_rows=3).cache()
+    cache = open_cache(EncodeOptions(cache_dir=str(tmp_path), shard_rows=3))
     res = encode_source(Toy(), TextSource("caps", _texts(10)), cache=cache, quiet=True)
     assert len(res.embeddings.manifest["shards"]) == 4 and res.embeddings.manifest["identity"]["shard_rows"] == 3
     with pytest.raises(ValidationError, match="shard_rows must be >= 1"):

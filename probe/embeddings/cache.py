@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignprobe._version import __version__
+from alignprobe.config import ENV_CACHE_DIR, default_cache_dir  # noqa: F401  (re-exported: the cache's home)
 from alignprobe.errors import AlignprobeError, CacheDamagedError, CacheMismatchError, DataError, ValidationError
 from alignprobe.hashing import slug, stable_hash
 from alignprobe.io import atomic_path, library_write, write_json_atomic
@@ -40,7 +41,6 @@ log = logging.getLogger("alignprobe.cache")
 
 #: Bump when the on-disk format changes; part of every key.
 CACHE_FORMAT = 1
-ENV_CACHE_DIR = "ALIGNPROBE_CACHE_DIR"
 STORAGE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 #: Rows per shard, the unit an interrupted encode resumes from. Small enough that a kill -9
 #: of a slow encoder (a 7B text embedder on CPU at ~2 rows/s) loses about half an hour at most,
@@ -49,12 +49,10 @@ DEFAULT_SHARD_ROWS = 4096
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I64": np.int64}
 
 
-def default_cache_dir() -> Path:
-    """`$ALIGNPROBE_CACHE_DIR`, else `$XDG_CACHE_HOME/alignprobe`, else `~/.cache/alignprobe`."""
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "alignprobe"
+def open_cache(options) -> "EmbeddingCache":
+    """The embedding cache `EncodeOptions` name (its directory and shard size)."""
+    root = options.cache_root()
+    return EmbeddingCache(root) if options.shard_rows is None else EmbeddingCache(root, shard_rows=options.shard_rows)
 
 
 @dataclass(frozen=True)

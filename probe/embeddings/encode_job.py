@@ -7,8 +7,12 @@ prompts (class names x templates) that zero-shot classification needs.
 from __future__ import annotations
 
 import logging
+
+from alignprobe.backbones import check_available, create_text_encoder, create_vision_encoder, resolve_spec
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, UnknownEncoderError
+from alignprobe.probe.data.spec import class_prompts, flatten_captions, open_dataset
+from alignprobe.probe.embeddings.cache import open_cache
 from alignprobe.probe.embeddings.encoding import EncodeResult, ImageSource, TextSource, encode_source, parse_shard
 
 log = logging.getLogger("alignprobe.encode")
@@ -16,8 +20,6 @@ log = logging.getLogger("alignprobe.encode")
 
 def resolve_model(name: str, modality: str | None = None):
     """The registry spec for `name`; with no modality, vision is tried first, then text."""
-    from alignprobe.backbones import resolve_spec
-
     if modality is not None:
         return resolve_spec(name, modality)
     errors = []
@@ -31,8 +33,6 @@ def resolve_model(name: str, modality: str | None = None):
 
 def create_encoder(spec_or_name, modality: str | None = None, options: EncodeOptions | None = None):
     """Build the encoder for a spec (or name), failing fast if its weights are not available."""
-    from alignprobe.backbones import check_available, create_text_encoder, create_vision_encoder
-
     options = options or EncodeOptions()
     spec = resolve_model(spec_or_name, modality) if isinstance(spec_or_name, str) else spec_or_name
     check_available(spec)
@@ -42,8 +42,6 @@ def create_encoder(spec_or_name, modality: str | None = None, options: EncodeOpt
 
 def text_sources(dataset) -> list[TextSource]:
     """The texts a text encoder needs from `dataset`: its captions and its class prompts."""
-    from alignprobe.probe.data.spec import class_prompts, flatten_captions
-
     sources = []
     if dataset.has_captions:
         captions, _ = flatten_captions(dataset)
@@ -64,7 +62,7 @@ def encode_with(encoder, dataset, options: EncodeOptions) -> dict[str, EncodeRes
         results[source.kind] = encode_source(
             encoder,
             source,
-            cache=options.cache(),
+            cache=open_cache(options),
             batch_size=options.batch_size,
             num_workers=options.num_workers,
             storage_dtype=options.storage_dtype,
@@ -80,8 +78,6 @@ def encode_with(encoder, dataset, options: EncodeOptions) -> dict[str, EncodeRes
 def encode_dataset(model: str, data: str, *, modality: str | None = None, split: str | None = None,
                    options: EncodeOptions | None = None) -> dict[str, EncodeResult]:
     """Public API behind `alignprobe encode`: resolve, check, open, encode (cached)."""
-    from alignprobe.probe.data.spec import open_dataset
-
     options = options or EncodeOptions()
     spec = resolve_model(model, modality)
     encoder = create_encoder(spec, options=options)

@@ -20,7 +20,7 @@ import numpy as np
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError, ValidationError
 from alignprobe.probe.data.spec import open_dataset
-from alignprobe.probe.embeddings.cache import DEFAULT_SHARD_ROWS, CacheIdentity, EmbeddingCache
+from alignprobe.probe.embeddings.cache import DEFAULT_SHARD_ROWS, CacheIdentity, EmbeddingCache, open_cache
 from alignprobe.probe.embeddings.encode_job import create_encoder, resolve_model
 from alignprobe.probe.embeddings.encoding import (
     EncodeResult,
@@ -138,7 +138,7 @@ def encode_dataset_layers(model: str, data: str, layers, *, split: str | None = 
     encoder = create_encoder(spec, options=options)
     dataset = open_dataset(data, split=split, strict=options.strict)
     results = encode_source_layers(
-        encoder, ImageSource(dataset), wanted, cache=options.cache(), batch_size=options.batch_size,
+        encoder, ImageSource(dataset), wanted, cache=open_cache(options), batch_size=options.batch_size,
         num_workers=options.num_workers, storage_dtype=options.storage_dtype,
         shard_rows=options.shard_rows, recompute=options.recompute, shard=parse_shard(options.shard),
         strict=options.strict, quiet=options.quiet)

@@ -16,6 +16,7 @@ from typing import Any
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import AlignprobeError, ValidationError
+from alignprobe.probe.embeddings.cache import open_cache
 from alignprobe.probe.embeddings.lazy import MEMO_DIR, EncoderPool
 from alignprobe.probe.pipelines.layer_sweep import encode_layer_groups
 from alignprobe.probe.pipelines.run import RunConfig, run_pair
@@ -254,7 +255,7 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
     outcomes = []
     # One pool of lazily loaded encoders for the whole grid: each loads at most once (none
     # when its embeddings are cached) and is dropped as soon as no later pair needs it.
-    pool = EncoderPool(memo_dir=options.cache().root / MEMO_DIR, device=options.device, dtype=options.dtype)
+    pool = EncoderPool(memo_dir=open_cache(options).root / MEMO_DIR, device=options.device, dtype=options.dtype)
     last_use: dict[str, tuple[int, EncoderRequest]] = {}
     for i, config in enumerate(todo):
         for key, request in _request_keys(config):

@@ -23,6 +23,7 @@ from alignprobe.hashing import stable_hash
 from alignprobe.metrics.retrieval import cap_captions_per_image
 from alignprobe.probe.data.datasets import class_prompts, flatten_captions
 from alignprobe.probe.data.spec import open_dataset
+from alignprobe.probe.embeddings.cache import open_cache
 from alignprobe.probe.embeddings.encoding import ImageSource, TextSource, encode_source
 from alignprobe.probe.embeddings.lazy import MEMO_DIR, EncoderPool, LazyEncoder
 from alignprobe.probe.training import distributed as D
@@ -134,7 +135,7 @@ class Workspace:
                  pool: EncoderPool | None = None, dist: D.DistContext = D.SINGLE):
         self.requests = {"vision": vision, "text": text}
         self.options = options or EncodeOptions()
-        self.cache = self.options.cache()
+        self.cache = open_cache(self.options)
         self.pool = pool if pool is not None else EncoderPool(
             memo_dir=self.cache.root / MEMO_DIR, device=self.options.device, dtype=self.options.dtype)
         self.dist = dist
