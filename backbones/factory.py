@@ -22,6 +22,8 @@ from .hub import check_available
 from .registry import lookup
 from .resolve import WrongModalityError, resolve_spec
 from .spec import POOLINGS, EncoderSpec, Preprocessing
+from .devices import resolve_device, resolve_dtype
+from .hf_common import import_string
 
 # (modality, backend) -> "module:function" building the encoder (lm-eval style lazy loading).
 LOADERS = {
@@ -99,8 +101,6 @@ def check_remote_code(spec: EncoderSpec, opted_in: bool = False) -> None:
 
 
 def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any]):
-    from .devices import resolve_device, resolve_dtype
-    from .hf_common import import_string
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(name_or_path, EncoderSpec):

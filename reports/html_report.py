@@ -18,7 +18,7 @@ from alignprobe._version import __version__
 from alignprobe.errors import ValidationError
 from alignprobe.reports.metric_info import metric_info
 from alignprobe.reports.plot_style import figure_png_bytes
-from alignprobe.reports.correlations import exclude_encoders, format_p
+from alignprobe.reports.correlations import correlation_statistics, exclude_encoders, format_interval, format_p
 from alignprobe.reports.plots import METHOD_LABELS, format_ci, standard_figures
 from alignprobe.reports.store import failed_reruns, filter_rows, load_results
 from alignprobe.reports.tables import render_table, table_legend
@@ -69,8 +69,6 @@ def _summary_stats_table(stats: dict, alignment_metric: str) -> str:
 
 def _difference_table(df: pd.DataFrame, metrics: tuple, text: str | None, n_boot: int, seed: int) -> str:
     """Clustering minus separability: the paired-bootstrap interval of the difference of the two correlations."""
-    from alignprobe.reports.correlations import correlation_statistics, format_interval
-
     _, diffs = correlation_statistics(df, metrics[0], list(metrics[1:]), text=text, n_boot=n_boot, seed=seed,
                                       methods=("spearman", "pearson"))
     if diffs.empty:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from alignprobe.errors import ValidationError
-from alignprobe.reports.correlations import exclude_encoders, format_interval, format_p
+from alignprobe.reports.correlations import correlation_statistics, exclude_encoders, format_interval, format_p
 from alignprobe.reports.metric_info import knn_metrics, metric_info
 from alignprobe.reports.plot_style import (
     POINT_LABEL_SIZE,
@@ -32,7 +32,7 @@ from alignprobe.reports.plot_style import (
     save_figure,
     style_for,
 )
-from alignprobe.reports.store import as_results, filter_rows, is_aggregated, metric_columns, points
+from alignprobe.reports.store import as_results, export_results, filter_rows, is_aggregated, metric_columns, points
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _correlate(x, y, method, n_boot, seed, what: str) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def _correlate_cached(xb: bytes, yb: bytes, n: int, method: str, n_boot: int, seed: int) -> dict:
-    # Imported here: metrics is a peer package, and tables must work without loading it.
+    # Imported here: alignprobe.metrics loads torch, which tables and plots never need otherwise.
     from alignprobe.metrics import correlate
 
     x, y = np.frombuffer(xb, dtype=float, count=n), np.frombuffer(yb, dtype=float, count=n)
@@ -479,8 +479,6 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
     `render_table` (e.g. one configuration of a pair run under several). `differences.csv` holds the clustering-minus-separability
     intervals (`alignprobe.reports.correlations.correlation_statistics`).
     """
-    from alignprobe.reports.store import export_results
-
     if output_dir is None:
         if isinstance(results_dir, pd.DataFrame):
             raise ValidationError("pass output_dir when plotting a DataFrame")
@@ -502,8 +500,6 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
         written.append(export_results(table, output_dir / "correlations.csv"))
     summary = next((f for f in figures if f.kind == "summary"), None)
     if summary is not None:
-        from alignprobe.reports.correlations import correlation_statistics
-
         _, diffs = correlation_statistics(frame, summary.metrics[0], list(summary.metrics[1:]), text=text,
                                           kind=kind, n_boot=n_boot, seed=seed)
         if not diffs.empty:

@@ -35,6 +35,7 @@ import numpy as np
 
 from alignprobe.errors import DataError
 from alignprobe.probe.data.datasets import Dataset
+from alignprobe.probe.data.readers_idx import read_fashion_mnist
 
 # Bump whenever drawing or captions change: it is part of the fingerprint, so
 # cached embeddings of the old images stop matching.
@@ -267,8 +268,6 @@ def make_fashion_mnist(*, split: str | None = None, n: int | None = None, name: 
     ``$ALIGNPROBE_DATA``): the official 60,000 / 10,000 train / test files, not a hash split;
     captions from the class names (see `alignprobe.probe.data.readers_idx`). ``n``: a
     class-balanced subset of that many images (the same ones in every run)."""
-    from alignprobe.probe.data.readers_idx import read_fashion_mnist
-
     if n is not None:
         _check_positive(n=n)
     return read_fashion_mnist(split=split, n=n, name=name)

@@ -45,6 +45,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from alignprobe.errors import DataError, ImageLoadError
+from alignprobe.probe.data.templates import load_class_names, load_templates
+from alignprobe.console import progress as tqdm
 
 log = logging.getLogger("alignprobe.data")
 
@@ -201,7 +203,6 @@ class Dataset:
         self.class_names = class_names
         self._check_class_names()
         if templates is None:
-            from alignprobe.probe.data.templates import load_templates
             templates = load_templates(None)
         self.templates = list(templates)
         self.templates_source = "default"  # what open_dataset was asked for, for the record
@@ -297,8 +298,6 @@ class Dataset:
 
     def set_class_names(self, path: str, encoding: str | None = None) -> None:
         """Replace the class names with those read from a class-names file (`encoding`: None = UTF-8)."""
-        from alignprobe.probe.data.templates import load_class_names
-
         if self.labels is None or self.class_keys is None:
             raise DataError(f"{self.name} has no labels, so a class-names file ({path}) "
                             f"cannot apply; drop class_names or use a labelled source")
@@ -372,7 +371,6 @@ class FileDataset(Dataset):
     def _hash_content(self, h) -> None:
         # Size + mtime rather than file contents: hashing every image of a large
         # set would cost as much as encoding it; a rewritten file changes both.
-        from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
         big = len(self.paths) >= 50_000  # ~ a second of stat calls or more
         for p in tqdm(self.paths, desc="fingerprinting images", unit="file",

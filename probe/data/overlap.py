@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from alignprobe.errors import DataError, ImageLoadError
 from alignprobe.probe.data.datasets import Dataset
+from alignprobe.console import progress as tqdm
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def _digest(data: bytes) -> str:
 
 def _digests(rows: list[int], read: Callable[[int], bytes], what: str):
     """(row, SHA-256 of its content) for each readable row; unreadable ones cannot leak into scores."""
-    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
-
     for i in tqdm(rows, desc=f"hashing {what} images", unit="img", disable=None if len(rows) >= 2000 else True,
                   leave=False):
         try:

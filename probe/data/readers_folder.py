@@ -27,6 +27,7 @@ from pathlib import Path
 from alignprobe.errors import DataError
 from alignprobe.probe.data.datasets import IMAGE_EXTENSIONS, FileDataset
 from alignprobe.probe.data.templates import default_class_names
+from alignprobe.console import progress as tqdm
 
 
 class FolderDataset(FileDataset):
@@ -52,7 +53,6 @@ def read_folder(path: str, *, split: str | None = None, name: str | None = None)
                         f"DIR/<class>/<image>")
     ids, paths, labels = [], [], []
     cut = len(str(base)) + 1  # slicing, not os.path.relpath: ImageNet has 1.28M files
-    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
 
     listing = tqdm(classes, desc="listing class folders", unit="class",
                    disable=None if len(classes) >= 50 else True, leave=False)

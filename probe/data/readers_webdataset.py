@@ -51,6 +51,7 @@ import numpy as np
 from alignprobe.errors import DataError, ImageLoadError
 from alignprobe.io import DEFAULT_ENCODING, check_encoding, decode_bytes, utf16_without_bom
 from alignprobe.probe.data.datasets import Dataset, decode_image, index_labels
+from alignprobe.console import progress as tqdm
 
 log = logging.getLogger("alignprobe.data")
 
@@ -238,8 +239,6 @@ def read_webdataset(path: str, *, split: str | None = None, name: str | None = N
 
     `encoding`: of the ``.txt`` / ``.json`` members (None: UTF-8).
     """
-    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
-
     shards = resolve_shards(path, split)
     keys, shard_idx, offsets, sizes, members, caps, labels = [], [], [], [], [], [], []
     no_image: dict[int, str] = {}

@@ -72,6 +72,13 @@ from alignprobe.errors import DataError
 from alignprobe.io import check_encoding
 # Re-exported so callers need one import for the whole data API.
 from alignprobe.probe.data.datasets import Dataset, class_prompts, flatten_captions
+from alignprobe.probe.data.templates import BUILTIN_TEMPLATE_SETS, load_templates
+from alignprobe.probe.data.builtin_sets import make_digits, make_fashion_mnist, make_shapes
+from alignprobe.probe.data.readers_tabular import read_table
+from alignprobe.probe.data.readers_webdataset import read_webdataset
+from alignprobe.probe.data.readers_folder import read_folder
+from alignprobe.probe.data.readers_idx import read_idx_dir
+from alignprobe.probe.data.readers_coco import read_coco
 
 __all__ = ["open_dataset", "parse_spec", "Dataset", "flatten_captions", "class_prompts", "KINDS"]
 
@@ -152,7 +159,6 @@ def open_dataset(spec: str, *, split: str | None = None, templates: str | None =
         ds.set_class_names(class_names, encoding=encoding)
         ds.add_spec_file("class_names", class_names)  # its contents enter the fingerprint (the reuse key)
     if templates is not None:
-        from alignprobe.probe.data.templates import BUILTIN_TEMPLATE_SETS, load_templates
         ds.templates = load_templates(templates, encoding=encoding)
         if templates not in BUILTIN_TEMPLATE_SETS:
             ds.add_spec_file("templates", templates)
@@ -163,34 +169,24 @@ def open_dataset(spec: str, *, split: str | None = None, templates: str | None =
 
 
 def _open(kind, target, split, query, name, encoding=None) -> Dataset:
-    # Readers are imported here, not at module import, so opening `shapes`
-    # never pays for tarfile/json/sklearn and vice versa.
     if kind == "shapes":
-        from alignprobe.probe.data.builtin_sets import make_shapes
         ints = {k: _int(name, k, v) for k, v in query.items()}
         return make_shapes(split=split, name=name, **ints)
     if kind == "digits":
-        from alignprobe.probe.data.builtin_sets import make_digits
         ints = {k: _int(name, k, v) for k, v in query.items()}
         return make_digits(split=split, name=name, **ints)
     if kind in TABLE_KINDS:
-        from alignprobe.probe.data.readers_tabular import read_table
         return read_table(target, kind, split=split, name=name, encoding=encoding, **query)
     if kind == "wds":
-        from alignprobe.probe.data.readers_webdataset import read_webdataset
         return read_webdataset(target, split=split, name=name, encoding=encoding)
     if kind == "folder":
-        from alignprobe.probe.data.readers_folder import read_folder
         return read_folder(target, split=split, name=name)
     if kind == "fashion-mnist":
-        from alignprobe.probe.data.builtin_sets import make_fashion_mnist
         ints = {k: _int(name, k, v) for k, v in query.items()}
         return make_fashion_mnist(split=split, name=name, **ints)
     if kind == "idx":
-        from alignprobe.probe.data.readers_idx import read_idx_dir
         return read_idx_dir(target, split=split, name=name)
     if kind == "coco":
-        from alignprobe.probe.data.readers_coco import read_coco
         return read_coco(target, split=split, name=name, encoding=encoding, **query)
     raise AssertionError(kind)  # parse_spec only returns known kinds
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from alignprobe.errors import ValidationError
+from alignprobe.console import progress as tqdm
 
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
@@ -23,8 +24,6 @@ def to_space(project: Projection, feats: torch.Tensor, what: str) -> torch.Tenso
 
 def embed_texts(encoder, project: Projection, texts: Sequence[str], *, batch_size: int = 256,
                 progress: bool = True, desc: str = "encoding texts") -> torch.Tensor:
-    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
-
     texts = list(texts)
     parts = []
     starts = range(0, len(texts), batch_size)
@@ -40,8 +39,6 @@ def embed_images(encoder, project: Projection, loaders: Sequence[Callable[[], ob
                  batch_size: int = 64, progress: bool = True,
                  desc: str = "encoding images") -> torch.Tensor:
     """`loaders[i]()` returns image i (loaded lazily, a batch at a time)."""
-    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
-
     parts = []
     starts = range(0, len(loaders), batch_size)
     for s in tqdm(starts, desc=desc, unit="batch", disable=None if progress else True,

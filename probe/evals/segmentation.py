@@ -40,6 +40,8 @@ from alignprobe.metrics.segmentation import SegmentationAccumulator, iou_columns
 from alignprobe.probe.data.readers_seg import SegmentationDataset, open_segmentation
 from alignprobe.probe.data.templates import load_templates
 from alignprobe.probe.evals._embed import Projection, embed_texts, to_space
+from alignprobe.backbones.transforms import as_pil_rgb, pil_resample
+from alignprobe.console import progress as tqdm
 
 
 def class_text_embeddings(text_encoder, text_to_space: Projection, class_queries: Sequence,
@@ -102,8 +104,6 @@ def _windows(h: int, w: int, window: int, stride: int) -> list[tuple[int, int, i
 
 
 def _input_tensor(img, box, pre) -> torch.Tensor:
-    from alignprobe.backbones.transforms import pil_resample
-
     top, left, bottom, right = box
     crop = img.crop((left, top, right, bottom)).resize(
         (pre.size, pre.size), resample=pil_resample(pre.interpolation))
@@ -150,8 +150,6 @@ class Segmenter:
 
     def query_scores(self, image) -> torch.Tensor:
         """``(Q, H, W)`` window-averaged cosine scores of each query at each pixel."""
-        from alignprobe.backbones.transforms import as_pil_rgb
-
         img = as_pil_rgb(image)
         size = (img.height, img.width)
         if self.short_side:
@@ -222,8 +220,6 @@ def evaluate_segmentation(vision_encoder, text_encoder, image_to_space: Projecti
     """``{"miou", "pixel_acc", "iou_<class>"...}`` on a segmentation set (a spec such as
     ``seg:DIR`` / ``shapes-seg:test`` or a `SegmentationDataset`), the first ``limit``
     images when given; scored by `alignprobe.metrics.segmentation_scores`' definitions."""
-    from alignprobe.console import progress as tqdm  # plain summary lines in a log, a bar on a terminal
-
     ds = data if isinstance(data, SegmentationDataset) else open_segmentation(data)
     if templates is None:
         templates = ds.templates  # the set's own, else None: CLIP's 80

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from alignprobe.errors import DataError
+from alignprobe import metrics as M
 
 RETRIEVAL_KS = (1, 5, 10)
 ZERO_SHOT_KS = (1, 5)
@@ -86,8 +87,6 @@ def _value(result: dict, k: int) -> float:
 
 def zero_shot_metrics(image_z: np.ndarray, prompt_z: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
     """Top-1/top-5 zero-shot accuracy from projected images and class prompts."""
-    from alignprobe import metrics as M
-
     if len(prompt_z) % n_classes:
         raise DataError(f"{len(prompt_z)} prompts are not a whole number of templates for {n_classes} classes")
     class_emb = prompt_z.reshape(n_classes, -1, prompt_z.shape[-1])
@@ -98,8 +97,6 @@ def zero_shot_metrics(image_z: np.ndarray, prompt_z: np.ndarray, labels: np.ndar
 
 def retrieval_scores(image_z: np.ndarray, caption_z: np.ndarray, caption_image: np.ndarray) -> dict:
     """I2T and T2I recall@1/5/10 (images without a caption are left out)."""
-    from alignprobe import metrics as M
-
     caption_image = np.asarray(caption_image, dtype=np.int64)
     has_caption = np.zeros(len(image_z), dtype=bool)
     has_caption[caption_image] = True
