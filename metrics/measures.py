@@ -609,6 +609,10 @@ def bind_scorer(measure: str | Measure | Callable[..., float], sx: Side, sy: Sid
         fn, fast = m.fn, m.scorer
 
     if fast is not None:
+        # One call of the measure itself validates the data and parameters with its own messages
+        # (k <= n - 1, n >= 4 for unbiased HSIC, dim <= rank, ...); the scorer assumes they hold.
+        fn(sx.x64.numpy(), sy.x64.numpy(), **params)
+
         def score(perm: np.ndarray | None) -> float:
             p = None if perm is None else torch.as_tensor(np.asarray(perm), dtype=torch.int64)
             return float(fast(sx, sy, p, **params))
