@@ -1,7 +1,13 @@
 """The `alignprobe` command line. It only parses flags and calls the public API."""
 from __future__ import annotations
 
-import sys
+from alignprobe._allocator import keep_freed_memory
+
+# First thing, before torch or numpy fragment the heap: large activations are then reused instead of
+# being unmapped and faulted in again every batch (alignprobe/_allocator.py says why and what it measured).
+keep_freed_memory()
+
+import sys  # noqa: E402
 from pathlib import Path
 
 import click

@@ -182,3 +182,23 @@ def test_train_reuses_a_record_only_for_the_same_inputs(tmp_path):
     pairs.write_text("\n".join(rows) + "\n")
     with pytest.raises(ValidationError, match="cannot resume .*the pairs data"):
         train_pair(config, tmp_path / "run4", options=options, resume=True)
+
+
+def test_paths_read_from_a_run_directory_stay_inside_it(tmp_path):
+    """aligned.json's weights and checkpoints/latest.json are data: they cannot point elsewhere."""
+    from alignprobe.probe.training.checkpoint import CheckpointStore
+
+    config = SailRunConfig(vision="pixels-8", text="bow", labelled=None, retrieval=None,
+                           pairs="shapes:train?n=60", train=dict(TRAIN, epochs=1))
+    run_dir = train_pair(config, tmp_path / "run", options=EncodeOptions(device="cpu", quiet=True)).run_dir
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    info = json.loads((run_dir / "aligned.json").read_text())
+    (run_dir / "aligned.json").write_text(json.dumps({**info, "weights": "../elsewhere/model.safetensors"}))
+    with pytest.raises(ValidationError, match="points outside the run directory"):
+        load_aligned(run_dir)
+    store = CheckpointStore(run_dir)
+    pointer = store.root / "latest.json"
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "dir": "../../elsewhere"}))
+    with pytest.raises(ValidationError, match="points outside the run directory"):
+        store.path("latest")

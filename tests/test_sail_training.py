@@ -241,7 +241,7 @@ def quadratic_pairs(n, seed=0, k=4, noise=0.05):
 
 def test_star_heads_beat_linear_probe_on_non_linear_structure():
     image, text = quadratic_pairs(1000)
-    common = dict(out_dim=16, batch_size=256, lr=3e-3, optimizer="adamw", weight_decay=0.0, epochs=30,
+    common = dict(out_dim=16, batch_size=256, lr=3e-3, optimizer="adamw", weight_decay=0.0, epochs=30, drop_last=False,
                   patience=None, val_fraction=0.2, device="cpu", chunk_size=None)
     star = Trainer(TrainConfig(image_head="star", text_head="star", width=4, micro_batch=None,
                                   checkpoint_every=None, **common), quiet=True).fit(image, text)

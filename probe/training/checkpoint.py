@@ -33,7 +33,7 @@ import torch
 
 from alignprobe.errors import ValidationError
 from alignprobe.io import apply_umask, library_write, write_json_atomic
-from alignprobe.probe.training.model_file import ALIGNED_FILE, BEST_FILE, MODEL_FILE
+from alignprobe.probe.training.model_file import ALIGNED_FILE, BEST_FILE, MODEL_FILE, inside
 
 OPTIM_FILE, RNG_FILE, STATE_FILE = "optimizer.pt", "rng.pt", "state.json"
 POINTERS = ("latest", "best")
@@ -82,7 +82,8 @@ class CheckpointStore:
         pointer = self._pointer(name)
         if pointer is None:
             return None
-        directory = self.root / pointer["dir"]
+        # a pointer is data: it may only name a step directory inside this run's checkpoints/
+        directory = inside(self.root, str(pointer["dir"]), f"{self.root}/{name}.json's directory")
         if directory.is_dir():
             return directory
         old = directory.with_name(directory.name + ".old")  # killed in the middle of a swap
