@@ -137,14 +137,27 @@ def knn_accuracy(
     yte_idx = np.where(classes[pos] == yte, pos, -1)
 
     queries = unit_rows(xte, "test_x")
-    n_test, k_max = queries.shape[0], ks[-1]
+    best_val, best_idx = streaming_top_k(queries, train_x, ks[-1], train_rows=train_rows, n_train=n_train,
+                                         bank_step=bank_step, chunk_size=chunk_size)
+    return weighted_vote_accuracy(best_val, best_idx, ytr_idx, yte_idx, len(classes), ks, temperature,
+                                  chunk_size=chunk_size)
+
+
+def streaming_top_k(queries: torch.Tensor, bank: Any, k: int, *, train_rows: Any = None, n_train: int,
+                    bank_step: int, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)``, each ``(n_queries, min(k, n_train))``: every unit query's ``k`` most
+    cosine-similar bank rows, best first, found by streaming the bank ``bank_step`` rows at a time
+    and merging each chunk's top-k into a running one (the full similarity matrix is never formed).
+    ``indices`` count rows of the bank as used (of ``train_rows`` when given)."""
+    device = queries.device
+    n_test = queries.shape[0]
     best_val = torch.full((n_test, 0), float("-inf"), device=device)
     best_idx = torch.zeros((n_test, 0), dtype=torch.long, device=device)
     for b_start in range(0, n_train, bank_step):
         b_stop = min(b_start + bank_step, n_train)
         sel = slice(b_start, b_stop) if train_rows is None else train_rows[b_start:b_stop]
-        keys_t = _bank_chunk(train_x, sel, device, f"train_x rows {b_start}:{b_stop}").T
-        kk = min(k_max, b_stop - b_start)
+        keys_t = _bank_chunk(bank, sel, device, f"train_x rows {b_start}:{b_stop}").T
+        kk = min(k, b_stop - b_start)
         step = auto_chunk(n_test, b_stop - b_start, chunk_size)
         vals, idx = [], []
         for q_start in range(0, n_test, step):
@@ -153,16 +166,25 @@ def knn_accuracy(
             # Merge with the running top-k of these queries (already sorted, best first).
             v = torch.cat([best_val[q_start:q_stop], v], dim=1)
             i = torch.cat([best_idx[q_start:q_stop], i + b_start], dim=1)
-            v, order = torch.topk(v, min(k_max, v.shape[1]), dim=1)
+            v, order = torch.topk(v, min(k, v.shape[1]), dim=1)
             vals.append(v)
             idx.append(torch.gather(i, 1, order))
         best_val, best_idx = torch.cat(vals), torch.cat(idx)
+    return best_val, best_idx
 
-    ytr_t = torch.from_numpy(ytr_idx).to(device)
-    yte_t = torch.from_numpy(yte_idx).to(device)
-    n_classes = len(classes)
+
+def weighted_vote_accuracy(best_val: torch.Tensor, best_idx: torch.Tensor, train_class: np.ndarray,
+                           test_class: np.ndarray, n_classes: int, ks: Sequence[int], temperature: float, *,
+                           chunk_size: int | None = None) -> dict[int, float]:
+    """DINO's weighted vote: each of a test row's first ``k`` neighbours votes for its class
+    (``train_class``, indices into ``0..n_classes-1``) with weight ``exp(s / temperature)``;
+    ``{k: fraction of test rows whose top-voted class is test_class}`` (-1 never matches)."""
+    device = best_val.device
+    n_test = best_val.shape[0]
+    ytr_t = torch.from_numpy(train_class).to(device)
+    yte_t = torch.from_numpy(test_class).to(device)
     correct = dict.fromkeys(ks, 0)
-    step = auto_chunk(n_test, max(n_classes, k_max), chunk_size)
+    step = auto_chunk(n_test, max(n_classes, max(ks)), chunk_size)
     for start in range(0, n_test, step):
         stop = min(start + step, n_test)
         weights = torch.exp(best_val[start:stop] / temperature)
