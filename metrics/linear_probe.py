@@ -146,18 +146,7 @@ def linear_probe_accuracy(
         raise ValidationError(f"train_x and test_x must be on the same device; got {xtr.device} and {xte.device}")
     ytr = as_labels(train_y, "train_y", xtr.shape[0])
     yte = as_labels(test_y, "test_y", xte.shape[0])
-    try:
-        grid = sorted({float(v) for v in l2_grid}, reverse=True)
-    except (TypeError, ValueError):
-        raise ValidationError(f"l2_grid must be a sequence of positive numbers; got {l2_grid!r}") from None
-    if not grid or any(not np.isfinite(v) or v <= 0 for v in grid):
-        raise ValidationError(f"l2_grid must hold at least one positive finite number; got {list(l2_grid)!r}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValidationError(f"val_fraction must be a number in (0, 1); got {val_fraction!r}")
-    seed = as_int(seed, "seed", low=0)
-    max_iter = as_int(max_iter, "max_iter", low=1)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValidationError(f"tol must be a positive number; got {tol!r}")
+    grid, seed, max_iter = _check_settings(l2_grid, val_fraction, seed, max_iter, tol)
 
     classes, ytr_idx = np.unique(ytr, return_inverse=True)
     n_classes = len(classes)
@@ -176,13 +165,53 @@ def linear_probe_accuracy(
     if standardize:
         xtr, xte = _standardise(xtr, xte)
     y_all = torch.from_numpy(ytr_idx).to(device)
-    fit_t = torch.from_numpy(fit_rows).to(device)
-    val_t = torch.from_numpy(val_rows).to(device)
     chunk = max(1, min(xtr.shape[0], (1 << 24) // n_classes))
-    obj_fit = _Objective(xtr[fit_t], y_all[fit_t], n_classes, chunk)
-    x_val, y_val = xtr[val_t], y_all[val_t]
+    fit_t, val_t = torch.from_numpy(fit_rows).to(device), torch.from_numpy(val_rows).to(device)
+    opt, solutions, val_acc, n_iter = _search_path(xtr[fit_t], y_all[fit_t], xtr[val_t], y_all[val_t], grid,
+                                                   n_classes, chunk, max_iter, tol)
+    best = max(grid, key=lambda v: (val_acc[v], v))
 
-    d = xtr.shape[1]
+    # Refit on all training rows, from the search's solution; the path's
+    # curvature pairs remain a good model of the (similar) Hessian.
+    opt.fn = _Objective(xtr, y_all, n_classes, chunk)
+    opt.set_l2(best)
+    theta, _, _, refit_iter = opt.minimize(solutions[best], max_iter, tol)
+    top1, top5 = _test_accuracy(theta, xte, torch.from_numpy(yte_idx).to(device), n_classes, chunk)
+    return {
+        "top1": top1,
+        "top5": top5,
+        "l2": best,
+        "val_accuracy": {l2: val_acc[l2] for l2 in sorted(grid)},
+        "n_iter": {l2: n_iter[l2] for l2 in sorted(grid)},
+        "refit_n_iter": refit_iter,
+        "n_classes": n_classes,
+    }
+
+
+def _check_settings(l2_grid, val_fraction, seed, max_iter, tol) -> tuple[list[float], int, int]:
+    """The L2 grid (strongest first), seed and iteration budget, validated with one clear error each."""
+    try:
+        grid = sorted({float(v) for v in l2_grid}, reverse=True)
+    except (TypeError, ValueError):
+        raise ValidationError(f"l2_grid must be a sequence of positive numbers; got {l2_grid!r}") from None
+    if not grid or any(not np.isfinite(v) or v <= 0 for v in grid):
+        raise ValidationError(f"l2_grid must hold at least one positive finite number; got {list(l2_grid)!r}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValidationError(f"val_fraction must be a number in (0, 1); got {val_fraction!r}")
+    seed = as_int(seed, "seed", low=0)
+    max_iter = as_int(max_iter, "max_iter", low=1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValidationError(f"tol must be a positive number; got {tol!r}")
+    return grid, seed, max_iter
+
+
+def _search_path(x_fit, y_fit, x_val, y_val, grid: list[float], n_classes: int, chunk: int, max_iter: int,
+                 tol: float):
+    """Fit every L2 strength of ``grid`` (strongest first) on the fit rows, each warm-started from
+    the previous solution (extrapolated along the smooth path in log(l2) when that is better);
+    returns the optimiser, the solutions, their validation accuracies and iteration counts."""
+    obj_fit = _Objective(x_fit, y_fit, n_classes, chunk)
+    d, device = x_fit.shape[1], x_fit.device
     theta = torch.zeros(d + 1, n_classes, device=device)
     mask = torch.ones(d + 1, 1, device=device)
     mask[-1] = 0  # the bias is not penalised
@@ -211,29 +240,19 @@ def linear_probe_accuracy(
         opt.set_l2(l2)
         theta, f, g, n_iter[l2] = opt.minimize(theta, max_iter, tol, start)
         solutions[l2] = theta
-        val_acc[l2] = _topk_correct(torch.addmm(theta[-1], x_val, theta[:-1]), y_val, 1) / len(val_rows)
-    best = max(grid, key=lambda v: (val_acc[v], v))
+        val_acc[l2] = _topk_correct(torch.addmm(theta[-1], x_val, theta[:-1]), y_val, 1) / len(y_val)
+    return opt, solutions, val_acc, n_iter
 
-    # Refit on all training rows, from the search's solution; the path's
-    # curvature pairs remain a good model of the (similar) Hessian.
-    opt.fn = _Objective(xtr, y_all, n_classes, chunk)
-    opt.set_l2(best)
-    theta, _, _, refit_iter = opt.minimize(solutions[best], max_iter, tol)
+
+def _test_accuracy(theta: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, n_classes: int,
+                   chunk: int) -> tuple[float, float | None]:
+    """Top-1 and top-5 accuracy (None below 5 classes) of the fitted ``[W; b]`` on the test rows."""
     w, b = theta[:-1], theta[-1]
-    yte_t = torch.from_numpy(yte_idx).to(device)
     top1 = top5 = 0
     for s in range(0, xte.shape[0], chunk):
         logits = torch.addmm(b, xte[s : s + chunk], w)
-        top1 += _topk_correct(logits, yte_t[s : s + chunk], 1)
+        top1 += _topk_correct(logits, yte[s : s + chunk], 1)
         if n_classes >= 5:
-            top5 += _topk_correct(logits, yte_t[s : s + chunk], 5)
+            top5 += _topk_correct(logits, yte[s : s + chunk], 5)
     n_test = xte.shape[0]
-    return {
-        "top1": top1 / n_test,
-        "top5": top5 / n_test if n_classes >= 5 else None,
-        "l2": best,
-        "val_accuracy": {l2: val_acc[l2] for l2 in sorted(grid)},
-        "n_iter": {l2: n_iter[l2] for l2 in sorted(grid)},
-        "refit_n_iter": refit_iter,
-        "n_classes": n_classes,
-    }
+    return top1 / n_test, (top5 / n_test if n_classes >= 5 else None)
