@@ -38,9 +38,7 @@ VOC20 with (no background query, every shape pixel labelled with a shape).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from urllib.parse import unquote
 
 import numpy as np
 
@@ -48,12 +46,12 @@ from alignprobe.errors import DataError, ImageLoadError
 from alignprobe.io import check_encoding, read_text
 from alignprobe.probe.data import builtin_sets
 from alignprobe.probe.data.datasets import IMAGE_EXTENSIONS, decode_image
+from alignprobe.probe.data.spec import split_query
 
 IGNORE_INDEX = 255
 SEG_KINDS = ("seg", "shapes-seg")
 _SEG_KEYS = {"seg": ("split", "classes", "reduce_zero_label", "encoding"),
              "shapes-seg": ("split", "n", "size", "seed", "reduce_zero_label")}
-_QUERY = re.compile(r"^\w+=[^&]*(?:&\w+=[^&]*)*$")
 
 
 class SegmentationDataset:
@@ -280,14 +278,7 @@ def is_segmentation_spec(spec: str) -> bool:
 
 def open_segmentation(spec: str) -> SegmentationDataset:
     """Open ``seg:DIR[?...]`` or ``shapes-seg[:split][?...]`` (syntax in the module docstring)."""
-    text = str(spec).strip()
-    body, query = text, {}
-    q = text.rfind("?")
-    if q >= 0 and _QUERY.match(text[q + 1:]):
-        body = text[:q]
-        for pair in text[q + 1:].split("&"):
-            key, value = pair.split("=", 1)
-            query[key] = unquote(value)
+    body, query = split_query(str(spec).strip())
     kind, _, target = body.partition(":")
     if kind not in SEG_KINDS:
         raise DataError(f"segmentation data spec {spec!r}: write seg:DIR (VOC / ADE20K / "

@@ -108,11 +108,9 @@ _KIND_PREFIX = re.compile(r"^([A-Za-z][\w-]+):(.*)$", re.S)
 _SUFFIX_KIND = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "coco", ".tar": "wds"}
 
 
-def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
-    """Split a spec into ``(kind, target, query)``; infer the kind of a bare path."""
-    text = os.fspath(spec).strip() if isinstance(spec, (str, os.PathLike)) else None
-    if not text:
-        raise DataError(f"empty data spec {spec!r}; {_usage()}")
+def split_query(text: str) -> tuple[str, dict[str, str]]:
+    """``"BODY?k=v&k2=v2"`` -> ``(BODY, {k: v, k2: v2})`` (values URL-decoded); a key given twice
+    is an error (one spec syntax for data and segmentation specs)."""
     body, query = text, {}
     q = text.rfind("?")
     if q >= 0 and _QUERY.match(text[q + 1:]):
@@ -122,6 +120,15 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
             if key in query:
                 raise DataError(f"data spec {text!r} sets {key!r} twice")
             query[key] = unquote(value)
+    return body, query
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """Split a spec into ``(kind, target, query)``; infer the kind of a bare path."""
+    text = os.fspath(spec).strip() if isinstance(spec, (str, os.PathLike)) else None
+    if not text:
+        raise DataError(f"empty data spec {spec!r}; {_usage()}")
+    body, query = split_query(text)
     if body in BUILTIN_KINDS:
         return body, "", query
     m = _KIND_PREFIX.match(body)
