@@ -9,7 +9,7 @@ and raises ``alignprobe.errors.ValidationError`` with a message that names the
 argument, what it must be, and what it got.
 """
 from .baselines import BASELINES, Baseline, fit_baseline
-from .calibration import CalibrationResult, MaxCalibrationResult, calibrate, calibrate_max
+from .calibration import CalibrationResult, MaxCalibrationResult, calibrate, calibrate_all, calibrate_max
 from .clustering import kmeans, kmeans_nmi, kmeanspp_seeds
 from .correlation import (
     MIN_INTERVAL_N,
@@ -71,6 +71,7 @@ __all__ = [
     "SegmentationAccumulator",
     "build_class_embeddings",
     "calibrate",
+    "calibrate_all",
     "calibrate_max",
     "cap_captions_per_image",
     "cka",

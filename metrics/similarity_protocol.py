@@ -28,7 +28,7 @@ import numpy as np
 from alignprobe.errors import ValidationError
 
 from ._validation import as_int
-from .calibration import calibrate
+from .calibration import calibrate_all
 from .measures import get_measure, list_measures
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,15 @@ def similarity_scores(
     if not chosen:
         raise ValidationError("measures must name at least one similarity measure; see list_measures()")
     metrics: dict[str, Any] = {}
-    for m in chosen:
-        kwargs = {"k": k} if "k" in m.params() else {}
-        if n_permutations is None:
-            metrics[m.name] = m(a_s, b_s, **kwargs)
-            metrics[f"{m.name}_null"] = null_score(m.name, a_s, b_s, n_null, seed, **kwargs)
-        else:
-            metrics.update(calibrate(a_s, b_s, m, n_permutations, alpha, seed, **kwargs).as_metrics())
+    params = {m.name: ({"k": k} if "k" in m.params() else {}) for m in chosen}
+    if n_permutations is None:
+        for m in chosen:
+            metrics[m.name] = m(a_s, b_s, **params[m.name])
+            metrics[f"{m.name}_null"] = null_score(m.name, a_s, b_s, n_null, seed, **params[m.name])
+    else:
+        results = calibrate_all(a_s, b_s, [m.name for m in chosen], n_permutations, alpha, seed, params=params)
+        for r in results.values():
+            metrics.update(r.as_metrics())
     details = {"similarity_n": int(len(rows)), "similarity_seed": int(seed), "similarity_k": int(k),
                "similarity_null_permutations": int(n_null if n_permutations is None else n_permutations)}
     if n_permutations is not None:

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import binom
 
 from alignprobe.errors import ValidationError
-from alignprobe.metrics import calibrate, calibrate_max, get_measure, list_measures
+from alignprobe.metrics import calibrate, calibrate_all, calibrate_max, get_measure, list_measures
 from alignprobe.metrics.calibration import calibrate_scores, order_statistic_index
 
 # Measures whose in-sample fit is exact once d reaches n - 1: permutations cannot move them, so they
@@ -281,3 +281,17 @@ def test_max_refuses_mismatched_layers():
         calibrate_max(rng.standard_normal((10, 2)), [rng.standard_normal((10, 2))], "cka")
     with pytest.raises(ValidationError, match="at least one layer"):
         calibrate_max([], [rng.standard_normal((10, 2))], "cka")
+
+
+def test_calibrate_all_equals_calibrate_per_measure():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 12))
+    y = x @ rng.standard_normal((12, 10)) + 2 * rng.standard_normal((40, 10))
+    out = calibrate_all(x, y, ["mutual_knn", "cknna", "mean_cca", "rsa"], n_permutations=15, seed=2,
+                        params={"mutual_knn": {"k": 4}})
+    assert list(out) == ["mutual_knn", "cknna", "mean_cca", "rsa"]
+    assert out["mutual_knn"] == calibrate(x, y, "mutual_knn", 15, seed=2, k=4)
+    assert out["rsa"] == calibrate(x, y, "rsa", 15, seed=2)
+    assert set(calibrate_all(x, y, n_permutations=2, params={"svcca": {"dim": 5}})) == set(list_measures())
+    with pytest.raises(ValidationError, match="not being calibrated: cka"):
+        calibrate_all(x, y, ["rsa"], n_permutations=2, params={"cka": {}})
