@@ -295,3 +295,20 @@ def test_calibrate_all_equals_calibrate_per_measure():
     assert set(calibrate_all(x, y, n_permutations=2, params={"svcca": {"dim": 5}})) == set(list_measures())
     with pytest.raises(ValidationError, match="not being calibrated: cka"):
         calibrate_all(x, y, ["rsa"], n_permutations=2, params={"cka": {}})
+
+
+def test_max_matches_the_reference_implementation():
+    cs = pytest.importorskip("calibrated_similarity")
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((30, 6)) for _ in range(3)]
+    ys = [rng.standard_normal((30, 5)) for _ in range(2)]
+    perms = np.stack([rng.permutation(30) for _ in range(19)])
+    it = iter(perms)
+    m = get_measure("cka")
+    ref_cal, ref_p, ref_tau = cs.calibrate_layers(
+        [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys], lambda a, b: m(a.numpy(), b.numpy()),
+        agg="max", K=19, alpha=0.05, smax=1.0, perm_fn=lambda n, device: torch.from_numpy(next(it)),
+    )
+    r = calibrate_max(xs, ys, "cka", permutations=perms)
+    assert (r.threshold, r.p_value, r.calibrated) == pytest.approx(
+        (float(ref_tau), float(ref_p), float(ref_cal)), abs=1e-5)
