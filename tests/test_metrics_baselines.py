@@ -8,6 +8,9 @@ from alignprobe.errors import NotFittedError, ValidationError
 from alignprobe.metrics import retrieval_metrics
 from alignprobe.metrics.baselines import BASELINES, fit_baseline
 
+# small tensors: on a busy shared machine OpenMP spin-waits would cost more than the arithmetic
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def r_at(model, x, y, k=1):
     r = retrieval_metrics(model.transform_image(x), model.transform_text(y), np.arange(len(x)), ks=(k,))

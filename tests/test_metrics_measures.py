@@ -29,6 +29,9 @@ from alignprobe.metrics import (
 )
 from alignprobe.metrics.measures import INVARIANCES, permutation_scorer
 
+# small tensors: on a busy shared machine OpenMP spin-waits would cost more than the arithmetic
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ALL = [
     "mutual_knn", "knn_jaccard", "cycle_knn", "cknna", "cka", "cka_unbiased", "cka_rbf", "cka_rbf_unbiased",
     "rv_coefficient", "svcca", "mean_cca", "pwcca", "procrustes", "rsa", "linear_r2_xy", "linear_r2_yx",
