@@ -27,7 +27,7 @@ import difflib
 import inspect
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,7 +39,6 @@ from ._validation import as_matrix
 from .similarity import (
     RBF_MAX_SAMPLES,
     _center,
-    _hsic_from_linear,
     _rbf_kernel,
     _sparse_hsic_unbiased,
     _top_subspace,
