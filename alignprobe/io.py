@@ -285,11 +285,6 @@ def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> 
     return path
 
 
-def fallback_dir() -> Path:
-    """Where a result that could not be written to its place is kept instead."""
-    return Path(tempfile.gettempdir()) / "alignprobe-unsaved"
-
-
 def positive(value, name: str, *, minimum: float = 1, integer: bool = True):
     """`value` if it is a number >= `minimum` (None passes); otherwise a ValidationError naming `name`."""
     if value is None:

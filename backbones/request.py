@@ -161,10 +161,17 @@ class EncoderRequest:
             raise type(err)(f"cannot rebuild the {self.modality} encoder {self.label!r}: {err}") from None
 
     def key(self) -> str:
-        """A stable hash of the encoder's features' identity: equal for a name and its alias."""
-        spec = self.spec()
-        features = {f.name: repr(getattr(spec, f.name)) for f in fields(spec) if f.name not in _DESCRIPTIVE}
-        return stable_hash({"format": REQUEST_FORMAT, "spec": features}, length=16)
+        """A stable hash of the encoder's features' identity: equal for a name and its alias.
+
+        Computed once per request (the pool asks for it on every lookup, and resolving a local
+        directory reads its config files); kept outside the fields, so equality is unchanged."""
+        cached = self.__dict__.get("_key")
+        if cached is None:
+            spec = self.spec()
+            features = {f.name: repr(getattr(spec, f.name)) for f in fields(spec) if f.name not in _DESCRIPTIVE}
+            cached = stable_hash({"format": REQUEST_FORMAT, "spec": features}, length=16)
+            object.__setattr__(self, "_key", cached)
+        return cached
 
     @property
     def label(self) -> str:
