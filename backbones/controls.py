@@ -21,6 +21,7 @@ from alignprobe.errors import ValidationError
 
 from .encoder import Encoder
 from .hf_common import versions
+from .timm_vision import TimmVisionEncoder, match_img_size
 from .spec import CONTROL_POOLING, EncoderSpec, Preprocessing
 from .transforms import ImagePreprocessor, as_pil_rgb, check_text, resize_crop
 
@@ -166,8 +167,6 @@ class BowEncoder(_CPUControl):
 def random_vit(spec: EncoderSpec, *, device, dtype) -> Encoder:
     """A timm ViT with seeded random weights (timm's own init), wrapped like any timm encoder."""
     import timm
-
-    from .timm_vision import TimmVisionEncoder, match_img_size
 
     p = {"arch": "vit_small_patch16_224", "seed": 0, **spec.kwargs}
     arch, seed = p.pop("arch"), p.pop("seed")

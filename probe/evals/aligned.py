@@ -13,6 +13,7 @@ from alignprobe.probe.data.readers_seg import SegmentationDataset, open_segmenta
 from alignprobe.probe.evals.mmvp import evaluate_mmvp
 from alignprobe.probe.evals.segmentation import evaluate_segmentation, segment
 from alignprobe.probe.evals.winoground import evaluate_winoground
+from alignprobe.reports.segmentation_figure import segmentation_figure
 
 #: the record columns these evaluations add (fractions, higher is better); the per-class
 #: ``iou_<class>`` and per-category ``mmvp_<category>`` columns come along with them
@@ -61,8 +62,6 @@ def segment_aligned(aligned, data, *, figure: str | Path | None = None, n_figure
                     **settings) -> dict:
     """`alignprobe segment`: scores on ``data`` (a spec or a `SegmentationDataset`) and, with
     ``figure``, a PNG of image / prediction / ground truth for its first ``n_figure`` images."""
-    from alignprobe.reports.segmentation_figure import segmentation_figure
-
     ds = data if isinstance(data, SegmentationDataset) else open_segmentation(data)
     settings.setdefault("logit_scale", head_logit_scale(aligned))
     parts = _parts(aligned)

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from alignprobe.errors import ValidationError
 from alignprobe.io import write_text_atomic
 
 log = logging.getLogger("alignprobe.train")
@@ -32,8 +33,6 @@ BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "w
 
 def check_backend(name: str) -> None:
     """Fail now, with the install command, when the logging backend ``name`` is not installed."""
-    from alignprobe.errors import ValidationError
-
     if name not in BACKENDS:
         raise ValidationError(f"--log-to must be one of {sorted(BACKENDS)}, got {name!r}")
     module, extra = BACKENDS[name]
