@@ -94,31 +94,12 @@ def _read_table(path, fmt, *, image, caption, extra, label, split_col, split, ro
                                 f"the column (or name it with ?split_col=NAME)")
             if str(row.get(cols.split, "")).strip() != split:
                 continue
-        img = cols.get(row, cols.image, where)
-        if not isinstance(img, str):
-            raise DataError(f"{file}, {where}: the image path in column {cols.image!r} is "
-                            f"{_json_type(img)} {img!r}, not a string; write the path as a JSON "
-                            f"string (e.g. \"{img}.jpg\" or \"images/{img}.jpg\")")
-        if not img.strip():
-            raise DataError(f"{file}, {where}: empty image path in column {cols.image!r}; "
-                            f"{cols.expected()}")
-        img = img.strip()
-        if _URL.match(img):
-            raise DataError(f"{file}, {where}: image {img!r} is a URL; alignprobe reads local "
-                            f"files only. Download the pairs first (e.g. img2dataset "
-                            f"--output_format webdataset) and open the shards with wds:DIR")
+        img = _image_path(cols, row, file, where)
         caps = _parse_captions(cols.get(row, cols.caption, where), cols.caption, file, where,
                                main=True)
         if cols.extra is not None:
             caps += _parse_captions(row.get(cols.extra), cols.extra, file, where, main=False)
-        lab = None
-        if cols.label is not None:
-            lab = cols.get(row, cols.label, where)
-            if isinstance(lab, str):
-                lab = lab.strip()
-            if lab is None or lab == "" or isinstance(lab, (bool, float, list, dict)):
-                raise DataError(f"{file}, {where}: label {lab!r} in column {cols.label!r} must "
-                                f"be an integer or a class name")
+        lab = _row_label(cols, row, file, where)
         sample = by_id.get(img)
         if sample is None:
             by_id[img] = {"caps": caps, "label": lab, "where": where}
@@ -149,6 +130,37 @@ def _read_table(path, fmt, *, image, caption, extra, label, split_col, split, ro
         root=str(root_dir), split=split, params=params)
     ds.integer_class_keys = integer_keys
     return ds
+
+
+def _image_path(cols, row, file, where) -> str:
+    """The row's image path, stripped; a clear error for a non-string, an empty path or a URL."""
+    img = cols.get(row, cols.image, where)
+    if not isinstance(img, str):
+        raise DataError(f"{file}, {where}: the image path in column {cols.image!r} is "
+                        f"{_json_type(img)} {img!r}, not a string; write the path as a JSON "
+                        f"string (e.g. \"{img}.jpg\" or \"images/{img}.jpg\")")
+    if not img.strip():
+        raise DataError(f"{file}, {where}: empty image path in column {cols.image!r}; "
+                        f"{cols.expected()}")
+    img = img.strip()
+    if _URL.match(img):
+        raise DataError(f"{file}, {where}: image {img!r} is a URL; alignprobe reads local "
+                        f"files only. Download the pairs first (e.g. img2dataset "
+                        f"--output_format webdataset) and open the shards with wds:DIR")
+    return img
+
+
+def _row_label(cols, row, file, where):
+    """The row's label (None without a label column): an integer or a class name."""
+    if cols.label is None:
+        return None
+    lab = cols.get(row, cols.label, where)
+    if isinstance(lab, str):
+        lab = lab.strip()
+    if lab is None or lab == "" or isinstance(lab, (bool, float, list, dict)):
+        raise DataError(f"{file}, {where}: label {lab!r} in column {cols.label!r} must "
+                        f"be an integer or a class name")
+    return lab
 
 
 def _json_type(value) -> str:
