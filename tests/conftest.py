@@ -56,3 +56,30 @@ def kill_at_step(monkeypatch):
         return calls
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model(family)`` -> the folder of a tiny random model of that family, built once per
+    session from a config (see `helpers`): "dinov2", "dinov2_reg", "vit", "vit_mae" (transformers
+    vision), "bert" (transformers text), "sentence_transformers", "timm". Read-only: a test that
+    changes a folder builds its own with the `helpers.save_*` functions."""
+    import helpers
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    built: dict[str, object] = {}
+    builders = {
+        **{family: (lambda d, f=family: helpers.save_hf_vision(d, f)) for family in helpers.HF_VISION},
+        "bert": helpers.save_hf_text,
+        "sentence_transformers": helpers.save_sentence_transformer,
+        "timm": helpers.save_timm,
+    }
+
+    def build(family: str):
+        if family not in builders:
+            raise KeyError(f"no tiny model family {family!r}; choose from {sorted(builders)}")
+        if family not in built:
+            built[family] = builders[family](root / family)
+        return built[family]
+
+    return build
