@@ -159,6 +159,23 @@ def permutation_p_value(
     return {"p_value": float(p), "exact": bool(exact), "n_permutations": int(len(perms))}
 
 
+def _bootstrap_interval(method, xv, yv, n_boot, seed, confidence):
+    """(ci_low, ci_high, ci_note, n_boot_valid) of the percentile bootstrap; no interval below
+    MIN_INTERVAL_N pairs."""
+    n = xv.shape[0]
+    if n < MIN_INTERVAL_N:
+        return None, None, TOO_FEW_FOR_INTERVALS, 0
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot = _boot_coefficients(method, xv[idx], yv[idx])
+    valid = boot[np.isfinite(boot)]
+    if valid.size == 0:
+        raise ValidationError(
+            f"no bootstrap resample had a defined coefficient (n = {n} is too small or values barely vary)"
+        )
+    lo, hi = _percentiles(valid, confidence)
+    return lo, hi, None, int(valid.size)
+
+
 def correlate(
     x: Any,
     y: Any,
@@ -212,20 +229,7 @@ def correlate(
     coefficient, p_value = float(res.statistic), float(res.pvalue)
     perm = permutation_p_value(xv, yv, method, n_permutations, seed)
 
-    lo = hi = note = None
-    n_valid = 0
-    if n < MIN_INTERVAL_N:
-        note = TOO_FEW_FOR_INTERVALS
-    else:
-        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-        boot = _boot_coefficients(method, xv[idx], yv[idx])
-        valid = boot[np.isfinite(boot)]
-        if valid.size == 0:
-            raise ValidationError(
-                f"no bootstrap resample had a defined coefficient (n = {n} is too small or values barely vary)"
-            )
-        lo, hi = _percentiles(valid, confidence)
-        n_valid = int(valid.size)
+    lo, hi, note, n_valid = _bootstrap_interval(method, xv, yv, n_boot, seed, confidence)
     return {
         "coefficient": coefficient,
         "ci_low": lo,

@@ -209,6 +209,24 @@ def _rbf_kernel(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
     return torch.exp(d2 / (-2.0 * sigma2))
 
 
+def _linear_hsics(ta: torch.Tensor, tb: torch.Tensor, unbiased: bool) -> tuple[float, float, float]:
+    """HSIC(a, b), HSIC(a, a), HSIC(b, b) of linear kernels, from whichever Gram matrices are cheaper."""
+    n = ta.shape[0]
+    A, B = _center(ta), _center(tb)
+    da, db = A.shape[1], B.shape[1]
+    # Same scalars either way; pick the cheaper Gram matrices.
+    if n * n * (da + db) < n * (da * db + da * da + db * db):
+        K, L = A @ A.T, B @ B.T
+        t_ab, t_aa, t_bb = float(torch.sum(K * L)), float(torch.sum(K * K)), float(torch.sum(L * L))
+    else:
+        t_ab = float(torch.linalg.matrix_norm(A.T @ B) ** 2)
+        t_aa = float(torch.linalg.matrix_norm(A.T @ A) ** 2)
+        t_bb = float(torch.linalg.matrix_norm(B.T @ B) ** 2)
+    ka, kb = (A * A).sum(1), (B * B).sum(1)
+    return (_hsic_from_linear(t_ab, ka, kb, n, unbiased), _hsic_from_linear(t_aa, ka, ka, n, unbiased),
+            _hsic_from_linear(t_bb, kb, kb, n, unbiased))
+
+
 def cka(
     a: Any,
     b: Any,
@@ -271,20 +289,7 @@ def cka(
         K, L = _rbf_kernel(ta, sigma), _rbf_kernel(tb, sigma)
         h_ab, h_aa, h_bb = _dense_hsic(K, L, unbiased), _dense_hsic(K, K, unbiased), _dense_hsic(L, L, unbiased)
     else:
-        A, B = _center(ta), _center(tb)
-        da, db = A.shape[1], B.shape[1]
-        # Same scalars either way; pick the cheaper Gram matrices.
-        if n * n * (da + db) < n * (da * db + da * da + db * db):
-            K, L = A @ A.T, B @ B.T
-            t_ab, t_aa, t_bb = float(torch.sum(K * L)), float(torch.sum(K * K)), float(torch.sum(L * L))
-        else:
-            t_ab = float(torch.linalg.matrix_norm(A.T @ B) ** 2)
-            t_aa = float(torch.linalg.matrix_norm(A.T @ A) ** 2)
-            t_bb = float(torch.linalg.matrix_norm(B.T @ B) ** 2)
-        ka, kb = (A * A).sum(1), (B * B).sum(1)
-        h_ab = _hsic_from_linear(t_ab, ka, kb, n, unbiased)
-        h_aa = _hsic_from_linear(t_aa, ka, ka, n, unbiased)
-        h_bb = _hsic_from_linear(t_bb, kb, kb, n, unbiased)
+        h_ab, h_aa, h_bb = _linear_hsics(ta, tb, unbiased)
 
     for h, name in ((h_aa, "a"), (h_bb, "b")):
         if not h > 0:
