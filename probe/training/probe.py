@@ -8,10 +8,11 @@ with one program too); this class gives it the estimator interface:
 
     probe = AlignmentProbe().fit(img_emb, txt_emb)             # the sail-probe recipe, adapted below 100k pairs
     probe = AlignmentProbe(TrainConfig.preset("sail-probe"))   # the exact reference recipe at any size
+    probe = AlignmentProbe(epochs=10, lr=1e-4)                  # TrainConfig fields as parameters
     img_z, txt_z = probe.transform_image(img_emb), probe.transform_text(txt_emb)
 
-Hyperparameters live only in ``__init__`` (`get_params` / `set_params`),
-`fit` returns self, learned state ends in ``_``. Inputs may be arrays,
+Hyperparameters live only in ``__init__``, each named (`get_params` / `set_params`,
+`sklearn.base.clone`), `fit` returns self, learned state ends in ``_``. Inputs may be arrays,
 ``np.memmap`` or `CachedEmbeddings` entries: batches are read from them, the
 whole matrix is never copied to fp32.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from safetensors.torch import save_file
+from sklearn.base import BaseEstimator
 
 from alignprobe._version import __version__
 from alignprobe.backbones.devices import resolve_device
@@ -31,29 +33,45 @@ from alignprobe.errors import NotFittedError, ValidationError
 from alignprobe.io import atomic_path, write_json_atomic
 
 from alignprobe.probe.training.checkpoint import load_weights
-from alignprobe.probe.training.config import PRESETS, TrainConfig, resolve_recipe
+from alignprobe.probe.training.config import TrainConfig, resolve_recipe
 from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.evaluation import project
 from alignprobe.probe.training.heads import AlignmentModel
 from alignprobe.probe.training.model_file import ALIGNED_FILE, ALIGNED_FORMAT, MODEL_FILE, inside, read_model_file
 from alignprobe.probe.training.streaming import as_store
 
-_PARAMS = ("config", "preset", "quiet", "out_dir", "resume", "overrides")
+#: The default of every training hyperparameter of `AlignmentProbe`: take the value from ``config``
+#: or the preset. A string, as scikit-learn wants simple defaults (and `clone` keeps them); None
+#: cannot serve, since it is a real value of several fields (``chunk_size``, ``patience``, ...), and
+#: no field accepts "recipe" as a value.
+RECIPE = "recipe"
+#: The estimator's own parameters; every other parameter is a `TrainConfig` field of the same name.
+_OWN_PARAMS = ("config", "preset", "quiet", "out_dir", "resume")
 
 
-class AlignmentProbe:
+def _is_recipe(value) -> bool:
+    return isinstance(value, str) and value == RECIPE
+
+
+class AlignmentProbe(BaseEstimator):
     """Fit alignment heads on frozen image/text embedding pairs (SAIL's alignment probe).
+
+    A scikit-learn estimator: every parameter is named in ``__init__`` and stored
+    unchanged (checked at `fit`), so `get_params` / `set_params` / `sklearn.base.clone`
+    work, e.g. ``clone(AlignmentProbe(epochs=1))``.
 
     Args:
         config: a resolved `TrainConfig`, used as it is; None: ``preset``
             resolved for the data at fit time (`resolve_recipe`: the
             small-data adaptation below 100k pairs, listed in ``recipe_changes_``).
-        preset: the recipe ``config=None`` starts from (``"sail-probe"``).
+        preset: the recipe ``config=None`` starts from (``"sail-probe"`` or ``"sail"``).
         quiet: no progress bar.
         out_dir: checkpoint directory; with it a killed fit resumes (``resume=True``)
             from its last checkpoint to the same weights.
         resume: continue the run in ``out_dir`` (a fresh start when there is none).
-        **overrides: `TrainConfig` fields set explicitly (they win over the preset).
+        out_dim ... prefetch: the `TrainConfig` fields of the same names (see its docstring);
+            ``"recipe"`` (`RECIPE`, the default) takes the value from ``config`` or the preset;
+            any other value is set explicitly and wins over both.
 
     Fitted attributes: ``config_``, ``recipe_changes_``, ``model_``,
     ``device_``, ``history_`` (one dict per epoch), ``initial_val_loss_``, ``best_epoch_``,
@@ -62,36 +80,51 @@ class AlignmentProbe:
     ``n_features_image_`` / ``n_features_text_``, ``trainer_``.
     """
 
+    # One parameter per TrainConfig field (tests/test_probe_sklearn.py checks that they match).
     def __init__(self, config: TrainConfig | None = None, *, preset: str = "sail-probe", quiet: bool = False,
-                 out_dir: str | Path | None = None, resume: bool = False, **overrides):
-        if config is not None and not isinstance(config, TrainConfig):
-            raise ValidationError(f"config must be a TrainConfig or None, got {type(config).__name__}")
-        if preset not in PRESETS:
-            raise ValidationError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        if overrides:
-            (config or TrainConfig.preset(preset)).replace(**overrides)  # fail now on a bad override
-        self.config, self.preset, self.quiet = config, preset, quiet
-        self.out_dir, self.resume, self.overrides = out_dir, resume, dict(overrides)
-
-    def __repr__(self) -> str:
-        fitted = "fitted" if hasattr(self, "model_") else "not fitted"
-        return f"AlignmentProbe(preset={self.preset!r}, config={self.config!r}, {fitted})"
-
-    # ---- scikit-learn's estimator protocol
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _PARAMS}
+                 out_dir: str | Path | None = None, resume: bool = False,
+                 out_dim=RECIPE, image_head=RECIPE, text_head=RECIPE, width=RECIPE, logit_scale_init=RECIPE,
+                 logit_bias_init=RECIPE, loss=RECIPE, normalization=RECIPE, chunk_size=RECIPE, positives=RECIPE,
+                 caption_sampling=RECIPE, optimizer=RECIPE, lr=RECIPE, weight_decay=RECIPE, betas=RECIPE,
+                 eps=RECIPE, decay_norm_bias_logit=RECIPE, batch_size=RECIPE, micro_batch=RECIPE, epochs=RECIPE,
+                 drop_last=RECIPE, warmup_fraction=RECIPE, schedule=RECIPE, min_lr=RECIPE, grad_clip=RECIPE,
+                 val_fraction=RECIPE, val_max_images=RECIPE, select_by=RECIPE, patience=RECIPE, min_delta=RECIPE,
+                 min_rel_delta=RECIPE, eval_every=RECIPE, checkpoint_every=RECIPE, checkpoint_seconds=RECIPE,
+                 log_every=RECIPE, log_to=RECIPE, seed=RECIPE, device=RECIPE, precision=RECIPE,
+                 eval_batch_size=RECIPE, prefetch=RECIPE):
+        # scikit-learn's rule: store the parameters as given; `fit` validates them.
+        self.config, self.preset, self.quiet, self.out_dir, self.resume = config, preset, quiet, out_dir, resume
+        self.out_dim, self.image_head, self.text_head, self.width = out_dim, image_head, text_head, width
+        self.logit_scale_init, self.logit_bias_init, self.loss = logit_scale_init, logit_bias_init, loss
+        self.normalization, self.chunk_size, self.positives = normalization, chunk_size, positives
+        self.caption_sampling, self.optimizer, self.lr, self.weight_decay = caption_sampling, optimizer, lr, weight_decay
+        self.betas, self.eps, self.decay_norm_bias_logit = betas, eps, decay_norm_bias_logit
+        self.batch_size, self.micro_batch, self.epochs, self.drop_last = batch_size, micro_batch, epochs, drop_last
+        self.warmup_fraction, self.schedule, self.min_lr, self.grad_clip = warmup_fraction, schedule, min_lr, grad_clip
+        self.val_fraction, self.val_max_images, self.select_by = val_fraction, val_max_images, select_by
+        self.patience, self.min_delta, self.min_rel_delta = patience, min_delta, min_rel_delta
+        self.eval_every, self.checkpoint_every, self.checkpoint_seconds = eval_every, checkpoint_every, checkpoint_seconds
+        self.log_every, self.log_to, self.seed, self.device = log_every, log_to, seed, device
+        self.precision, self.eval_batch_size, self.prefetch = precision, eval_batch_size, prefetch
 
     def set_params(self, **params) -> "AlignmentProbe":
-        unknown = sorted(set(params) - set(_PARAMS) - set(TrainConfig.__dataclass_fields__))
-        if unknown:
-            raise ValidationError(f"unknown AlignmentProbe parameter(s) {unknown}; known: {list(_PARAMS)} "
+        unknown = sorted(set(params) - set(self._get_param_names()))
+        if unknown:  # scikit-learn raises a bare ValueError; this says what the names are
+            raise ValidationError(f"unknown AlignmentProbe parameter(s) {unknown}; known: {list(_OWN_PARAMS)} "
                                   f"and the TrainConfig fields")
-        for name, value in params.items():
-            if name in _PARAMS:
-                setattr(self, name, value)
-            else:
-                self.overrides[name] = value
-        return self
+        return super().set_params(**params)
+
+    def training_options(self) -> dict[str, Any]:
+        """The `TrainConfig` fields set explicitly (every parameter not left at `RECIPE`)."""
+        return {name: getattr(self, name) for name in TrainConfig.__dataclass_fields__
+                if not _is_recipe(getattr(self, name))}
+
+    def _resolve_config(self, n_usable: int) -> tuple[TrainConfig, list[dict[str, Any]]]:
+        if self.config is not None and not isinstance(self.config, TrainConfig):
+            raise ValidationError(f"config must be a TrainConfig or None, got {type(self.config).__name__}")
+        if self.config is not None:
+            return self.config.replace(**self.training_options()), []
+        return resolve_recipe(self.preset, n_usable, self.training_options())
 
     # ---- fit
     def fit(self, image_emb, text_emb, extra_text_emb=None, caption_image_index=None, *,
@@ -125,10 +158,7 @@ class AlignmentProbe:
         valid = image_valid if image_valid is not None else getattr(image_emb, "valid", None)
         valid = np.ones(n_images, bool) if valid is None else np.asarray(valid, bool)
         n_usable = int(((counts > 0) & valid).sum()) if valid.shape == (n_images,) else n_images
-        if self.config is not None:
-            config, changes = self.config.replace(**self.overrides), []
-        else:
-            config, changes = resolve_recipe(self.preset, n_usable, self.overrides)
+        config, changes = self._resolve_config(n_usable)
         trainer = Trainer(config, self.out_dir, quiet=self.quiet, overwrite=not self.resume)
         trainer.fit(image_emb, text_emb, caption_image_index, extra_text_emb=extra_text_emb,
                     image_valid=image_valid, zero_shot=zero_shot, retrieval=retrieval, resume=self.resume)
