@@ -23,6 +23,8 @@ from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.schedules import lr_at
 from alignprobe.probe.training.streaming import PairStream
 
+import helpers
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -112,15 +114,11 @@ def test_the_small_data_recipe_never_leaves_an_epoch_without_a_step(n_pairs):
     x = np.zeros((n_pairs, 2), dtype=np.float32)
     stream = PairStream(x, x, np.arange(n_pairs), np.arange(train), batch_size=config.batch_size, positives=1,
                         drop_last=config.drop_last, prefetch=False)
-    assert len(stream) >= 1 and stream.images_per_epoch >= min(train, config.batch_size)
+    assert len(stream) >= 1 and stream.images_per_epoch == train  # every training pair, every epoch
 
 
 def planted(n, seed=0):
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, 4))
-    image = z @ rng.standard_normal((4, 10)) + 0.3 * rng.standard_normal((n, 10))
-    text = z @ rng.standard_normal((4, 8)) + 0.3 * rng.standard_normal((n, 8))
-    return image.astype(np.float32), text.astype(np.float32)
+    return helpers.planted(n, seed, d_img=10, d_txt=8, latent=4)
 
 
 def test_engine_lr_per_step_and_step_count_follow_the_reference(tmp_path):

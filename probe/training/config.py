@@ -217,9 +217,14 @@ def small_data_changes(n_pairs: int) -> dict[str, Any]:
     and the engine trains a training split smaller than one batch as one
     batch of all its images (recorded in the run's notes), so even a few
     dozen pairs get a step every epoch.
+
+    Every training pair is trained on in every epoch (``drop_last=False``: near-equal batches).
+    The reference drops the last partial batch, which at its scale costs < 0.1 % of an epoch;
+    with a batch of 1,024 and 1,100-2,047 training pairs it would leave out up to half of them
+    each epoch, so the small-data recipe keeps them (a recorded change, like the others).
     """
     return dict(batch_size=max(2, min(1024, int(n_pairs))), lr=1e-3, epochs=200, patience=10,
-                min_rel_delta=0.01, val_fraction=0.1)
+                min_rel_delta=0.01, val_fraction=0.1, drop_last=False)
 
 
 def resolve_recipe(preset: str, n_pairs: int, explicit: Mapping[str, Any] | None = None, *,
