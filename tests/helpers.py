@@ -17,17 +17,18 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from alignprobe.cli import main
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def invoke(*args, catch_exceptions: bool = False, command=main) -> Result:
-    """Run the CLI (or one of its commands) in-process; arguments may be paths or numbers.
+def invoke(*args, catch_exceptions: bool = False, command=None) -> Result:
+    """Run the CLI (or `command`, one of its commands) in-process; arguments may be paths or numbers.
 
     `catch_exceptions=False` by default so an unexpected exception fails the test with its own
     traceback; pass True to test a command's exit code and message on bad input.
     """
+    if command is None:
+        # imported here so that tests which only need images or features do not import the whole CLI
+        from alignprobe.cli import main as command
     return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 

@@ -15,6 +15,8 @@ from alignprobe.probe.training.engine import Trainer
 from alignprobe.probe.training.streaming import PairStream
 from alignprobe.probe.training.probe import AlignmentProbe
 
+import helpers
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,13 +29,9 @@ def tiny_config(**changes):
     return TrainConfig(**values)
 
 
-def planted(n, seed=0, d_img=12, d_txt=10, latent=4, noise=0.3):
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, latent))
-    image = z @ rng.standard_normal((latent, d_img)) + noise * rng.standard_normal((n, d_img))
-    text = z @ rng.standard_normal((latent, d_txt)) + noise * rng.standard_normal((n, d_txt))
-    extra = z @ rng.standard_normal((latent, d_txt)) + noise * rng.standard_normal((n, d_txt))
-    return image.astype(np.float32), text.astype(np.float32), extra.astype(np.float32)
+def planted(n, seed=0):
+    """Paired features with a second caption per image."""
+    return helpers.planted(n, seed, d_img=12, d_txt=10, latent=4, extra=True)
 
 
 # --------------------------------------------------------------------------- hand-computed pieces

@@ -6,16 +6,9 @@ import pytest
 
 from alignprobe.probe.training.config import TrainConfig, resolve_recipe
 from alignprobe.probe.training.engine import BestEpoch, LoopState, Trainer
+from helpers import planted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def planted(n, seed=0, d_img=24, d_txt=16, latent=6, noise=0.3):
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, latent))
-    image = z @ rng.standard_normal((latent, d_img)) + noise * rng.standard_normal((n, d_img))
-    text = z @ rng.standard_normal((latent, d_txt)) + noise * rng.standard_normal((n, d_txt))
-    return image.astype(np.float32), text.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- the rule
