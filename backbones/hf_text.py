@@ -5,6 +5,10 @@ pool `last_hidden_state` here in float32. Pooling `encode` calls the model's
 own `encode(texts, instruction=prefix, max_length=...)` (NV-Embed-v2's remote
 code): the instruction goes to the model, which keeps it out of its pooling,
 so the preprocessor leaves the strings untouched.
+
+Layer features (`NAME@N`, `layer=N`) pool `hidden_states[N]` with the entry's
+pooling, counted as the vision encoders count: N = 0 the embeddings output,
+N = L (the number of blocks) the last block.
 """
 
 from __future__ import annotations
@@ -72,6 +76,35 @@ class HFTextEncoder(Encoder):
         out = self.model(**inputs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return pool_text(hidden, inputs["attention_mask"], self.spec.pooling)
+
+    # -- layer-wise features ------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int | None:
+        """The number of blocks (layers 1..num_layers; 0 is the embeddings), from the config."""
+        return getattr(self.model.config, "num_hidden_layers", None)
+
+    def _forward_layers(self, batch, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Pool `hidden_states[n]` of one forward pass with the entry's pooling for each requested n
+        (n = 0: the embeddings output; n = L: the last block, as the vision encoders count)."""
+        if self.spec.pooling == "encode":
+            raise ValidationError(
+                f"{self.spec.name}: pooling 'encode' is the model's own encode() on its last layer; "
+                "for layer features use pooling 'mean', 'cls' or 'last'")
+        inputs = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = self.model(**inputs, output_hidden_states=True).hidden_states
+        return pool_hidden_states(hidden, inputs["attention_mask"], layers, self.spec)
+
+
+def pool_hidden_states(hidden, attention_mask, layers: list[int], spec: EncoderSpec) -> dict[int, torch.Tensor]:
+    """`{n: pool_text(hidden[n])}`; a clear error for a missing `hidden_states` or a layer too deep."""
+    if hidden is None:
+        raise ValidationError(f"{spec.name}: the model returns no hidden_states, so it has no layer features")
+    too_deep = [n for n in layers if n >= len(hidden)]
+    if too_deep:
+        raise ValidationError(
+            f"{spec.base_name} has {len(hidden) - 1} blocks; layer {too_deep[0]} does not exist "
+            f"(choose 0..{len(hidden) - 1}; 0 is the token embeddings)")
+    return {n: pool_text(hidden[n], attention_mask, spec.pooling) for n in layers}
 
 
 def load(spec: EncoderSpec, *, device, dtype) -> HFTextEncoder:

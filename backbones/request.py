@@ -92,8 +92,6 @@ class EncoderRequest:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValidationError(f"encoder name must be a non-empty string, got {self.name!r}")
         object.__setattr__(self, "layer", _layer(self.layer))
-        if self.layer is not None and self.modality != "vision":
-            raise ValidationError(f"layer= is for vision encoders; {self.name!r} is a {self.modality} encoder")
         for what in ("pooling", "revision"):
             value = getattr(self, what)
             if value is not None and (not isinstance(value, str) or not value.strip()):

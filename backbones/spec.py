@@ -199,8 +199,6 @@ class EncoderSpec:
             raise ValidationError(
                 f"layer must be a block index >= 0 (or None for the last block), got {self.layer!r}"
             )
-        if self.layer is not None and self.modality != "vision":
-            raise ValidationError(f"layer= is for vision encoders; {self.name!r} is a text encoder")
         if self.source == "local" and self.local_format not in LOCAL_FORMATS:
             raise ValidationError(
                 f"a local spec needs local_format in {LOCAL_FORMATS}, got {self.local_format!r}"

@@ -4,38 +4,20 @@ Each check compares the encoder with the model's own `hidden_states[N]` (transfo
 `forward_intermediates` (timm) pooled by hand, and the cache with a layer change.
 """
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from alignprobe.backbones import create_vision_encoder, resolve_spec
-from PIL import Image
 
 from alignprobe.errors import ValidationError
 from alignprobe.probe.embeddings.cache import EmbeddingCache
 from alignprobe.probe.embeddings.encoding import encode_source
-
-TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-            image_size=32, patch_size=8)
-PROCESSOR = {"do_resize": True, "size": {"height": 32, "width": 32}, "resample": 3,
-             "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
-
-
-def _images(n=3, seed=0):
-    rng = np.random.RandomState(seed)
-    return [Image.fromarray((rng.rand(32 + 8 * i, 40, 3) * 255).astype(np.uint8)) for i in range(n)]
+from helpers import images, invoke, save_hf_vision, timm_vit
 
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny") / "dinov2"
-    Dinov2Model(Dinov2Config(**TINY)).save_pretrained(d)
-    (d / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
-    return d
+    return save_hf_vision(tmp_path_factory.mktemp("tiny") / "dinov2", num_hidden_layers=3)
 
 
 def _hidden(directory, x):
@@ -48,7 +30,7 @@ def _hidden(directory, x):
 
 @pytest.mark.parametrize("pooling", ["concat", "cls", "mean"])
 def test_layer_features_equal_hidden_states_pooled_by_hand(tiny_dinov2, pooling):
-    imgs = _images()
+    imgs = images()
     enc = create_vision_encoder(tiny_dinov2, pooling=pooling, layer=2)
     assert enc.spec.layer == 2 and enc.spec.name.endswith("@2")
     x = enc.collate([enc.preprocess(im) for im in imgs])
@@ -64,7 +46,7 @@ def test_layer_features_equal_hidden_states_pooled_by_hand(tiny_dinov2, pooling)
 
 
 def test_one_forward_gives_several_layers(tiny_dinov2):
-    imgs = _images()
+    imgs = images()
     enc = create_vision_encoder(tiny_dinov2, pooling="concat")
     many = enc.encode_layers(imgs, [3, 0, 1])
     assert list(many) == [3, 0, 1]
@@ -97,7 +79,7 @@ def test_layer_is_in_the_manifest_and_a_layer_change_misses_the_cache(tiny_dinov
 
     class Images:
         name, ids = "tiny-images", ["a", "b", "c"]
-        imgs = _images()
+        imgs = images()
 
         def __len__(self):
             return 3
@@ -125,17 +107,12 @@ def test_layer_is_in_the_manifest_and_a_layer_change_misses_the_cache(tiny_dinov
 
 
 def test_timm_layers_equal_forward_intermediates(tmp_path):
-    import timm
-
-    torch.manual_seed(0)
-    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval()
+    model, kw = timm_vit(depth=3)
     ckpt = tmp_path / "tiny.pth"
     torch.save(model.state_dict(), ckpt)
-    kw.pop("num_classes")
     enc = create_vision_encoder("timm:vit_tiny_patch16_224", checkpoint=ckpt, pooling="concat",
                                 layer=2, **kw)
-    imgs = _images()
+    imgs = images()
     x = enc.collate([enc.preprocess(im) for im in imgs])
     with torch.inference_mode():
         # block 2 (index 1) by hand: run the blocks of timm's own ViT
@@ -150,9 +127,10 @@ def test_timm_layers_equal_forward_intermediates(tmp_path):
         enc.encode_layers(imgs, [0])
 
 
-def test_pooler_and_text_layers_are_refused(tiny_dinov2):
-    with pytest.raises(ValidationError, match="vision encoders"):
-        resolve_spec("minilm", "text").with_layer(2)
+def test_bad_layers_are_refused(tiny_dinov2):
+    # text layers are allowed now (tests/test_text_layers.py); a control still has none
+    with pytest.raises(ValidationError, match="has no layers"):
+        resolve_spec("bow", "text").with_layer(2)
     with pytest.raises(ValidationError, match="block index"):
         create_vision_encoder(tiny_dinov2, layer=-1)
 
@@ -161,7 +139,7 @@ class _Images:
     """Six images; a plain dataset of the encode loop's contract."""
 
     name, ids = "tiny-images", [f"img{i}" for i in range(6)]
-    imgs = _images(6, seed=3)
+    imgs = images(6, seed=3)
 
     def __len__(self):
         return len(self.ids)
@@ -205,17 +183,13 @@ def test_one_encode_fills_the_cache_of_several_layers(tiny_dinov2, tmp_path):
 
 
 def test_cli_encode_vision_layers(tiny_dinov2, tmp_path):
-    from click.testing import CliRunner
-
-    from alignprobe.cli import main
-
     args = ["encode", "-m", str(tiny_dinov2), "-d", "shapes:test?n=40", "--vision-layer", "1,3",
             "--cache-dir", str(tmp_path), "--num-workers", "0", "-q"]
-    first = CliRunner().invoke(main, args)
+    first = invoke(*args, catch_exceptions=True)
     assert first.exit_code == 0, first.output
     rows = [line.split() for line in first.output.splitlines() if line.startswith("images@")]
     assert [r[0] for r in rows] == ["images@1", "images@3"] and all("miss" in r for r in rows)
-    again = CliRunner().invoke(main, args)
+    again = invoke(*args, catch_exceptions=True)
     assert again.output.count(" hit ") == 2, again.output
-    bad = CliRunner().invoke(main, [a if a != "1,3" else "a,b" for a in args])
+    bad = invoke(*[a if a != "1,3" else "a,b" for a in args], catch_exceptions=True)
     assert bad.exit_code == 2 and "block numbers" in bad.output

@@ -56,8 +56,8 @@ def test_a_name_and_its_alias_or_layer_suffix_share_one_key():
 def test_bad_requests_are_refused_with_what_to_fix(tmp_path):
     with pytest.raises(ValidationError, match="layer must be a block index"):
         EncoderRequest.create("vision", "pixels-8", layer=-1)
-    with pytest.raises(ValidationError, match="layer= is for vision encoders"):
-        EncoderRequest.create("text", "bow", layer=1)
+    with pytest.raises(ValidationError, match="control 'bow' has no layers"):
+        EncoderRequest.create("text", "bow", layer=1).key()
     with pytest.raises(ValidationError, match="unknown encoder-request field"):
         EncoderRequest.from_dict({"modality": "vision", "name": "pixels-8", "colour": "red"})
     with pytest.raises(UnknownEncoderError, match="cannot rebuild the vision encoder 'no-such-encoder'"):
