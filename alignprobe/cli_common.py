@@ -1,8 +1,10 @@
-"""Helpers every `alignprobe` command shares: error printing, logging, tables, encode flags.
+"""Helpers every `alignprobe` command shares: error printing, logging, tables, the encode flags,
+renamed flags with their deprecated spellings, and the flags every encoder-loading command takes.
 
 A module of its own so that `alignprobe.cli` and `alignprobe.cli_train` both
 import it at the top (`cli` imports `cli_train` to register its commands, so
-neither can import the other's helpers at import time).
+neither can import the other's helpers at import time). It imports no torch:
+`alignprobe --help` stays fast.
 """
 from __future__ import annotations
 
@@ -10,15 +12,17 @@ import functools
 import logging
 import sys
 import traceback
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import click
+from click.core import ParameterSource
 
+from alignprobe.config import EncodeOptions, override
 from alignprobe.console import quiet_third_party
-from alignprobe.errors import AlignprobeError
-
-if TYPE_CHECKING:
-    from alignprobe.config import EncodeOptions
+from alignprobe.errors import AlignprobeError, OutputNotWritableError, ValidationError
+from alignprobe.io import ensure_writable_dir, ensure_writable_file
+from alignprobe.probe.embeddings.encoding import parse_shard
+from alignprobe.probe.embeddings.layers import parse_layers
 
 
 def friendly_errors(func):
@@ -64,9 +68,6 @@ def shard_option_callback(ctx, param, value):
     """``--shard I/N``: checked when parsed (0 <= I < N) and kept as the string the API takes."""
     if value is None:
         return None
-    from alignprobe.errors import ValidationError
-    from alignprobe.probe.embeddings.encoding import parse_shard
-
     try:
         parse_shard(value)
     except ValidationError as err:
@@ -92,28 +93,12 @@ def seed_list_callback(ctx, param, value):
     return seeds
 
 
-def omit_unreadable_notes() -> None:
-    """While the current command runs, drop the store's per-record "left out" warnings: the
-    command names those records itself, once (and the filter must not outlive the command)."""
-    store_log = logging.getLogger("alignprobe.reports.store")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("left out of the results")
-
-    store_log.addFilter(keep)
-    click.get_current_context().call_on_close(lambda: store_log.removeFilter(keep))
-
-
 def check_writable(path, what: str):
     """Fail now, before any work, if `path` (a directory) cannot be written."""
-    from alignprobe.io import ensure_writable_dir
-
     return ensure_writable_dir(path, what)
 
 
 def check_writable_file(path, what: str):
-    from alignprobe.io import ensure_writable_file
-
     return ensure_writable_file(path, what)
 
 
@@ -138,17 +123,135 @@ def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
-def encode_options(func=None, *, batch_flag: str = "--batch-size"):
-    """The flags of every command that encodes, as a decorator. ``train`` renames
-    ``--batch-size`` (its own is the training batch) with ``batch_flag``."""
+# ----------------------------------------------------------------------------- renamed flags
+_PENDING_ALIASES = "alignprobe.deprecated_aliases"  # ctx.meta key: {dest: (old spelling, value)}
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set parameter `name` (on the command line or through its environment variable)."""
+    return ctx.get_parameter_source(name) in _GIVEN
+
+
+def deprecation_note(old: str, new: str, why: str = "") -> None:
+    click.echo(f"note: {old} is deprecated and will be removed in the next release; use {new}{why}", err=True)
+
+
+def renamed_option(*decls: str, old: Sequence[str], **attrs):
+    """`click.option(*decls, **attrs)` that also takes its `old` spellings for one release.
+
+    The old spellings are a hidden option of the same type; using one prints a deprecation note on
+    stderr and sets this option's value (its callback, if any, runs on it). Giving both spellings is
+    a usage error. The hidden option is processed before this one when it is given (click processes
+    the given parameters first), so its value waits in ``ctx.meta`` until this one's callback.
+    """
+    user_callback = attrs.pop("callback", None)
+    required = attrs.pop("required", False)  # checked after the old spelling had its say
+    new_flag = max((d for d in decls if d.startswith("--")), key=len)
+    dest = next((d for d in decls if d.isidentifier()), new_flag.lstrip("-").replace("-", "_"))
+    old_name = f"deprecated_{dest}"
+    old_label = "/".join(old)
+
+    def take_old(ctx, param, value):
+        pending = ctx.meta.get(_PENDING_ALIASES, {}).pop(param.name, None)
+        if pending is not None:
+            if given(ctx, param.name):
+                raise click.UsageError(f"{old_label} is the old spelling of {new_flag}; give only {new_flag}")
+            value = pending
+        if required and value is None:
+            raise click.MissingParameter(ctx=ctx, param=param)
+        return user_callback(ctx, param, value) if user_callback else value
+
+    def hold_old(ctx, param, value):
+        if not given(ctx, param.name):
+            return None
+        deprecation_note(old_label, new_flag)
+        if dest in ctx.params and given(ctx, dest):  # the new spelling came first on the command line
+            raise click.UsageError(f"{old_label} is the old spelling of {new_flag}; give only {new_flag}")
+        ctx.meta.setdefault(_PENDING_ALIASES, {})[dest] = value
+        return None
+
+    alias_attrs = {k: v for k, v in attrs.items() if k in ("type", "is_flag", "multiple", "count")}
+    new = click.option(*decls, callback=take_old, **attrs)
+    alias = click.option(*old, old_name, hidden=True, expose_value=False, default=None, callback=hold_old,
+                         **alias_attrs)
+
+    def decorate(func):
+        return new(alias(func))
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------- shared flags
+def quiet_verbose_options(func):
+    """``-q/--quiet`` and ``-v/--verbose``, the logging flags of every command that works."""
+    func = click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")(func)
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs.")(func)
+
+
+def trust_remote_code_option(func):
+    """``--trust-remote-code``: the library's opt-in to run an encoder's model code from the hub."""
+    return click.option(
+        "--trust-remote-code", is_flag=True, default=False,
+        help="Run model code shipped with an encoder (hub auto_map) that the registry does not pin to a "
+             "commit. Off: such an encoder is refused. Only for code you trust.")(func)
+
+
+def vision_layer_option(*, several: str | None, help: str):
+    """``--vision-layer N`` or ``N1,N2,...``, one syntax in every command. `several`: None where only one
+    block is allowed (the command's value is then an int), else the value is a list of ints."""
+
+    def parse(ctx, param, value):
+        try:
+            layers = parse_layers(value)
+        except ValidationError as err:
+            raise click.BadParameter(str(err)) from None
+        if layers is None or several is not None:
+            return layers
+        if len(layers) > 1:
+            raise click.BadParameter(
+                f"`{ctx.info_name}` takes one block; for several ({value}) use `alignprobe sweep` (probes) or "
+                f"`alignprobe encode` (embeddings), which encode them in one pass")
+        return layers[0]
+
+    return click.option("--vision-layer", default=None, metavar="N" if several is None else "N[,N...]",
+                        callback=parse, help=help)
+
+
+def device_option(help: str):
+    return click.option("--device", default=None, help=f"auto | cpu | cuda | cuda:N | mps [auto]: {help}.")
+
+
+def dtype_option(func):
+    return click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                        help="Encoder compute dtype [fp32 on CPU, fp16 on GPU].")(func)
+
+
+#: `train`'s --batch-size was its training batch before this release; the note says it changed meaning.
+TRAIN_BATCH_MEANING = ("; in `train` --batch-size now means the encoding batch, as in every command "
+                       "(the training batch is --train-batch-size)")
+
+
+def _note_train_batch_size(ctx, param, value):
+    if given(ctx, param.name) and ctx.info_name == "train":
+        click.echo(f"note: --batch-size {value}{TRAIN_BATCH_MEANING}", err=True)
+    return value
+
+
+def encode_options(func=None, *, device_help: str = "the encoders", old_batch_flags: Sequence[str] = ()):
+    """The flags of every command that encodes into the embedding cache, as a decorator.
+    `device_help` says what runs on the device in this command; `old_batch_flags` are deprecated
+    spellings of ``--batch-size`` (train's ``--encode-batch-size``)."""
     if func is None:
-        return functools.partial(encode_options, batch_flag=batch_flag)
+        return functools.partial(encode_options, device_help=device_help, old_batch_flags=old_batch_flags)
+    batch = dict(type=POSITIVE_INT, default=None, help="Encoding batch: images or captions per encoder call [64].")
+    batch_option = (renamed_option("--batch-size", "encode_batch_size", old=old_batch_flags,
+                                   callback=_note_train_batch_size, **batch) if old_batch_flags
+                    else click.option("--batch-size", "encode_batch_size", **batch))
     decorators = [
-        click.option(batch_flag, "encode_batch_size", type=POSITIVE_INT, default=None,
-                     help="Encoding batch size [64]."),
-        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps [auto]; encoders and training."),
-        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-                     help="Model compute dtype [fp32 on CPU, fp16 on GPU]."),
+        batch_option,
+        device_option(device_help),
+        dtype_option,
         click.option("--storage-dtype", type=click.Choice(["fp16", "fp32"]), default=None,
                      help="Dtype of cached embeddings [fp16]."),
         click.option("--num-workers", type=NON_NEGATIVE_INT, default=None,
@@ -160,19 +263,16 @@ def encode_options(func=None, *, batch_flag: str = "--batch-size"):
                      envvar="ALIGNPROBE_CACHE_DIR", help="Embedding cache root [~/.cache/alignprobe]."),
         click.option("--no-recompute", is_flag=True, help="Fail instead of encoding on a cache miss."),
         click.option("--strict", is_flag=True, help="A missing or corrupt image is an error, not skipped."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars or info logs."),
-        click.option("--verbose", "-v", count=True, help="More logging (-vv for debug)."),
+        quiet_verbose_options,
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
 
 
-def options_from(kwargs) -> "EncodeOptions":
+def options_from(kwargs) -> EncodeOptions:
     """The EncodeOptions of the encode flags (popped from `kwargs`); the cache must be writable
     unless ``--no-recompute`` (reading a shared, read-only cache is fine then)."""
-    from alignprobe.config import EncodeOptions, override
-
     options = override(
         EncodeOptions(),
         batch_size=kwargs.pop("encode_batch_size"),
@@ -187,8 +287,6 @@ def options_from(kwargs) -> "EncodeOptions":
         quiet=kwargs["quiet"],
     )
     if options.recompute:
-        from alignprobe.errors import OutputNotWritableError
-
         try:
             check_writable(options.cache_root(), "embedding cache (--cache-dir)")
         except OutputNotWritableError as err:

@@ -38,18 +38,21 @@ def _parts(aligned):
 def evaluate_aligned(aligned, *, winoground: str | Path | None = None,
                      mmvp: str | Path | None = None, segmentation: str | None = None,
                      segmentation_limit: int | None = None, templates=None,
-                     progress: bool = True, **segmentation_settings) -> dict:
-    """One record row with the evaluations whose data is given (None skips one)."""
+                     progress: bool = True, batch_size: int | None = None, **segmentation_settings) -> dict:
+    """One record row with the evaluations whose data is given (None skips one). ``batch_size``: images
+    (segmentation: sliding windows) per encoder call [each evaluation's default]."""
     if winoground is None and mmvp is None and segmentation is None:
         raise ValidationError("nothing to evaluate: give winoground=DIR, mmvp=DIR or "
                               "segmentation=SPEC")
     parts = _parts(aligned)
     row: dict = {}
+    batch = {} if batch_size is None else {"batch_size": batch_size}
     if winoground is not None:
-        row.update(evaluate_winoground(*parts, winoground, progress=progress))
+        row.update(evaluate_winoground(*parts, winoground, progress=progress, **batch))
     if mmvp is not None:
-        row.update(evaluate_mmvp(*parts, mmvp, progress=progress))
+        row.update(evaluate_mmvp(*parts, mmvp, progress=progress, **batch))
     if segmentation is not None:
+        segmentation_settings = {**batch, **segmentation_settings}
         segmentation_settings.setdefault("logit_scale", head_logit_scale(aligned))
         row.update(evaluate_segmentation(*parts, segmentation, templates=templates,
                                          limit=segmentation_limit, progress=progress,

@@ -319,17 +319,19 @@ def train_from_sweep(results_dir: str | Path, top_k: int, by: str, *, out_root: 
 
 def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrieval: str | None = None,
                         options: EncodeOptions | None = None, which: str = "best",
-                        allow_unfinished: bool = False, evaluations: dict | None = None) -> dict[str, Any]:
+                        allow_unfinished: bool = False, evaluations: dict | None = None,
+                        trust_remote_code: bool = False) -> dict[str, Any]:
     """Zero-shot and retrieval metrics of a trained model on labelled / captioned data.
 
     ``labelled`` / ``retrieval``: data specs; None uses the run's own
     evaluation sets (from its ``aligned.json``), ``""`` skips that part.
     Images and texts are encoded through the checkpoint's frozen encoders -- rebuilt from
-    their recorded `EncoderRequest`s -- with the embedding cache. Returns ``{"metrics": {...},
-    "labelled": spec, "retrieval": spec, "model": path}``.
+    their recorded `EncoderRequest`s -- with the embedding cache. ``trust_remote_code``: as for
+    `load_aligned`. Returns ``{"metrics": {...}, "labelled": spec, "retrieval": spec, "model": path}``.
     """
     options = options or EncodeOptions()
-    aligned = load_aligned(path, device=options.device, encoder_dtype=options.dtype, which=which)
+    aligned = load_aligned(path, device=options.device, encoder_dtype=options.dtype, which=which,
+                           trust_remote_code=trust_remote_code)
     info = aligned.info
     unfinished = None
     if not info.get("finished", True):
