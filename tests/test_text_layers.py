@@ -17,39 +17,22 @@ from alignprobe.probe.embeddings.cache import EmbeddingCache
 from alignprobe.probe.embeddings.encoding import TextSource, encode_source
 from alignprobe.probe.embeddings.layers import encode_source_layers
 
-TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
-    "a an the photo picture of cat cats dog dogs on in red blue green sky car tree man woman snow playing two ##s"
-).split()
-SENTENCES = ["a photo of a cat", "two dogs playing in the snow on a blue sky", "red car", "a man"]
+from helpers import SENTENCES as BASE_SENTENCES
+from helpers import save_hf_text, save_sentence_transformer
+
+SENTENCES = [*BASE_SENTENCES, "a man"]
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    import transformers as T
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny") / "bert"
-    T.BertModel(T.BertConfig(vocab_size=len(VOCAB), max_position_embeddings=64, **TINY)).save_pretrained(d)
-    T.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(d)
-    return d
+    return save_hf_text(tmp_path_factory.mktemp("tiny") / "bert", num_hidden_layers=3)
 
 
 @pytest.fixture(scope="module")
-def tiny_st(tiny_bert, tmp_path_factory):
-    """The tiny BERT as a sentence-transformers pipeline (Transformer + mean Pooling) on disk."""
-    from sentence_transformers import SentenceTransformer, models
-
-    word = models.Transformer(str(tiny_bert), max_seq_length=32)
-    d = tmp_path_factory.mktemp("tiny") / "st"
-    SentenceTransformer(modules=[word, models.Pooling(_width(word), "mean")],
-                        device="cpu").save(str(d))
-    return d
-
-
-def _width(word) -> int:
-    # renamed in sentence-transformers 6 (the old name warns)
-    return (getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension)()
+def tiny_st(tmp_path_factory):
+    """A tiny sentence-transformers pipeline (BERT of 2 blocks, mean pooling) and its BERT folder."""
+    folder = save_sentence_transformer(tmp_path_factory.mktemp("tiny") / "st")
+    return folder, folder.with_name(folder.name + "-bert")
 
 
 def _hand(model_dir, texts, layer, pooling, max_length=None):
@@ -94,16 +77,17 @@ def test_last_text_layer_equals_the_default_encoding_and_others_differ(tiny_bert
         enc.encode_layers(SENTENCES, [4])
 
 
-def test_sentence_transformers_layers_use_the_pipelines_transformer(tiny_st, tiny_bert):
-    enc = create_text_encoder(tiny_st, pooling="mean")
-    assert enc.spec.backend == "sentence-transformers" and enc.num_layers == 3
+def test_sentence_transformers_layers_use_the_pipelines_transformer(tiny_st):
+    folder, bert = tiny_st
+    enc = create_text_encoder(folder, pooling="mean")
+    assert enc.spec.backend == "sentence-transformers" and enc.num_layers == 2
     default = enc.encode(SENTENCES)
-    many = enc.encode_layers(SENTENCES, [0, 2, 3])
-    assert torch.allclose(many[3], default, atol=1e-6)
-    for n in (0, 2):
-        assert torch.allclose(many[n], _hand(tiny_bert, SENTENCES, n, "mean", max_length=32), atol=1e-5)
+    many = enc.encode_layers(SENTENCES, [0, 1, 2])
+    assert torch.allclose(many[2], default, atol=1e-6)
+    for n in (0, 1):
+        assert torch.allclose(many[n], _hand(bert, SENTENCES, n, "mean", max_length=32), atol=1e-5)
     with pytest.raises(ValidationError, match="pooling 'encode' is the whole sentence-transformers pipeline"):
-        create_text_encoder(tiny_st, layer=1)  # the directory's default pooling is the pipeline's encode
+        create_text_encoder(folder, layer=1)  # the directory's default pooling is the pipeline's encode
 
 
 def test_real_minilm_layers_equal_a_hand_computation():
