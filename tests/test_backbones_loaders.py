@@ -9,9 +9,9 @@ import json
 import pickle
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from PIL import Image
 from alignprobe.backbones import (
     EncoderSpec,
     Preprocessing,
@@ -22,65 +22,18 @@ from alignprobe.backbones import (
     resolve_spec,
     unregister_encoder,
 )
-from PIL import Image
 
 from alignprobe.errors import EncoderNotAvailableError, UnknownEncoderError, ValidationError
+from helpers import SENTENCES, images, timm_vit
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
-    "a an the photo picture of cat cats dog dogs on in red blue green sky car tree man woman snow "
-    "playing two ##s"
-).split()
-SENTENCES = ["a photo of a cat", "two dogs playing in the snow on a blue sky", "red car"]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _images(n=3, seed=0):
-    rng = np.random.RandomState(seed)
-    sizes = [(40, 56), (64, 48), (32, 32)]
-    return [Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8)) for (h, w) in sizes[:n]]
-
-
-def _set_seed():
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
+def tiny_dirs(tiny_model):
     """Tiny transformers models saved the way the library saves them."""
-    import transformers as T
-
-    root = tmp_path_factory.mktemp("tiny")
-    _set_seed()
-    dirs = {}
-    vision_cfg = dict(TINY, image_size=32, patch_size=8)
-    processor = {
-        "do_resize": True,
-        "size": {"height": 32, "width": 32},
-        "resample": 3,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-    }
-    for key, model in {
-        "dinov2": T.Dinov2Model(T.Dinov2Config(**vision_cfg)),
-        "dinov2_reg": T.Dinov2WithRegistersModel(
-            T.Dinov2WithRegistersConfig(**vision_cfg, num_register_tokens=4)
-        ),
-        "mae": T.ViTMAEModel(T.ViTMAEConfig(**vision_cfg)),
-    }.items():
-        d = root / key
-        model.save_pretrained(d)
-        (d / "preprocessor_config.json").write_text(json.dumps(processor))
-        dirs[key] = d
-
-    bert = root / "bert"
-    T.BertModel(
-        T.BertConfig(vocab_size=len(VOCAB), max_position_embeddings=64, **TINY)
-    ).save_pretrained(bert)
-    T.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(bert)
-    dirs["bert"] = bert
-    return dirs
+    return {key: tiny_model(family) for key, family in
+            {"dinov2": "dinov2", "dinov2_reg": "dinov2_reg", "mae": "vit_mae", "bert": "bert"}.items()}
 
 
 def _hf_cache(root, repo_id, src):
@@ -106,7 +59,7 @@ def test_transformers_vision_local_dir_concat_matches_hand_pooling(tiny_dirs):
     enc = create_vision_encoder(tiny_dirs["dinov2"], pooling="concat")
     assert enc.spec.source == "local" and enc.spec.local_format == "transformers"
     assert enc.dim == 64 and enc.device.type == "cpu" and enc.dtype == torch.float32
-    imgs = _images()
+    imgs = images()
     z = enc.encode(imgs)
     assert z.shape == (3, 64) and z.dtype == torch.float32
     assert torch.equal(z, enc.encode(imgs))  # deterministic
@@ -124,7 +77,7 @@ def test_registers_are_excluded_from_the_patch_mean(tiny_dirs):
     from transformers import Dinov2WithRegistersModel
 
     enc = create_vision_encoder(tiny_dirs["dinov2_reg"], pooling="concat")
-    imgs = _images(2)
+    imgs = images(2)
     z = enc.encode(imgs)
     h = _tokens(
         Dinov2WithRegistersModel.from_pretrained(tiny_dirs["dinov2_reg"]).eval(),
@@ -144,7 +97,7 @@ def test_mae_keeps_every_patch_deterministically(tiny_dirs):
     from transformers import ViTMAEModel
 
     enc = create_vision_encoder(tiny_dirs["mae"], pooling="mean", mask_ratio=0.0)
-    imgs = _images(2)
+    imgs = images(2)
     z1, z2 = enc.encode(imgs), enc.encode(imgs)
     assert torch.equal(z1, z2)
     model = ViTMAEModel.from_pretrained(tiny_dirs["mae"], mask_ratio=0.0).eval()
@@ -169,9 +122,9 @@ def test_hf_id_resolves_through_the_local_hub_cache(tiny_dirs, tmp_path, monkeyp
         32, 1.0, (0.5,) * 3, (0.5,) * 3, "bicubic", "squash"
     )
     # a resolved spec can be passed back in as is (revision and all)
-    assert torch.equal(create_vision_encoder(enc.spec).encode(_images(1)), enc.encode(_images(1)))
+    assert torch.equal(create_vision_encoder(enc.spec).encode(images(1)), enc.encode(images(1)))
     local = create_vision_encoder(tiny_dirs["dinov2"], pooling="mean")
-    imgs = _images()
+    imgs = images()
     assert torch.equal(enc.encode(imgs), local.encode(imgs))
     m = enc.manifest()
     assert (
@@ -234,7 +187,7 @@ def test_manifest_of_a_local_dir_has_its_fingerprint(tiny_dirs):
 def test_bf16_on_cpu_runs_and_returns_float32(tiny_dirs):
     enc = create_vision_encoder(tiny_dirs["dinov2"], dtype="bf16")
     assert enc.dtype == torch.bfloat16
-    z = enc.encode(_images(2))
+    z = enc.encode(images(2))
     assert z.dtype == torch.float32 and z.shape == (2, 32)
     with pytest.raises(ValidationError, match="dtype"):
         create_vision_encoder(tiny_dirs["dinov2"], dtype="int8")
@@ -243,26 +196,17 @@ def test_bf16_on_cpu_runs_and_returns_float32(tiny_dirs):
 # ------------------------------------------------------------------ timm
 
 
-def _tiny_timm():
-    import timm
-
-    _set_seed()
-    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval(), kw
-
-
 def test_timm_checkpoint_file_through_timm_loading(tmp_path):
-    model, kw = _tiny_timm()
+    model, kw = timm_vit()
     sd = model.state_dict()
     # an iBOT/DINO-style training checkpoint: wrapped, prefixed, with a training-only parameter
     wrapped = {"teacher": {f"backbone.{k}": v for k, v in sd.items()}, "epoch": 100}
     wrapped["teacher"]["backbone.masked_embed"] = torch.zeros(1, 32)
     ckpt = tmp_path / "checkpoint_teacher.pth"
     torch.save(wrapped, ckpt)
-    kw.pop("num_classes")
     enc = create_vision_encoder("timm:vit_tiny_patch16_224", checkpoint=ckpt, pooling="cls", **kw)
     assert enc.spec.preprocessing.size == 32 and enc.dim == 32
-    imgs = _images()
+    imgs = images()
     z = enc.encode(imgs)
     with torch.inference_mode():
         feats = model.forward_features(enc.collate([enc.preprocess(im) for im in imgs]))
@@ -283,10 +227,9 @@ def test_timm_checkpoint_file_through_timm_loading(tmp_path):
 
 
 def test_timm_checkpoint_that_does_not_fit_is_refused(tmp_path):
-    model, kw = _tiny_timm()
+    model, kw = timm_vit()
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.")}
     torch.save(sd, tmp_path / "partial.pth")
-    kw.pop("num_classes")
     with pytest.raises(EncoderNotAvailableError, match="randomly initialised"):
         create_vision_encoder(
             "timm:vit_tiny_patch16_224", checkpoint=tmp_path / "partial.pth", **kw
@@ -301,11 +244,11 @@ def test_timm_checkpoint_that_does_not_fit_is_refused(tmp_path):
 def test_timm_local_dir_export(tmp_path):
     from timm.models._hub import save_for_hf
 
-    model, _ = _tiny_timm()
+    model, _ = timm_vit()
     save_for_hf(model, tmp_path / "export", safe_serialization=True)
     enc = create_vision_encoder(tmp_path / "export", pooling="concat")
     assert enc.spec.local_format == "timm" and enc.dim == 64 and enc.spec.preprocessing.size == 32
-    imgs = _images(2)
+    imgs = images(2)
     with torch.inference_mode():
         feats = model.forward_features(enc.collate([enc.preprocess(im) for im in imgs]))
     assert torch.allclose(
@@ -356,7 +299,7 @@ def test_text_prefix_and_truncation(tiny_dirs):
 def test_preprocessors_pickle_and_run_in_dataloader_workers(tiny_dirs):
     text = create_text_encoder(tiny_dirs["bert"])
     vision = create_vision_encoder(tiny_dirs["dinov2"])
-    for enc, items in [(text, SENTENCES), (vision, _images())]:
+    for enc, items in [(text, SENTENCES), (vision, images())]:
         clone = pickle.loads(pickle.dumps(enc.preprocessor))
         a = enc.collate([enc.preprocess(x) for x in items])
         b = clone.collate([clone.preprocess(x) for x in items])
@@ -366,31 +309,25 @@ def test_preprocessors_pickle_and_run_in_dataloader_workers(tiny_dirs):
             assert torch.equal(a, b)
     pre = vision.preprocessor
     loader = torch.utils.data.DataLoader(
-        _images(),
+        images(),
         batch_size=3,
         num_workers=1,
         collate_fn=lambda xs: pre.collate([pre.preprocess(x) for x in xs]),
     )
     (batch,) = list(loader)
-    assert torch.equal(vision.forward(batch), vision.encode(_images()))
+    assert torch.equal(vision.forward(batch), vision.encode(images()))
 
 
 # ------------------------------------------------------------------ sentence-transformers
 
 
-def test_sentence_transformers_local_dir(tiny_dirs, tmp_path):
+def test_sentence_transformers_local_dir(tiny_model):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
 
-    word = Transformer(str(tiny_dirs["bert"]), max_seq_length=32)
-    st = SentenceTransformer(
-        modules=[word, Pooling(32, pooling_mode="mean"), Normalize()], device="cpu"
-    )
-    st.save(str(tmp_path / "st"))
-    st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
-    ref = st.encode(SENTENCES, convert_to_tensor=True)
+    folder = tiny_model("sentence_transformers")
+    ref = SentenceTransformer(str(folder), device="cpu").encode(SENTENCES, convert_to_tensor=True)
 
-    enc = create_text_encoder(tmp_path / "st")
+    enc = create_text_encoder(folder)
     assert (
         enc.spec.local_format == "sentence-transformers"
         and enc.spec.pooling == "encode"
@@ -398,9 +335,9 @@ def test_sentence_transformers_local_dir(tiny_dirs, tmp_path):
     )
     z = enc.encode(SENTENCES)
     assert z.shape == (3, 32) and torch.allclose(z, ref, atol=1e-5)
-    mean = create_text_encoder(tmp_path / "st", pooling="mean").encode(SENTENCES)
+    mean = create_text_encoder(folder, pooling="mean").encode(SENTENCES)
     assert torch.allclose(torch.nn.functional.normalize(mean, dim=1), ref, atol=1e-5)
-    assert create_text_encoder(tmp_path / "st", pooling="cls").encode(SENTENCES).shape == (3, 32)
+    assert create_text_encoder(folder, pooling="cls").encode(SENTENCES).shape == (3, 32)
 
 
 def test_minilm_matches_sentence_transformers_encode():
@@ -423,7 +360,7 @@ def test_minilm_matches_sentence_transformers_encode():
 
 
 def test_pixel_and_hog_controls():
-    imgs = _images()
+    imgs = images()
     pixels = create_vision_encoder("pixels")
     z = pixels.encode(imgs)
     assert z.shape == (3, 768) and torch.equal(z, create_vision_encoder("pixels").encode(imgs))
@@ -446,7 +383,7 @@ def test_random_vit_control_is_seeded_and_deterministic():
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is untouched
     b = create_vision_encoder("random-vit", **kw)
     c = create_vision_encoder("random-vit", seed=1, **kw)
-    imgs = _images()
+    imgs = images()
     za = a.encode(imgs)
     assert za.shape == (3, 32) and torch.equal(za, b.encode(imgs))
     assert not torch.allclose(za, c.encode(imgs))
