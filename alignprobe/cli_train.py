@@ -20,7 +20,7 @@ from alignprobe.cli_common import quiet_verbose_options, renamed_option, trust_r
 from alignprobe.cli_common import setup_logging as _setup_logging
 from alignprobe.cli_common import vision_layer_option
 from alignprobe.cli_train_options import HEADS, train_flag_options, train_flag_values
-from alignprobe.errors import ValidationError
+from alignprobe.errors import DataError, ValidationError
 from alignprobe.io import write_json_atomic
 from alignprobe.probe.data.classify_inputs import check_top_k, class_names, image_files
 from alignprobe.probe.training.train_log import check_backend
@@ -251,6 +251,14 @@ def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentat
 # --------------------------------------------------------------------------- classify
 
 
+def _in_flags(message: str) -> str:
+    """The library's message names its parameter (images, classes, top_k); a CLI user gave a flag."""
+    for parameter, flag in (("images ", "--images "), ("classes ", "--classes "), ("top_k=", "--top-k=")):
+        if message.startswith(parameter):
+            return flag + message[len(parameter):]
+    return message
+
+
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True), help=MODEL_HELP)
 @click.option("--images", required=True, help="An image file or a directory of images (searched recursively).")
@@ -273,11 +281,11 @@ def classify(model_path, images, classes, templates, top_k, which, batch_size, d
     from alignprobe.probe.pipelines.aligned import load_aligned  # torch: not needed for --help
 
     _setup_logging(quiet, verbose)
-    try:  # the library names its parameters; here they are flags
+    try:
         files, names = image_files(images), class_names(classes)
         check_top_k(top_k, len(names))
-    except ValidationError as err:
-        raise type(err)(str(err).replace("top_k", "--top-k").replace("classes ", "--classes ", 1)) from None
+    except (DataError, ValidationError) as err:
+        raise type(err)(_in_flags(str(err))) from None
     model = load_aligned(model_path, device=device or "auto", encoder_dtype=dtype, which=which,
                          trust_remote_code=trust_remote_code)
     result = model.classify(files, names, templates=templates, batch_size=batch_size)

@@ -4,18 +4,12 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-from click.testing import CliRunner
+from helpers import invoke
 from PIL import Image
 
-from alignprobe.cli import main
 from alignprobe.config import EncodeOptions
 from alignprobe.probe.embeddings import encoding
 from alignprobe.probe.embeddings.encode_job import encode_dataset
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result
 
 
 def table_rows(output: str) -> list[dict]:
@@ -46,7 +40,7 @@ def test_encode_minilm_captions_and_prompts_then_cache_hit():
 
 
 def test_unknown_model_suggests_names():
-    result = CliRunner().invoke(main, ["encode", "--model", "dinov3", "--data", "digits"])
+    result = invoke("encode", "--model", "dinov3", "--data", "digits", catch_exceptions=True)
     assert result.exit_code == 2
     assert "dinov2" in result.output and "Traceback" not in result.output
 
@@ -54,7 +48,7 @@ def test_unknown_model_suggests_names():
 def test_unreachable_hub_model_fails_with_clear_message(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = CliRunner().invoke(main, ["encode", "--model", "dinov2", "--data", "digits"])
+    result = invoke("encode", "--model", "dinov2", "--data", "digits", catch_exceptions=True)
     assert result.exit_code == 2
     assert "not in the local cache" in result.output and "hf download facebook/dinov2-large" in result.output
     assert "Traceback" not in result.output
@@ -89,15 +83,15 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
 
 def test_missing_image_is_an_error_under_strict(tmp_path):
     path = _pairs_csv(tmp_path, missing=True, corrupt=False)
-    result = CliRunner().invoke(main, ["encode", "--model", "pixels", "--data", f"csv:{path}", "--strict", "-q"])
+    result = invoke("encode", "--model", "pixels", "--data", f"csv:{path}", "--strict", "-q", catch_exceptions=True)
     assert result.exit_code == 2
     assert "nowhere.png" in result.output
 
 
 def test_corrupt_image_is_an_error_under_strict(tmp_path):
     path = _pairs_csv(tmp_path, missing=False, corrupt=True)
-    result = CliRunner().invoke(main, ["encode", "--model", "pixels", "--data", f"csv:{path}", "--strict", "-q",
-                                       "--num-workers", "0"])
+    result = invoke("encode", "--model", "pixels", "--data", f"csv:{path}", "--strict", "-q",
+                                       "--num-workers", "0", catch_exceptions=True)
     assert result.exit_code == 2
     assert "broken.png" in result.output or "could not be loaded" in result.output
 
@@ -105,7 +99,7 @@ def test_corrupt_image_is_an_error_under_strict(tmp_path):
 def test_malformed_csv_names_file_row_and_columns(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("picture,words\nx.png,hello\n")
-    result = CliRunner().invoke(main, ["encode", "--model", "pixels", "--data", f"csv:{path}", "-q"])
+    result = invoke("encode", "--model", "pixels", "--data", f"csv:{path}", "-q", catch_exceptions=True)
     assert result.exit_code == 2
     assert "bad.csv" in result.output and "caption" in result.output
 

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
 
-from alignprobe.cli import main
+from helpers import invoke
 from test_evals_readers import write_mmvp, write_winoground
 
 TRAIN = ["--vision", "random-vit", "--text", "bow", "--pairs", "shapes:train?n=150", "--labelled",
          "shapes:test?n=150", "--retrieval", "none", "--dim", "16", "--epochs", "2", "--device", "cpu", "-q"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_train_eval_and_segment_report_the_papers_other_evaluations(tmp_path):
@@ -23,7 +18,7 @@ def test_train_eval_and_segment_report_the_papers_other_evaluations(tmp_path):
     mmvp.mkdir()
     write_mmvp(mmvp, [("Color", 1, "a red thing", 2, "a blue thing"), ("Color", 3, "a red one", 4, "a blue one")])
     results = tmp_path / "results"
-    trained = invoke("train", *TRAIN, "--out", tmp_path / "run", "--results", results, "--winoground", wino,
+    trained = invoke("train", *TRAIN, "--run-dir", tmp_path / "run", "--results-dir", results, "--winoground", wino,
                      "--mmvp", mmvp, "--segmentation", "shapes-seg:test?n=20")
     assert trained.exit_code == 0, trained.output
     record = json.loads(next(results.glob("sail__*.json")).read_text())
@@ -47,17 +42,17 @@ def test_train_eval_and_segment_report_the_papers_other_evaluations(tmp_path):
     assert segmented.exit_code == 0, segmented.output
     assert "miou" in segmented.output and figure.stat().st_size > 1000
 
-    report = invoke("report", results, "--metrics", "winoground_group,mmvp,miou")
+    report = invoke("report", results, "--columns", "winoground_group,mmvp,miou")
     assert report.exit_code == 0 and "mIoU" in report.output and "MMVP-VLM" in report.output
 
 
 def test_eval_with_nothing_to_evaluate_says_what_to_give(tmp_path):
-    trained = invoke("train", *TRAIN, "--out", tmp_path / "run")
+    trained = invoke("train", *TRAIN, "--run-dir", tmp_path / "run")
     assert trained.exit_code == 0, trained.output
-    refused = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "run"), "--labelled", "none",
-                                        "--retrieval", "none"])
+    refused = invoke("eval", "--model", str(tmp_path / "run"), "--labelled", "none",
+                                        "--retrieval", "none", catch_exceptions=True)
     assert refused.exit_code != 0 and "winoground" in refused.output and "Traceback" not in refused.output
-    stray = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "run"), "--mmvp", str(tmp_path),
-                                      "--last-attention", "qq", "--background-threshold", "0.5"])
+    stray = invoke("eval", "--model", str(tmp_path / "run"), "--mmvp", str(tmp_path),
+                                      "--last-attention", "qq", "--background-threshold", "0.5", catch_exceptions=True)
     assert stray.exit_code != 0 and "Traceback" not in stray.output
     assert "--background-threshold, --last-attention" in stray.output and "--segmentation SPEC" in stray.output

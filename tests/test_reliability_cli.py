@@ -1,23 +1,17 @@
-"""The CLI under bad input (issue 11): numeric options refused before any work (class 3),
-unwritable outputs refused before any work (4), damaged cache and strict mode through the
-commands (5, 7), wording for CLI users (16); never a traceback without -vv."""
+"""The CLI under bad input: numeric options refused before any work, unwritable outputs refused
+before any work, a damaged cache and strict mode through the commands, messages in flags; never a
+traceback without -vv."""
 from __future__ import annotations
 
 import csv
-import time
 
 import pytest
-from click.testing import CliRunner
+from helpers import invoke
 from PIL import Image
-
-from alignprobe.cli import main
 
 
 def cli(*args):
-    start = time.perf_counter()
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    result.seconds = time.perf_counter() - start
-    return result
+    return invoke(*args, catch_exceptions=True)
 
 
 def assert_clean_failure(result, code=2):
@@ -27,7 +21,7 @@ def assert_clean_failure(result, code=2):
     assert "Traceback" not in result.output
 
 
-# --------------------------------------------------------------------------- class 3: numeric options
+# --------------------------------------------------------------------------- numeric options
 @pytest.mark.parametrize("args, flag", [
     (["encode", "--model", "pixels", "--data", "digits", "--num-workers", "-1"], "--num-workers"),
     (["encode", "--model", "pixels", "--data", "digits", "--batch-size", "0"], "--batch-size"),
@@ -52,7 +46,6 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, monkeypatch, args, fl
     assert_clean_failure(result)
     assert flag in result.output and "Invalid value" in result.output
     assert not cache.exists() and not (tmp_path / "results").exists()  # nothing encoded, nothing written
-    assert result.seconds < 10
 
 
 def test_good_numbers_still_pass_the_checks(tmp_path, monkeypatch):
@@ -64,7 +57,7 @@ def test_good_numbers_still_pass_the_checks(tmp_path, monkeypatch):
     assert len(list(entry.glob("shard-*.safetensors"))) == 4  # 1,797 digits in shards of 500
 
 
-# --------------------------------------------------------------------------- class 4: output locations
+# --------------------------------------------------------------------------- output locations
 @pytest.fixture
 def blocker(tmp_path):
     path = tmp_path / "a-file"
@@ -75,9 +68,9 @@ def blocker(tmp_path):
 @pytest.mark.parametrize("command", ["run", "sweep"])
 def test_out_below_a_file_fails_before_any_work(tmp_path, monkeypatch, blocker, command):
     monkeypatch.setenv("ALIGNPROBE_CACHE_DIR", str(tmp_path / "cache"))
-    result = cli(command, "--vision", "pixels", "--text", "bow", "--out", blocker / "results")
+    result = cli(command, "--vision", "pixels", "--text", "bow", "--results-dir", blocker / "results")
     assert_clean_failure(result)
-    assert "results directory (--out)" in result.output and f"'{blocker}' is a file" in result.output
+    assert "results directory (--results-dir)" in result.output and f"'{blocker}' is a file" in result.output
     assert not (tmp_path / "cache").exists() and blocker.read_text() == "not a directory"
 
 
@@ -91,7 +84,7 @@ def test_cache_dir_below_a_file_fails_before_any_work(tmp_path, monkeypatch, blo
     result = cli(*command, "--cache-dir", blocker / "cache")
     assert_clean_failure(result)
     assert "embedding cache (--cache-dir)" in result.output and "is a file" in result.output
-    assert not (tmp_path / "results").exists() and result.seconds < 10
+    assert not (tmp_path / "results").exists()
 
 
 def test_no_recompute_may_read_a_cache_it_cannot_write(tmp_path, blocker):
@@ -109,12 +102,12 @@ def test_report_and_plot_outputs_below_a_file(tmp_path, blocker):
     export = cli("report", tmp_path / "results", "--export", blocker / "all.csv")
     assert_clean_failure(export)
     assert "--export" in export.output
-    plot = cli("plot", tmp_path / "results", "--output", blocker / "plots")
+    plot = cli("plot", tmp_path / "results", "--output-dir", blocker / "plots")
     assert_clean_failure(plot)
-    assert "plot directory (--output)" in plot.output
+    assert "plot directory (--output-dir)" in plot.output
 
 
-# --------------------------------------------------------------------------- classes 5, 7, 16 via the CLI
+# --------------------------------------------------------------------------- damaged data and cache
 def _pairs(tmp_path, corrupt: bool):
     rows = []
     for i in range(6):
@@ -158,7 +151,7 @@ def test_damaged_cache_through_the_cli(tmp_path):
 
 
 def test_wrong_modality_speaks_in_flags(tmp_path):
-    result = cli("run", "--vision", "bow", "--text", "pixels", "--out", tmp_path / "r", "--cache-dir", tmp_path / "c")
+    result = cli("run", "--vision", "bow", "--text", "pixels", "--results-dir", tmp_path / "r", "--cache-dir", tmp_path / "c")
     assert_clean_failure(result)
     assert "--text NAME" in result.output or "--vision NAME" in result.output
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import invoke
 
 from alignprobe.cli_train import classify, evaluate, train
 
@@ -38,9 +38,8 @@ def sweep(tmp_path_factory):
 def trained(sweep):
     root, cache = sweep
     results = root / "results"
-    res = CliRunner().invoke(train, ["--from-sweep", str(results), "--top-k", "2", "--by", "i2t_r1", *TINY,
-                                     "--cache-dir", str(cache), "--num-workers", "0", "-q"],
-                             catch_exceptions=False)
+    res = invoke("--from-sweep", results, "--top-k", "2", "--by", "i2t_r1", *TINY, "--cache-dir", cache,
+                 "--num-workers", "0", "-q", command=train)
     assert res.exit_code == 0, res.output
     return root, cache, res.output
 
@@ -68,8 +67,8 @@ def test_from_sweep_trains_top_k_and_report_shows_both_kinds(trained):
     table = write_report(results, "md")
     assert table.count("sail") >= 2 and table.count("probe") >= 2
     # rerunning reuses the finished records instead of retraining
-    again = CliRunner().invoke(train, ["--from-sweep", str(results), "--top-k", "1", "--by", "i2t_r1", *TINY,
-                                       "--cache-dir", str(root / "cache"), "-q"], catch_exceptions=False)
+    again = invoke("--from-sweep", results, "--top-k", "1", "--by", "i2t_r1", *TINY, "--cache-dir", root / "cache",
+                   "-q", command=train)
     assert again.exit_code == 0 and "reused" in again.output
 
 
@@ -100,8 +99,8 @@ def test_load_aligned_encode_and_classify(trained):
 def test_eval_and_classify_commands(trained, tmp_path):
     root, cache, _ = trained
     run = next((root / "results" / "sail").glob("hog__bow__*"))
-    res = CliRunner().invoke(evaluate, ["--model", str(run), "--retrieval", "none", "--cache-dir", str(cache),
-                                        "--json", str(tmp_path / "eval.json"), "-q"], catch_exceptions=False)
+    res = invoke("--model", run, "--retrieval", "none", "--cache-dir", cache, "--json", tmp_path / "eval.json", "-q",
+                 command=evaluate)
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
     assert set(metrics) == {"zero_shot_top1", "zero_shot_top5"}
@@ -115,13 +114,19 @@ def test_eval_and_classify_commands(trained, tmp_path):
     images.mkdir()
     for i in range(3):
         ds.load_image(i).save(images / f"img{i}.png")
-    res = CliRunner().invoke(classify, ["--model", str(run), "--images", str(images), "--classes",
-                                        "circle,square,triangle", "--top-k", "2", "--device", "cpu",
-                                        "--json", str(tmp_path / "pred.json")], catch_exceptions=False)
+    res = invoke("--model", run, "--images", images, "--classes", "circle,square,triangle", "--top-k", "2",
+                 "--device", "cpu", "--json", tmp_path / "pred.json", command=classify)
     assert res.exit_code == 0, res.output
     assert all(f"img{i}.png" in res.output for i in range(3))
     preds = json.loads((tmp_path / "pred.json").read_text())["predictions"]
     assert [p["class"] in ("circle", "square", "triangle") for p in preds] == [True] * 3
-    bad = CliRunner().invoke(classify, ["--model", str(run), "--images", str(tmp_path / "nothing"),
-                                        "--classes", "a,b"])
-    assert bad.exit_code == 2 and "neither an image file nor a directory" in bad.output
+    bad = invoke("--model", run, "--images", tmp_path / "nothing", "--classes", "a,b", command=classify,
+                 catch_exceptions=True)
+    assert bad.exit_code == 2 and "--images" in bad.output and "neither an image file nor a directory" in bad.output
+    # --top-k: at least 1 (click) and at most the number of classes (named with the count)
+    zero = invoke("--model", run, "--images", images, "--classes", "a,b", "--top-k", "0", command=classify,
+                  catch_exceptions=True)
+    assert zero.exit_code == 2 and "--top-k" in zero.output and "x>=1" in zero.output
+    many = invoke("--model", run, "--images", images, "--classes", "a,b", "--top-k", "3", command=classify,
+                  catch_exceptions=True)
+    assert many.exit_code == 2 and "--top-k=3 but there are 2 classes" in many.output
