@@ -110,7 +110,8 @@ def worker(args) -> dict:
     import numpy as np
     import torch
 
-    from alignprobe.probe import TrainConfig, Trainer
+    from alignprobe.probe.training.config import TrainConfig
+    from alignprobe.probe.training.engine import Trainer
 
     n, d_img, d_txt = args.n, args.d_img, args.d_txt
     images = np.memmap(args.images, dtype=np.float16, mode="r", shape=(n, d_img))

@@ -6,108 +6,44 @@ a registry of measures (``list_measures``) with permutation calibration
 (``calibrate``, Gröger, Wen & Brbić, ICML 2026), retrieval / zero-shot
 evaluation, and correlation statistics. Every function validates its inputs
 and raises ``alignprobe.errors.ValidationError`` with a message that names the
-argument, what it must be, and what it got.
-"""
-from .baselines import BASELINES, Baseline, fit_baseline
-from .calibration import CalibrationResult, MaxCalibrationResult, calibrate, calibrate_all, calibrate_max
-from .clustering import kmeans, kmeans_nmi, kmeanspp_seeds
-from .correlation import (
-    MIN_INTERVAL_N,
-    TOO_FEW_FOR_INTERVALS,
-    correlate,
-    correlation_difference,
-    permutation_p_value,
-)
-from .knn import DEFAULT_KNN_K, DEFAULT_KNN_TEMPERATURE, knn_accuracy
-from .linear_probe import DEFAULT_L2_GRID, linear_probe_accuracy
-from .measures import Measure, get_measure, list_measures, register_measure
-from .reasoning import mmvp_scores, winoground_scores
-from .retrieval import MAX_CAPTIONS_PER_IMAGE, cap_captions_per_image, recall_at_k, retrieval_metrics
-from .segmentation import SegmentationAccumulator, segmentation_scores
-from .similarity import (
-    RBF_MAX_SAMPLES,
-    cka,
-    cknna,
-    cycle_knn,
-    knn_jaccard,
-    linear_r2,
-    mean_cca,
-    mutual_knn,
-    procrustes_similarity,
-    pwcca,
-    rsa,
-    rv_coefficient,
-    svcca,
-)
-from .similarity_protocol import (
-    DEFAULT_NULL_PERMUTATIONS,
-    DEFAULT_SIMILARITY_MEASURES,
-    DEFAULT_SIMILARITY_SAMPLES,
-    null_score,
-    similarity_sample,
-    similarity_scores,
-)
-from .vision_protocol import VISION_PROTOCOLS, vision_quality
-from .zero_shot import ZERO_SHOT_TOPK, build_class_embeddings, reportable_topk, zero_shot_accuracy, zero_shot_scores
+argument, what it must be, and what it got. Each metric declares its record
+columns' metadata next to it (``register_metric``, ``metric_info``).
 
-__all__ = [
-    "BASELINES",
-    "DEFAULT_KNN_K",
-    "DEFAULT_KNN_TEMPERATURE",
-    "DEFAULT_L2_GRID",
-    "DEFAULT_NULL_PERMUTATIONS",
-    "DEFAULT_SIMILARITY_MEASURES",
-    "DEFAULT_SIMILARITY_SAMPLES",
-    "MAX_CAPTIONS_PER_IMAGE",
-    "MIN_INTERVAL_N",
-    "RBF_MAX_SAMPLES",
-    "TOO_FEW_FOR_INTERVALS",
-    "VISION_PROTOCOLS",
-    "ZERO_SHOT_TOPK",
-    "Baseline",
-    "CalibrationResult",
-    "MaxCalibrationResult",
-    "Measure",
-    "SegmentationAccumulator",
-    "build_class_embeddings",
-    "calibrate",
-    "calibrate_all",
-    "calibrate_max",
-    "cap_captions_per_image",
-    "cka",
-    "cknna",
-    "correlate",
-    "correlation_difference",
-    "cycle_knn",
-    "fit_baseline",
-    "get_measure",
-    "kmeans",
-    "kmeans_nmi",
-    "kmeanspp_seeds",
-    "knn_accuracy",
-    "knn_jaccard",
-    "linear_probe_accuracy",
-    "linear_r2",
-    "list_measures",
-    "mean_cca",
-    "mmvp_scores",
-    "mutual_knn",
-    "null_score",
-    "permutation_p_value",
-    "procrustes_similarity",
-    "pwcca",
-    "recall_at_k",
-    "register_measure",
-    "reportable_topk",
-    "retrieval_metrics",
-    "rsa",
-    "rv_coefficient",
-    "segmentation_scores",
-    "similarity_sample",
-    "similarity_scores",
-    "svcca",
-    "vision_quality",
-    "winoground_scores",
-    "zero_shot_accuracy",
-    "zero_shot_scores",
-]
+Names are exported lazily (PEP 562, `alignprobe._lazy`): torch, faiss and
+scikit-learn load only when a metric that needs them is used.
+"""
+from __future__ import annotations
+
+from alignprobe._lazy import lazy_exports
+
+_EXPORTS = {
+    # vision feature quality (SAIL)
+    "kmeans": ".clustering", "kmeans_nmi": ".clustering", "kmeanspp_seeds": ".clustering",
+    "knn_accuracy": ".knn", "DEFAULT_KNN_K": ".knn", "DEFAULT_KNN_TEMPERATURE": ".knn",
+    "linear_probe_accuracy": ".linear_probe", "DEFAULT_L2_GRID": ".linear_probe",
+    "vision_quality": ".vision_protocol", "VISION_PROTOCOLS": ".vision_protocol",
+    # alignment through trained heads
+    "recall_at_k": ".retrieval", "retrieval_metrics": ".retrieval",
+    "build_class_embeddings": ".zero_shot", "zero_shot_accuracy": ".zero_shot", "zero_shot_scores": ".zero_shot",
+    "winoground_scores": ".reasoning", "mmvp_scores": ".reasoning",
+    "segmentation_scores": ".segmentation", "SegmentationAccumulator": ".segmentation",
+    "Baseline": ".baselines", "BASELINES": ".baselines", "fit_baseline": ".baselines",
+    # representational similarity: the measure registry and its calibration
+    "Measure": ".measures", "get_measure": ".measures", "list_measures": ".measures",
+    "register_measure": ".measures",
+    "cka": ".similarity", "cknna": ".similarity", "cycle_knn": ".similarity", "knn_jaccard": ".similarity",
+    "linear_r2": ".similarity", "mean_cca": ".similarity", "mutual_knn": ".similarity",
+    "procrustes_similarity": ".similarity", "pwcca": ".similarity", "rsa": ".similarity",
+    "rv_coefficient": ".similarity", "svcca": ".similarity",
+    "calibrate": ".calibration", "calibrate_all": ".calibration", "calibrate_max": ".calibration",
+    "CalibrationResult": ".calibration", "MaxCalibrationResult": ".calibration",
+    "similarity_scores": ".similarity_protocol", "similarity_sample": ".similarity_protocol",
+    "DEFAULT_SIMILARITY_MEASURES": ".similarity_protocol", "DEFAULT_SIMILARITY_SAMPLES": ".similarity_protocol",
+    "DEFAULT_NULL_PERMUTATIONS": ".similarity_protocol",
+    # correlation statistics
+    "correlate": ".correlation", "correlation_difference": ".correlation", "permutation_p_value": ".correlation",
+    # the metric registry: each record column's label, direction, group
+    "register_metric": ".registry", "metric_info": ".registry", "list_metrics": ".registry",
+    "MetricInfo": ".registry", "UnknownMetricError": ".registry",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -22,6 +22,7 @@ from alignprobe.errors import ValidationError
 
 from ._neighbors import unit_rows
 from ._validation import as_chunk_size, as_ks, as_labels, as_matrix, as_positive_float, auto_chunk
+from .registry import register_metric
 
 #: SAIL evaluation/eval_knn_*.py `--nb_knn` default and `--temperature` default.
 DEFAULT_KNN_K = (10, 20, 100, 200)
@@ -69,6 +70,8 @@ def _bank_chunk(x: Any, rows: Any, device: torch.device, label: str) -> torch.Te
     return unit_rows(t, label)
 
 
+@register_metric("knn_top1@{k}", label="k-NN top-1 @{k}", higher_is_better=True, group="clustering",
+                 description="weighted k-NN ({k} neighbours) top-1 accuracy", reference="DINO, Caron et al. 2021")
 def knn_accuracy(
     train_x: Any,
     train_y: Any,

@@ -20,6 +20,7 @@ from alignprobe.errors import ValidationError
 
 from ._lbfgs import PathLBFGS
 from ._validation import as_int, as_labels, as_matrix, same_cols
+from .registry import register_metric
 
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, -1, 11))
 
@@ -91,6 +92,9 @@ def _topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
     return int(((rank < k) & valid).sum())
 
 
+@register_metric("linear_probe_top{k}", label="linear probe top-{k}", higher_is_better=True, group="separability",
+                 description="linear-probe top-{k} accuracy (linear separability)",
+                 reference="SAIL, Zhang et al. CVPR 2025; CLIP, Radford et al. 2021")
 def linear_probe_accuracy(
     train_x: Any,
     train_y: Any,

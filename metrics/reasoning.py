@@ -27,6 +27,8 @@ import numpy as np
 
 from alignprobe.errors import ValidationError
 
+from .registry import register_metric
+
 
 def _blocks(similarities: Any, name: str) -> np.ndarray:
     if hasattr(similarities, "detach"):
@@ -41,6 +43,12 @@ def _blocks(similarities: Any, name: str) -> np.ndarray:
     return s
 
 
+@register_metric("winoground_text", label="Winoground text", higher_is_better=True, group="alignment",
+                 description="Winoground text score (fraction of examples)", reference="Thrush et al. CVPR 2022")
+@register_metric("winoground_image", label="Winoground image", higher_is_better=True, group="alignment",
+                 description="Winoground image score (fraction of examples)", reference="Thrush et al. CVPR 2022")
+@register_metric("winoground_group", label="Winoground group", higher_is_better=True, group="alignment",
+                 description="Winoground group score (fraction of examples)", reference="Thrush et al. CVPR 2022")
 def winoground_scores(similarities: Any) -> dict:
     """Text, image and group scores from ``(n, 2, 2)`` blocks ``s[example, caption, image]``.
 
@@ -61,6 +69,10 @@ def winoground_scores(similarities: Any) -> dict:
     }
 
 
+@register_metric("mmvp", label="MMVP-VLM", higher_is_better=True, group="alignment",
+                 description="MMVP-VLM accuracy, mean over categories", reference="Tong et al. CVPR 2024")
+@register_metric("mmvp_{name}", label="MMVP-VLM {name}", higher_is_better=True, group="alignment",
+                 description="MMVP-VLM accuracy on the category {name}", reference="Tong et al. CVPR 2024")
 def mmvp_scores(similarities: Any, targets: Any, categories: Sequence[str]) -> dict:
     """Per-category pair accuracy and their mean for MMVP-VLM.
 

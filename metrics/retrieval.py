@@ -9,6 +9,7 @@ import torch
 from alignprobe.errors import ValidationError
 
 from ._neighbors import unit_rows
+from .registry import register_metric
 from ._validation import (
     as_chunk_size,
     as_ks,
@@ -179,6 +180,10 @@ def _is_float64(x: Any) -> bool:
     return getattr(x, "dtype", None) in (np.float64, torch.float64)
 
 
+@register_metric("i2t_r{k}", label="I2T R@{k}", higher_is_better=True, group="alignment",
+                 description="image-to-text retrieval recall@{k}")
+@register_metric("t2i_r{k}", label="T2I R@{k}", higher_is_better=True, group="alignment",
+                 description="text-to-image retrieval recall@{k}")
 def retrieval_metrics(
     image_emb: Any,
     text_emb: Any,

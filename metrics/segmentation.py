@@ -24,6 +24,8 @@ import numpy as np
 
 from alignprobe.errors import ValidationError
 
+from .registry import register_metric
+
 
 def _as_label_map(x: Any, name: str) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor
@@ -96,6 +98,12 @@ class SegmentationAccumulator:
         }
 
 
+@register_metric("miou", label="mIoU", higher_is_better=True, group="alignment",
+                 description="open-vocabulary segmentation mIoU")
+@register_metric("pixel_acc", label="pixel acc.", higher_is_better=True, group="alignment",
+                 description="open-vocabulary segmentation pixel accuracy")
+@register_metric("iou_{name}", label="IoU {name}", higher_is_better=True, group="alignment",
+                 description="open-vocabulary segmentation IoU of the class {name}")
 def segmentation_scores(pred: Any, target: Any, num_classes: int,
                         ignore_index: int | None = 255) -> dict:
     """mIoU, per-class IoU and pixel accuracy of predicted label maps against targets.

@@ -10,6 +10,7 @@ from alignprobe.errors import ValidationError
 
 from ._neighbors import unit_rows
 from ._validation import as_chunk_size, as_int, as_ks, as_labels, as_matrix, same_cols
+from .registry import register_metric
 from .retrieval import recall_at_k
 
 
@@ -121,6 +122,8 @@ def reportable_topk(n_classes: int, topk: Sequence[int] = ZERO_SHOT_TOPK) -> tup
     return tuple(k for k in as_ks(topk, "topk", high=max(max(topk), 1)) if k <= n_classes)
 
 
+@register_metric("zero_shot_top{k}", label="zero-shot top-{k}", higher_is_better=True, group="alignment",
+                 description="zero-shot classification top-{k} through the aligned heads")
 def zero_shot_scores(
     image_emb: Any,
     class_text_emb: Any,

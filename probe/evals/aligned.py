@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignprobe.errors import ValidationError
+from alignprobe.metrics import mmvp_scores, segmentation_scores, winoground_scores
+from alignprobe.metrics.registry import metric_columns
 from alignprobe.probe.data.readers_seg import SegmentationDataset, open_segmentation
 from alignprobe.probe.evals.mmvp import evaluate_mmvp
 from alignprobe.probe.evals.segmentation import evaluate_segmentation, segment
@@ -17,8 +19,7 @@ from alignprobe.reports.segmentation_figure import segmentation_figure
 
 #: the record columns these evaluations add (fractions, higher is better); the per-class
 #: ``iou_<class>`` and per-category ``mmvp_<category>`` columns come along with them
-RECORD_COLUMNS = ("winoground_text", "winoground_image", "winoground_group", "mmvp", "miou",
-                  "pixel_acc")
+RECORD_COLUMNS = metric_columns(winoground_scores, mmvp_scores, segmentation_scores)
 
 
 def head_logit_scale(aligned) -> float:
