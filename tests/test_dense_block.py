@@ -5,7 +5,6 @@ block written out by hand from the same weights, and the unchanged variant again
 model's own outputs.
 """
 
-import json
 import math
 
 import numpy as np
@@ -16,22 +15,13 @@ from PIL import Image
 from alignprobe.backbones import create_vision_encoder
 from alignprobe.backbones.dense_block import dense_tokens
 from alignprobe.errors import ValidationError
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            image_size=32, patch_size=8, layerscale_value=0.5)
-PROCESSOR = {"do_resize": True, "size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3,
-             "image_std": [0.5] * 3}
+from helpers import save_hf_vision
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("dense") / "dinov2"
-    Dinov2Model(Dinov2Config(**TINY)).save_pretrained(d)
-    (d / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
-    return d
+    # a layer scale away from 1 so that a variant which skipped it would show
+    return save_hf_vision(tmp_path_factory.mktemp("dense") / "dinov2", layerscale_value=0.5)
 
 
 def _image(seed=0):

@@ -7,23 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from alignprobe import EncoderRequest
 from alignprobe.backbones import create_vision_encoder
-from alignprobe.cli import main
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import UnknownEncoderError, ValidationError
 from alignprobe.probe.pipelines.aligned import load_aligned, request_from_entry
 from alignprobe.probe.pipelines.train import SailRunConfig, evaluate_checkpoint, train_pair
+import helpers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                   image_size=32, patch_size=8)
-PROCESSOR = {"do_resize": True, "size": {"height": 32, "width": 32}, "resample": 3,
-             "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 TRAIN = dict(out_dim=8, epochs=2, image_head="linear", text_head="linear", device="cpu")
 DATA = dict(pairs="shapes:train?n=60", labelled="shapes:test?n=30", retrieval=None)
 
@@ -80,18 +75,7 @@ def test_legacy_entries_rebuild_their_layer_from_the_manifest():
 
 @pytest.fixture(scope="module")
 def tiny_dinov2(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("identity") / "dinov2"
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(**TINY_DINOV2)).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
-    return folder
-
-
-def _images(n=4, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(n)]
+    return helpers.save_hf_vision(tmp_path_factory.mktemp("identity") / "dinov2", num_hidden_layers=3)
 
 
 def _trained(tmp_path, folder, **encoder_settings):
@@ -108,7 +92,7 @@ def test_a_model_trained_on_a_layer_reloads_that_layer(tmp_path, tiny_dinov2):
     run_dir = _trained(tmp_path, tiny_dinov2, vision_layer=1)
     aligned = load_aligned(run_dir, device="cpu")
     assert aligned.request("vision").layer == 1
-    images = _images()
+    images = helpers.images(4)
     layer1 = create_vision_encoder(str(tiny_dinov2), layer=1, device="cpu").encode(images)
     last = create_vision_encoder(str(tiny_dinov2), device="cpu").encode(images)
     assert layer1.shape == last.shape and not torch.allclose(layer1, last, atol=1e-3)
@@ -132,9 +116,8 @@ def test_a_model_trained_on_a_layer_reloads_that_layer(tmp_path, tiny_dinov2):
         files.append(folder / f"img{i}.png")
         image.save(files[-1])
     out = tmp_path / "classify.json"
-    res = CliRunner().invoke(main, ["classify", "--model", str(run_dir), "--images", str(folder), "--classes",
-                                    "circle,square,triangle", "--device", "cpu", "--json", str(out)],
-                             catch_exceptions=False)
+    res = helpers.invoke("classify", "--model", run_dir, "--images", folder, "--classes", "circle,square,triangle",
+                 "--device", "cpu", "--json", out)
     assert res.exit_code == 0, res.output
     api = aligned.classify(files, ["circle", "square", "triangle"])
     by_file = {row["image"]: row["class"] for row in json.loads(out.read_text())["predictions"]}
@@ -145,7 +128,7 @@ def test_a_model_trained_with_a_pooling_override_reloads_that_pooling(tmp_path, 
     run_dir = _trained(tmp_path, tiny_dinov2, vision_pooling="cls")
     aligned = load_aligned(run_dir, device="cpu")
     assert aligned.request("vision").pooling == "cls"
-    images = _images()
+    images = helpers.images(4)
     cls_features = create_vision_encoder(str(tiny_dinov2), pooling="cls", device="cpu").encode(images)
     torch.testing.assert_close(_features(aligned, images), cls_features)
     record = json.loads((run_dir / "aligned.json").read_text())
