@@ -37,7 +37,7 @@ def friendly_errors(func):
         except AlignprobeError as err:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {in_flags(str(err))}", err=True)
             sys.exit(2)
         except OSError as err:
             # Files and disks fail in ways no check beforehand can rule out (full disk, lost mount).
@@ -52,6 +52,20 @@ def friendly_errors(func):
             sys.exit(130)
 
     return wrapper
+
+
+#: What the library asks an API caller to pass, and the flag a CLI user gives instead, where the current
+#: command has that flag (the library names its parameters; the CLI speaks in flags).
+PARAMETER_FLAGS = {"trust_remote_code": ("pass trust_remote_code=True", "pass --trust-remote-code")}
+
+
+def in_flags(message: str) -> str:
+    ctx = click.get_current_context(silent=True)
+    names = {p.name for p in ctx.command.params} if ctx is not None else set()
+    for name, (api, flag) in PARAMETER_FLAGS.items():
+        if name in names:
+            message = message.replace(api, flag)
+    return message
 
 
 # ----------------------------------------------------------------------------- option checks
@@ -263,6 +277,7 @@ def encode_options(func=None, *, device_help: str = "the encoders", old_batch_fl
                      envvar="ALIGNPROBE_CACHE_DIR", help="Embedding cache root [~/.cache/alignprobe]."),
         click.option("--no-recompute", is_flag=True, help="Fail instead of encoding on a cache miss."),
         click.option("--strict", is_flag=True, help="A missing or corrupt image is an error, not skipped."),
+        trust_remote_code_option,
         quiet_verbose_options,
     ]
     for decorator in reversed(decorators):
@@ -284,6 +299,7 @@ def options_from(kwargs) -> EncodeOptions:
         recompute=not kwargs.pop("no_recompute"),
         strict=kwargs.pop("strict"),
         shard_rows=kwargs.pop("shard_rows"),
+        trust_remote_code=kwargs.pop("trust_remote_code"),
         quiet=kwargs["quiet"],
     )
     if options.recompute:

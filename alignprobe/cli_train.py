@@ -212,11 +212,10 @@ def _last_block_options(command):
 @click.option("--allow-unfinished", is_flag=True,
               help="Evaluate a run that has not finished training (its best epoch so far) without refusing.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics here.")
-@trust_remote_code_option
 @encode_options(device_help=MODEL_DEVICE_HELP)
 @_friendly_errors
 def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentation, limit, background_threshold,
-             last_attention, skip_last_mlp, allow_unfinished, json_out, trust_remote_code, verbose, **kwargs):
+             last_attention, skip_last_mlp, allow_unfinished, json_out, verbose, **kwargs):
     """Zero-shot and retrieval scores of a trained model on labelled / captioned data, and with their data
     Winoground, MMVP-VLM and open-vocabulary segmentation. --batch-size is the encoder batch of all of them."""
     from alignprobe.probe.pipelines.train import evaluate_checkpoint  # torch: not needed for --help
@@ -237,7 +236,7 @@ def evaluate(model_path, labelled, retrieval, which, winoground, mmvp, segmentat
         evaluations["batch_size"] = options.batch_size
     result = evaluate_checkpoint(model_path, labelled=_data_spec(labelled), retrieval=_data_spec(retrieval),
                                  options=options, which=which, allow_unfinished=allow_unfinished,
-                                 evaluations=evaluations, trust_remote_code=trust_remote_code)
+                                 evaluations=evaluations, trust_remote_code=options.trust_remote_code)
     if result.get("unfinished"):
         click.echo(f"note: {result['unfinished']}", err=True)
     click.echo(f"model: {result['model']} ({which})  labelled: {result['labelled']}  retrieval: {result['retrieval']}")

@@ -40,6 +40,9 @@ class EncodeOptions:
     strict: bool = False  # an unreadable image is an error instead of skipped
     quiet: bool = False
     shard_rows: int | None = None  # rows per cache shard (the resume unit); None = the cache's default
+    # Run model code an encoder ships (hub auto_map) that the registry does not pin to a commit; a permission,
+    # not part of any encoder's identity or cache key.
+    trust_remote_code: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:

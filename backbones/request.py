@@ -178,10 +178,12 @@ class EncoderRequest:
         return name if self.pooling is None else f"{name}[{self.pooling}]"
 
     # ------------------------------------------------------------------ building
-    def build(self, *, device: Any = "auto", dtype: Any = None):
-        """The frozen `Encoder` this request names (loads the weights)."""
+    def build(self, *, device: Any = "auto", dtype: Any = None, trust_remote_code: bool = False):
+        """The frozen `Encoder` this request names (loads the weights). ``trust_remote_code``: the caller's
+        opt-in to model code the registry does not pin (`check_remote_code`); not part of the identity."""
         factory = create_vision_encoder if self.modality == "vision" else create_text_encoder
-        return factory(self.name, device=device, dtype=dtype, **self.overrides())
+        opt_in = {"trust_remote_code": True} if trust_remote_code else {}
+        return factory(self.name, device=device, dtype=dtype, **{**self.overrides(), **opt_in})
 
     def __str__(self) -> str:
         return self.label

@@ -37,7 +37,8 @@ def create_encoder(spec_or_name, modality: str | None = None, options: EncodeOpt
     spec = resolve_model(spec_or_name, modality) if isinstance(spec_or_name, str) else spec_or_name
     check_available(spec)
     factory = create_vision_encoder if spec.modality == "vision" else create_text_encoder
-    return factory(spec, device=options.device, dtype=options.dtype)
+    opt_in = {"trust_remote_code": True} if options.trust_remote_code else {}  # False would unset a pinned entry's
+    return factory(spec, device=options.device, dtype=options.dtype, **opt_in)
 
 
 def text_sources(dataset) -> list[TextSource]:

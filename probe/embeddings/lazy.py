@@ -65,15 +65,17 @@ class LazyEncoder:
         request: the encoder's identity (`alignprobe.EncoderRequest`).
         memo_dir: the cache directory's memo folder (None: no memo, `manifest` loads).
         device, dtype: as for the factories.
+        trust_remote_code: the opt-in to model code the registry does not pin (a permission, not identity).
 
     ``is_loaded`` tells whether the weights are in memory; ``loads`` counts loads.
     """
 
     def __init__(self, request: EncoderRequest, *, memo_dir: str | Path | None, device: Any = "auto",
-                 dtype: Any = None):
+                 dtype: Any = None, trust_remote_code: bool = False):
         if not isinstance(request, EncoderRequest):
             raise TypeError(f"LazyEncoder takes an EncoderRequest, got {type(request).__name__}")
         self.request = request
+        self.trust_remote_code = trust_remote_code
         self.modality, self.name = request.modality, request.name
         self.device_request, self.dtype_request = device, dtype
         self.spec = request.spec()
@@ -115,7 +117,8 @@ class LazyEncoder:
     def load(self):
         """The real encoder (loaded on the first call)."""
         if self._encoder is None:
-            self._encoder = self.request.build(device=self.device_request, dtype=self.dtype_request)
+            self._encoder = self.request.build(device=self.device_request, dtype=self.dtype_request,
+                                               trust_remote_code=self.trust_remote_code)
             self.loads += 1
             self.remember(self._encoder.manifest())
         return self._encoder
@@ -161,15 +164,17 @@ class EncoderPool:
     that no later pair needs.
     """
 
-    def __init__(self, *, memo_dir: str | Path | None = None, device: Any = "auto", dtype: Any = None):
+    def __init__(self, *, memo_dir: str | Path | None = None, device: Any = "auto", dtype: Any = None,
+                 trust_remote_code: bool = False):
         self.memo_dir = Path(memo_dir) if memo_dir is not None else None
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.trust_remote_code = device, dtype, trust_remote_code
         self._encoders: dict[str, LazyEncoder] = {}
 
     def get(self, request: EncoderRequest) -> LazyEncoder:
         key = request.key()
         if key not in self._encoders:
-            self._encoders[key] = LazyEncoder(request, memo_dir=self.memo_dir, device=self.device, dtype=self.dtype)
+            self._encoders[key] = LazyEncoder(request, memo_dir=self.memo_dir, device=self.device, dtype=self.dtype,
+                                              trust_remote_code=self.trust_remote_code)
         return self._encoders[key]
 
     def release(self, request: EncoderRequest) -> None:

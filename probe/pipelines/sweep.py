@@ -255,7 +255,8 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
     outcomes = []
     # One pool of lazily loaded encoders for the whole grid: each loads at most once (none
     # when its embeddings are cached) and is dropped as soon as no later pair needs it.
-    pool = EncoderPool(memo_dir=open_cache(options).root / MEMO_DIR, device=options.device, dtype=options.dtype)
+    pool = EncoderPool(memo_dir=open_cache(options).root / MEMO_DIR, device=options.device, dtype=options.dtype,
+                       trust_remote_code=options.trust_remote_code)
     last_use: dict[str, tuple[int, EncoderRequest]] = {}
     for i, config in enumerate(todo):
         for key, request in _request_keys(config):

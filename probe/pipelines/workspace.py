@@ -137,7 +137,8 @@ class Workspace:
         self.options = options or EncodeOptions()
         self.cache = open_cache(self.options)
         self.pool = pool if pool is not None else EncoderPool(
-            memo_dir=self.cache.root / MEMO_DIR, device=self.options.device, dtype=self.options.dtype)
+            memo_dir=self.cache.root / MEMO_DIR, device=self.options.device, dtype=self.options.dtype,
+            trust_remote_code=self.options.trust_remote_code)
         self.dist = dist
         self.data_info: dict[str, dict] = {}
         self.encoder_info: dict[str, dict] = {}
