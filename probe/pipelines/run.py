@@ -25,6 +25,9 @@ from alignprobe.errors import DataError, ValidationError
 from alignprobe.hashing import stable_hash
 from alignprobe.probe.data.overlap import check_no_overlap
 from alignprobe.probe.embeddings.lazy import EncoderPool
+from alignprobe.probe.pipelines.baselines_stage import (DEFAULT_BASELINES, check_baselines, score_baselines,
+                                                        training_pairs)
+from alignprobe.probe.pipelines.subsets import check_n_pairs, nested_subset
 from alignprobe.probe.pipelines.workspace import (RESULT_FORMAT, EncodedSet, EncoderPair, Workspace,
                                                   resolve_pair_recipe)
 from alignprobe.probe.training.config import PRESETS, TrainConfig
@@ -41,11 +44,15 @@ METRIC_GROUPS = {
     "linear_probe": "linear separability: logistic-regression accuracy of the vision features",
     "zero_shot": "alignment: zero-shot classification through the probe's heads",
     "retrieval": "alignment: image-text retrieval R@1/5/10 through the probe's heads",
-    "similarity": "alignment: mutual-kNN, CKA and CKNNA between raw paired features",
+    "similarity": "alignment: similarity measures (--similarity) between raw paired features, calibrated",
 }
 PROBE_METRICS = {"zero_shot", "retrieval"}
 VISION_METRICS = {"kmeans_nmi", "knn", "linear_probe"}
 CHECKPOINTS_DIR = ".checkpoints"
+#: Permutations calibrating each similarity score (Gröger, Wen & Brbić 2026 use 200; the smallest p is 1/201).
+#: Measured on the built-in data (n = 1,024 held-out pairs at most): 200 permutations of the default
+#: measures cost about a second, so the issue's 200 is the default.
+DEFAULT_PERMUTATIONS = 200
 
 
 @dataclass
@@ -71,6 +78,11 @@ class RunConfig(EncoderPair):
     labelled_train: str | None = None  # the k-NN / linear-probe bank (ImageNet train); None: split --labelled
     knn_k: tuple[int, ...] = (10, 20, 100, 200)  # SAIL evaluation/eval_knn_*.py
     similarity_k: int = 10
+    similarity: tuple[str, ...] = M.DEFAULT_SIMILARITY_MEASURES  # registered measure names (metrics.list_measures())
+    n_permutations: int = DEFAULT_PERMUTATIONS  # permutations calibrating each similarity score
+    similarity_alpha: float = 0.05  # level of the calibration threshold
+    baselines: tuple[str, ...] = DEFAULT_BASELINES  # training-free baselines beside the probe; () = none
+    n_pairs: int | float | None = None  # a nested seeded subset of the training pairs (count or fraction); None: all
     similarity_samples: int | None = 1024  # platonic-rep: scores depend on n, so n is fixed and recorded
     retrieval_max_captions: int | None = 5  # SAIL coco_zs_retrieval.py / CLIP_benchmark: 5 captions an image
     labelled_test_fraction: float = 0.3  # of the labelled set, held out for k-NN / linear probe (split protocol)
@@ -81,6 +93,15 @@ class RunConfig(EncoderPair):
     def __post_init__(self):
         self.metrics = tuple(self.metrics)
         self.knn_k = tuple(int(k) for k in self.knn_k)
+        self.similarity = _check_similarity(self.similarity)
+        self.baselines = check_baselines(self.baselines)
+        self.n_pairs = check_n_pairs(self.n_pairs)
+        if isinstance(self.n_permutations, bool) or not isinstance(self.n_permutations, int) \
+                or self.n_permutations < 1:
+            raise ValidationError(f"n_permutations must be a positive int (200 is usual); got {self.n_permutations!r}")
+        if isinstance(self.similarity_alpha, bool) or not isinstance(self.similarity_alpha, (int, float)) \
+                or not 0.0 < self.similarity_alpha < 1.0:
+            raise ValidationError(f"similarity_alpha must be in (0, 1); got {self.similarity_alpha!r}")
         unknown = [m for m in self.metrics if m not in METRIC_GROUPS]
         if unknown:
             raise ValidationError(f"unknown metric(s) {unknown}; choose from: {', '.join(METRIC_GROUPS)}")
@@ -100,6 +121,8 @@ class RunConfig(EncoderPair):
         d = asdict(self)
         d["metrics"] = list(self.metrics)
         d["knn_k"] = list(self.knn_k)
+        d["similarity"] = list(self.similarity)
+        d["baselines"] = list(self.baselines)
         d["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.train.items())}
         return d
 
@@ -109,6 +132,20 @@ class RunConfig(EncoderPair):
     def group_hash(self) -> str:
         """The hash without the seed: records sharing it are seeds of one experiment."""
         return stable_hash({k: v for k, v in self.as_dict().items() if k != "seed"}, length=12)
+
+
+def _check_similarity(names) -> tuple[str, ...]:
+    """Registered measure names, in order; an unknown name is an error listing the valid ones."""
+    names = tuple([names] if isinstance(names, str) else names)
+    valid = M.list_measures()
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValidationError(f"unknown similarity measure(s) {unknown}; choose from: {', '.join(valid)}")
+    if not names:
+        raise ValidationError("similarity must name at least one measure; choose from: " + ", ".join(valid))
+    if len(set(names)) != len(names):
+        raise ValidationError(f"duplicate similarity measures in {list(names)}")
+    return names
 
 
 class RunPipeline:
@@ -173,15 +210,36 @@ class RunPipeline:
             if val:
                 metrics["probe_val_loss"] = float(min(val))
             metrics["probe_epochs"] = len(probe.history_)
+            metrics["n_pairs"] = self.details["n_pairs"]
         if "similarity" in wanted:
             metrics.update(self._similarity(pairs, probe))
+        if wanted & PROBE_METRICS:
+            sets = self._evaluation_sets(labelled, wanted)
+            metrics.update(evaluate(probe.transform_image, probe.transform_text, **sets))
+            if cfg.baselines:
+                metrics.update(self._baselines(pairs, probe, sets))
+        return metrics
+
+    def _evaluation_sets(self, labelled: EncodedSet | None, wanted: set) -> dict:
+        """The zero-shot and retrieval sets, built once: the probe and every baseline are scored on them."""
+        cfg, sets = self.config, {}
         if "zero_shot" in wanted:
-            metrics.update(evaluate(probe.transform_image, probe.transform_text, zero_shot=labelled.zero_shot()))
+            sets["zero_shot"] = labelled.zero_shot()
         if "retrieval" in wanted:
-            retrieval = ws.encode("retrieval", cfg.retrieval, captions=True).retrieval(cfg.retrieval_max_captions)
+            retrieval = self.workspace.encode("retrieval", cfg.retrieval, captions=True).retrieval(
+                cfg.retrieval_max_captions)
             self.details["retrieval_max_captions"] = cfg.retrieval_max_captions
             self.details["retrieval_captions"] = int(len(retrieval.caption_image))
-            metrics.update(evaluate(probe.transform_image, probe.transform_text, retrieval=retrieval))
+            sets["retrieval"] = retrieval
+        return sets
+
+    def _baselines(self, pairs: EncodedSet, probe: AlignmentProbe, sets: dict) -> dict:
+        """Training-free baselines fitted on the probe's training pairs, scored on the probe's sets."""
+        t0 = time.perf_counter()
+        x, y = training_pairs(pairs.images, pairs.captions, pairs.caption_image, probe.train_index_)
+        metrics, details = score_baselines(self.config.baselines, x, y, **sets)
+        self.details.update(details)
+        self.timings["baselines"] = time.perf_counter() - t0
         return metrics
 
     def _check_overlap(self, specs: dict[str, str]) -> None:
@@ -223,12 +281,24 @@ class RunPipeline:
         self.timings["vision_quality"] = time.perf_counter() - t0
         return res["metrics"]
 
+    def _probe_rows(self, pairs: EncodedSet) -> np.ndarray:
+        """The image rows the probe may use: the usable pairs, or their nested seeded subset (``n_pairs``)."""
+        first = pairs.first_caption()
+        usable = np.flatnonzero(pairs.image_valid & (first >= 0))
+        if len(usable) < 4:
+            raise DataError(f"only {len(usable)} usable image-caption pairs in --pairs {self.config.pairs!r}; "
+                            f"the probe needs at least 4")
+        rows = nested_subset(usable, self.config.n_pairs, self.config.seed)
+        self.details.update({"n_pairs": int(len(rows)), "n_pairs_requested": self.config.n_pairs,
+                             "n_pairs_available": int(len(usable))})
+        return rows
+
     def _train_probe(self, pairs: EncodedSet) -> AlignmentProbe:
         t0 = time.perf_counter()
-        n_usable = pairs.usable_pairs()
-        if n_usable < 4:
-            raise DataError(f"only {n_usable} usable image-caption pairs in --pairs {self.config.pairs!r}; "
-                            f"the probe needs at least 4")
+        rows = self._probe_rows(pairs)
+        n_usable = len(rows)
+        image_valid = np.zeros(len(pairs.image_valid), dtype=bool)
+        image_valid[rows] = True  # the rows outside the subset are invisible to the probe
         config, changes, notes, preset = resolve_pair_recipe(
             "sail-probe", self.config.preset, self.config.train, seed=self.config.seed, device=self.options.device,
             usable_pairs=n_usable)
@@ -237,8 +307,7 @@ class RunPipeline:
         self.messages.extend(notes)
         probe = AlignmentProbe(config, quiet=self.options.quiet, out_dir=self.checkpoint_dir,
                                resume=self.checkpoint_dir is not None)
-        probe.fit(pairs.images, pairs.captions, caption_image_index=pairs.caption_image,
-                  image_valid=pairs.image_valid)
+        probe.fit(pairs.images, pairs.captions, caption_image_index=pairs.caption_image, image_valid=image_valid)
         self.probe_config = config
         self.details.update({
             "preset": preset, "preset_forced": self.config.preset is not None, "recipe_changes": changes,
@@ -248,17 +317,35 @@ class RunPipeline:
         self.timings["probe"] = time.perf_counter() - t0
         return probe
 
-    def _similarity(self, pairs: EncodedSet, probe) -> dict:
-        """mutual-kNN, CKA, CKNNA of the raw paired features on a fixed seeded sample, with null levels."""
-        t0 = time.perf_counter()
-        # Pairs the probe did not train on when it held some out, else all usable ones.
+    def similarity_rows(self, pairs: EncodedSet, probe) -> tuple[np.ndarray, bool]:
+        """(image rows of the seeded similarity sample, whether they are held out from the probe).
+
+        The pairs the probe did not train on (its held-out split, plus the pairs
+        outside an ``n_pairs`` subset) when there are some, else all usable ones.
+        """
         first = pairs.first_caption()
-        held_out = probe is not None and len(probe.val_index_) > 1
-        rows = probe.val_index_ if held_out else np.flatnonzero(pairs.image_valid & (first >= 0))
-        rows = rows[M.similarity_sample(len(rows), self.config.similarity_samples, self.config.seed)]
-        a, b = pairs.images.rows(rows), pairs.captions.rows(first[rows])
-        res = M.similarity_scores(a, b, k=self.config.similarity_k, sample_size=None, seed=self.config.seed)
+        rows = np.flatnonzero(pairs.image_valid & (first >= 0))
+        held_out = False
+        if probe is not None:
+            unseen = np.setdiff1d(rows, probe.train_index_)
+            held_out = len(unseen) > 1
+            rows = unseen if held_out else rows
+        return rows[M.similarity_sample(len(rows), self.config.similarity_samples, self.config.seed)], held_out
+
+    def _similarity(self, pairs: EncodedSet, probe) -> dict:
+        """The chosen measures of the raw paired features on a fixed seeded sample, permutation-calibrated.
+
+        Each score gets ``_calibrated``, ``_p``, ``_threshold`` and ``_null`` (the mean
+        of the same permutations) by Algorithm 1 of Gröger, Wen & Brbić (ICML 2026).
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        rows, held_out = self.similarity_rows(pairs, probe)
+        a, b = pairs.images.rows(rows), pairs.captions.rows(pairs.first_caption()[rows])
+        res = M.similarity_scores(a, b, k=cfg.similarity_k, sample_size=None, seed=cfg.seed, measures=cfg.similarity,
+                                  n_permutations=cfg.n_permutations, alpha=cfg.similarity_alpha)
         self.details.update(res["details"])
+        self.details["similarity_measures"] = list(cfg.similarity)
         self.details["similarity_rows"] = "held-out pairs" if held_out else "all usable pairs"
         self.timings["similarity"] = time.perf_counter() - t0
         return res["metrics"]

@@ -79,7 +79,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _valid_mask(data, n: int) -> np.ndarray:
-    valid = getattr(data, "valid", None)
+    valid = data if isinstance(data, np.ndarray) else getattr(data, "valid", None)  # a mask, or a cache's mask
     if valid is None:
         return np.ones(n, dtype=bool)
     return np.asarray(valid, dtype=bool)
