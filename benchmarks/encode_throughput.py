@@ -1,13 +1,21 @@
-"""End-to-end encode throughput vs the model's pure forward, and cache-open cost.
+"""Encode throughput: backends for images, batching for captions, end to end, cache open.
 
 Prints, measured in one run:
   1. images/s of `encode_source` (decode + preprocess in DataLoader workers, forward,
      cache write) divided by images/s of the model's forward alone on the same
      preprocessed batches (goal: >= 0.9 on the CPU with a small ViT);
   2. the time and RSS growth of opening a 1M x 1024 fp16 cache and reading rows
-     from it (goal: opening reads headers only).
+     from it (goal: opening reads headers only);
+  3. (issue 20, `--backends`) EfficientNet-Lite0 img/s on the same preprocessed batches:
+     alignprobe's encoder (onnxruntime where exact) against torch eager (NCHW), torch
+     channels_last (alignprobe with ALIGNPROBE_ONNX=0) and torch frozen TorchScript
+     (conv-BN folded), interleaved rounds; the ratio to the fastest (goal >= 0.7);
+  4. (issue 20, `--captions`) MiniLM captions/s: alignprobe's `encode_source` (length-sorted
+     batches, cache write included) against `SentenceTransformer.encode` on the same model
+     and captions at batches 32-256; the ratio to ST's best batch (goal >= 0.8).
 
 Usage: python benchmarks/encode_throughput.py [--quick] [--images N] [--batch-size B]
+       python benchmarks/encode_throughput.py --backends --captions --skip-e2e --skip-cache
 """
 from __future__ import annotations
 
@@ -17,8 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# first thing, before torch: the tool's own allocator settings (alignprobe's CLI does the same)
+from alignprobe._allocator import keep_freed_memory
+
+keep_freed_memory()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def rss_mib(kind: str = "VmRSS") -> float:
@@ -96,6 +109,131 @@ def cache_open(rows: int, dim: int, shard_rows: int) -> dict:
                 "out_mib": out.nbytes / 2**20, "file_gib": rows * dim * 2 / 2**30}
 
 
+def preprocessed_batches(encoder, dataset, n: int, batch_size: int) -> list[torch.Tensor]:
+    pre = encoder.preprocessor
+    return [pre.collate([pre.preprocess(dataset.load_image(i)) for i in range(a, min(a + batch_size, n))])
+            for a in range(0, n, batch_size)]
+
+
+def torch_variants(model: torch.nn.Module, pool, example: torch.Tensor) -> dict:
+    """{name: batch -> features} for the torch settings compared with alignprobe's encoder."""
+    import copy
+
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def eager(x):
+        return pool(nchw.forward_features(x))
+
+    def channels_last(x):
+        return pool(last.forward_features(x.contiguous(memory_format=torch.channels_last)))
+
+    class Features(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return pool(self.m.forward_features(x))
+
+    with torch.no_grad():
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(
+            Features(copy.deepcopy(model)).eval(), example.contiguous(memory_format=torch.channels_last))))
+
+    def jit_frozen(x):
+        return frozen(x.contiguous(memory_format=torch.channels_last))
+
+    return {"torch eager (NCHW)": eager, "torch channels_last": channels_last,
+            "torch frozen jit (BN folded)": jit_frozen}
+
+
+def timed_rounds(variants: dict, batches: list, rounds: int) -> dict[str, float]:
+    """Best images/s of each variant over interleaved rounds (after one warm-up batch each)."""
+    n = sum(len(b) for b in batches)
+    best = dict.fromkeys(variants, 0.0)
+    with torch.inference_mode():
+        for fn in variants.values():
+            fn(batches[0])
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                t0 = time.perf_counter()
+                for b in batches:
+                    fn(b)
+                best[name] = max(best[name], n / (time.perf_counter() - t0))
+    return best
+
+
+def backends(model_name: str, n: int, batch_size: int, rounds: int) -> None:
+    """Section 3: alignprobe's image encoder against torch settings on the same batches."""
+    import alignprobe
+    from alignprobe.probe.data.spec import open_dataset
+
+    t0 = time.perf_counter()
+    encoder = alignprobe.create_vision_encoder(model_name, device="cpu")
+    load_s = time.perf_counter() - t0
+    print(f"\n[backends] {model_name}: alignprobe runs {encoder.execution} ({encoder.execution_note}; "
+          f"load {load_s:.1f} s), {n} shapes images, batch {batch_size}, torch threads {torch.get_num_threads()}")
+    batches = preprocessed_batches(encoder, open_dataset("shapes"), n, batch_size)
+    from alignprobe.backbones.pooling import pool_vision
+
+    def pool(feats):
+        return pool_vision(feats, encoder.spec.pooling, num_prefix_tokens=0, has_cls=False)
+
+    variants = {f"alignprobe ({encoder.execution})": encoder.forward,
+                **torch_variants(encoder.model, pool, batches[0])}
+    with torch.inference_mode():
+        want = variants["torch eager (NCHW)"](batches[0]).numpy()
+        errs = {k: float(np.abs(fn(batches[0]).numpy() - want).max() / np.abs(want).max())
+                for k, fn in variants.items()}
+    speed = timed_rounds(variants, batches, rounds)
+    fastest = max(speed.values())
+    for name, v in speed.items():
+        print(f"  {name:32s} {v:8.1f} img/s   x{v / speed['torch eager (NCHW)']:.2f} eager   "
+              f"{v / fastest:.2f} of fastest   rel. error vs eager {errs[name]:.1e}")
+    ours = speed[f"alignprobe ({encoder.execution})"]
+    print(f"  ratio alignprobe / fastest exact : {ours / fastest:.3f}   (goal >= 0.7)")
+
+
+def captions(n: int, rounds: int) -> None:
+    """Section 4: alignprobe's caption encoding against SentenceTransformer.encode's best batch."""
+    import alignprobe
+    from alignprobe.probe.data.spec import flatten_captions, open_dataset
+    from alignprobe.probe.embeddings.cache import EmbeddingCache
+    from alignprobe.probe.embeddings.encoding import TextSource, encode_source
+
+    texts = (flatten_captions(open_dataset("shapes"))[0] * 2)[:n]
+    encoder = alignprobe.create_text_encoder("minilm", device="cpu")
+    st = encoder.model  # the SentenceTransformer alignprobe wraps: same weights, same threads
+    print(f"\n[captions] minilm, {len(texts)} shapes captions, torch threads {torch.get_num_threads()}")
+
+    def ours(text_batch, sort):
+        def run():
+            with tempfile.TemporaryDirectory() as tmp:
+                encode_source(encoder, TextSource("bench", texts), cache=EmbeddingCache(Path(tmp)),
+                              batch_size=64, text_batch_size=text_batch, quiet=True, length_sorted=sort)
+        return run
+
+    def theirs(batch):
+        return lambda: st.encode(texts, batch_size=batch, show_progress_bar=False)
+
+    default = "alignprobe default (sorted, 256 on CPU)"
+    variants = {default: ours(None, True),
+                "alignprobe batch 64, sorted": ours(64, True),
+                "alignprobe batch 64, unsorted (before)": ours(64, False),
+                **{f"SentenceTransformer.encode batch {b}": theirs(b) for b in (32, 64, 128, 256)}}
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, run in variants.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = max(best[name], len(texts) / (time.perf_counter() - t0))
+    st_best = max(v for k, v in best.items() if k.startswith("Sentence"))
+    for name, v in best.items():
+        print(f"  {name:40s} {v:8.1f} captions/s   {v / st_best:.2f} of ST's best")
+    print(f"  ratio alignprobe default / ST best : {best[default] / st_best:.3f}"
+          "   (goal >= 0.8)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -103,14 +241,31 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers [auto]")
     parser.add_argument("--model", default="random-vit", help="a small ViT (default: random-vit, ViT-S/16)")
+    parser.add_argument("--backends", action="store_true", help="section 3: image backends (issue 20)")
+    parser.add_argument("--backends-model", default="effnet-lite0")
+    parser.add_argument("--captions", action="store_true", help="section 4: caption batching (issue 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of sections 3-4")
+    parser.add_argument("--skip-e2e", action="store_true", help="skip section 1")
+    parser.add_argument("--skip-cache", action="store_true", help="skip section 2")
     args = parser.parse_args()
     n = args.images or (64 if args.quick else 512)
     rows = 50_000 if args.quick else 1_000_000
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    print(f"load average {os.getloadavg()[0]:.2f}, cpus {os.cpu_count()}")
+    if args.backends:
+        backends(args.backends_model, 64 if args.quick else (args.images or 256), args.batch_size, args.rounds)
+    if args.captions:
+        captions(512 if args.quick else 4096, args.rounds)
+    if not args.skip_e2e:
+        forward_vs_e2e(args, n)
+    if not args.skip_cache:
+        cache_report(rows)
 
+
+def forward_vs_e2e(args, n: int) -> None:
     import alignprobe
     from alignprobe.probe.data.spec import open_dataset
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
     encoder = alignprobe.create_vision_encoder(args.model, device="cpu")
     dataset = open_dataset("shapes")
     print(f"model {args.model} ({encoder.dim}-d), {n} shapes images, batch {args.batch_size}, "
@@ -121,6 +276,8 @@ def main():
     print(f"end to end        : {e2e:8.1f} images/s")
     print(f"ratio e2e/forward : {e2e / fwd:8.3f}   (goal >= 0.9)")
 
+
+def cache_report(rows: int) -> None:
     res = cache_open(rows, 1024, shard_rows=65536)
     print(f"cache {rows} x 1024 fp16 ({res['file_gib']:.2f} GiB on disk):")
     print(f"  open            : {res['open_s'] * 1000:8.1f} ms, RSS +{res['open_rss_mib']:.1f} MiB")

@@ -8,6 +8,7 @@ and `--shard i/n` hands every n-th shard to one of n hosts or GPUs.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -143,6 +144,29 @@ class SkippingCollate:
         return rows, (self.preprocessor.collate(items) if items else None), failed
 
 
+#: Captions per call of a CPU text encoder at least. Measured (benchmarks/encode_throughput.py,
+#: issue 20): MiniLM on 2 cores runs 0.4 of SentenceTransformer.encode's best batch (256) at
+#: batch 64 even length-sorted and ~0.8-1.0 at 256; the per-call cost of the many small matmuls
+#: dominates small batches. Sorted captions pad little, so the larger batch costs little memory.
+CPU_TEXT_BATCH = 256
+
+
+def text_batch(batch_size: int, device) -> int:
+    """The batch a text source runs in: `batch_size`, raised to `CPU_TEXT_BATCH` on the CPU (on a
+    GPU the user's batch is kept: it may be what fits a large embedder's memory)."""
+    on_cpu = device is None or getattr(device, "type", str(device)) == "cpu"
+    return max(batch_size, CPU_TEXT_BATCH) if on_cpu else batch_size
+
+
+def batch_order(source, start: int, end: int) -> list[int]:
+    """Positions 0..end-start-1 of a shard's rows, longest text first (stable), so that each batch
+    holds texts of similar length and padding to the longest wastes little (the order
+    sentence-transformers' `encode` uses; characters stand in for tokens, as there).
+    Rows are written back by their index, so the cached order is the source's."""
+    lengths = [len(source.load(i)) for i in range(start, end)]
+    return sorted(range(end - start), key=lambda k: -lengths[k])
+
+
 def default_num_workers(source) -> int:
     """Images: decode in parallel with the model (one worker per spare core, at most 8)."""
     if getattr(source, "kind", "") != "images":
@@ -192,6 +216,8 @@ def encode_source(
     strict: bool = False,
     quiet: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    length_sorted: bool | None = None,
+    text_batch_size: int | None = None,
 ) -> EncodeResult:
     """Encode `source` with `encoder` into `cache`, reusing whatever is already there.
 
@@ -202,10 +228,13 @@ def encode_source(
     a cached entry (or finished shards) with skipped items is an error under
     `strict` too, naming them. `shard_rows` (None: the cache's, `DEFAULT_SHARD_ROWS`) is the
     unit an interrupted encode resumes from. A damaged cache entry is moved
-    aside and re-encoded (`recompute`) or an error naming it.
+    aside and re-encoded (`recompute`) or an error naming it. `length_sorted` (None: for texts)
+    batches the rows of each shard by length (see `batch_order`); the rows come back in order.
+    `text_batch_size` (None: `text_batch` of `batch_size`) is the batch of a text source.
     """
-    if batch_size < 1:
-        raise ValidationError(f"batch_size must be >= 1, got {batch_size}")
+    for what, value in (("batch_size", batch_size), ("text_batch_size", text_batch_size)):
+        if value is not None and value < 1:
+            raise ValidationError(f"{what} must be >= 1, got {value}")
     if num_workers is not None and num_workers < 0:
         raise ValidationError(f"num_workers (--num-workers) must be >= 0, got {num_workers}")
     cache = cache or EmbeddingCache()
@@ -223,6 +252,14 @@ def encode_source(
     )
     started = time.perf_counter()
     hit = cache.lookup(identity, repair=recompute)
+    if hit is None and not getattr(encoder, "is_loaded", True):
+        # A lazy encoder answered from its memo; what runs now (e.g. torch instead of onnxruntime
+        # after ALIGNPROBE_ONNX=0) is what a new entry must name, so ask the loaded encoder.
+        encoder.load()
+        loaded = encoder.manifest()
+        if loaded != identity.encoder:
+            identity = dataclasses.replace(identity, encoder=loaded)
+            hit = cache.lookup(identity, repair=recompute)
     if hit is not None:
         log.info("cache hit: %s", hit)
         skipped = dict(hit.manifest.get("skipped", {}))
@@ -240,6 +277,8 @@ def encode_source(
         if earlier:
             raise strict_error(source, earlier, f"shards already encoded in {cache.entry_dir(identity)}")
     cache.begin(identity)
+    if source.kind != "images":
+        batch_size = text_batch_size or text_batch(batch_size, getattr(encoder, "device", None))
 
     def forward(batch, wanted):
         return {0: encoder.forward(batch).detach().float().cpu().numpy()}
@@ -247,7 +286,8 @@ def encode_source(
     encoded, skipped_all = encode_shards(
         source, preprocessor_of(encoder), cache, {0: identity}, {0: set(todo)}, forward, batch_size=batch_size,
         num_workers=num_workers, storage_dtype=storage_dtype, strict=strict, quiet=quiet,
-        desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]", on_batch=on_batch)
+        desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]", on_batch=on_batch,
+        length_sorted=length_sorted)
     if skipped_all:
         log.warning("%d of %d %s skipped (missing or corrupt); see the manifest's 'skipped' list",
                     len(skipped_all), len(source), source.kind)
@@ -260,7 +300,8 @@ def encode_source(
 
 def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict, todo: dict[Any, set[int]],
                   forward: Callable, *, batch_size: int, num_workers: int | None, storage_dtype: str, strict: bool,
-                  quiet: bool, desc: str, on_batch: Callable[[int], None] | None = None) -> tuple[int, dict[str, str]]:
+                  quiet: bool, desc: str, on_batch: Callable[[int], None] | None = None,
+                  length_sorted: bool | None = None) -> tuple[int, dict[str, str]]:
     """The one shard loop of single- and multi-layer encoding.
 
     ``identities``: ``{key: CacheIdentity}`` of the entries being filled (one per layer; they
@@ -269,6 +310,7 @@ def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict,
     skipped (an error under ``strict``) -- and ``forward(batch, wanted_keys)`` returns
     ``{key: (rows, dim) float32 array}`` once per batch. Values are range-checked per batch and
     the shard written atomically to each entry that needs it. Returns ``(rows encoded, skipped)``.
+    ``length_sorted``: batch each shard's rows in `batch_order` (None: texts only).
     """
     import torch  # the DataLoader; this module stays importable without it
 
@@ -280,11 +322,14 @@ def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict,
     bar = tqdm(total=total, disable=quiet, unit="img" if source.kind == "images" else "txt", unit_scale=True,
                desc=desc)
     ids, skipped_all, encoded = source.ids, {}, 0
+    if length_sorted is None:
+        length_sorted = source.kind != "images"
     try:
         for j in shards:
             start, end = first.shard_range(j)
             loader = torch.utils.data.DataLoader(
-                ShardItems(source, preprocessor, start, end), batch_size=batch_size, shuffle=False,
+                ShardItems(source, preprocessor, start, end), batch_size=batch_size,
+                sampler=batch_order(source, start, end) if length_sorted else None,
                 num_workers=workers, collate_fn=collate, persistent_workers=False,
                 prefetch_factor=4 if workers > 0 else None)
             wanted = [key for key in identities if j in todo[key]]
@@ -303,7 +348,7 @@ def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict,
                     for key, emb in forward(batch, wanted).items():
                         # Checked per batch, before the shard is cast: fail within seconds of the cause.
                         check_storage_range(emb, storage_dtype, f"{identities[key].encoder.get('name')} on "
-                                                                f"{source.name} rows {rows[0]}-{rows[-1]}")
+                                                                f"{source.name} rows {min(rows)}-{max(rows)}")
                         if key not in outs:
                             outs[key] = np.zeros((end - start, emb.shape[1]), dtype=np.float32)
                         outs[key][local] = emb
