@@ -45,7 +45,9 @@ CLUSTERING = ("kmeans_nmi", "knn")  # "knn": k = 20 when recorded, else the larg
 SEPARABILITY = ("linear_probe_top1",)
 # R@10 last: the paper's alignment axis (the report correlates with it first), kept after the
 # measures whose heat map and summary come first
-ALIGNMENT = ("zero_shot_top1", "i2t_r1", "t2i_r1", "mutual_knn", "i2t_r10")
+ALIGNMENT = ("zero_shot_top1", "i2t_r1", "t2i_r1", "mutual_knn", "mutual_knn_calibrated", "i2t_r10")
+#: The metric each record of a data-size sweep carries: the training pairs its probe was given.
+N_PAIRS = "n_pairs"
 
 
 def _correlate(x, y, method, n_boot, seed, what: str) -> dict:
@@ -216,7 +218,8 @@ def plot_correlation(df, x_metric: str, y_metric: str, text: str | None = None, 
 def plot_heatmap(df, metric: str, kind: str = "probe", ax=None) -> tuple[Figure, pd.DataFrame]:
     """`metric` over the vision x text grid, one annotated cell per pair (seed-averaged).
 
-    Returns (fig, grid): `grid` is the vision x text DataFrame the image shows
+    A calibrated similarity (`<measure>_calibrated`) is annotated with its
+    permutation p-value (`<measure>_p`) when the results hold it. Returns (fig, grid): `grid` is the vision x text DataFrame the image shows
     (rows and columns sorted by name, NaN where a pair has no value).
     """
     df = _frame(df)
@@ -228,6 +231,7 @@ def plot_heatmap(df, metric: str, kind: str = "probe", ax=None) -> tuple[Figure,
         raise ValidationError(f"no (vision, text) pair has {metric}")
     info = metric_info(metric)
     values = grid.to_numpy(dtype=float)
+    p_grid = _p_value_grid(df, metric, grid, kind)
     n_rows, n_cols = values.shape
     with paper_style():
         if ax is None:
@@ -246,7 +250,10 @@ def plot_heatmap(df, metric: str, kind: str = "probe", ax=None) -> tuple[Figure,
                     ax.text(j, i, "–", ha="center", va="center", fontsize=POINT_LABEL_SIZE, color="0.3")
                     continue
                 light = hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis is light at the top
-                ax.text(j, i, info.format(v), ha="center", va="center", fontsize=POINT_LABEL_SIZE,
+                label = info.format(v)
+                if p_grid is not None and np.isfinite(p_grid[i, j]):
+                    label += f"\np = {format_p(float(p_grid[i, j]))}"
+                ax.text(j, i, label, ha="center", va="center", fontsize=POINT_LABEL_SIZE,
                         color="black" if light else "white")
         ax.set_xticks(range(n_cols), grid.columns, rotation=30, ha="right")
         ax.set_yticks(range(n_rows), grid.index)
@@ -257,6 +264,18 @@ def plot_heatmap(df, metric: str, kind: str = "probe", ax=None) -> tuple[Figure,
         cbar.set_label(info.label)
         ax.set_title(info.label)
     return fig, grid
+
+
+def _p_value_grid(df: pd.DataFrame, metric: str, grid: pd.DataFrame, kind: str) -> np.ndarray | None:
+    """The `<measure>_p` values aligned with `grid`, for a `<measure>_calibrated` metric; else None."""
+    if not metric.endswith("_calibrated"):
+        return None
+    p_metric = metric[: -len("_calibrated")] + "_p"
+    if not _has_values(df, p_metric):
+        return None
+    pts = points(df, [p_metric], kind=kind)
+    p_grid = pts.pivot(index="vision", columns="text", values=p_metric)
+    return p_grid.reindex(index=grid.index, columns=grid.columns).to_numpy(dtype=float)
 
 
 def plot_predictor_summary(df, alignment_metric: str = "zero_shot_top1",
@@ -313,33 +332,85 @@ def plot_predictor_summary(df, alignment_metric: str = "zero_shot_top1",
             fig, axes = new_figure(len(panel_stats), sharey=True)
         else:
             fig, axes = ax.figure, [ax]
-        width = 0.7 / len(methods)
         for a, (t, per) in zip(axes, panel_stats.items()):
-            names = list(per)
-            for k, method in enumerate(methods):
-                offset = (k - (len(methods) - 1) / 2) * width
-                coef = np.array([per[p][method]["coefficient"] for p in names], dtype=float)
-                # No interval below 5 encoders: no error bar (None -> NaN -> 0), and a note on the panel.
-                lo = np.array([np.nan if per[p][method]["ci_low"] is None else per[p][method]["ci_low"]
-                               for p in names], dtype=float)
-                hi = np.array([np.nan if per[p][method]["ci_high"] is None else per[p][method]["ci_high"]
-                               for p in names], dtype=float)
-                yerr = np.nan_to_num(np.vstack([np.clip(coef - lo, 0, None), np.clip(hi - coef, 0, None)]))
-                st = style_for(k)
-                a.errorbar(np.arange(len(names)) + offset, coef, yerr=yerr, fmt=st["marker"], color=st["color"],
-                           capsize=2, elinewidth=0.8, markersize=4, label=METHOD_LABELS[method])
-            a.axhline(0, color="0.6", linewidth=0.6, zorder=0)
-            a.set_xticks(range(len(names)),
-                         [f"{metric_info(p).label}\n({metric_info(p).group}, n={per[p]['n']})" for p in names])
-            a.set_ylim(-1.05, 1.05)
-            a.set_ylabel(f"correlation with {metric_info(alignment_metric).label}")
+            _summary_panel(a, per, methods, alignment_metric)
             a.set_title(f"text: {t}")
-            a.legend(loc="lower left")
-            notes = sorted({per[p][m].get("ci_note") for p in names for m in methods} - {None})
-            if notes:
-                a.text(0.98, 0.02, "; ".join(notes), transform=a.transAxes, ha="right", va="bottom",
-                       fontsize=POINT_LABEL_SIZE, color="0.3")
     return fig, panel_stats
+
+
+def _summary_panel(a, per: dict, methods: Sequence[str], alignment_metric: str) -> None:
+    """One text encoder's panel of `plot_predictor_summary`: a dot and CI bar per predictor and method."""
+    names, width = list(per), 0.7 / len(methods)
+    for k, method in enumerate(methods):
+        offset = (k - (len(methods) - 1) / 2) * width
+        coef = np.array([per[p][method]["coefficient"] for p in names], dtype=float)
+        # No interval below 5 encoders: no error bar (None -> NaN -> 0), and a note on the panel.
+        lo = np.array([np.nan if per[p][method]["ci_low"] is None else per[p][method]["ci_low"]
+                       for p in names], dtype=float)
+        hi = np.array([np.nan if per[p][method]["ci_high"] is None else per[p][method]["ci_high"]
+                       for p in names], dtype=float)
+        yerr = np.nan_to_num(np.vstack([np.clip(coef - lo, 0, None), np.clip(hi - coef, 0, None)]))
+        st = style_for(k)
+        a.errorbar(np.arange(len(names)) + offset, coef, yerr=yerr, fmt=st["marker"], color=st["color"],
+                   capsize=2, elinewidth=0.8, markersize=4, label=METHOD_LABELS[method])
+    a.axhline(0, color="0.6", linewidth=0.6, zorder=0)
+    a.set_xticks(range(len(names)),
+                 [f"{metric_info(p).label}\n({metric_info(p).group}, n={per[p]['n']})" for p in names])
+    a.set_ylim(-1.05, 1.05)
+    a.set_ylabel(f"correlation with {metric_info(alignment_metric).label}")
+    a.legend(loc="lower left")
+    notes = sorted({per[p][m].get("ci_note") for p in names for m in methods} - {None})
+    if notes:
+        a.text(0.98, 0.02, "; ".join(notes), transform=a.transAxes, ha="right", va="bottom",
+               fontsize=POINT_LABEL_SIZE, color="0.3")
+
+
+def pairs_curve(df, metric: str = "i2t_r10", kind: str = "probe", text: str | None = None) -> pd.DataFrame:
+    """Alignment against the number of training pairs: one row per (text, vision, n_pairs), seeds averaged.
+
+    `df`: a `load_results` frame or a results directory of a `sweep` with
+    ``n_pairs`` (each record's ``n_pairs`` metric: the pairs its probe was given).
+    Columns: text, vision, n_pairs, mean, std (ddof = 1; NaN for one seed), n_seeds.
+    """
+    df = as_results(df)
+    _require_metrics(df, [metric, N_PAIRS])
+    df = df[(df["kind"] == kind) & df[metric].notna() & df[N_PAIRS].notna()]
+    if text is not None:
+        if text not in set(df["text"]):
+            raise ValidationError(f"text encoder {text!r} has no {metric} with n_pairs; present: "
+                                  f"{', '.join(sorted(set(df['text'])))}")
+        df = df[df["text"] == text]
+    grouped = df.groupby(["text", "vision", N_PAIRS])[metric]
+    out = grouped.agg(["mean", "std", "size"]).reset_index().rename(columns={"size": "n_seeds"})
+    return out.sort_values(["text", "vision", N_PAIRS], kind="stable").reset_index(drop=True)
+
+
+def plot_alignment_vs_pairs(df, metric: str = "i2t_r10", text: str | None = None, kind: str = "probe",
+                            ax=None) -> tuple[Figure, pd.DataFrame]:
+    """`metric` against the number of training pairs (log axis), one line per vision encoder.
+
+    The axis STRUCTURE (Gröger et al. 2025) and FuseMix report: run `sweep`
+    with ``n_pairs`` (nested seeded subsets) first. One panel per text encoder
+    unless `text` is given; error bars are the std over seeds where there are
+    several. Returns (fig, curve) with `curve` from `pairs_curve`.
+    """
+    curve = pairs_curve(df, metric, kind=kind, text=text)
+    texts = sorted(curve["text"].unique())
+    if ax is not None and len(texts) > 1:
+        raise ValidationError(f"several text encoders ({', '.join(texts)}) and one axes: pass text=...")
+    with paper_style():
+        fig, axes = new_figure(len(texts)) if ax is None else (ax.figure, [ax])
+        for a, t in zip(axes, texts):
+            for i, (vision, sub) in enumerate(curve[curve["text"] == t].groupby("vision", sort=True)):
+                st = style_for(i)
+                a.errorbar(sub[N_PAIRS], sub["mean"], yerr=np.nan_to_num(sub["std"].to_numpy(float)),
+                           marker=st["marker"], color=st["color"], capsize=2, linewidth=1.0, label=vision)
+            a.set_xscale("log")
+            a.set_xlabel("training pairs")
+            a.set_ylabel(axis_label(metric))
+            a.set_title(f"text: {t}")
+            a.legend(loc="best")
+    return fig, curve
 
 
 # --------------------------------------------------------------- whole sets
@@ -463,6 +534,28 @@ def correlation_table(figures: Sequence[FigureResult]) -> pd.DataFrame:
                              **{k: s[m].get(k) for k in ("coefficient", "ci_low", "ci_high", "ci_note", "p_value",
                                                           "p_permutation", "n")}})
     return pd.DataFrame(rows)
+
+
+def make_pairs_plots(results_dir, output_dir: str | Path | None = None, metrics: Sequence[str] | None = None,
+                     formats: Sequence[str] = ("png", "pdf"), text: str | None = None, kind: str = "probe"
+                     ) -> list[Path]:
+    """Write `pairs__<metric>.<format>` (alignment vs training pairs) and `pairs__<metric>.csv` per metric.
+
+    `metrics`: default the alignment metrics of `ALIGNMENT` present. Returns the paths written.
+    """
+    if output_dir is None:
+        if isinstance(results_dir, pd.DataFrame):
+            raise ValidationError("pass output_dir when plotting a DataFrame")
+        output_dir = Path(results_dir) / "plots"
+    df = as_results(results_dir)
+    chosen = list(metrics) if metrics else [m for m in ALIGNMENT if _has_values(df, m)]
+    written = []
+    for m in chosen:
+        fig, curve = plot_alignment_vs_pairs(df, m, text=text, kind=kind)
+        for fmt in formats:
+            written.append(save_figure(fig, Path(output_dir) / f"pairs__{_slug(m)}.{fmt}", fmt))
+        written.append(export_results(curve, Path(output_dir) / f"pairs__{_slug(m)}.csv"))
+    return written
 
 
 def make_plots(results_dir, output_dir: str | Path | None = None, formats: Sequence[str] = ("png", "pdf"),

@@ -17,13 +17,14 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
                  metrics: str | Sequence[str] | None = None, rows: str | Sequence[str] | None = None,
                  sort_by: str | None = None, mark_best: bool = True, plots: bool = True,
                  correlations: bool = True, exclude: str | Sequence[str] | None = None, n_boot: int = 1000,
-                 seed: int = 0) -> str:
+                 seed: int = 0, versus_baseline: bool = False) -> str:
     """Render the results of `results_dir` as `format` and return the text.
 
     `format`: "md" | "csv" | "latex" | "html" (the HTML is the full
     self-contained page with figures unless `plots` is False); None infers
     it from the suffix of `output`, or is Markdown without one. With `output`, the text is also written
-    there atomically. `metrics`, `rows`, `sort_by`, `mark_best` are those of `render_table`.
+    there atomically. `metrics`, `rows`, `sort_by`, `mark_best` are those of `render_table`;
+    so is `versus_baseline` ("probe minus best baseline" columns; Markdown, CSV and LaTeX).
 
     With `correlations` (Markdown and HTML), the report also states, per
     predictor, the correlation with alignment, its bootstrap interval and
@@ -42,6 +43,9 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
             )
         format = SUFFIX_FORMATS[suffix]
     fmt = normalize_format(format)
+    if fmt == "html" and versus_baseline:
+        raise ValidationError("versus_baseline columns are in the Markdown, CSV and LaTeX tables, not the HTML page; "
+                              "use format='md' (or 'csv', 'latex')")
     if fmt == "html":
         from alignprobe.reports.html_report import render_html_report  # matplotlib only when a page is asked for
 
@@ -49,7 +53,8 @@ def write_report(results_dir: str | Path, format: str | None = "md", output: str
                                   mark_best=mark_best, n_boot=n_boot, seed=seed, exclude=exclude)
     else:
         df = filter_rows(load_results(results_dir), rows)
-        text = render_table(df, format=fmt, metrics=metrics, sort_by=sort_by, mark_best=mark_best)
+        text = render_table(df, format=fmt, metrics=metrics, sort_by=sort_by, mark_best=mark_best,
+                            versus_baseline=versus_baseline)
         note = failed_reruns_note(df)
         if fmt == "md" and note:  # CSV and LaTeX stay one table; the command says it on stderr
             text = text.rstrip("\n") + "\n\n" + note + "\n"

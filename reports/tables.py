@@ -7,10 +7,17 @@ metric. Values are the fractions the records hold, with three decimals
 each column is marked (bold) according to the metric's `higher_is_better`;
 metrics without a direction (epochs) are never marked. CSV carries the raw
 numbers (`<metric>_mean`, `<metric>_std`) without any markup.
+
+With ``versus_baseline``, each alignment metric that has training-free
+baselines beside it (``baseline_<method>_<metric>``) gains the column
+``probe_minus_best_baseline_<metric>``: per record, the probe's value minus
+the best baseline's, so a reader sees what the trained probe adds over
+geometry alone.
 """
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +33,41 @@ FORMATS = ("md", "csv", "latex", "html")
 _FORMAT_ALIASES = {"markdown": "md", "tex": "latex", "htm": "html"}
 _ARROW = {True: "↑", False: "↓", None: ""}
 _MISSING = {"md": "–", "latex": "--", "html": "–"}
+#: `baseline_<method>_<metric>`: method names hold no underscore (procrustes, ridge, cca, asif).
+_BASELINE_COLUMN = re.compile(r"^baseline_([A-Za-z0-9]+)_(.+)$")
+VERSUS_PREFIX = "probe_minus_best_baseline_"
+
+
+def baseline_columns(columns: Sequence[str]) -> dict[str, list[str]]:
+    """{metric: its `baseline_<method>_<metric>` columns} for every metric that the columns also hold."""
+    out: dict[str, list[str]] = {}
+    for c in columns:
+        match = _BASELINE_COLUMN.match(c)
+        if match and match.group(2) in columns:
+            out.setdefault(match.group(2), []).append(c)
+    return out
+
+
+def add_baseline_differences(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """(`df` with `probe_minus_best_baseline_<metric>` columns, their names), per record.
+
+    The best baseline is the highest of a record's baselines for a
+    higher-is-better metric and the lowest for a lower-is-better one;
+    metrics without a direction get no column. Raises when no record has a baseline.
+    """
+    groups = baseline_columns(metric_columns(df))
+    if not groups:
+        raise ValidationError("no baseline_<method>_<metric> columns in these results: run the probe with "
+                              "baselines (RunConfig(baselines=('procrustes', 'ridge')), run --baselines) first")
+    df, names = df.copy(), []
+    for metric, cols in groups.items():
+        hib = metric_info(metric).higher_is_better
+        if hib is None:
+            continue
+        best = df[cols].max(axis=1) if hib else df[cols].min(axis=1)
+        names.append(VERSUS_PREFIX + metric)
+        df[names[-1]] = df[metric] - best
+    return df, names
 
 
 def normalize_format(fmt: str) -> str:
@@ -72,12 +114,18 @@ _LABEL_HEADERS = {"vision": "vision", "text": "text", "kind": "kind", "heads": "
 
 def prepare_table(df_or_results_dir, metrics: str | Sequence[str] | None = None,
                   rows: str | Sequence[str] | None = None, sort_by: str | None = None,
-                  mark_best: bool = True) -> PreparedTable:
+                  mark_best: bool = True, versus_baseline: bool = False) -> PreparedTable:
     df = as_results(df_or_results_dir)
     df = filter_rows(df, rows)
+    derived: list[str] = []
+    if versus_baseline:
+        df, derived = add_baseline_differences(df)
     # A metric column may exist only because a filtered-out record had it.
     present = [m for m in metric_columns(df) if df[m].notna().any()]
     shown = resolve_metrics(metrics, present)
+    # each shown metric's "probe minus best baseline" right after the metrics asked for
+    shown += [VERSUS_PREFIX + m for m in list(shown) if VERSUS_PREFIX + m in derived and VERSUS_PREFIX + m in present
+              and VERSUS_PREFIX + m not in shown]
     needed = list(shown)
     if sort_by is not None and sort_by in present and sort_by not in needed:
         needed.append(sort_by)
@@ -237,7 +285,7 @@ _RENDERERS = {"md": to_markdown, "latex": to_latex, "csv": to_csv, "html": to_ht
 
 def render_table(df_or_results_dir: pd.DataFrame | str | Path, format: str = "md",
                  metrics: str | Sequence[str] | None = None, rows: str | Sequence[str] | None = None,
-                 sort_by: str | None = None, mark_best: bool = True) -> str:
+                 sort_by: str | None = None, mark_best: bool = True, versus_baseline: bool = False) -> str:
     """A comparison table of the results as text.
 
     `df_or_results_dir`: a `load_results` frame or a results directory.
@@ -249,9 +297,12 @@ def render_table(df_or_results_dir: pd.DataFrame | str | Path, format: str = "md
     columns (`alignprobe.reports.row_filter`: columns compared with literals,
     never run as code), applied per record, before seeds are averaged.
     `sort_by`: a metric (best first: descending when higher is better) or a
-    column name such as "vision_params_m" (ascending).
+    column name such as "vision_params_m" (ascending). `versus_baseline`: add,
+    after each shown metric that has training-free baselines, its
+    `probe_minus_best_baseline_<metric>` column (see `add_baseline_differences`).
     """
     fmt = normalize_format(format)
-    table = prepare_table(df_or_results_dir, metrics=metrics, rows=rows, sort_by=sort_by, mark_best=mark_best)
+    table = prepare_table(df_or_results_dir, metrics=metrics, rows=rows, sort_by=sort_by, mark_best=mark_best,
+                          versus_baseline=versus_baseline)
     return _RENDERERS[fmt](table)
 

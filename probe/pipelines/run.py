@@ -154,7 +154,7 @@ class RunPipeline:
     ``pool``: a shared `EncoderPool` (a sweep passes one, so each encoder loads at
     most once); ``checkpoint_dir``: where the probe's checkpoints go (resumed when present).
     After `run`: ``details`` (chosen hyperparameters etc.: recorded, not metrics),
-    ``messages`` (the recipe changes, as printed) and ``probe_config`` (None before the probe trains).
+    ``messages`` (the recipe changes, as printed), ``probe_config`` and ``probe`` (None before the probe trains).
     """
 
     def __init__(self, config: RunConfig, options: EncodeOptions | None = None, *,
@@ -166,6 +166,7 @@ class RunPipeline:
         self.details: dict[str, Any] = {}
         self.messages: list[str] = []
         self.probe_config: TrainConfig | None = None
+        self.probe: AlignmentProbe | None = None  # the fitted probe, after `run` (its train_index_ etc.)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -205,7 +206,7 @@ class RunPipeline:
                 metrics.update(self._vision_quality(labelled, wanted))
         probe = None
         if wanted & PROBE_METRICS:
-            probe = self._train_probe(pairs)
+            probe = self.probe = self._train_probe(pairs)
             val = [h["val_loss"] for h in probe.history_ if h.get("val_loss") is not None]
             if val:
                 metrics["probe_val_loss"] = float(min(val))

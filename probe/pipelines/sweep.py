@@ -20,6 +20,7 @@ from alignprobe.probe.embeddings.cache import open_cache
 from alignprobe.probe.embeddings.lazy import MEMO_DIR, EncoderPool
 from alignprobe.probe.pipelines.layer_sweep import encode_layer_groups
 from alignprobe.probe.pipelines.run import RunConfig, run_pair
+from alignprobe.probe.pipelines.subsets import parse_n_pairs
 from alignprobe.reports.records import failure_path, now_iso, read_record, record_path, write_record
 
 log = logging.getLogger("alignprobe.sweep")
@@ -46,6 +47,8 @@ class SweepConfig:
             from alignprobe.probe.embeddings.layers import parse_layers
 
             self.run["vision_layer"] = parse_layers(self.run["vision_layer"])
+        if "n_pairs" in self.run:  # "500,2000,all" or a list: each pair probed on each nested subset
+            self.run["n_pairs"] = parse_n_pairs(self.run["n_pairs"])
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "SweepConfig":
@@ -74,11 +77,12 @@ class SweepConfig:
         return config
 
     def pairs(self) -> list[RunConfig]:
-        """Every (vision, text, seed) of the grid in a fixed order."""
-        run = {k: v for k, v in self.run.items() if k != "vision_layer"}
+        """Every (vision, layer, text, seed, n_pairs) of the grid in a fixed order."""
+        run = {k: v for k, v in self.run.items() if k not in ("vision_layer", "n_pairs")}
         layers = self.run.get("vision_layer") or [None]
-        return [RunConfig(vision=v, text=t, seed=s, vision_layer=layer, **run)
-                for v in self.vision for layer in layers for t in self.text for s in self.seeds]
+        sizes = self.run.get("n_pairs") or [None]
+        return [RunConfig(vision=v, text=t, seed=s, vision_layer=layer, n_pairs=n, **run)
+                for v in self.vision for layer in layers for t in self.text for s in self.seeds for n in sizes]
 
 
 def _request_keys(config: RunConfig) -> list[tuple[str, EncoderRequest]]:
