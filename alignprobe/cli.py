@@ -33,7 +33,6 @@ from alignprobe.cli_common import renamed_option as _renamed_option
 from alignprobe.cli_common import seed_list_callback as _seed_list
 from alignprobe.cli_common import setup_logging as _setup_logging
 from alignprobe.cli_common import shard_option_callback as _shard_callback
-from alignprobe.cli_common import trust_remote_code_option as _trust_remote_code_option
 from alignprobe.cli_common import vision_layer_option as _vision_layer_option
 from alignprobe.cli_train_options import train_flag_options as _train_flag_options
 from alignprobe.cli_train_options import train_flag_values as _train_flag_values
@@ -358,6 +357,8 @@ main.add_command(evaluate, name="eval")
 main.add_command(classify)
 main.add_command(segment)
 main.add_command(export)
+from alignprobe.cli_layers import layers  # noqa: E402  (the layer-pair search, its own module)
+main.add_command(layers)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -152,7 +152,7 @@ def _train_from_sweep(from_sweep, top_k, by, run_dir, echo, is_main, **settings)
 
 
 def _train_one(vision, text, run_dir, results_dir, echo, is_main, *, preset, train, data, **settings) -> None:
-    from alignprobe.probe.pipelines.train import SailRunConfig, default_run_dir, train_pair  # torch
+    from alignprobe.probe.pipelines.train import SailRunConfig, default_run_dir, train_pair  # torch: not for --help
 
     config = SailRunConfig(vision=vision, text=text, preset=preset, train=train,
                            **{k: v for k, v in data.items() if v is not None})
@@ -307,7 +307,8 @@ def classify(model_path, images, classes, templates, top_k, which, batch_size, d
 
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True), help=MODEL_HELP)
-@click.option("--data", required=True, help="Segmentation data: seg:DIR (VOC / ADE20K / images+masks) or shapes-seg:test.")
+@click.option("--data", required=True,
+              help="Segmentation data: seg:DIR (VOC / ADE20K / images+masks) or shapes-seg:test.")
 @click.option("--figure", type=click.Path(dir_okay=False), default=None,
               help="Also draw image / prediction / ground truth of the first images into this PNG.")
 @click.option("--figure-images", type=POSITIVE_INT, default=4, show_default=True, help="Images in --figure.")
@@ -318,7 +319,8 @@ def classify(model_path, images, classes, templates, top_k, which, batch_size, d
 @click.option("--background-threshold", type=click.FloatRange(0, 1), default=None,
               help="Pixels whose best class probability is below this are background.")
 @_last_block_options
-@click.option("--templates", default=None, help="Prompt templates: a name (imagenet, ...) or a file [the set's, else CLIP's 80].")
+@click.option("--templates", default=None,
+              help="Prompt templates: a name (imagenet, ...) or a file [the set's, else CLIP's 80].")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True, help=WHICH_HELP)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the scores here.")
 @click.option("--batch-size", "batch_size", type=POSITIVE_INT, default=None,
@@ -335,7 +337,7 @@ def segment(model_path, data, figure, figure_images, limit, window, stride, shor
     head against class prompts through the text head (mIoU, pixel accuracy, per-class IoU).
     It reads images directly (no embedding cache), so it takes no cache flags."""
     from alignprobe.probe.evals.aligned import segment_aligned  # torch: not needed for --help
-    from alignprobe.probe.pipelines.aligned import load_aligned
+    from alignprobe.probe.pipelines.aligned import load_aligned  # torch, as above
 
     _setup_logging(quiet, verbose)
     aligned = load_aligned(model_path, device=device or "auto", encoder_dtype=dtype, which=which,

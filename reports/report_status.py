@@ -73,4 +73,5 @@ def failed_rerun_lines(df) -> list[str]:
         return []
     head = (f"report: {len(reruns)} finished record(s) failed when rerun later; the table shows their finished "
             f"metrics, the failures are kept beside them (*.failed.json):")
-    return [head, *(f"  {r.vision} x {r.text} (seed {r.seed}): {r.last_failure}" for r in reruns.itertuples(index=False))]
+    return [head, *(f"  {r.vision} x {r.text} (seed {r.seed}): {r.last_failure}"
+                    for r in reruns.itertuples(index=False))]

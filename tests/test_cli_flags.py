@@ -77,7 +77,8 @@ def test_old_and_new_spelling_together_is_a_usage_error(calls, tmp_path):
     calls("alignprobe.probe.pipelines.run", "run_pair")
     for order in (["--out", "a", "--results-dir", "b"], ["--results-dir", "b", "--out", "a"]):
         both = invoke(*RUN, *order, catch_exceptions=True)
-        assert both.exit_code == 2 and "--out is the old spelling of --results-dir; give only --results-dir" in both.output
+        assert both.exit_code == 2
+        assert "--out is the old spelling of --results-dir; give only --results-dir" in both.output
 
 
 def test_sweep_train_batch_size_results_dir_and_old_spellings(calls, tmp_path):
