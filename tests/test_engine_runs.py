@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from alignprobe.cli import main
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
 from alignprobe.probe.embeddings import lazy
@@ -17,15 +15,12 @@ from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 from alignprobe.probe.training import config as training_config
 from alignprobe.probe.training import engine
 from conftest import Killed
+from helpers import invoke, save_hf_vision
 
 # the splits of one population (n=150) are disjoint; those of different n would share images
 DATA = dict(pairs="shapes:train?n=150", labelled="shapes:test?n=150", retrieval="shapes:test?n=150")
 TINY = {"out_dim": 16}  # small heads keep the 2-core CI fast; the recipe is otherwise untouched
 OPTIONS = EncodeOptions(quiet=True, device="cpu")
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def record_of(out) -> dict:
@@ -190,14 +185,7 @@ def test_log_backend_missing_names_the_extra(monkeypatch):
 
 
 def test_a_layer_sweep_costs_one_encode(tmp_path, monkeypatch):
-    from transformers import Dinov2Config, Dinov2Model
-
-    from test_backbones_layers import PROCESSOR, TINY as TINY_DINOV2
-
-    model_dir = tmp_path / "dinov2"
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(**TINY_DINOV2)).save_pretrained(model_dir)
-    (model_dir / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
+    model_dir = save_hf_vision(tmp_path / "dinov2", num_hidden_layers=3)
     base_loads, lazy_loads = [], []
     real_build, real_load = EncoderRequest.build, lazy.LazyEncoder.load
 

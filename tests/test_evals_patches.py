@@ -1,42 +1,22 @@
 """encode_patches: the patch tokens of tiny ViTs (built from configs, saved, loaded back)."""
-import json
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from alignprobe.backbones import create_vision_encoder
 from alignprobe.errors import ValidationError
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            image_size=32, patch_size=8)
-PROCESSOR = {"do_resize": True, "size": {"height": 32, "width": 32}, "resample": 3,
-             "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
-
-
-def _images(n=2):
-    rng = np.random.RandomState(0)
-    return [Image.fromarray((rng.rand(40, 48, 3) * 255).astype(np.uint8)) for _ in range(n)]
+from helpers import images, save_hf_vision, timm_vit
 
 
 @pytest.fixture(scope="module")
 def dinov2_reg_dir(tmp_path_factory):
-    import transformers as T
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("dinov2reg")
-    T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(**TINY, num_register_tokens=2)) \
-        .save_pretrained(d)
-    (d / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
-    return d
+    return save_hf_vision(tmp_path_factory.mktemp("dinov2reg"), "dinov2_reg", num_register_tokens=2)
 
 
 def test_transformers_patches_are_the_last_hidden_state_patch_tokens(dinov2_reg_dir):
     from transformers import Dinov2WithRegistersModel
 
     enc = create_vision_encoder(dinov2_reg_dir, pooling="concat")
-    imgs = _images()
+    imgs = images(2)
     grid, prefix = enc.encode_patches(imgs, return_prefix=True)
     assert grid.shape == (2, 4, 4, 32) and prefix.shape == (2, 3, 32)  # CLS + 2 registers
     x = enc.collate([enc.preprocess(im) for im in imgs])
@@ -55,16 +35,12 @@ def test_transformers_patches_are_the_last_hidden_state_patch_tokens(dinov2_reg_
 
 
 def test_timm_patches_are_forward_features_patch_tokens(tmp_path):
-    import timm
     from timm.models._hub import save_for_hf
 
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
-                              patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                              num_classes=0).eval()
+    model, _ = timm_vit()
     save_for_hf(model, tmp_path / "export", safe_serialization=True)
     enc = create_vision_encoder(tmp_path / "export", pooling="mean")
-    imgs = _images()
+    imgs = images(2)
     grid = enc.encode_patches(imgs)
     with torch.inference_mode():
         feats = model.forward_features(enc.collate([enc.preprocess(im) for im in imgs]))
@@ -74,4 +50,4 @@ def test_timm_patches_are_forward_features_patch_tokens(tmp_path):
 
 def test_encoders_without_patch_tokens_say_so():
     with pytest.raises(ValidationError, match="no patch tokens"):
-        create_vision_encoder("pixels").encode_patches(_images(1))
+        create_vision_encoder("pixels").encode_patches(images(1))
