@@ -51,12 +51,12 @@ def exclude_encoders(df: pd.DataFrame, exclude: str | Iterable[str] | None) -> p
     unknown = [n for n in names if n not in present]
     if unknown:
         raise ValidationError(
-            f"--exclude names {', '.join(unknown)}, which are not encoders of these results; "
+            f"exclude (--exclude) names {', '.join(unknown)}, which are not encoders of these results; "
             f"vision: {', '.join(sorted(set(df['vision'])))}; text: {', '.join(sorted(set(df['text'])))}"
         )
     out = df[~df["vision"].isin(names) & ~df["text"].isin(names)]
     if out.empty:
-        raise ValidationError(f"--exclude {','.join(names)} leaves no results")
+        raise ValidationError(f"exclude {','.join(names)!r} (--exclude) leaves no results")
     return out
 
 

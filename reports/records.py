@@ -115,10 +115,10 @@ def read_record(path: str | Path) -> dict:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DamagedRecordError(f"result record {path} is damaged ({_reason(err)}); delete it, or rerun "
-                                 f"that pair with --force to recompute it") from None
+                                 f"that pair with force=True (--force) to recompute it") from None
     if not isinstance(obj, dict):
         raise DamagedRecordError(f"result record {path} is damaged (holds a JSON {type(obj).__name__}, "
-                                 f"not an object); delete it, or rerun that pair with --force to recompute it")
+                                 f"not an object); delete it, or rerun that pair with force=True (--force) to recompute it")
     return obj
 
 
@@ -164,7 +164,7 @@ def iter_records(out_dir: str | Path, unreadable: list[tuple[Path, str]] | None 
             problem = shape_problem(record)
             if problem is not None:
                 raise DamagedRecordError(f"result record {path} has another shape ({problem}); it is left out: "
-                                         f"delete it, or rerun that pair with --force to rewrite it")
+                                         f"delete it, or rerun that pair with force=True (--force) to rewrite it")
             yield path, record
         except (OSError, DamagedRecordError) as err:
             reason = str(err) if isinstance(err, DamagedRecordError) else f"unreadable ({err})"

@@ -53,18 +53,18 @@ def filter_mask(df: pd.DataFrame, expr: str) -> pd.Series:
     """
     source, quoted = _unquote_columns(expr)
     if len(source) > MAX_LENGTH:  # a filter is a line a person types; a megabyte of parentheses is not one
-        raise ValidationError(f"--rows filter is {len(source):,} characters long; at most {MAX_LENGTH:,} are read")
+        raise ValidationError(f"rows (--rows) filter is {len(source):,} characters long; at most {MAX_LENGTH:,} are read")
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except (SyntaxError, ValueError) as err:  # ValueError: a NUL byte
         reason = err.msg if isinstance(err, SyntaxError) else str(err)
-        raise ValidationError(f"--rows {expr!r} is not a valid filter ({reason}); {ALLOWED}") from None
+        raise ValidationError(f"rows {expr!r} (--rows) is not a valid filter ({reason}); {ALLOWED}") from None
     try:
         mask = _Evaluator(df, quoted, expr).condition(tree.body)
     except _Refused as err:
-        raise ValidationError(f"--rows {expr!r}: {err}; {ALLOWED}") from None
+        raise ValidationError(f"rows {expr!r} (--rows): {err}; {ALLOWED}") from None
     except RecursionError:
-        raise ValidationError(f"--rows filter is nested too deeply; {ALLOWED}") from None
+        raise ValidationError(f"rows (--rows) filter is nested too deeply; {ALLOWED}") from None
     return mask.fillna(False).astype(bool)
 
 
@@ -88,7 +88,7 @@ def _unquote_columns(expr: str) -> tuple[str, dict[str, str]]:
         elif ch == "`":
             end = expr.find("`", i + 1)
             if end < 0:
-                raise ValidationError(f"--rows {expr!r}: a backtick-quoted column name is not closed; {ALLOWED}")
+                raise ValidationError(f"rows {expr!r} (--rows): a backtick-quoted column name is not closed; {ALLOWED}")
             name = f"{_COLUMN_PREFIX}{len(quoted)}"
             quoted[name] = expr[i + 1:end]
             out.append(f" {name} ")
@@ -157,7 +157,7 @@ class _Evaluator:
     def column(self, node: ast.Name) -> str:
         name = self.quoted.get(node.id, node.id)
         if name not in self.df.columns:
-            raise ValidationError(f"--rows {self.expr!r}: no column {name!r} in these results; columns: "
+            raise ValidationError(f"rows {self.expr!r} (--rows): no column {name!r} in these results; columns: "
                                   f"{', '.join(map(str, self.df.columns))}")
         return name
 
@@ -201,7 +201,7 @@ def _apply(column: pd.Series, name: str, op: type, value: Any, expr: str) -> pd.
     try:
         return _ORDER[op](column, value).fillna(False)
     except TypeError:
-        raise ValidationError(f"--rows {expr!r}: cannot compare column {name!r} ({column.dtype}) with {value!r} "
+        raise ValidationError(f"rows {expr!r} (--rows): cannot compare column {name!r} ({column.dtype}) with {value!r} "
                               f"using '{_SYMBOL[op]}'") from None
 
 

@@ -313,7 +313,7 @@ def filter_rows(df: pd.DataFrame, rows: str | Iterable[str] | None) -> pd.DataFr
         else:
             out = df[_mask_or_names_hint(df, rows, visions)]
             if out.empty:
-                raise ValidationError(f"--rows {rows!r} selects no rows (vision encoders present: "
+                raise ValidationError(f"rows {rows!r} (--rows) selects no rows (vision encoders present: "
                                       f"{', '.join(sorted(map(str, visions)))})")
             return out
     rows = list(rows)
@@ -336,7 +336,7 @@ def _mask_or_names_hint(df: pd.DataFrame, rows: str, visions: set) -> pd.Series:
         if _has_comparison(rows):
             raise
         # No comparison at all: most likely a mistyped encoder name (`dinov2-bb`), not a filter.
-        raise ValidationError(f"--rows {rows!r} names no vision encoder of these results (present: "
+        raise ValidationError(f"rows {rows!r} (--rows) names no vision encoder of these results (present: "
                               f"{', '.join(sorted(map(str, visions)))}), and as a filter: {err}") from None
 
 

@@ -187,7 +187,7 @@ def check_no_overlap(
            f"({train.name}): {ov.by_path} by path, {ov.by_content} by content; e.g. {test_role} {test_id!r} is "
            f"{train_role} {train_id!r}. Scores on images the probe trained on are inflated (COCO train2017 "
            f"holds the Karpathy test images). Train on a disjoint set (e.g. the Karpathy train+restval split, or "
-           f"CC3M), or pass --allow-overlap to run anyway; the record then says so.")
+           f"CC3M), or pass allow_overlap=True (--allow-overlap) to run anyway; the record then says so.")
     if not allow:
         raise TrainTestOverlapError(msg)
     log.warning("overlap allowed: %s", msg)

@@ -183,13 +183,13 @@ class WebDataset(Dataset):
         if self.short_shards:
             lines = "; ".join(f"{s}: {why}" for s, why in self.short_shards.items())
             raise DataError(f"{self.name}: {len(self.short_shards)} shard(s) are short, samples are "
-                            f"missing: {lines}. Re-copy or re-create them, or drop --strict to use "
+                            f"missing: {lines}. Re-copy or re-create them, or drop strict=True (--strict) to use "
                             f"the samples that remain")
         if self.no_image:
             shown = "; ".join(f"{k!r} ({why})" for k, why in self.skipped_samples(limit=5).items())
             more = f" and {len(self.no_image) - 5} more" if len(self.no_image) > 5 else ""
             raise DataError(f"{self.name}: {len(self.no_image)} sample(s) have no image member: {shown}{more}. "
-                            f"Re-create the shards with an image for every key, or drop --strict to skip them")
+                            f"Re-create the shards with an image for every key, or drop strict=True (--strict) to skip them")
         ends = np.zeros(len(self.shards), dtype=np.int64)
         np.maximum.at(ends, self._shard_index, self._offsets + self._sizes)
         for s, end in enumerate(ends):

@@ -346,7 +346,7 @@ class EmbeddingCache:
     def _damaged(self, directory: Path, files: list[Path], detail: str, repair: bool) -> None:
         if not repair:
             raise CacheDamagedError(
-                f"cache entry {directory} is damaged ({detail}); run without --no-recompute to move the "
+                f"cache entry {directory} is damaged ({detail}); run with recompute=True (no --no-recompute) to move the "
                 f"damaged files aside and re-encode them, or delete the entry")
         aside = self.quarantine(directory, files)
         log.warning("cache entry %s is damaged (%s); moved the damaged files to %s and re-encoding them",
@@ -481,7 +481,7 @@ class EmbeddingCache:
         if not misses:
             return CacheMismatchError(
                 f"no cached {identity.source.get('kind')} embeddings of {src!r} by {name!r} under "
-                f"{self.root}; run without --no-recompute to encode them."
+                f"{self.root}; run with recompute=True (no --no-recompute) to encode them."
             )
         lines = [f"  {path.name}: differs in {', '.join(diff) or 'nothing visible'}" for path, diff in misses]
         return CacheMismatchError(
@@ -546,7 +546,7 @@ def check_storage_range(embeddings: np.ndarray, storage_dtype: str, where: str) 
         raise DataError(
             f"{where}: {len(rows)} of {len(embeddings)} rows hold NaN or Inf (the first is row {int(rows[0])} of "
             f"these), so nothing was cached. The encoder produced them: in fp16/bf16 an overflow is the usual "
-            f"cause (encode with --dtype fp32); in fp32 the weights or those inputs are broken")
+            f"cause (encode with dtype='fp32' (--dtype fp32)); in fp32 the weights or those inputs are broken")
     if storage_dtype != "fp16":
         return
     peak = float(np.max(np.abs(embeddings)))

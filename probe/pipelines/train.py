@@ -72,8 +72,8 @@ class SailRunConfig(EncoderPair):
         TrainConfig.preset(self.preset or "sail", **self.train)  # one validation step, before any work
         if self.train.get("select_by", "val_loss") != "val_loss" and not self.selection:
             raise ValidationError(
-                f"--select-by {self.train['select_by']} picks the epoch by a downstream score: give it a "
-                f"selection set of its own with --selection SPEC (selecting on a reported test set would "
+                f"select_by={self.train['select_by']!r} (--select-by) picks the epoch by a downstream score: give it a "
+                f"selection set of its own with selection=SPEC (--selection SPEC) (selecting on a reported test set would "
                 f"inflate its score)")
 
     def data_specs(self) -> dict[str, str]:
@@ -129,7 +129,7 @@ def check_resume_matches(run_dir: Path, ws: Workspace, config: SailRunConfig) ->
     if differs:
         raise ValidationError(f"cannot resume {run_dir}: it was started with other inputs -- "
                               f"{'; '.join(differs)}. Resume with the inputs it started with, or start a new "
-                              f"run (another --out, or --overwrite to replace this one)")
+                              f"run (another run_dir (--out), or overwrite=True (--overwrite) to replace this one)")
 
 
 def eval_sets(workspace: Workspace, labelled: str | None, retrieval: str | None
@@ -148,7 +148,7 @@ def selection_sets(workspace: Workspace, spec: str | None):
     zero_shot = workspace.zero_shot_data("selection", spec) if dataset.class_names else None
     retrieval = workspace.retrieval_data("selection", spec) if dataset.has_captions else None
     if zero_shot is None and retrieval is None:
-        raise DataError(f"--selection {spec!r} has neither class names nor captions to score")
+        raise DataError(f"selection {spec!r} (--selection) has neither class names nor captions to score")
     return zero_shot, retrieval
 
 
@@ -260,7 +260,7 @@ def pick_top_pairs(results_dir: str | Path, top_k: int, by: str) -> list[dict]:
     record of the lowest seed: its config names the data and pooling).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValidationError(f"--top-k must be a positive int, got {top_k!r}")
+        raise ValidationError(f"top_k (--top-k) must be a positive int, got {top_k!r}")
     df = load_results(results_dir)
     df = df[df["kind"] == "probe"]
     if df.empty:
@@ -341,7 +341,7 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
                       f"done): the weights evaluated are those of epoch {epoch} ({which})")
         if not allow_unfinished:
             raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --out "
-                                  f"{aligned.path.parent}` (same flags), or pass --allow-unfinished to evaluate "
+                                  f"{aligned.path.parent}` (same flags), or pass allow_unfinished=True (--allow-unfinished) to evaluate "
                                   f"it as it is")
     run_config = (info.get("metadata") or {}).get("run_config") or {}
     labelled = run_config.get("labelled", "shapes:test") if labelled is None else labelled

@@ -353,7 +353,7 @@ class Trainer:
         captions = stores[0] if len(stores) == 1 else ConcatStore("captions", stores)
         caption_image = np.concatenate(owners).astype(np.int64)
         index = CaptionIndex(caption_image, images.n)
-        valid = _valid_mask(image_valid if image_valid is not None else image_emb, images.n)
+        valid = _valid_mask(image_valid if image_valid is not None else getattr(image_emb, "valid", None), images.n)
         if valid.shape != (images.n,):
             raise ValidationError(f"image_valid must be a bool mask of shape ({images.n},), got {valid.shape}")
         usable = np.flatnonzero(valid & (index.counts > 0))

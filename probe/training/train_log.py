@@ -34,10 +34,10 @@ BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "w
 def check_backend(name: str) -> None:
     """Fail now, with the install command, when the logging backend ``name`` is not installed."""
     if name not in BACKENDS:
-        raise ValidationError(f"--log-to must be one of {sorted(BACKENDS)}, got {name!r}")
+        raise ValidationError(f"log_to (--log-to) must be one of {sorted(BACKENDS)}, got {name!r}")
     module, extra = BACKENDS[name]
     if importlib.util.find_spec(module) is None:
-        raise ValidationError(f"--log-to {name} needs the {module!r} package, which is not installed; "
+        raise ValidationError(f"log_to={name!r} (--log-to) needs the {module!r} package, which is not installed; "
                               f"install it with: pip install \"alignprobe[{extra}]\"")
 
 
