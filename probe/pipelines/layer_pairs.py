@@ -1,10 +1,10 @@
 """`alignprobe layers`: the best vision-layer x text-layer pair, found honestly.
 
-Each encoder is loaded once and encodes the image-caption pairs once for all its
-layers (one forward pass per batch, one cache entry per layer, the entries
-`NAME@N` reads alone: `alignprobe.probe.embeddings.layers.encode_source_layers`).
-Every pair of layers is scored by one similarity measure on the held-out sample
-that `run`'s similarity scores use, and the *maximum* over pairs is calibrated
+Each encoder is loaded once and encodes the held-out sample that `run`'s
+similarity scores use (its images, their first captions) once for all its layers
+(one forward pass per batch, one cache entry per layer:
+`alignprobe.probe.embeddings.layers.encode_source_layers`). Every pair of layers
+is scored by one similarity measure on that sample, and the *maximum* over pairs is calibrated
 with the same permutation applied to every layer (Algorithm 2 of Gröger, Wen &
 Brbić, ICML 2026, `alignprobe.metrics.calibrate_max`): picking the best of many
 pairs inflates the raw score even when nothing is shared, and only the
@@ -35,7 +35,7 @@ from alignprobe.hashing import stable_hash
 from alignprobe.io import write_text_atomic
 from alignprobe.metrics.calibration import MaxCalibrationResult
 from alignprobe.probe.data.datasets import flatten_captions
-from alignprobe.probe.embeddings.encoding import ImageSource, TextSource
+from alignprobe.probe.embeddings.encoding import TextSource
 from alignprobe.probe.embeddings.layers import encode_source_layers, parse_layers
 from alignprobe.probe.pipelines.workspace import Workspace, resolve_pair_recipe
 from alignprobe.probe.training.engine import Trainer
@@ -181,6 +181,37 @@ def held_out_rows(image_valid: np.ndarray, caption_image: np.ndarray, *, seed: i
 
 
 # ---------------------------------------------------------------------------------------- encoding
+@dataclass
+class ImageRows:
+    """The images of ``rows`` of a data set, in that order: an encode source of its own (the
+    fingerprint names the rows, so the sample has its own cache entries)."""
+
+    dataset: Any
+    rows: np.ndarray
+    what: str = "sample"
+    kind: str = "images"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset.name} ({len(self.rows)} {self.what})"
+
+    @property
+    def ids(self) -> list[str]:
+        ids = self.dataset.ids
+        return [ids[int(i)] for i in self.rows]
+
+    def describe(self) -> dict:
+        digest = getattr(self.dataset, "image_fingerprint", None) or self.dataset.fingerprint
+        fingerprint = stable_hash({"images": digest(), "rows": [int(i) for i in self.rows]}, length=32)
+        return {"kind": self.kind, "name": self.name, "fingerprint": fingerprint, "n": len(self)}
+
+    def load(self, i: int):
+        return self.dataset.load_image(int(self.rows[i]))
+
+
 def block_count(encoder) -> int | None:
     """How many blocks an encoder has (its layers are 1..count), or None when it cannot tell."""
     count = getattr(encoder, "num_layers", None)  # the text encoders say it themselves
@@ -232,7 +263,14 @@ def score_layer_pairs(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], measur
 
 
 def find_layer_pair(config: LayerPairsConfig, options: EncodeOptions | None = None) -> LayerPairsResult:
-    """Encode both encoders at all their layers on ``config.pairs`` and search every layer pair."""
+    """Encode both encoders at all their layers on the held-out sample of ``config.pairs`` and
+    search every layer pair.
+
+    The sample is drawn before encoding, as `run` draws it when every image reads (an image
+    with a caption is a usable pair); only its images and their first captions are encoded,
+    so the search costs a tenth of encoding the whole set. A sample image that cannot be read
+    is left out (``details.unreadable``) -- then, and only then, `run` would have drawn its
+    sample among the other images."""
     options = options or EncodeOptions()
     started = time.perf_counter()
     workspace = Workspace(config.request("vision"), config.request("text"), options)
@@ -243,25 +281,30 @@ def find_layer_pair(config: LayerPairsConfig, options: EncodeOptions | None = No
                         f"COCO, ...)")
     texts, caption_image = flatten_captions(dataset)
     caption_image = np.asarray(caption_image, dtype=np.int64)
-    images = encode_all_layers(workspace, "vision", ImageSource(dataset), config.vision_layers)
-    captions = encode_all_layers(workspace, "text", TextSource(dataset.name, texts, "captions"),
-                                 config.text_layers)
-    encoded = time.perf_counter()
-    image_valid = np.logical_and.reduce([np.asarray(e.valid, bool) for e in images.values()])
-    rows, what = held_out_rows(image_valid, caption_image, seed=config.seed,
+    rows, what = held_out_rows(np.ones(len(dataset), bool), caption_image, seed=config.seed,
                                similarity_samples=config.similarity_samples, device=options.device)
-    first = _first_caption(caption_image, len(image_valid))
-    xs = [e.rows(rows) for e in images.values()]
-    ys = [e.rows(first[rows]) for e in captions.values()]
+    first = _first_caption(caption_image, len(dataset))
+    images = encode_all_layers(workspace, "vision", ImageRows(dataset, rows, what), config.vision_layers)
+    sample_texts = TextSource(f"{dataset.name} (first captions of {len(rows)} {what})",
+                              [texts[j] for j in first[rows]], "captions")
+    captions = encode_all_layers(workspace, "text", sample_texts, config.text_layers)
+    encoded = time.perf_counter()
+    valid = np.logical_and.reduce([np.asarray(e.valid, bool) for e in images.values()])
+    if valid.sum() < 4:
+        raise DataError(f"only {int(valid.sum())} of the {len(rows)} sampled images of {config.pairs!r} could be "
+                        f"read; the search needs at least 4")
+    keep = np.flatnonzero(valid)
+    xs = [e.rows(keep) for e in images.values()]
+    ys = [e.rows(keep) for e in captions.values()]
     log.info("scoring %d x %d layer pairs by %s on %d %s, %d permutations", len(xs), len(ys), config.measure,
-             len(rows), what, config.n_permutations)
+             len(keep), what, config.n_permutations)
     calibration, k = score_layer_pairs(xs, ys, config.measure, n_permutations=config.n_permutations,
                                        alpha=config.alpha, seed=config.seed, k=config.similarity_k)
-    details = {"rows": what, "data": workspace.dataset(config.pairs).describe(), "encoders": workspace.encoder_info,
-               "timings_s": {"encode": round(encoded - started, 3),
-                             "score": round(time.perf_counter() - encoded, 3)}}
+    details = {"rows": what, "data": dataset.describe(), "encoders": workspace.encoder_info,
+               "unreadable": [dataset.ids[int(i)] for i in rows[~valid]],
+               "timings_s": {"encode": round(encoded - started, 3), "score": round(time.perf_counter() - encoded, 3)}}
     return LayerPairsResult(config, workspace.requests["vision"], workspace.requests["text"], list(images),
-                            list(captions), int(len(rows)), k, calibration, details)
+                            list(captions), int(len(keep)), k, calibration, details)
 
 
 def _first_caption(caption_image: np.ndarray, n_images: int) -> np.ndarray:
