@@ -5,21 +5,17 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from PIL import Image
 
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import ValidationError
 from alignprobe.probe.pipelines.aligned import load_aligned
 from alignprobe.probe.pipelines.train import SailRunConfig, train_pair
+import helpers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY_DINO = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                 image_size=32, patch_size=8)
 # resize the short side to 36, centre-crop 32: the crop is part of what the export must reproduce
 PROCESSOR = {"image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 36},
              "resample": 3, "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
@@ -27,20 +23,14 @@ PROCESSOR = {"image_processor_type": "BitImageProcessor", "do_resize": True, "si
 TRAIN = dict(out_dim=16, width=2, epochs=3, text_head="linear", micro_batch=None, chunk_size=None)
 
 
-def _images(sizes=((41, 36), (36, 36), (100, 37), (36, 70))):
-    rng = np.random.RandomState(0)
-    return [Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8)) for w, h in sizes]
+def _images():
+    """Four images of odd shapes (height, width): the resize and crop are part of the export."""
+    return helpers.images(4, sizes=((36, 41), (36, 36), (37, 100), (70, 36)))
 
 
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory):
-    import transformers as T
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tinydino")
-    T.Dinov2Model(T.Dinov2Config(**TINY_DINO)).save_pretrained(d)
-    (d / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
-    return d
+    return helpers.save_hf_vision(tmp_path_factory.mktemp("tinydino"), num_hidden_layers=3, processor=PROCESSOR)
 
 
 def _train(root, vision, layer=None, pooling="concat"):
@@ -126,7 +116,7 @@ def test_image_processor_reproduces_the_encoder_preprocessing(exported):
     assert (fast(images, return_tensors="pt")["pixel_values"] - ours).abs().max() <= grey
     # documented difference: a long-side margin of 4k + 3 pixels (36 x 39 -> margin 7) is cropped one
     # pixel further by transformers (floor) than by torchvision / alignprobe (round half to even)
-    odd = _images([(36, 39)])
+    odd = helpers.images(1, sizes=[(39, 36)])
     shifted, ours = pil(odd, return_tensors="pt")["pixel_values"][0], encoder.preprocess(odd[0])
     assert not torch.allclose(shifted, ours)
     torch.testing.assert_close(shifted[:, 1:], ours[:, :-1], atol=1e-6, rtol=0)
@@ -191,21 +181,17 @@ def test_layer_trained_run_exports_that_layer(dino_dir, tmp_path):
     assert not torch.allclose(res.pooler_output, last_block, atol=1e-3)  # the layer matters
 
 
-@pytest.mark.parametrize("arch, pooling", [("vit", "mean"), ("dinov2_with_registers", "concat")])
-def test_other_backbones_and_poolings(arch, pooling, tmp_path):
+@pytest.mark.parametrize("family, pooling", [("vit", "mean"), ("dinov2_reg", "concat")])
+def test_other_backbones_and_poolings(family, pooling, tmp_path):
     """ViT (mean of the patches: each patch token through the head) and DINOv2 with registers (the
     register tokens are neither the global token nor patches)."""
-    import transformers as T
     from transformers import AutoModel
 
     from alignprobe import export_vision_tower
     from alignprobe.probe.evals.segmentation import dense_features
 
-    torch.manual_seed(0)
-    folder = tmp_path / arch
-    config = T.AutoConfig.for_model(arch, **TINY_DINO, **({"num_register_tokens": 2} if "registers" in arch else {}))
-    T.AutoModel.from_config(config).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(PROCESSOR))
+    extra = {"num_register_tokens": 2} if family == "dinov2_reg" else {}
+    folder = helpers.save_hf_vision(tmp_path / family, family, processor=PROCESSOR, num_hidden_layers=3, **extra)
     run = _train(tmp_path, folder, pooling=pooling)
     tower = AutoModel.from_pretrained(export_vision_tower(run, tmp_path / "tower")).eval()
     aligned = load_aligned(run, device="cpu")
@@ -235,14 +221,11 @@ def test_unsupported_encoders_fail_clearly(tmp_path):
 
 
 def test_export_command(exported, tmp_path):
-    from alignprobe.cli import main
-
     run, _ = exported
-    res = CliRunner().invoke(main, ["export", "--model", str(run), "--out", str(tmp_path / "t")],
-                             catch_exceptions=False)
+    res = helpers.invoke("export", "--model", run, "--out", tmp_path / "t")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "t" / "model.safetensors").is_file() and "AutoModel.from_pretrained" in res.output
-    again = CliRunner().invoke(main, ["export", "--model", str(run), "--out", str(tmp_path / "t")])
+    again = helpers.invoke("export", "--model", run, "--out", tmp_path / "t", catch_exceptions=True)
     assert again.exit_code != 0 and "--overwrite" in again.output and "Traceback" not in again.output
-    forced = CliRunner().invoke(main, ["export", "--model", str(run), "--out", str(tmp_path / "t"), "--overwrite"])
+    forced = helpers.invoke("export", "--model", run, "--out", tmp_path / "t", "--overwrite")
     assert forced.exit_code == 0, forced.output
