@@ -174,7 +174,7 @@ def test_plot_rows_picks_one_configuration_of_a_pair(results, tmp_path):
 def test_mistyped_encoder_names_are_named_as_names(df):
     with pytest.raises(ValidationError, match=r"vision encoder\(s\) \['clipb'\] are not in these results"):
         filter_rows(df, "dino-b, clipb")
-    with pytest.raises(ValidationError, match="'dinov2-bb' names no vision encoder.*present: clip-b"):
+    with pytest.raises(ValidationError, match=r"rows 'dinov2-bb' \(--rows\) names no vision encoder.*present: clip-b"):
         filter_rows(df, "dinov2-bb")
 
 
