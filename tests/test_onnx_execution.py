@@ -157,3 +157,40 @@ def test_only_fp32_cpu_encoders_use_it(tiny_timm):
     enc = create_vision_encoder(tiny_timm, device="cpu", dtype="bf16")
     assert enc.execution == "torch" and "fp32 CPU" in enc.execution_note
     assert graphs() == []
+
+
+def test_a_stale_lazy_memo_does_not_name_a_new_entry(tiny_timm, tmp_path, monkeypatch):
+    """The lazy encoder's memo says onnxruntime; after ALIGNPROBE_ONNX=0 a new entry names torch."""
+    from alignprobe.backbones.request import EncoderRequest
+    from alignprobe.probe.embeddings.cache import EmbeddingCache
+    from alignprobe.probe.embeddings.encoding import ImageSource, encode_source
+    from alignprobe.probe.embeddings.lazy import LazyEncoder
+
+    class Images:
+        name, ids = "imgs", ["a", "b"]
+
+        def __init__(self, tag):
+            self.tag = tag
+
+        def __len__(self):
+            return 2
+
+        def fingerprint(self):
+            return self.tag
+
+        def load_image(self, i):
+            return images(2)[i]
+
+    request = EncoderRequest.create("vision", str(tiny_timm))
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = encode_source(LazyEncoder(request, memo_dir=tmp_path / "memo", device="cpu"),
+                          ImageSource(Images("one")), cache=cache, num_workers=0, quiet=True)
+    assert first.embeddings.manifest["identity"]["encoder"]["execution"] == "onnxruntime"
+    monkeypatch.setenv("ALIGNPROBE_ONNX", "0")
+    lazy = LazyEncoder(request, memo_dir=tmp_path / "memo", device="cpu")
+    assert lazy.manifest()["execution"] == "onnxruntime"  # the memo, before anything loads
+    second = encode_source(lazy, ImageSource(Images("two")), cache=cache, num_workers=0, quiet=True)
+    assert second.embeddings.manifest["identity"]["encoder"]["execution"] == "torch"
+    # the first set's entry was computed by onnxruntime; the torch encoder makes its own
+    again = encode_source(lazy, ImageSource(Images("one")), cache=cache, num_workers=0, quiet=True)
+    assert not again.cache_hit and again.embeddings.manifest["identity"]["encoder"]["execution"] == "torch"

@@ -2,7 +2,9 @@
 
 Images are decoded and preprocessed in DataLoader workers while the model runs
 so that data loading does not starve it; texts are cheap and tokenised in the
-main process. Work is split into cache shards: each shard is encoded and
+main process, in batches of similar length (longest first within each shard, so
+padding to the longest in a batch wastes little; rows are written back by index,
+so the cache keeps the source's order). Work is split into cache shards: each shard is encoded and
 written atomically, so an interrupted run resumes at the first missing shard
 and `--shard i/n` hands every n-th shard to one of n hosts or GPUs.
 """
