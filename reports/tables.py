@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from alignprobe.errors import ValidationError
+from alignprobe.metrics.registry import declare_metric
 from alignprobe.reports.metric_info import MetricInfo, metric_info, resolve_metrics
 from alignprobe.reports.store import aggregate, as_results, filter_rows, metric_columns
 
@@ -36,6 +37,12 @@ _MISSING = {"md": "–", "latex": "--", "html": "–"}
 #: `baseline_<method>_<metric>`: method names hold no underscore (procrustes, ridge, cca, asif).
 _BASELINE_COLUMN = re.compile(r"^baseline_([A-Za-z0-9]+)_(.+)$")
 VERSUS_PREFIX = "probe_minus_best_baseline_"
+try:  # the derived column, declared where it is computed (the registry refuses a second declaration)
+    declare_metric(VERSUS_PREFIX + "{name}", label="probe − best baseline: {name}", higher_is_better=True,
+                   group="alignment", description="{name} of the probe minus that of the best training-free baseline",
+                   source=f"{__name__}.add_baseline_differences", module=__name__)
+except ValueError:
+    pass
 
 
 def baseline_columns(columns: Sequence[str]) -> dict[str, list[str]]:

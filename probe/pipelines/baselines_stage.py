@@ -10,6 +10,7 @@ prompt templates are averaged the same way. Record keys: ``baseline_<method>_<me
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +19,8 @@ import numpy as np
 from alignprobe.errors import ValidationError
 from alignprobe.metrics.baselines import BASELINES, fit_baseline
 from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate
+
+log = logging.getLogger("alignprobe.run")
 
 #: The baselines `run` fits unless told otherwise: the two whose cost stays small at any scale (one d x d
 #: solve each; ~1-2 s on the built-in data on a loaded 2-core machine). CCA whitens each side with an
@@ -61,20 +64,31 @@ def score_baselines(methods: Sequence[str], x_train: np.ndarray, y_train: np.nda
     """Fit each baseline on (x_train, y_train) and score it; returns (metrics, details).
 
     metrics: ``baseline_<method>_<metric>`` for every metric `evaluate` gives.
-    details: ``baselines`` ({method: its hyperparameters}), ``baseline_train_pairs``
-    and ``baseline_seconds`` ({method: fit + scoring time}).
+    details: ``baselines`` ({method: its hyperparameters}), ``baseline_train_pairs``,
+    ``baseline_seconds`` ({method: fit + scoring time}) and, when a baseline's
+    scores are undefined on these data (e.g. ridge maps every image to 0 when
+    the training captions are all alike), ``baseline_errors`` ({method: why}):
+    that baseline gets no columns and the probe's record is still written.
     """
     params = dict(params or {})
     metrics: dict[str, float] = {}
     chosen: dict[str, dict] = {}
     seconds: dict[str, float] = {}
+    errors: dict[str, str] = {}
     for method in check_baselines(methods):
         t0 = time.perf_counter()
         model = fit_baseline(method, x_train, y_train, **dict(params.get(method, {})))
-        scores = evaluate(lambda v, m=model: _unit(m.transform_image(v)),
-                          lambda v, m=model: _unit(m.transform_text(v)), zero_shot=zero_shot, retrieval=retrieval)
+        try:
+            scores = evaluate(lambda v, m=model: _unit(m.transform_image(v)),
+                              lambda v, m=model: _unit(m.transform_text(v)), zero_shot=zero_shot, retrieval=retrieval)
+        except ValidationError as err:  # the baseline's embeddings are degenerate here; the probe's are not
+            log.warning("baseline %s could not be scored: %s", method, err)
+            errors[method] = str(err)
+            continue
         metrics.update({f"baseline_{method}_{k}": float(v) for k, v in scores.items()})
         chosen[method] = model.params()
         seconds[method] = round(time.perf_counter() - t0, 3)
     details = {"baselines": chosen, "baseline_train_pairs": int(len(x_train)), "baseline_seconds": seconds}
+    if errors:
+        details["baseline_errors"] = errors
     return metrics, details
