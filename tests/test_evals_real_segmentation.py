@@ -53,7 +53,7 @@ def test_heads_trained_on_shapes_segment_shapes_seg_above_the_majority_baseline(
     def scores(spec, *extra):
         out = tmp_path / "scores.json"
         done = invoke("segment", "--model", tmp_path / "run", "--data", spec, "--limit", SCORED,
-                      "--json", out, "--cache-dir", tmp_path / "cache", "-q", *extra)
+                      "--json", out, "-q", *extra)  # segment reads images directly: no cache flags
         assert done.exit_code == 0, done.output
         return json.loads(out.read_text())["metrics"]
 

@@ -159,7 +159,7 @@ def test_report_without_format_or_output_is_markdown(results, tmp_path):
     from alignprobe.cli import main
 
     assert write_report(results, format=None, metrics="kmeans_nmi").startswith("| vision")
-    res = CliRunner().invoke(main, ["report", str(results), "--metrics", "kmeans_nmi"])
+    res = CliRunner().invoke(main, ["report", str(results), "--columns", "kmeans_nmi"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("| vision")
     with pytest.raises(ValidationError, match="cannot infer the report format"):
