@@ -12,6 +12,7 @@ from alignprobe.errors import ValidationError
 from alignprobe.metrics import segmentation_scores
 from alignprobe.probe.evals import dense_features, evaluate_segmentation, segment
 from alignprobe.probe.evals.segmentation import _windows
+from helpers import images, save_hf_vision
 
 RED, BLUE, GREEN, GREY = (230, 20, 20), (20, 20, 230), (20, 230, 20), (128, 128, 128)
 CLASSES = [["background"], ["red"], ["blue", "navy"], ["green"]]
@@ -125,19 +126,12 @@ def test_an_image_larger_than_the_window_and_short_side(colour_vit):
 
 
 def test_dense_features_in_the_concat_layout(tmp_path):
-    import json
-
-    import transformers as T
-
-    torch.manual_seed(0)
-    T.Dinov2Model(T.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=32, image_size=16, patch_size=8)) \
-        .save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
-        {"do_resize": True, "size": {"height": 16, "width": 16}, "image_mean": [0.5] * 3,
-         "image_std": [0.5] * 3}))
+    # 16 px, patch 8: a 2 x 2 grid small enough to check by index
+    save_hf_vision(tmp_path, hidden_size=16, num_hidden_layers=1, intermediate_size=32, image_size=16,
+                   processor={"do_resize": True, "size": {"height": 16, "width": 16}, "image_mean": [0.5] * 3,
+                              "image_std": [0.5] * 3})
     enc = create_vision_encoder(tmp_path, pooling="concat")
-    img = Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype(np.uint8))
+    [img] = images(1, sizes=[(16, 16)])
     grid, prefix = enc.encode_patches([img], return_prefix=True)
     dense = dense_features(enc, [img])
     assert dense.shape == (1, 2, 2, 32) and enc.dim == 32
