@@ -20,7 +20,7 @@ from alignprobe.config import EncodeOptions
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.errors import ValidationError
 
-from helpers import invoke, save_hf_text, save_hf_vision
+from helpers import invoke, save_hf_text, save_hf_vision, write_images
 
 N, D, K = 96, 16, 99
 
@@ -156,3 +156,22 @@ def test_cli_refuses_bad_layers_with_the_flag_named(tiny_pair, tmp_path):
     result = invoke("--vision", vision, "--text", text, "--text-layers", "1,-2", "--out", tmp_path,
                     catch_exceptions=True, command=layers)
     assert result.exit_code == 2 and "--text-layers" in result.output
+
+
+def test_an_unreadable_sample_image_is_left_out_and_named(tiny_pair, tmp_path):
+    from alignprobe.probe.pipelines.layer_pairs import find_layer_pair
+
+    vision, text = tiny_pair
+    paths = write_images(tmp_path / "img", 60)
+    captions = ["a photo of a cat", "two dogs playing", "red car", "a man in the snow", "a blue sky"]
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("image,caption\n" + "".join(f"img/{p.name},{captions[i % 5]}\n" for i, p in enumerate(paths)))
+    rows, _ = held_out_rows(np.ones(60, bool), np.arange(60), seed=0, similarity_samples=1024)
+    assert len(rows) == 6
+    paths[rows[2]].write_bytes(b"not an image")
+    config = LayerPairsConfig(vision=str(vision), text=str(text), pairs=f"csv:{csv}", vision_layers=(1, 3),
+                              text_layers=(2,), n_permutations=9)
+    result = find_layer_pair(config, EncodeOptions(cache_dir=tmp_path / "cache", quiet=True, num_workers=0))
+    assert result.n == 5 and result.calibration.scores.shape == (2, 1)
+    (unreadable,) = result.details["unreadable"]
+    assert paths[rows[2]].stem in unreadable
