@@ -25,7 +25,8 @@ from alignprobe.reports.store import as_results, metric_columns, points
 METHODS = ("pearson", "spearman", "kendall")
 METHOD_LABELS = {"pearson": "Pearson r", "spearman": "Spearman ρ", "kendall": "Kendall τ"}
 MIN_POINTS = 3  # a coefficient with a p-value needs three encoders; its interval needs MIN_INTERVAL_N
-ALIGNMENT_ORDER = ("i2t_r10", "t2i_r10", "zero_shot_top1", "i2t_r1", "t2i_r1", "mutual_knn")
+#: A calibrated similarity (`<measure>_calibrated`) may be the alignment axis too: pass it as `alignment`.
+ALIGNMENT_ORDER = ("i2t_r10", "t2i_r10", "zero_shot_top1", "i2t_r1", "t2i_r1", "mutual_knn", "mutual_knn_calibrated")
 SEPARABILITY = "linear_probe_top1"
 
 

@@ -269,7 +269,8 @@ def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: E
     encode_layer_groups(todo, out_dir=out_dir, options=options, pool=pool, force=force)
     bar = progress(todo, disable=options.quiet, desc=f"sweep (shard {shard[0]}/{shard[1]})", unit="pair")
     for index, config in enumerate(bar):
-        bar.set_postfix_str(f"{config.vision} x {config.text} seed {config.seed}")
+        bar.set_postfix_str(f"{config.vision} x {config.text} seed {config.seed}"
+                            + (f" n_pairs {config.n_pairs}" if config.n_pairs is not None else ""))
         try:
             _, path, reused = run_pair(config, out_dir=out_dir, options=options, force=force, pool=pool)
             outcomes.append(PairOutcome(config, "skipped" if reused else "done", path))
