@@ -17,18 +17,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from click.testing import CliRunner
 
-from alignprobe.cli import main
 from alignprobe.metrics.segmentation import SegmentationAccumulator
 from alignprobe.probe.data.readers_seg import open_segmentation
+from helpers import invoke
 
 N = "n=500"  # one population for both splits (400 train / 100 test), so no image is shared
 SCORED = 40
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def majority_baseline(spec: str, n: int) -> float:

@@ -3,10 +3,8 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from matplotlib.figure import Figure
 
-from alignprobe.cli import main
 from alignprobe.errors import ValidationError
 from alignprobe.metrics import correlate, correlation_difference
 from alignprobe.reports.correlations import correlation_statistics, render_correlation_section
@@ -14,6 +12,7 @@ from alignprobe.reports.plots import plot_correlation, plot_predictor_summary
 from alignprobe.reports.report import write_report
 from alignprobe.reports.store import load_results, points
 from reports_data import write_results
+from helpers import invoke
 
 KEEP = ("knn_top1@20", "kmeans_nmi", "linear_probe_top1", "zero_shot_top1")
 N_BOOT = 200
@@ -42,7 +41,7 @@ def test_statistics_equal_correlate_and_exclude_leaves_controls_out(results):
     without, _ = correlation_statistics(results, n_boot=N_BOOT, methods=("spearman",), exclude="random_vit")
     assert without[without.text == "minilm"]["n"].unique().tolist() == [5]
     assert "random_vit" not in ",".join(without["vision"])
-    with pytest.raises(ValidationError, match="--exclude names random-vit, which are not encoders"):
+    with pytest.raises(ValidationError, match=r"exclude \(--exclude\) names random-vit, which are not encoders"):
         correlation_statistics(results, exclude="random-vit")
 
 
@@ -76,14 +75,13 @@ def test_too_few_encoders_for_intervals(tmp_path):
 
 
 def test_cli_flags(results, tmp_path):
-    runner = CliRunner()
-    res = runner.invoke(main, ["report", str(results), "--exclude", "random_vit", "--n-boot", "100"])
+    res = invoke("report", str(results), "--exclude", "random_vit", "--n-boot", "100")
     assert res.exit_code == 0, res.output
     assert "Left out: random_vit." in res.output and "permutation" in res.output
-    bad = runner.invoke(main, ["report", str(results), "--exclude", "nope"])
-    assert bad.exit_code != 0 and "--exclude names nope" in bad.output
-    res = runner.invoke(main, ["plot", str(results), "-o", str(tmp_path / "p"), "--format", "png",
-                               "--n-boot", "100", "--exclude", "random_vit"])
+    bad = invoke("report", str(results), "--exclude", "nope")
+    assert bad.exit_code != 0 and "exclude (--exclude) names nope" in bad.output
+    res = invoke("plot", str(results), "-o", str(tmp_path / "p"), "--format", "png",
+                               "--n-boot", "100", "--exclude", "random_vit")
     assert res.exit_code == 0, res.output
     written = {p.name for p in (tmp_path / "p").iterdir()}
     assert "differences.csv" in written and "correlations.csv" in written

@@ -5,19 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from alignprobe.cli import main
 from alignprobe.config import EncodeOptions
 from alignprobe.probe.data.overlap import TrainTestOverlapError
 from alignprobe.probe.pipelines.run import RunConfig, run_pair
+from helpers import invoke
 
 OPTIONS = EncodeOptions(quiet=True, device="cpu")
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_labelled_train_records_the_train_to_val_protocol(tmp_path):

@@ -7,14 +7,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from alignprobe.cli import main
 from alignprobe.errors import DamagedRecordError, ResultNotSavedError
 from alignprobe.reports.plots import make_plots
 from alignprobe.reports.records import lookup_record, read_record, write_record
 from alignprobe.reports.store import load_results, results_header, unreadable_records
 from reports_data import write_results
+from helpers import invoke
 
 FEW = ("kmeans_nmi", "linear_probe_top1", "zero_shot_top1", "i2t_r1")
 
@@ -57,7 +56,7 @@ def test_report_command_prints_the_header_and_names_damaged_records(tmp_path):
     results = write_results(tmp_path / "r", keep=FEW)
     [victim] = list(results.glob("probe__mae-b__minilm*.json"))
     _damage(victim, "truncate")
-    result = CliRunner().invoke(main, ["report", str(results)])
+    result = invoke("report", str(results))
     assert result.exit_code == 0 and result.exception is None, result.output
     assert "1 unreadable (left out of the table)" in result.output
     assert str(victim) in result.output and "is damaged" in result.output
@@ -148,7 +147,7 @@ def test_report_that_cannot_be_written_at_the_end_is_printed_instead(tmp_path, m
         raise OSError(28, "No space left on device", str(target))
 
     monkeypatch.setattr("alignprobe.reports.report.write_text_atomic", disk_full)
-    result = CliRunner().invoke(main, ["report", str(results), "--output", str(tmp_path / "table.md")])
+    result = invoke("report", str(results), "--output", str(tmp_path / "table.md"))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "No space left on device" in result.output and "printed above instead" in result.output
     assert "| dinov2-b" in result.output or "dinov2-b" in result.output  # the table itself
@@ -191,8 +190,8 @@ def test_plot_with_a_constant_predictor_keeps_the_other_predictor_in_the_summary
 def test_plot_command_prints_the_notes(tmp_path):
     results = write_results(tmp_path / "r", keep=FEW)
     _make_constant(results, "i2t_r1", 0.0)
-    result = CliRunner().invoke(main, ["plot", str(results), "--format", "png", "--n-boot", "20",
-                                       "-o", str(tmp_path / "p")])
+    result = invoke("plot", str(results), "--format", "png", "--n-boot", "20",
+                                       "-o", str(tmp_path / "p"))
     assert result.exit_code == 0 and result.exception is None, result.output
     assert "note: skipped corr__i2t_r1__vs__kmeans_nmi" in result.output
     assert (tmp_path / "p" / "corr__zero_shot_top1__vs__kmeans_nmi.png").exists()

@@ -4,14 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from alignprobe.cli import main
 from alignprobe.errors import ValidationError
 from alignprobe.reports.records import write_record
 from alignprobe.reports.store import filter_rows, load_results
 from alignprobe.reports.tables import render_table
 from reports_data import SEEDED, record, write_results
+from helpers import invoke
 
 
 @pytest.fixture
@@ -147,12 +146,11 @@ def test_render_table_goes_through_the_filter(results, tmp_path):
 
 def test_cli_report_and_plot_refuse_code_and_accept_filters(results, tmp_path):
     marker = tmp_path / "ran"
-    runner = CliRunner()
     for command in ("report", "plot"):
-        res = runner.invoke(main, [command, str(results), "--rows", f"@pd.io.common.os.system('touch {marker}')"])
+        res = invoke(command, str(results), "--rows", f"@pd.io.common.os.system('touch {marker}')")
         assert res.exit_code == 2 and not marker.exists(), res.output
         assert "compares columns with literals" in res.output and "Traceback" not in res.output
-    res = runner.invoke(main, ["report", str(results), "--rows", "text == 'mpnet'", "--no-correlations"])
+    res = invoke("report", str(results), "--rows", "text == 'mpnet'", "--no-correlations")
     assert res.exit_code == 0 and "minilm" not in res.output.split("\n\n")[0], res.output
 
 
@@ -160,13 +158,12 @@ def test_plot_rows_picks_one_configuration_of_a_pair(results, tmp_path):
     other = record("dino-b", "minilm")
     other.update(config_hash="otherconfig0", group_hash="otherconfig")
     write_record(results / "probe__dino-b__minilm__otherconfig0.json", other)
-    runner = CliRunner()
     out = tmp_path / "plots"
-    res = runner.invoke(main, ["plot", str(results), "-o", str(out), "--format", "png", "--n-boot", "20",
-                               "--text", "minilm"])
+    res = invoke("plot", str(results), "-o", str(out), "--format", "png", "--n-boot", "20",
+                               "--text", "minilm")
     assert res.exit_code == 2 and "group_hash g10, otherconfig" in res.output and "--rows" in res.output, res.output
-    res = runner.invoke(main, ["plot", str(results), "-o", str(out), "--format", "png", "--n-boot", "20",
-                               "--text", "minilm", "--rows", "group_hash != 'otherconfig'"])
+    res = invoke("plot", str(results), "-o", str(out), "--format", "png", "--n-boot", "20",
+                               "--text", "minilm", "--rows", "group_hash != 'otherconfig'")
     assert res.exit_code == 0, res.output
     assert any(Path(line).suffix == ".png" for line in res.output.splitlines())
 

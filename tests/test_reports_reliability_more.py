@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from alignprobe.cli import main
 from alignprobe.config import EncodeOptions
 from alignprobe.probe.pipelines import sweep as sweep_module
 from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
@@ -16,6 +14,7 @@ from alignprobe.reports.records import failure_path, iter_records, shape_problem
 from alignprobe.reports.report import write_report
 from alignprobe.reports.store import failed_reruns, load_results, unreadable_records
 from reports_data import record, write_results
+from helpers import invoke
 
 FEW = ("kmeans_nmi", "linear_probe_top1", "zero_shot_top1", "i2t_r1")
 
@@ -48,7 +47,7 @@ def test_a_record_of_another_shape_is_skipped_and_counted(tmp_path, name):
     assert [Path(p).name for p, _ in bad] == [f"probe__odd__{name}.json"]
     assert "has another shape" in bad[0][1] and "--force" in bad[0][1]
 
-    res = CliRunner().invoke(main, ["report", str(results), "--no-correlations"])
+    res = invoke("report", str(results), "--no-correlations")
     assert res.exit_code == 0, res.output
     assert "1 unreadable" in res.output and f"probe__odd__{name}.json" in res.output
     assert "| dino-b" in res.output
@@ -64,7 +63,7 @@ def test_shape_check_lets_other_json_and_good_records_pass():
 def test_only_odd_records_is_a_clear_error_not_a_traceback(tmp_path):
     out = tmp_path / "r"
     write_record(out / "probe__x.json", {"vision": "a", "text": "b", "vision_info": "oops"})
-    res = CliRunner().invoke(main, ["report", str(out)])
+    res = invoke("report", str(out))
     assert res.exit_code == 2 and "no result records" in res.output and "1 unreadable" in res.output
     assert "Traceback" not in res.output
 
@@ -90,7 +89,7 @@ def test_failed_rerun_beside_a_finished_record_keeps_and_shows_both(tmp_path):
     assert "1 finished record(s) failed when rerun later" in md and "planted rerun failure" in md
     page = write_report(results, "html", plots=False)
     assert "Failed reruns of finished records (1)" in page and "planted rerun failure" in page
-    res = CliRunner().invoke(main, ["report", str(results), "--format", "csv"])
+    res = invoke("report", str(results), "--format", "csv")
     assert res.exit_code == 0 and "failed when rerun later" in res.output and "planted rerun failure" in res.output
 
 

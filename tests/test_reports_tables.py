@@ -12,6 +12,7 @@ from alignprobe.reports.report import write_report
 from alignprobe.reports.store import aggregate, load_results
 from alignprobe.reports.tables import render_table
 from reports_data import SEEDED, write_results
+from helpers import invoke
 
 METRICS = ["kmeans_nmi", "knn_top1@20", "linear_probe_top1", "zero_shot_top1", "probe_val_loss", "probe_epochs"]
 
@@ -154,12 +155,9 @@ def test_write_report_writes_atomically_and_returns_text(results, tmp_path):
 
 
 def test_report_without_format_or_output_is_markdown(results, tmp_path):
-    from click.testing import CliRunner
-
-    from alignprobe.cli import main
-
+    
     assert write_report(results, format=None, metrics="kmeans_nmi").startswith("| vision")
-    res = CliRunner().invoke(main, ["report", str(results), "--columns", "kmeans_nmi"])
+    res = invoke("report", str(results), "--columns", "kmeans_nmi")
     assert res.exit_code == 0, res.output
     assert res.output.startswith("| vision")
     with pytest.raises(ValidationError, match="cannot infer the report format"):
