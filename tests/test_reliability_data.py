@@ -13,20 +13,16 @@ from PIL import Image
 from alignprobe.errors import DataError
 from alignprobe.io import first_undecodable_byte, read_text
 from alignprobe.probe.data.spec import open_dataset
+from helpers import write_images
 
 
 def _png(path, colour=(200, 30, 30)):
     Image.new("RGB", (8, 8), colour).save(path)
 
 
-def _images(tmp_path, n):
-    for i in range(n):
-        _png(tmp_path / f"im{i}.png", (10 * i, 20, 30))
-
-
 # --------------------------------------------------------------------------- class 1: encodings
 def test_latin1_csv_fails_naming_file_offset_and_fix_then_reads_with_the_spec_key(tmp_path):
-    _images(tmp_path, 2)
+    write_images(tmp_path, 2)
     text = "image,caption\nim0.png,a caf\u00e9 by the sea\nim1.png,na\u00efve painting of a dog\n"
     path = tmp_path / "pairs.csv"
     path.write_bytes(text.encode("latin-1"))
@@ -43,7 +39,7 @@ def test_latin1_csv_fails_naming_file_offset_and_fix_then_reads_with_the_spec_ke
 
 
 def test_bom_is_accepted_in_csv_jsonl_and_coco(tmp_path):
-    _images(tmp_path, 2)
+    write_images(tmp_path, 2)
     bom = b"\xef\xbb\xbf"
     (tmp_path / "a.csv").write_bytes(bom + "image,caption\nim0.png,une caf\u00e9\n".encode())
     assert open_dataset(str(tmp_path / "a.csv")).captions(0) == ["une caf\u00e9"]
@@ -56,7 +52,7 @@ def test_bom_is_accepted_in_csv_jsonl_and_coco(tmp_path):
 
 
 def test_latin1_jsonl_and_coco_name_the_byte_and_read_with_the_key(tmp_path):
-    _images(tmp_path, 1)
+    write_images(tmp_path, 1)
     line = json.dumps({"image": "im0.png", "caption": "\u00fcber"}, ensure_ascii=False) + "\n"
     (tmp_path / "p.jsonl").write_bytes(line.encode("cp1252"))
     at = line.encode("cp1252").index(b"\xfc")
@@ -89,7 +85,7 @@ def test_template_and_class_name_files_follow_the_spec_encoding(tmp_path):
 
 
 def test_unknown_encoding_name_is_a_clear_error(tmp_path):
-    _images(tmp_path, 1)
+    write_images(tmp_path, 1)
     (tmp_path / "a.csv").write_text("image,caption\nim0.png,x\n")
     with pytest.raises(DataError, match="unknown text encoding 'klingon'.*latin-1"):
         open_dataset(f"csv:{tmp_path / 'a.csv'}?encoding=klingon")
@@ -133,7 +129,7 @@ def test_wds_txt_member_in_latin1_names_member_and_fix(tmp_path):
 
 # --------------------------------------------------------------------------- class 2: COCO ids
 def test_coco_mixed_type_ids_are_opaque_keys(tmp_path):
-    _images(tmp_path, 3)
+    write_images(tmp_path, 3)
     coco = {
         "images": [{"id": "a", "file_name": "im0.png"}, {"id": 2, "file_name": "im1.png"},
                    {"id": "2", "file_name": "im2.png"}],
@@ -154,7 +150,7 @@ def test_coco_mixed_type_ids_are_opaque_keys(tmp_path):
 
 
 def test_coco_unhashable_image_id_works_too(tmp_path):
-    _images(tmp_path, 1)
+    write_images(tmp_path, 1)
     coco = {"images": [{"id": {"x": 1}, "file_name": "im0.png"}],
             "annotations": [{"id": 1, "image_id": {"x": 1}, "caption": "dict id"}]}
     (tmp_path / "caps.json").write_text(json.dumps(coco))
