@@ -55,7 +55,7 @@ def test_correlate_reports_the_permutation_p_beside_the_interval():
     res = correlate(x, y, method="spearman", n_boot=200)
     assert res["p_permutation"] == pytest.approx(exact_p(x, y, "spearman"))
     assert res["p_permutation_exact"] is True
-    assert res["ci_low"] is not None and res["ci_note"] is None
+    assert res["ci_note"] is None and -1.0 <= res["ci_low"] <= res["coefficient"] <= res["ci_high"] <= 1.0
 
 
 @pytest.mark.parametrize("n", [3, 4])
@@ -69,7 +69,9 @@ def test_below_five_encoders_no_intervals(n):
     diff = correlation_difference(x, y, y, n_boot=100)
     assert diff["ci_low"] is None and diff["ci_note"] == TOO_FEW_FOR_INTERVALS
     x5 = np.arange(float(MIN_INTERVAL_N))
-    assert correlate(x5, x5 ** 1.5 + np.array([0, .2, -.1, .3, 0]), n_boot=100)["ci_low"] is not None
+    five = correlate(x5, x5 ** 1.5 + np.array([0, .2, -.1, .3, 0]), n_boot=100)
+    assert five["ci_note"] is None and five["n_boot_valid"] > 0
+    assert -1.0 <= five["ci_low"] <= five["coefficient"] <= five["ci_high"] <= 1.0
 
 
 def test_difference_of_identical_predictors_contains_zero():

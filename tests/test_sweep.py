@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from alignprobe.config import EncodeOptions
+from alignprobe.errors import ValidationError
 from alignprobe.probe.pipelines import sweep as sweep_module
 from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 from alignprobe.reports.store import load_results
@@ -52,7 +53,7 @@ def test_sweep_file_and_bad_input(tmp_path):
     assert len(cfg.pairs()) == 4 and cfg.pairs()[0].metrics == ("similarity",)
     bad = tmp_path / "bad.yaml"
     bad.write_text("vision: [pixels]\ntext: [bow]\nepochs: 3\n")
-    with pytest.raises(Exception, match="unknown key"):
+    with pytest.raises(ValidationError, match=r"unknown key\(s\) \['epochs'\]; valid: vision, text, seeds, run"):
         SweepConfig.from_file(bad)
-    with pytest.raises(Exception, match="duplicate"):
+    with pytest.raises(ValidationError, match=r"duplicate vision encoders in the sweep: \['pixels', 'pixels'\]"):
         SweepConfig(vision=["pixels", "pixels"], text=["bow"])
