@@ -239,7 +239,8 @@ def encode_all_layers(workspace: Workspace, modality: str, source, layers: Seque
         encoder, source, layers, cache=workspace.cache, batch_size=opts.batch_size,
         num_workers=opts.num_workers if modality == "vision" else 0, storage_dtype=opts.storage_dtype,
         shard_rows=opts.shard_rows, recompute=opts.recompute, strict=opts.strict, quiet=opts.quiet)
-    workspace.encoder_info[modality] = {n: encoder.at_layer(n).manifest() for n in layers}
+    # each entry's manifest names the layer's encoder (no second forward pass to rebuild the views)
+    workspace.encoder_info[modality] = {n: r.embeddings.manifest["identity"]["encoder"] for n, r in results.items()}
     del encoder
     return {n: r.embeddings for n, r in results.items()}
 
