@@ -158,7 +158,8 @@ class Encoder:
     def _forward_layers(self, batch: Any, layers: list[int]) -> dict[int, torch.Tensor]:
         raise ValidationError(
             f"encoder {self.spec.name!r} ({type(self).__name__}) cannot give layer-wise features; "
-            "layers are available for transformers and timm vision encoders"
+            "layers are available for transformers and timm vision encoders and for transformers and "
+            "sentence-transformers text encoders"
         )
 
     def at_layer(self, layer: int) -> Encoder:
