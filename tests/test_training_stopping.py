@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from alignprobe.errors import ValidationError
 from alignprobe.probe.training.config import TrainConfig, resolve_recipe
 from alignprobe.probe.training.engine import BestEpoch, LoopState, Trainer
 from helpers import planted
@@ -74,7 +75,7 @@ def test_the_reference_recipe_never_stops_early_and_the_small_data_recipe_does()
     small, changes = resolve_recipe("sail-probe", 3000)
     assert (small.patience, small.min_rel_delta, small.val_fraction) == (10, 0.01, 0.1)
     assert {"patience", "min_rel_delta"} <= {c["field"] for c in changes}
-    with pytest.raises(Exception, match="min_rel_delta"):
+    with pytest.raises(ValidationError, match=r"TrainConfig.min_rel_delta must be < 1"):
         TrainConfig(min_rel_delta=1.5)
 
 
