@@ -268,7 +268,7 @@ class RunPipeline:
         if cfg.labelled_train:
             bank = self.workspace.encode("labelled_train", cfg.labelled_train)
             if list(bank.dataset.class_names or []) != list(labelled.dataset.class_names or []):
-                raise DataError(f"--labelled-train {cfg.labelled_train!r} and --labelled {cfg.labelled!r} have "
+                raise DataError(f"labelled_train {cfg.labelled_train!r} (--labelled-train) and labelled {cfg.labelled!r} (--labelled) have "
                                 f"different class lists; the bank's labels must mean what the evaluated set's do")
             bank_y = bank.valid_labels()
             bank_rows = np.flatnonzero(bank.image_valid)
@@ -287,7 +287,7 @@ class RunPipeline:
         first = pairs.first_caption()
         usable = np.flatnonzero(pairs.image_valid & (first >= 0))
         if len(usable) < 4:
-            raise DataError(f"only {len(usable)} usable image-caption pairs in --pairs {self.config.pairs!r}; "
+            raise DataError(f"only {len(usable)} usable image-caption pairs in pairs {self.config.pairs!r} (--pairs); "
                             f"the probe needs at least 4")
         rows = nested_subset(usable, self.config.n_pairs, self.config.seed)
         self.details.update({"n_pairs": int(len(rows)), "n_pairs_requested": self.config.n_pairs,
