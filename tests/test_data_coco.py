@@ -8,6 +8,7 @@ from PIL import Image
 from alignprobe.errors import DataError, ImageLoadError
 from alignprobe.probe.data.spec import open_dataset
 from alignprobe.probe.data.datasets import flatten_captions
+from helpers import write_images
 
 
 def draw(path, colour=(0, 0, 0)):
@@ -103,3 +104,33 @@ def test_flickr_style_without_filepath(tmp_path):
     ds = open_dataset(f"coco:{path}?images={tmp_path / 'flickr'}&split=test")
     assert ds.ids == ["1.jpg"] and ds.captions(0) == ["a man.", "a guy."]
     assert ds.load_image(0).size == (5, 5)
+
+
+# --------------------------------------------------------------------------- ids of mixed types are opaque keys
+def test_coco_mixed_type_ids_are_opaque_keys(tmp_path):
+    write_images(tmp_path, 3)
+    coco = {
+        "images": [{"id": "a", "file_name": "im0.png"}, {"id": 2, "file_name": "im1.png"},
+                   {"id": "2", "file_name": "im2.png"}],
+        "annotations": [
+            {"id": "z9", "image_id": "a", "caption": "third by id (a string id sorts after numbers)"},
+            {"id": 7, "image_id": "a", "caption": "second by id"},
+            {"id": 1.5, "image_id": "a", "caption": "first by id"},
+            {"id": "k", "image_id": 2, "caption": "number two"},
+            {"id": [3], "image_id": "2", "caption": "string two"},
+        ],
+    }
+    (tmp_path / "caps.json").write_text(json.dumps(coco))
+    ds = open_dataset(f"coco:{tmp_path / 'caps.json'}")
+    assert ds.ids == ["im0.png", "im1.png", "im2.png"]
+    assert ds.captions(0) == ["first by id", "second by id", "third by id (a string id sorts after numbers)"]
+    # 2 and "2" are different ids: each image keeps only its own caption.
+    assert ds.captions(1) == ["number two"] and ds.captions(2) == ["string two"]
+
+
+def test_coco_unhashable_image_id_works_too(tmp_path):
+    write_images(tmp_path, 1)
+    coco = {"images": [{"id": {"x": 1}, "file_name": "im0.png"}],
+            "annotations": [{"id": 1, "image_id": {"x": 1}, "caption": "dict id"}]}
+    (tmp_path / "caps.json").write_text(json.dumps(coco))
+    assert open_dataset(f"coco:{tmp_path / 'caps.json'}").captions(0) == ["dict id"]

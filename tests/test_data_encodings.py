@@ -1,26 +1,31 @@
-"""Reliability of the data readers under odd but real input: text encodings (issue 11, class 1),
-opaque mixed-type COCO ids (class 2), webdataset shards cut short (class 8)."""
+"""Text encodings of the files the data readers open: CSV / JSONL / COCO captions, class-name and
+template files, Winoground, MMVP and segmentation class files, with or without a byte-order mark
+(UTF-8, UTF-16, UTF-32); an undecodable byte is named by file and offset
+with the `?encoding=` fix, and the spec key reads the file in that encoding."""
 from __future__ import annotations
 
-import io
+import codecs
 import json
-import logging
-import tarfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from alignprobe.errors import DataError
 from alignprobe.io import first_undecodable_byte, read_text
+from alignprobe.probe.data.readers_mmvp import read_mmvp
+from alignprobe.probe.data.readers_seg import read_class_queries
+from alignprobe.probe.data.readers_winoground import read_winoground
 from alignprobe.probe.data.spec import open_dataset
 from helpers import write_images
 
 
-def _png(path, colour=(200, 30, 30)):
-    Image.new("RGB", (8, 8), colour).save(path)
+def draw(path, size=(8, 6), colour=(200, 10, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
 
 
-# --------------------------------------------------------------------------- class 1: encodings
 def test_latin1_csv_fails_naming_file_offset_and_fix_then_reads_with_the_spec_key(tmp_path):
     write_images(tmp_path, 2)
     text = "image,caption\nim0.png,a caf\u00e9 by the sea\nim1.png,na\u00efve painting of a dog\n"
@@ -70,7 +75,7 @@ def test_latin1_jsonl_and_coco_name_the_byte_and_read_with_the_key(tmp_path):
 def test_template_and_class_name_files_follow_the_spec_encoding(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
-        _png(tmp_path / "imgs" / cls / "a.png")
+        draw(tmp_path / "imgs" / cls / "a.png")
     (tmp_path / "templates.txt").write_bytes("une photo d'un {}, tr\u00e8s net.\n".encode("latin-1"))
     (tmp_path / "names.txt").write_bytes("chat \u00e9l\u00e9gant\nchien\n".encode("latin-1"))
     at = (tmp_path / "templates.txt").read_bytes().index(b"\xe8")
@@ -102,101 +107,73 @@ def test_first_undecodable_byte_is_exact_across_read_chunks(tmp_path):
     assert first_undecodable_byte(path, "latin-1") is None
 
 
-def _wds_shard(path, n, *, txt_encoding="utf-8", end_marker=True):
-    """A webdataset shard of n samples (png + txt); without the end marker it is cut at a member boundary."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for i in range(n):
-            img = io.BytesIO()
-            Image.new("RGB", (4, 4), (i, 0, 0)).save(img, format="PNG")
-            for name, data in ((f"{i:05d}.png", img.getvalue()),
-                               (f"{i:05d}.txt", f"sample {i} caf\u00e9".encode(txt_encoding))):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-        members_end = buf.tell()
-    data = buf.getvalue()
-    path.write_bytes(data if end_marker else data[:members_end])
-    return members_end
+def test_utf16_with_a_bom_is_read(tmp_path):
+    draw(tmp_path / "a.png")
+    text = "image,caption,label\na.png,un café,chat\n"
+    for codec, bom in (("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE)):
+        (tmp_path / "p.csv").write_bytes(bom + text.encode(codec))
+        ds = open_dataset(f"csv:{tmp_path / 'p.csv'}")
+        assert ds.captions(0) == ["un café"] and ds.class_names == ["chat"]
+    names = tmp_path / "names.txt"
+    names.write_bytes(codecs.BOM_UTF16_LE + "chat a cat\n".encode("utf-16-le"))
+    assert open_dataset(f"csv:{tmp_path / 'p.csv'}?class_names={names}").class_names == ["a cat"]
+    (tmp_path / "u32.txt").write_bytes(codecs.BOM_UTF32_LE + "ok".encode("utf-32-le"))
+    assert read_text(tmp_path / "u32.txt") == "ok"
 
 
-def test_wds_txt_member_in_latin1_names_member_and_fix(tmp_path):
-    _wds_shard(tmp_path / "s.tar", 2, txt_encoding="latin-1")
-    with pytest.raises(DataError, match=r"s\.tar:00000\.txt is not UTF-8 text \(byte offset 12.*encoding=latin-1"):
-        open_dataset(f"wds:{tmp_path / 's.tar'}")
-    assert open_dataset(f"wds:{tmp_path / 's.tar'}?encoding=latin-1").captions(1) == ["sample 1 caf\u00e9"]
+def test_utf16_without_a_bom_is_told_utf16_not_latin1(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_bytes("image,caption\na.png,café\n".encode("utf-16-le"))
+    with pytest.raises(DataError) as exc:
+        open_dataset(f"csv:{f}")
+    assert "UTF-16-LE" in str(exc.value) and "?encoding=utf-16-le" in str(exc.value)
+    assert "iconv -f utf-16-le" in str(exc.value) and "latin1" not in str(exc.value)
 
 
-# --------------------------------------------------------------------------- class 2: COCO ids
-def test_coco_mixed_type_ids_are_opaque_keys(tmp_path):
-    write_images(tmp_path, 3)
-    coco = {
-        "images": [{"id": "a", "file_name": "im0.png"}, {"id": 2, "file_name": "im1.png"},
-                   {"id": "2", "file_name": "im2.png"}],
-        "annotations": [
-            {"id": "z9", "image_id": "a", "caption": "third by id (a string id sorts after numbers)"},
-            {"id": 7, "image_id": "a", "caption": "second by id"},
-            {"id": 1.5, "image_id": "a", "caption": "first by id"},
-            {"id": "k", "image_id": 2, "caption": "number two"},
-            {"id": [3], "image_id": "2", "caption": "string two"},
-        ],
-    }
-    (tmp_path / "caps.json").write_text(json.dumps(coco))
-    ds = open_dataset(f"coco:{tmp_path / 'caps.json'}")
-    assert ds.ids == ["im0.png", "im1.png", "im2.png"]
-    assert ds.captions(0) == ["first by id", "second by id", "third by id (a string id sorts after numbers)"]
-    # 2 and "2" are different ids: each image keeps only its own caption.
-    assert ds.captions(1) == ["number two"] and ds.captions(2) == ["string two"]
+def test_latin1_gets_the_latin1_fix(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_bytes("image,caption\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"byte offset 23.*encoding=latin-1"):
+        open_dataset(f"csv:{f}")
 
 
-def test_coco_unhashable_image_id_works_too(tmp_path):
-    write_images(tmp_path, 1)
-    coco = {"images": [{"id": {"x": 1}, "file_name": "im0.png"}],
-            "annotations": [{"id": 1, "image_id": {"x": 1}, "caption": "dict id"}]}
-    (tmp_path / "caps.json").write_text(json.dumps(coco))
-    assert open_dataset(f"coco:{tmp_path / 'caps.json'}").captions(0) == ["dict id"]
+def test_latin1_winoground_mmvp_and_class_files_are_clear_errors(tmp_path):
+    wino = tmp_path / "wino"
+    (wino / "images").mkdir(parents=True)
+    for k in (0, 1):
+        draw(wino / "images" / f"ex_0_img_{k}.png")
+    line = {"id": 0, "caption_0": "un caf\xe9", "caption_1": "x", "image_0": "ex_0_img_0", "image_1": "ex_0_img_1"}
+    (wino / "examples.jsonl").write_bytes((json.dumps(line, ensure_ascii=False) + "\n").encode("latin-1"))
+    with pytest.raises(DataError, match=r"examples.jsonl is not valid UTF-8 text at byte offset"):
+        read_winoground(wino)
+    assert read_winoground(wino, encoding="latin-1")[0].captions[0] == "un caf\xe9"
+
+    mmvp = tmp_path / "mmvp"
+    for q in (1, 2):
+        draw(mmvp / "MLLM_VLM Images" / "Colour" / f"{q}.jpg")
+    (mmvp / "Questions.csv").write_bytes("Question ID,Type,Statement\n1,Colour,caf\xe9 red\n2,Colour,blue\n"
+                                         .encode("latin-1"))
+    with pytest.raises(DataError, match=r"Questions.csv is not valid UTF-8 text"):
+        read_mmvp(mmvp)
+    assert read_mmvp(mmvp, encoding="latin-1")[0].statements[0] == "caf\xe9 red"
+
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes("background\ncaf\xe9, coffee shop\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"classes.txt is not valid UTF-8 text"):
+        read_class_queries(classes)
+    assert read_class_queries(classes, "latin-1")[1] == ["caf\xe9", "coffee shop"]
 
 
-# --------------------------------------------------------------------------- class 8: short shards
-def test_wds_shard_cut_at_member_boundary_is_reported_and_strict_fails(tmp_path, caplog):
-    (tmp_path / "shards").mkdir()
-    _wds_shard(tmp_path / "shards" / "00000.tar", 6)
-    _wds_shard(tmp_path / "shards" / "00001.tar", 6)
-    whole = (tmp_path / "shards" / "00001.tar").read_bytes()
-    # Cut shard 1 right after its 4th sample (8 members): tarfile itself reads on silently.
-    with tarfile.open(tmp_path / "shards" / "00001.tar") as tf:
-        members = tf.getmembers()
-    cut = members[8].offset
-    (tmp_path / "shards" / "00001.tar").write_bytes(whole[:cut])
-    with tarfile.open(tmp_path / "shards" / "00001.tar") as tf:
-        assert len(tf.getmembers()) == 8  # the bug: no error from tarfile
+def test_segmentation_spec_takes_an_encoding(tmp_path):
+    from alignprobe.probe.data.readers_seg import open_segmentation
 
-    with caplog.at_level(logging.WARNING, logger="alignprobe.data"):
-        ds = open_dataset(f"wds:{tmp_path / 'shards'}")
-    assert len(ds) == 10  # what remains is usable without --strict ...
-    short = ds.describe()["short_shards"]
-    assert list(short) == [str((tmp_path / "shards" / "00001.tar").resolve())]
-    assert "end-of-archive" in short[next(iter(short))] and "4 samples read" in short[next(iter(short))]
-    assert "00001.tar is short" in caplog.text  # ... and it is reported
-    with pytest.raises(DataError, match=r"1 shard\(s\) are short.*00001\.tar.*--strict"):
-        open_dataset(f"wds:{tmp_path / 'shards'}", strict=True)
-    assert open_dataset(f"wds:{tmp_path / 'shards' / '00000.tar'}", strict=True).describe()["short_shards"] == {}
-
-
-def test_wds_garbage_after_members_and_stats_count_are_short(tmp_path):
-    end = _wds_shard(tmp_path / "g.tar", 3)
-    data = (tmp_path / "g.tar").read_bytes()
-    # A damaged header where the next member would start: tarfile stops quietly there too.
-    (tmp_path / "g.tar").write_bytes(data[:end] + b"\x01" * 512 + data[end:])
-    ds = open_dataset(f"wds:{tmp_path / 'g.tar'}")
-    assert "unreadable data from byte" in ds.describe()["short_shards"][str((tmp_path / "g.tar").resolve())]
-
-    _wds_shard(tmp_path / "00007.tar", 3)
-    (tmp_path / "00007_stats.json").write_text(json.dumps({"successes": 5, "count": 6}))
-    ds = open_dataset(f"wds:{tmp_path / '00007.tar'}")
-    assert ds.describe()["short_shards"] == {str((tmp_path / "00007.tar").resolve()):
-                                             "3 samples but 00007_stats.json counts 5"}
-    with pytest.raises(DataError, match="00007_stats.json counts 5"):
-        open_dataset(f"wds:{tmp_path / '00007.tar'}", strict=True)
-    (tmp_path / "00007_stats.json").write_text(json.dumps({"successes": 3}))
-    assert open_dataset(f"wds:{tmp_path / '00007.tar'}", strict=True).describe()["short_shards"] == {}
+    root = tmp_path / "seg"
+    draw(root / "images" / "x.png", size=(4, 4))
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(root / "masks" / "x.png")
+    (root / "classes.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        open_segmentation(f"seg:{root}")
+    assert open_segmentation(f"seg:{root}?encoding=latin-1").class_names == ["caf\xe9"]
+    with pytest.raises(DataError, match="unknown text encoding"):
+        open_segmentation(f"seg:{root}?encoding=klingon")

@@ -1,6 +1,7 @@
 """webdataset / img2dataset tar shards read by recorded offsets."""
 import io
 import json
+import logging
 import os
 import pickle
 import tarfile
@@ -162,3 +163,73 @@ def test_works_in_dataloader_workers(tmp_path):
                                          multiprocessing_context="fork")
     got = [int(v) for batch in loader for v in batch]
     assert got == expected
+
+
+# --------------------------------------------------------------------------- shards cut short, and text members in other encodings
+def _wds_shard(path, n, *, txt_encoding="utf-8", end_marker=True):
+    """A webdataset shard of n samples (png + txt); without the end marker it is cut at a member boundary."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(n):
+            img = io.BytesIO()
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(img, format="PNG")
+            for name, data in ((f"{i:05d}.png", img.getvalue()),
+                               (f"{i:05d}.txt", f"sample {i} caf\u00e9".encode(txt_encoding))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        members_end = buf.tell()
+    data = buf.getvalue()
+    path.write_bytes(data if end_marker else data[:members_end])
+    return members_end
+
+
+def test_wds_txt_member_in_latin1_names_member_and_fix(tmp_path):
+    _wds_shard(tmp_path / "s.tar", 2, txt_encoding="latin-1")
+    with pytest.raises(DataError, match=r"s\.tar:00000\.txt is not UTF-8 text \(byte offset 12.*encoding=latin-1"):
+        open_dataset(f"wds:{tmp_path / 's.tar'}")
+    assert open_dataset(f"wds:{tmp_path / 's.tar'}?encoding=latin-1").captions(1) == ["sample 1 caf\u00e9"]
+
+
+def test_wds_shard_cut_at_member_boundary_is_reported_and_strict_fails(tmp_path, caplog):
+    (tmp_path / "shards").mkdir()
+    _wds_shard(tmp_path / "shards" / "00000.tar", 6)
+    _wds_shard(tmp_path / "shards" / "00001.tar", 6)
+    whole = (tmp_path / "shards" / "00001.tar").read_bytes()
+    # Cut shard 1 right after its 4th sample (8 members): tarfile itself reads on silently.
+    with tarfile.open(tmp_path / "shards" / "00001.tar") as tf:
+        members = tf.getmembers()
+    cut = members[8].offset
+    (tmp_path / "shards" / "00001.tar").write_bytes(whole[:cut])
+    with tarfile.open(tmp_path / "shards" / "00001.tar") as tf:
+        assert len(tf.getmembers()) == 8  # the bug: no error from tarfile
+
+    with caplog.at_level(logging.WARNING, logger="alignprobe.data"):
+        ds = open_dataset(f"wds:{tmp_path / 'shards'}")
+    assert len(ds) == 10  # what remains is usable without --strict ...
+    short = ds.describe()["short_shards"]
+    assert list(short) == [str((tmp_path / "shards" / "00001.tar").resolve())]
+    assert "end-of-archive" in short[next(iter(short))] and "4 samples read" in short[next(iter(short))]
+    assert "00001.tar is short" in caplog.text  # ... and it is reported
+    with pytest.raises(DataError, match=r"1 shard\(s\) are short.*00001\.tar.*--strict"):
+        open_dataset(f"wds:{tmp_path / 'shards'}", strict=True)
+    assert open_dataset(f"wds:{tmp_path / 'shards' / '00000.tar'}", strict=True).describe()["short_shards"] == {}
+
+
+def test_wds_garbage_after_members_and_stats_count_are_short(tmp_path):
+    end = _wds_shard(tmp_path / "g.tar", 3)
+    data = (tmp_path / "g.tar").read_bytes()
+    # A damaged header where the next member would start: tarfile stops quietly there too.
+    (tmp_path / "g.tar").write_bytes(data[:end] + b"\x01" * 512 + data[end:])
+    ds = open_dataset(f"wds:{tmp_path / 'g.tar'}")
+    assert "unreadable data from byte" in ds.describe()["short_shards"][str((tmp_path / "g.tar").resolve())]
+
+    _wds_shard(tmp_path / "00007.tar", 3)
+    (tmp_path / "00007_stats.json").write_text(json.dumps({"successes": 5, "count": 6}))
+    ds = open_dataset(f"wds:{tmp_path / '00007.tar'}")
+    assert ds.describe()["short_shards"] == {str((tmp_path / "00007.tar").resolve()):
+                                             "3 samples but 00007_stats.json counts 5"}
+    with pytest.raises(DataError, match="00007_stats.json counts 5"):
+        open_dataset(f"wds:{tmp_path / '00007.tar'}", strict=True)
+    (tmp_path / "00007_stats.json").write_text(json.dumps({"successes": 3}))
+    assert open_dataset(f"wds:{tmp_path / '00007.tar'}", strict=True).describe()["short_shards"] == {}
