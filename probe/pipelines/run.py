@@ -82,7 +82,9 @@ class RunConfig(EncoderPair):
     n_permutations: int = DEFAULT_PERMUTATIONS  # permutations calibrating each similarity score
     similarity_alpha: float = 0.05  # level of the calibration threshold
     baselines: tuple[str, ...] = DEFAULT_BASELINES  # training-free baselines beside the probe; () = none
-    n_pairs: int | float | None = None  # a nested seeded subset of the training pairs (count or fraction); None: all
+    # A nested seeded subset of the training pairs (count or fraction; None: all) for the probe and the
+    # baselines; similarity is then measured on the pairs the probe did not train on.
+    n_pairs: int | float | None = None
     similarity_samples: int | None = 1024  # platonic-rep: scores depend on n, so n is fixed and recorded
     retrieval_max_captions: int | None = 5  # SAIL coco_zs_retrieval.py / CLIP_benchmark: 5 captions an image
     labelled_test_fraction: float = 0.3  # of the labelled set, held out for k-NN / linear probe (split protocol)

@@ -4,6 +4,9 @@ Each pair is one `run_pair` call writing one record, so a rerun skips the
 pairs already finished with the same config, a failing pair is recorded as
 failed while the others go on, and `--shard i/n` gives n jobs disjoint,
 deterministic shares of the grid that land in one results directory.
+With ``run: {n_pairs: [500, 2000, all]}`` each pair is also probed on nested,
+seeded subsets of its training pairs, one record per size
+(`alignprobe.reports.plots.plot_alignment_vs_pairs` draws the curve).
 """
 from __future__ import annotations
 
