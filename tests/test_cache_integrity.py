@@ -1,9 +1,8 @@
-"""Reliability of the embedding cache (issue 11): damaged entries (class 5), --strict against
-cached skips (7), fp16 overflow (9), concurrent finalisation (13), file modes (14), resume
-granularity (15), NaN wording (16)."""
+"""The embedding cache's integrity: damaged entries are reported, moved aside and recomputed; strict
+mode against entries cached with skips; fp16 overflow refused before casting; concurrent
+finalisation; file modes that follow the umask; shard size as the resume unit; NaN wording."""
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import stat
@@ -86,7 +85,7 @@ def _encode(cache, n=20, shard_rows=8, **kw):
     return res, enc
 
 
-# --------------------------------------------------------------------------- class 5: damaged entries
+# --------------------------------------------------------------------------- damaged entries
 @pytest.mark.parametrize("damage", ["truncate_shard", "empty_shard", "truncate_manifest", "empty_manifest",
                                     "delete_shard"])
 def test_damaged_entry_is_reported_moved_aside_and_recomputed(tmp_path, damage, caplog):
@@ -165,7 +164,7 @@ def test_check_shard_reports_what_is_wrong(tmp_path):
     assert "no header" in check_shard(shard)
 
 
-# --------------------------------------------------------------------------- class 7: strict vs cache
+# --------------------------------------------------------------------------- strict vs cache
 def test_strict_against_a_lenient_cached_entry_names_the_skipped_images(tmp_path):
     cache = EmbeddingCache(tmp_path)
     lenient = encode_source(ToyVision(), ImageSource(ToyImages(12, missing={3, 7})), cache=cache, batch_size=4,
@@ -202,7 +201,7 @@ def test_strict_resume_over_lenient_shards_is_an_error_too(tmp_path):
     assert ok.skipped == {}
 
 
-# --------------------------------------------------------------------------- class 9: fp16 overflow
+# --------------------------------------------------------------------------- fp16 overflow
 def test_fp16_overflow_is_refused_before_casting_and_fp32_stores_it(tmp_path):
     cache = EmbeddingCache(tmp_path)
     with pytest.raises(ValidationError, match=r"beyond the fp16 range.*--storage-dtype fp32"):
@@ -215,7 +214,7 @@ def test_fp16_overflow_is_refused_before_casting_and_fp32_stores_it(tmp_path):
     assert np.isfinite(_encode(cache, encoder=Toy(scale=1.0))[0].embeddings.to_numpy()).all()
 
 
-# --------------------------------------------------------------------------- class 13: finalize
+# --------------------------------------------------------------------------- finalize
 def _finish(root, n_rounds, queue):
     try:
         cache = EmbeddingCache(root)
@@ -251,7 +250,7 @@ def test_concurrent_finalize_is_idempotent(tmp_path):
     assert not (cache.entry_dir(identity) / "manifest.partial.json").exists()
 
 
-# --------------------------------------------------------------------------- class 14: umask
+# --------------------------------------------------------------------------- umask
 @pytest.fixture
 def umask_002():
     old = os.umask(0o002)
@@ -289,7 +288,7 @@ def test_checkpoint_dirs_follow_the_umask_and_stale_tmp_dirs_are_pruned(tmp_path
     assert store.load()["state"] == {"epoch": 2}
 
 
-# --------------------------------------------------------------------------- class 15: shard rows
+# --------------------------------------------------------------------------- shard rows
 def test_shard_rows_sets_the_resume_unit_and_other_sizes_are_still_hits(tmp_path):
     cache = EmbeddingCache(tmp_path)
     source = TextSource("caps", _texts(10))
@@ -321,7 +320,7 @@ def test_default_shard_is_small_enough_for_slow_encoders():
     assert identity.shard_rows == DEFAULT_SHARD_ROWS <= 4096
 
 
-# --------------------------------------------------------------------------- class 16: wording
+# --------------------------------------------------------------------------- wording
 def test_nonfinite_message_suggests_fp32_only_below_fp32():
     assert "try --dtype fp32" in nonfinite_message("enc", "data", 0, 8, "fp16")
     assert "try --dtype fp32" in nonfinite_message("enc", "data", 0, 8, "bf16")
