@@ -76,8 +76,8 @@ def baseline_lines(metrics: dict) -> list[str]:
     for metric in shown:
         value, method = best[metric]
         probe = float(metrics[metric])
-        lines.append(f"  {_LABELS.get(metric, metric).ljust(width)} probe {probe:.4f}  best baseline {value:.4f} ({method})"
-                     f"  probe - baseline {probe - value:+.4f}")
+        lines.append(f"  {_LABELS.get(metric, metric).ljust(width)} probe {probe:.4f}  "
+                     f"best baseline {value:.4f} ({method})  probe - baseline {probe - value:+.4f}")
     return lines
 
 

@@ -44,7 +44,8 @@ def test_sweep_probes_each_subset_into_its_own_record_and_plots(tmp_path, one_to
     n_all = records[1]["details"]["n_pairs_available"]
     assert [r["metrics"]["n_pairs"] for r in records] == [30, n_all, 30, n_all]
     assert records[0]["config"]["n_pairs"] == 30 and records[1]["config"]["n_pairs"] is None
-    assert records[0]["details"]["train_images"] < 30 < records[1]["details"]["train_images"]  # the probe saw the subset
+    # the probe saw the subset
+    assert records[0]["details"]["train_images"] < 30 < records[1]["details"]["train_images"]
     again = run_sweep(SweepConfig(vision=["pixels-8", "hog-16"], text=["bow"], run=run), out_dir=tmp_path,
                       options=options)
     assert [o.status for o in again] == ["skipped"] * 4  # n_pairs is part of the reuse key, and it matches
