@@ -1,6 +1,9 @@
-"""Figures: the printed correlations are `correlate`'s, files are written, errors are clear."""
+"""Figures: the printed correlations are `correlate`'s, files are written, errors are clear; a constant
+metric is skipped with a note; encoder names with dollar signs are drawn as typed."""
+import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +12,15 @@ from alignprobe.errors import ValidationError
 from alignprobe.metrics import correlate
 from alignprobe.reports.plots import make_plots, plot_correlation, plot_heatmap, plot_predictor_summary
 from alignprobe.reports.store import aggregate, load_results
-from reports_data import FAILED, TEXT, VISION, write_results
+from alignprobe.reports.records import write_record
+from alignprobe.reports.report import write_report
+from helpers import invoke
+from reports_data import FAILED, TEXT, VISION, record, write_results
 
 N_BOOT = 200  # enough to exercise the bootstrap; the default 1000 only slows the tests
 FEW = ("kmeans_nmi", "linear_probe_top1", "zero_shot_top1")  # fewer metrics: fewer figures
+WITH_R1 = FEW + ("i2t_r1",)
+NAMES = ["$x^2$-vit", "cost$5", r"$\notacommand{$", "plain-vit"]  # encoder names with dollar signs
 NUM = r"(-?\d\.\d\d|nan)"
 
 
@@ -152,3 +160,79 @@ def test_errors_for_empty_dir_and_too_few_points(tmp_path):
         plot_correlation(three, "kmeans_nmi", "zero_shot_top1", text="mpnet", n_boot=N_BOOT)
     with pytest.raises(ValidationError, match="not in these results"):
         plot_correlation(three, "kmeans_nmi", "i2t_r1", n_boot=N_BOOT)
+
+
+# --------------------------------------------------------------------------- a metric that is constant
+def _make_constant(results: Path, metric: str, value: float) -> None:
+    for path in results.glob("probe__*.json"):
+        rec = json.loads(path.read_text())
+        if rec.get("metrics"):
+            rec["metrics"][metric] = value
+            path.write_text(json.dumps(rec))
+
+
+def test_plot_skips_a_constant_metric_with_a_note_and_draws_the_rest(tmp_path):
+    results = write_results(tmp_path / "r", keep=WITH_R1)
+    _make_constant(results, "i2t_r1", 1.0)  # e.g. R@k on `digits`: every caption of a class is the same
+    notes: list[str] = []
+    paths = make_plots(results, tmp_path / "plots", formats=("png",), n_boot=50, notes=notes)
+    names = {p.name for p in paths}
+    assert "corr__zero_shot_top1__vs__kmeans_nmi.png" in names
+    assert "corr__zero_shot_top1__vs__linear_probe_top1.png" in names
+    assert "summary__zero_shot_top1.png" in names and "heatmap__zero_shot_top1.png" in names
+    assert not any("i2t_r1" in n for n in names if n.endswith(".png"))
+    assert any("corr__i2t_r1__vs__kmeans_nmi" in n and "i2t_r1 is constant (1.0)" in n for n in notes), notes
+    assert len([n for n in notes if "i2t_r1" in n]) == 2  # both of its figures, each named
+
+
+def test_plot_with_a_constant_predictor_keeps_the_other_predictor_in_the_summary(tmp_path):
+    results = write_results(tmp_path / "r", keep=WITH_R1)
+    _make_constant(results, "linear_probe_top1", 0.5)
+    notes: list[str] = []
+    paths = make_plots(results, tmp_path / "plots", formats=("png",), n_boot=50, notes=notes)
+    names = {p.name for p in paths}
+    assert "corr__zero_shot_top1__vs__kmeans_nmi.png" in names and "summary__zero_shot_top1.png" in names
+    assert "corr__zero_shot_top1__vs__linear_probe_top1.png" not in names
+    assert any("linear_probe_top1 is constant" in n for n in notes)
+
+
+def test_plot_command_prints_the_notes(tmp_path):
+    results = write_results(tmp_path / "r", keep=WITH_R1)
+    _make_constant(results, "i2t_r1", 0.0)
+    result = invoke("plot", str(results), "--format", "png", "--n-boot", "20",
+                                       "-o", str(tmp_path / "p"))
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "note: skipped corr__i2t_r1__vs__kmeans_nmi" in result.output
+    assert (tmp_path / "p" / "corr__zero_shot_top1__vs__kmeans_nmi.png").exists()
+
+
+# --------------------------------------------------------------------------- names with dollar signs are drawn as typed
+def _dollar_results(out: Path) -> Path:
+    bases = ["dinov2-b", "dino-b", "mae-b", "clip-b"]
+    for name, base in zip(NAMES, bases):
+        rec = record(base, "minilm", keep=WITH_R1)
+        rec.update(vision=name, config_hash=f"h{bases.index(base)}", group_hash=f"g{bases.index(base)}")
+        rec["vision_info"]["family"] = "fam$ily"
+        write_record(out / f"probe__v{bases.index(base)}__minilm.json", rec)
+    return out
+
+
+def test_dollar_signs_in_names_are_not_mathtext(tmp_path):
+    results = _dollar_results(tmp_path / "r")
+    paths = make_plots(results, tmp_path / "plots", formats=("png", "svg"), n_boot=20)
+    assert any(p.suffix == ".png" for p in paths)
+    fig, _ = plot_heatmap(load_results(results), "zero_shot_top1")
+    fig.canvas.draw() if hasattr(fig.canvas, "draw") else None
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert sorted(labels) == sorted(NAMES)
+    assert not any(t.get_parse_math() for t in fig.axes[0].get_yticklabels())
+    svg = next(p for p in paths if p.suffix == ".svg" and p.stem.startswith("corr__")).read_text()
+    # drawn as typed: the caret is a glyph of its own (mathtext would have raised the "2" instead)
+    assert "<!-- $x^2$-vit -->" in svg and 'id="DejaVuSans-5e"' in svg
+
+
+def test_dollar_signs_in_names_do_not_abort_the_html_report(tmp_path):
+    results = _dollar_results(tmp_path / "r")
+    page = write_report(results, "html", n_boot=20)
+    assert "No plots" not in page and "<img" in page
+    assert "$x^2$-vit" in page and "cost$5" in page

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from alignprobe.errors import DamagedRecordError, ResultNotSavedError
-from alignprobe.reports.plots import make_plots
 from alignprobe.reports.records import lookup_record, read_record, write_record
 from alignprobe.reports.store import load_results, results_header, unreadable_records
 from reports_data import write_results
@@ -26,7 +25,7 @@ def _damage(path: Path, how: str) -> bytes:
     return path.read_bytes()
 
 
-# --------------------------------------------------------------------------- class 6: damaged records
+# --------------------------------------------------------------------------- damaged records
 @pytest.mark.parametrize("how", ["truncate", "empty", "list", "binary"])
 def test_read_record_names_the_damaged_file(tmp_path, how):
     path = write_record(tmp_path / "probe__a__b__h.json", {"vision": "a", "text": "b", "status": "ok"})
@@ -80,7 +79,7 @@ def test_lookup_treats_a_damaged_record_as_missing_and_keeps_it_aside(tmp_path, 
     assert list(load_results(tmp_path)["path"]) == [str(path)]
 
 
-# --------------------------------------------------------------------------- class 4: unwritable results
+# --------------------------------------------------------------------------- unwritable results
 def _private_tmp(tmp_path, monkeypatch) -> Path:
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
@@ -156,47 +155,3 @@ def test_report_that_cannot_be_written_at_the_end_is_printed_instead(tmp_path, m
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "No space left on device" in result.output and "printed above instead" in result.output
     assert re.search(r"^\| dinov2-b ", result.output, re.M), result.output  # the table itself
-
-
-# --------------------------------------------------------------------------- class 12: degenerate plots
-def _make_constant(results: Path, metric: str, value: float) -> None:
-    for path in results.glob("probe__*.json"):
-        rec = json.loads(path.read_text())
-        if rec.get("metrics"):
-            rec["metrics"][metric] = value
-            path.write_text(json.dumps(rec))
-
-
-def test_plot_skips_a_constant_metric_with_a_note_and_draws_the_rest(tmp_path):
-    results = write_results(tmp_path / "r", keep=FEW)
-    _make_constant(results, "i2t_r1", 1.0)  # e.g. R@k on `digits`: every caption of a class is the same
-    notes: list[str] = []
-    paths = make_plots(results, tmp_path / "plots", formats=("png",), n_boot=50, notes=notes)
-    names = {p.name for p in paths}
-    assert "corr__zero_shot_top1__vs__kmeans_nmi.png" in names
-    assert "corr__zero_shot_top1__vs__linear_probe_top1.png" in names
-    assert "summary__zero_shot_top1.png" in names and "heatmap__zero_shot_top1.png" in names
-    assert not any("i2t_r1" in n for n in names if n.endswith(".png"))
-    assert any("corr__i2t_r1__vs__kmeans_nmi" in n and "i2t_r1 is constant (1.0)" in n for n in notes), notes
-    assert len([n for n in notes if "i2t_r1" in n]) == 2  # both of its figures, each named
-
-
-def test_plot_with_a_constant_predictor_keeps_the_other_predictor_in_the_summary(tmp_path):
-    results = write_results(tmp_path / "r", keep=FEW)
-    _make_constant(results, "linear_probe_top1", 0.5)
-    notes: list[str] = []
-    paths = make_plots(results, tmp_path / "plots", formats=("png",), n_boot=50, notes=notes)
-    names = {p.name for p in paths}
-    assert "corr__zero_shot_top1__vs__kmeans_nmi.png" in names and "summary__zero_shot_top1.png" in names
-    assert "corr__zero_shot_top1__vs__linear_probe_top1.png" not in names
-    assert any("linear_probe_top1 is constant" in n for n in notes)
-
-
-def test_plot_command_prints_the_notes(tmp_path):
-    results = write_results(tmp_path / "r", keep=FEW)
-    _make_constant(results, "i2t_r1", 0.0)
-    result = invoke("plot", str(results), "--format", "png", "--n-boot", "20",
-                                       "-o", str(tmp_path / "p"))
-    assert result.exit_code == 0 and result.exception is None, result.output
-    assert "note: skipped corr__i2t_r1__vs__kmeans_nmi" in result.output
-    assert (tmp_path / "p" / "corr__zero_shot_top1__vs__kmeans_nmi.png").exists()
