@@ -1,5 +1,5 @@
-"""Tiny inputs that must not exhaust memory or time (issue 18, item 3), and the reuse key of files a
-spec names (item 7): labels through the values present, IDX headers checked while streaming, captions
+"""Tiny inputs that must not exhaust memory or time, and the reuse key of the files a dataset spec
+names: labels through the values present, IDX headers checked while streaming, captions
 cut before tokenising, an image-size limit, class-name and template files in the fingerprint."""
 import gzip
 import json

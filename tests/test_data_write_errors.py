@@ -1,5 +1,5 @@
-"""Writes that fail on a full disk, files damaged on disk, NaN in the cache (issue 18, items 9, 10 and
-11, the cache / checkpoint / readers part): the disk error is the OSError it is and nothing finished is
+"""Writes that fail on a full disk, files damaged on disk, NaN in the cache (the cache, checkpoint and
+reader parts): the disk error is the OSError it is and nothing finished is
 lost; a damaged weights file is one error naming it; NaN never passes the fp16 guard and names the
 cache entry; image-less webdataset samples are skipped and counted by the encoder like corrupt images."""
 from __future__ import annotations
