@@ -548,7 +548,8 @@ def make_pairs_plots(results_dir, output_dir: str | Path | None = None, metrics:
             raise ValidationError("pass output_dir when plotting a DataFrame")
         output_dir = Path(results_dir) / "plots"
     df = as_results(results_dir)
-    chosen = list(metrics) if metrics else [m for m in ALIGNMENT if _has_values(df, m)]
+    _require_metrics(df, [N_PAIRS])
+    chosen = list(metrics) if metrics else [m for m in ALIGNMENT if _has_values(df[df[N_PAIRS].notna()], m)]
     written = []
     for m in chosen:
         fig, curve = plot_alignment_vs_pairs(df, m, text=text, kind=kind)
@@ -556,6 +557,19 @@ def make_pairs_plots(results_dir, output_dir: str | Path | None = None, metrics:
             written.append(save_figure(fig, Path(output_dir) / f"pairs__{_slug(m)}.{fmt}", fmt))
         written.append(export_results(curve, Path(output_dir) / f"pairs__{_slug(m)}.csv"))
     return written
+
+
+def _several_n_pairs(df: pd.DataFrame) -> bool:
+    if N_PAIRS not in df.columns:
+        return False
+    counts = df.dropna(subset=[N_PAIRS]).groupby(["kind", "vision", "text"])[N_PAIRS].nunique()
+    return bool((counts > 1).any())
+
+
+def _largest_n_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """The records at each (kind, vision, text)'s largest n_pairs (and those without one)."""
+    largest = df.groupby(["kind", "vision", "text"])[N_PAIRS].transform("max")
+    return df[df[N_PAIRS].isna() | (df[N_PAIRS] == largest)]
 
 
 def make_plots(results_dir, output_dir: str | Path | None = None, formats: Sequence[str] = ("png", "pdf"),
@@ -569,8 +583,10 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
     Files are `<name>.<format>`, written atomically. Returns the paths written.
     `exclude`: encoder names (e.g. controls) left out of every figure and
     correlation. `rows`: vision encoder names or a row filter, as in
-    `render_table` (e.g. one configuration of a pair run under several). `differences.csv` holds the clustering-minus-separability
-    intervals (`alignprobe.reports.correlations.correlation_statistics`).
+    `render_table` (e.g. one configuration of a pair run under several). `differences.csv` holds the
+    clustering-minus-separability intervals (`alignprobe.reports.correlations.correlation_statistics`).
+    Results of a `sweep` with several ``n_pairs`` also get `make_pairs_plots`' curves, and the other
+    figures then use each pair's records at its largest ``n_pairs``.
     """
     if output_dir is None:
         if isinstance(results_dir, pd.DataFrame):
@@ -583,8 +599,11 @@ def make_plots(results_dir, output_dir: str | Path | None = None, formats: Seque
     if not formats:
         raise ValidationError("no figure formats given; use e.g. formats=('png', 'pdf')")
     frame = exclude_encoders(filter_rows(as_results(results_dir), rows), exclude)
-    figures = standard_figures(frame, text=text, kind=kind, n_boot=n_boot, seed=seed, notes=notes)
     written = []
+    if _several_n_pairs(frame):  # a data-size sweep: its curves, then the standard figures at full size
+        written += make_pairs_plots(frame, output_dir, formats=formats, text=text, kind=kind)
+        frame = _largest_n_pairs(frame)
+    figures = standard_figures(frame, text=text, kind=kind, n_boot=n_boot, seed=seed, notes=notes)
     for f in figures:
         for fmt in formats:
             written.append(save_figure(f.figure, output_dir / f"{f.name}.{fmt}", fmt))

@@ -9,7 +9,8 @@ from alignprobe.errors import ValidationError
 from alignprobe.probe.pipelines.run import RunConfig
 from alignprobe.probe.pipelines.subsets import nested_subset, parse_n_pairs
 from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
-from alignprobe.reports.plots import make_pairs_plots, pairs_curve
+from alignprobe.reports.plots import _largest_n_pairs, _several_n_pairs, make_pairs_plots, pairs_curve
+from alignprobe.reports.store import load_results
 from alignprobe.reports.records import read_record
 
 
@@ -54,4 +55,7 @@ def test_sweep_probes_each_subset_into_its_own_record_and_plots(tmp_path, one_to
     written = make_pairs_plots(tmp_path, tmp_path / "plots", metrics=["i2t_r10"], formats=("png",))
     assert {p.name for p in written} == {"pairs__i2t_r10.png", "pairs__i2t_r10.csv"}
     assert all(p.stat().st_size > 0 for p in written)
+    df = load_results(tmp_path)  # `make_plots` draws the standard figures at each pair's largest n_pairs
+    assert _several_n_pairs(df) and set(_largest_n_pairs(df)["n_pairs"]) == {n_all}
+    assert make_pairs_plots(df, tmp_path / "all", formats=("png",))[0].name == "pairs__i2t_r1.png"
     assert RunConfig(vision="pixels-8", text="bow", n_pairs="all").n_pairs is None
