@@ -235,10 +235,10 @@ def test_small_data_adaptation_is_listed_and_explicit_values_win():
     config, changes = resolve_recipe("sail-probe", 2400, {"epochs": 7, "device": "cpu"})
     assert (config.batch_size, config.lr, config.epochs, config.patience, config.min_rel_delta,
             config.val_fraction) == (1024, 1e-3, 7, 10, 0.01, 0.1)
-    assert config.drop_last  # as the reference
+    assert not config.drop_last  # small data: every pair each epoch
     by_field = {c["field"]: c for c in changes}
     # device is no recipe change
-    assert set(by_field) == {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs"}
+    assert set(by_field) == {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs", "drop_last"}
     assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 1e-3, "why": "small data: 2,400 pairs < 100,000"}
     assert by_field["epochs"]["why"] == "set explicitly"
     # forced preset: the reference at any size, but explicit flags still override single values

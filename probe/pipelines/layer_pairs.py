@@ -38,7 +38,7 @@ from alignprobe.probe.data.datasets import flatten_captions
 from alignprobe.probe.embeddings.encoding import TextSource
 from alignprobe.probe.embeddings.layers import encode_source_layers, parse_layers
 from alignprobe.probe.pipelines.workspace import Workspace, resolve_pair_recipe
-from alignprobe.probe.training.engine import Trainer
+from alignprobe.probe.training.engine import held_out_split
 from alignprobe.reports.records import environment, now_iso, record_path, write_record
 
 log = logging.getLogger("alignprobe.layers")
@@ -175,7 +175,7 @@ def held_out_rows(image_valid: np.ndarray, caption_image: np.ndarray, *, seed: i
     config, _, _, _ = resolve_pair_recipe("sail-probe", None, {}, seed=seed, device=device,
                                           usable_pairs=len(usable))
     # the trainer's own split (a static function of the usable rows and the recipe), so the rows are run's
-    _, val = Trainer._split(usable, config)
+    _, val = held_out_split(usable, config)
     rows, what = (val, "held-out pairs") if len(val) > 1 else (usable, "all usable pairs")
     return rows[M.similarity_sample(len(rows), similarity_samples, seed)], what
 

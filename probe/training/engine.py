@@ -229,6 +229,19 @@ class _Pairs(NamedTuple):
 # --------------------------------------------------------------------------- trainer
 
 
+def held_out_split(usable: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of ``usable``: ``config.val_fraction`` of them (at least one
+    when the fraction is positive, at most ``val_max_images``) drawn by ``config.seed``, both sorted.
+    The trainer and the layer search use it, so the search scores exactly the pairs the probe holds out."""
+    n_val = int(round(config.val_fraction * len(usable)))
+    if config.val_fraction > 0:
+        n_val = max(n_val, 1)
+    if config.val_max_images is not None:
+        n_val = min(n_val, config.val_max_images)
+    perm = np.random.default_rng([config.seed, 0]).permutation(len(usable))
+    return np.sort(usable[perm[n_val:]]), np.sort(usable[perm[:n_val]])
+
+
 class Trainer:
     """Train alignment heads with the SAIL recipe (see the module docstring).
 
@@ -363,7 +376,7 @@ class Trainer:
 
     def _build_streams(self, pairs: _Pairs, config: TrainConfig) -> None:
         """The train / held-out split and a `PairStream` over each."""
-        train_rows, val_rows = self._split(pairs.usable, config)
+        train_rows, val_rows = held_out_split(pairs.usable, config)
         self.train_index_, self.val_index_ = train_rows, val_rows
         counts = pairs.index.counts
         self.train_captions_ = (int(counts[train_rows].sum()) if self.positives_ == "all"
@@ -403,16 +416,6 @@ class Trainer:
         self._step_config = config.replace(micro_batch=self.micro_batch_)
         self._optimizer = self._make_optimizer()
         self._scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-
-    @staticmethod
-    def _split(usable: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-        n_val = int(round(config.val_fraction * len(usable)))
-        if config.val_fraction > 0:
-            n_val = max(n_val, 1)
-        if config.val_max_images is not None:
-            n_val = min(n_val, config.val_max_images)
-        perm = np.random.default_rng([config.seed, 0]).permutation(len(usable))
-        return np.sort(usable[perm[n_val:]]), np.sort(usable[perm[:n_val]])
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(self.model_, self.config_)
