@@ -83,3 +83,20 @@ def tiny_model(tmp_path_factory):
         return built[family]
 
     return build
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tiny_model):
+    """Registers every `helpers.TINY_ENCODERS` entry for the module's tests, then removes them all."""
+    import helpers
+    from alignprobe.backbones import register_encoder, unregister_encoder
+
+    names = []
+    try:
+        for name, (_, family, _) in helpers.TINY_ENCODERS.items():
+            register_encoder(helpers.tiny_spec(name, tiny_model(family)))
+            names.append(name)
+        yield names
+    finally:
+        for name in names:
+            unregister_encoder(name)

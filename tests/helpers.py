@@ -8,6 +8,7 @@ patch 8) keeps a forward pass to milliseconds on the 2-core CI machine.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,9 @@ HF_VISION = {
     "dinov2_reg": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersModel", {"num_register_tokens": 4}),
     "vit": ("ViTConfig", "ViTModel", {}),
     "vit_mae": ("ViTMAEConfig", "ViTMAEModel", {}),
+    "clip": ("CLIPVisionConfig", "CLIPVisionModel", {}),
+    "siglip": ("SiglipVisionConfig", "SiglipVisionModel", {}),
+    "ijepa": ("IJepaConfig", "IJepaModel", {}),
 }
 
 
@@ -160,3 +164,38 @@ def save_timm(folder: Path, seed: int = 0) -> Path:
     model, _ = timm_vit(seed)
     save_for_hf(model, Path(folder), safe_serialization=True)
     return Path(folder)
+
+
+# ------------------------------------------------------------------------------ tiny registry entries
+
+# Like timm's `test_*` models: one tiny entry per family of the real catalog, registered under
+# "test-<family>", with the loading settings (pooling, model class, model kwargs) of the real entry
+# named here and weights from a tiny folder; `tiny_model` family -> real entry it stands in for.
+TINY_ENCODERS = {
+    "test-dinov2": ("vision", "dinov2", "dinov2-vitb14"),
+    "test-dinov2-reg": ("vision", "dinov2_reg", "dinov2-vitb14-reg"),
+    "test-dino": ("vision", "vit", "dino-vitb16"),
+    "test-mae": ("vision", "vit_mae", "mae-vitb16"),
+    "test-clip": ("vision", "clip", "clip-vitl14"),
+    "test-siglip": ("vision", "siglip", "siglip-vitb16-224"),
+    "test-ijepa": ("vision", "ijepa", "ijepa-vith14"),
+    "test-ibot": ("vision", "timm", "ibot-vitb16"),
+    "test-e5": ("text", "bert", "e5-large-v2"),
+    "test-bge": ("text", "bert", "bge-large-en-v1.5"),
+    "test-minilm": ("text", "sentence_transformers", "all-minilm-l6-v2"),
+}
+
+
+def tiny_spec(name: str, folder: Path):
+    """The registry entry `name` of `TINY_ENCODERS`: the real entry's loading settings on `folder`."""
+    from alignprobe.backbones import resolve_spec
+
+    modality, _, like = TINY_ENCODERS[name]
+    real, local = resolve_spec(like, modality), resolve_spec(str(folder), modality)
+    width = TINY["hidden_size"] * (2 if real.pooling == "concat" else 1)
+    return dataclasses.replace(
+        local, name=name, pooling=real.pooling, model_kwargs=real.model_kwargs,
+        # a transformers entry names its model class; a timm folder's own config names the architecture
+        model_class=real.model_class if real.source == "transformers" else local.model_class,
+        family=real.family, dim=width, license="apache-2.0",
+        notes=f"tiny random stand-in for {like} (tests only; weights from a checkpoint folder built from a config)")
