@@ -228,7 +228,7 @@ def encode_all_layers(workspace: Workspace, modality: str, source, layers: Seque
     ``source``; returns ``{layer: CachedEmbeddings}`` (None layers: every block 1..L)."""
     opts = workspace.options
     request = workspace.requests[modality]
-    encoder = request.build(device=opts.device, dtype=opts.dtype)
+    encoder = request.build(device=opts.device, dtype=opts.dtype, trust_remote_code=opts.trust_remote_code)
     if layers is None:
         count = block_count(encoder)
         if count is None:

@@ -71,7 +71,7 @@ def encode_layer_groups(todo: list[RunConfig], *, out_dir: str | Path, options: 
         workspace = pending[0][0].workspace
         specs = sorted({spec for pipeline, _ in pending for spec in pipeline.data_specs().values()})
         log.info("encoding %s at layers %s in one pass per batch over %s", base.label, layers, ", ".join(specs))
-        encoder = base.build(device=options.device, dtype=options.dtype)
+        encoder = base.build(device=options.device, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
         for spec in specs:
             encode_source_layers(encoder, ImageSource(workspace.dataset(spec)), layers, cache=workspace.cache,
                                  batch_size=options.batch_size, num_workers=options.num_workers,
