@@ -57,9 +57,9 @@ def _alpha_callback(ctx, param, value):
 @click.option("--vision-pooling", default=None, help="Override the registry's vision pooling (cls|mean|concat).")
 @click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the held-out sample and permutations.")
-@click.option("--out", "out_dir", default="results/layers", show_default=True, type=click.Path(file_okay=False),
+@click.option("--results-dir", "out_dir", default="results/layers", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the record (JSON), the table (CSV, Markdown) and the heat map.")
-@click.option("--format", "formats", default="png,pdf", show_default=True, help="Heat map formats, comma-separated.")
+@click.option("--formats", "formats", default="png,pdf", show_default=True, help="Heat map formats, comma-separated.")
 @encode_options
 @friendly_errors
 def layers(vision, text, measure, vision_layers, text_layers, n_permutations, alpha, pairs, similarity_samples,
@@ -78,7 +78,7 @@ def layers(vision, text, measure, vision_layers, text_layers, n_permutations, al
     from alignprobe.reports.records import now_iso
 
     setup_logging(kwargs["quiet"], verbose)
-    check_writable(out_dir, "layer-search directory (--out)")
+    check_writable(out_dir, "layer-search directory (--results-dir)")
     options = options_from(kwargs)
     config = LayerPairsConfig(vision=vision, text=text, pairs=pairs, measure=measure, vision_layers=vision_layers,
                               text_layers=text_layers, vision_pooling=vision_pooling, text_pooling=text_pooling,

@@ -130,7 +130,7 @@ def test_cli_searches_tiny_encoders_offline_and_scores_what_run_scores(tiny_pair
     cache = tmp_path / "cache"
     out = tmp_path / "layers"
     result = invoke("--vision", vision, "--text", text, "--pairs", "shapes:train?n=120",
-                    "--n-permutations", 19, "--out", out, "--cache-dir", cache, "--format", "png", "-q",
+                    "--n-permutations", 19, "--results-dir", out, "--cache-dir", cache, "--formats", "png", "-q",
                     command=layers)
     assert result.exit_code == 0, result.output
     assert "selected pair: vision layer" in result.output
@@ -153,7 +153,7 @@ def test_cli_searches_tiny_encoders_offline_and_scores_what_run_scores(tiny_pair
 
 def test_cli_refuses_bad_layers_with_the_flag_named(tiny_pair, tmp_path):
     vision, text = tiny_pair
-    result = invoke("--vision", vision, "--text", text, "--text-layers", "1,-2", "--out", tmp_path,
+    result = invoke("--vision", vision, "--text", text, "--text-layers", "1,-2", "--results-dir", tmp_path,
                     catch_exceptions=True, command=layers)
     assert result.exit_code == 2 and "--text-layers" in result.output
 

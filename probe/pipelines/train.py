@@ -129,7 +129,7 @@ def check_resume_matches(run_dir: Path, ws: Workspace, config: SailRunConfig) ->
     if differs:
         raise ValidationError(f"cannot resume {run_dir}: it was started with other inputs -- "
                               f"{'; '.join(differs)}. Resume with the inputs it started with, or start a new "
-                              f"run (another run_dir (--out), or overwrite=True (--overwrite) to replace this one)")
+                              f"run (another run_dir (--run-dir), or overwrite=True (--overwrite) to replace this one)")
 
 
 def eval_sets(workspace: Workspace, labelled: str | None, retrieval: str | None
@@ -264,7 +264,7 @@ def pick_top_pairs(results_dir: str | Path, top_k: int, by: str) -> list[dict]:
     df = load_results(results_dir)
     df = df[df["kind"] == "probe"]
     if df.empty:
-        raise ValidationError(f"{results_dir} holds no probe records; run `alignprobe sweep --out {results_dir}` first")
+        raise ValidationError(f"{results_dir} holds no probe records; run `alignprobe sweep --results-dir {results_dir}` first")
     if by not in df.columns:
         metrics = [c for c in df.columns if c not in ("kind", "status", "vision", "text", "path") and df[c].dtype.kind == "f"]
         raise ValidationError(f"metric {by!r} is not in the probe records of {results_dir}; available: {', '.join(metrics)}")
@@ -340,7 +340,7 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
         unfinished = (f"{aligned.path} is an unfinished training run ({info.get('epochs_run')} of {total} epochs "
                       f"done): the weights evaluated are those of epoch {epoch} ({which})")
         if not allow_unfinished:
-            raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --out "
+            raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --run-dir "
                                   f"{aligned.path.parent}` (same flags), or pass allow_unfinished=True (--allow-unfinished) to evaluate "
                                   f"it as it is")
     run_config = (info.get("metadata") or {}).get("run_config") or {}

@@ -34,7 +34,7 @@ def find_model_file(path: str | Path) -> Path:
             if (path / name).is_file():
                 return path / name
         raise ValidationError(
-            f"{path} holds no {ALIGNED_FILE}: pass the directory of `alignprobe train --out DIR` or of "
+            f"{path} holds no {ALIGNED_FILE}: pass the directory of `alignprobe train --run-dir DIR` or of "
             f"`AlignmentProbe.save(DIR)` (a training run that has not finished its first epoch has none yet)")
     if not path.is_file():
         raise ValidationError(f"{path} does not exist; pass a trained model's directory or its {ALIGNED_FILE}")
