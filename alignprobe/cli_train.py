@@ -367,14 +367,16 @@ def segment(model_path, data, figure, figure_images, limit, window, stride, shor
                 help="Directory for the transformers model (config.json, model.safetensors, preprocessor_config.json).")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True, help=WHICH_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --export-dir.")
+@trust_remote_code_option
 @_friendly_errors
-def export(model_path, export_dir, which, overwrite):
+def export(model_path, export_dir, which, overwrite, trust_remote_code):
     """The run's vision encoder (backbone at its trained layer + trained head) as a transformers model:
     a vision tower for LLaVA-style MLLMs, loaded with AutoModel.from_pretrained after `import alignprobe`."""
     from alignprobe.probe.export.export import export_vision_tower  # torch: not needed for --help
 
     check_writable(export_dir, "export directory (--export-dir)")
-    out = export_vision_tower(model_path, export_dir, which=which, overwrite=overwrite)
+    out = export_vision_tower(model_path, export_dir, which=which, overwrite=overwrite,
+                              trust_remote_code=trust_remote_code)
     click.echo(f"wrote {out}")
     click.echo(f"load it with: import alignprobe, transformers; transformers.AutoModel.from_pretrained({str(out)!r})")
 

@@ -57,5 +57,5 @@ def test_the_flag_reaches_every_encoding_command(monkeypatch, tmp_path):
     assert seen["options"].trust_remote_code is True
     invoke("run", "--vision", "pixels", "--text", "bow", "--cache-dir", tmp_path, catch_exceptions=True)
     assert seen["options"].trust_remote_code is False
-    for command in ("encode", "run", "sweep", "train", "eval", "classify", "segment"):
+    for command in ("encode", "run", "sweep", "train", "eval", "classify", "segment", "export", "layers"):
         assert "--trust-remote-code" in invoke(command, "--help").output, command

@@ -112,19 +112,21 @@ def _write_atomic_dir(build, out_dir: Path, overwrite: bool) -> None:
 
 
 def export_vision_tower(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, which: str = "best",
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool = False, trust_remote_code: bool = False) -> Path:
     """Write the run's frozen vision backbone (at its trained layer) and trained vision head as a
     transformers model directory ``out_dir``; returns it.
 
     ``which``: ``"best"`` or ``"latest"`` weights of the run (as `load_aligned`); ``overwrite``:
-    replace a non-empty ``out_dir`` (the new directory is built beside it, then renamed). Raises
+    replace a non-empty ``out_dir`` (the new directory is built beside it, then renamed);
+    ``trust_remote_code``: let the run's encoder run model code the registry does not pin (as
+    `load_aligned`). Raises
     `ValidationError` for an encoder that is not a transformers model with patch tokens.
     """
     import torch
 
     from alignprobe.probe.export.tower import AlignedVisionTowerConfig, AlignedVisionTowerModel
 
-    aligned = load_aligned(run_dir, device="cpu", which=which)
+    aligned = load_aligned(run_dir, device="cpu", which=which, trust_remote_code=trust_remote_code)
     encoder = _trained_encoder(aligned)
     backbone = _check_supported(encoder)
     head = aligned.model.image_head
