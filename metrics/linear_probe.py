@@ -8,6 +8,13 @@ previous fits' curvature pairs, corrected for the change of l2 (see
 Hessian, so after the first fit each one needs few iterations; independent
 fits (scikit-learn's search) pay for the full descent and curvature build-up
 every time.
+
+Measured (``benchmarks/metrics_speed.py --quick``: 10,000 x 256, 100 classes, the default
+11-value grid; one run on a shared 2-core machine at load ~9): 44 s, 150 L-BFGS iterations,
+test top-1 0.7545; scikit-learn's LogisticRegression along the same path 457 s cold (659
+iterations, 0.7535) and 207 s with ``warm_start=True`` (307 iterations, 0.7540). Warm starts
+alone halve scikit-learn's cost; the kept curvature pairs and the path extrapolation make
+this 4.7x faster again at equal accuracy, so the custom optimiser stays.
 """
 from __future__ import annotations
 
