@@ -5,6 +5,8 @@ Weights always go through timm's own `load_pretrained` (strict, with its
 checkpoint filters): a cached hub file or a checkpoint reaches it through
 `pretrained_cfg_overlay`. Features are `forward_features` tokens pooled here;
 `pooler` is timm's `forward_head(pre_logits=True)`, the model's own pooling.
+On the CPU in fp32 the last-block features (forward + pooling) run as an onnxruntime graph where
+it equals torch (`onnx_runtime`); `execution` and the manifest say which ran.
 """
 
 from __future__ import annotations

@@ -147,6 +147,17 @@ def torch_variants(model: torch.nn.Module, pool, example: torch.Tensor) -> dict:
             "torch frozen jit (BN folded)": jit_frozen}
 
 
+def spinning_session(path):
+    """The same graph with onnxruntime's default spin-waiting threads (alignprobe turns spinning
+    off: on a shared 2-core machine it steals the image decoder's core)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"pixels": x.contiguous().numpy()})[0])
+
+
 def timed_rounds(variants: dict, batches: list, rounds: int) -> dict[str, float]:
     """Best images/s of each variant over interleaved rounds (after one warm-up batch each)."""
     n = sum(len(b) for b in batches)
@@ -181,6 +192,8 @@ def backends(model_name: str, n: int, batch_size: int, rounds: int) -> None:
 
     variants = {f"alignprobe ({encoder.execution})": encoder.forward,
                 **torch_variants(encoder.model, pool, batches[0])}
+    if encoder.execution == "onnxruntime":
+        variants["onnxruntime, threads spinning"] = spinning_session(encoder._onnx.path)
     with torch.inference_mode():
         want = variants["torch eager (NCHW)"](batches[0]).numpy()
         errs = {k: float(np.abs(fn(batches[0]).numpy() - want).max() / np.abs(want).max())
@@ -244,6 +257,7 @@ def main():
     parser.add_argument("--backends", action="store_true", help="section 3: image backends (issue 20)")
     parser.add_argument("--backends-model", default="effnet-lite0")
     parser.add_argument("--captions", action="store_true", help="section 4: caption batching (issue 20)")
+    parser.add_argument("--captions-n", type=int, default=4096, help="captions of section 4")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of sections 3-4")
     parser.add_argument("--skip-e2e", action="store_true", help="skip section 1")
     parser.add_argument("--skip-cache", action="store_true", help="skip section 2")
@@ -255,7 +269,7 @@ def main():
     if args.backends:
         backends(args.backends_model, 64 if args.quick else (args.images or 256), args.batch_size, args.rounds)
     if args.captions:
-        captions(512 if args.quick else 4096, args.rounds)
+        captions(512 if args.quick else args.captions_n, args.rounds)
     if not args.skip_e2e:
         forward_vs_e2e(args, n)
     if not args.skip_cache:

@@ -194,6 +194,20 @@ def strict_error(source, skipped: dict[str, str], where: str) -> DataError:
         f"files (a changed file changes the cache key, so it is re-encoded), or run without --strict.")
 
 
+def lookup(cache: EmbeddingCache, encoder, identity: CacheIdentity, recompute: bool):
+    """`(identity, cached entry or None)`. A lazy encoder's manifest comes from its memo; on a miss
+    the encoder loads anyway, and what runs now (e.g. torch instead of onnxruntime after
+    ALIGNPROBE_ONNX=0) is what a new entry must name, so the loaded encoder's manifest decides."""
+    hit = cache.lookup(identity, repair=recompute)
+    if hit is None and not getattr(encoder, "is_loaded", True):
+        encoder.load()
+        loaded = encoder.manifest()
+        if loaded != identity.encoder:
+            identity = dataclasses.replace(identity, encoder=loaded)
+            hit = cache.lookup(identity, repair=recompute)
+    return identity, hit
+
+
 # --------------------------------------------------------------------------- main entry
 @dataclass
 class EncodeResult:
@@ -253,15 +267,7 @@ def encode_source(
         shard_rows=shard_rows,
     )
     started = time.perf_counter()
-    hit = cache.lookup(identity, repair=recompute)
-    if hit is None and not getattr(encoder, "is_loaded", True):
-        # A lazy encoder answered from its memo; what runs now (e.g. torch instead of onnxruntime
-        # after ALIGNPROBE_ONNX=0) is what a new entry must name, so ask the loaded encoder.
-        encoder.load()
-        loaded = encoder.manifest()
-        if loaded != identity.encoder:
-            identity = dataclasses.replace(identity, encoder=loaded)
-            hit = cache.lookup(identity, repair=recompute)
+    identity, hit = lookup(cache, encoder, identity, recompute)
     if hit is not None:
         log.info("cache hit: %s", hit)
         skipped = dict(hit.manifest.get("skipped", {}))
