@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -133,6 +134,7 @@ def _session(path: Path):
 def _export(fn, owner, example: torch.Tensor, path: Path) -> None:
     """Export to a temporary file in `path`'s folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
     os.close(fd)
     try:
@@ -148,6 +150,17 @@ def _export(fn, owner, example: torch.Tensor, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
+    """Temporary files of exports killed midway (an export takes seconds; an hour-old one is dead)."""
+    now = time.time()
+    for tmp in folder.glob("*.tmp.onnx"):
+        try:
+            if now - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+        except OSError:  # another process removed or renamed it meanwhile
+            continue
 
 
 def _checked(path: Path, example: torch.Tensor, want: np.ndarray) -> tuple[Any, float]:

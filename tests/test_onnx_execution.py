@@ -194,3 +194,17 @@ def test_a_stale_lazy_memo_does_not_name_a_new_entry(tiny_timm, tmp_path, monkey
     # the first set's entry was computed by onnxruntime; the torch encoder makes its own
     again = encode_source(lazy, ImageSource(Images("one")), cache=cache, num_workers=0, quiet=True)
     assert not again.cache_hit and again.embeddings.manifest["identity"]["encoder"]["execution"] == "torch"
+
+
+def test_temporaries_of_killed_exports_are_removed(tiny_timm):
+    import os
+    import time
+
+    onnx_dir().mkdir(parents=True)
+    dead, fresh = onnx_dir() / "x.abc.tmp.onnx", onnx_dir() / "y.def.tmp.onnx"
+    dead.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 7200
+    os.utime(dead, (old, old))
+    assert create_vision_encoder(tiny_timm, device="cpu").execution == "onnxruntime"
+    assert not dead.exists() and fresh.exists()  # another process may still be writing the fresh one
