@@ -13,7 +13,8 @@ _EXPORTS = {
     "open_dataset": ".data.spec", "Dataset": ".data.datasets",
     # cache and encoding
     "EmbeddingCache": ".embeddings.cache", "CachedEmbeddings": ".embeddings.cache",
-    "encode_source": ".embeddings.encoding", "ImageSource": ".embeddings.encoding", "TextSource": ".embeddings.encoding",
+    "encode_source": ".embeddings.encoding", "ImageSource": ".embeddings.encoding",
+    "TextSource": ".embeddings.encoding",
     "encode_dataset": ".embeddings.encode_job",
     # heads, losses, training
     "AlignmentHead": ".training.heads", "AlignmentModel": ".training.heads",

@@ -50,8 +50,8 @@ def resolve_metrics(requested: str | Sequence[str] | None, available: Iterable[s
     """The metric columns a table or plot shows.
 
     None: the standard set, restricted to what the results hold. "all": every
-    declared metric present (a column no metric declares is left out with a warning). A group name ("clustering", ...) expands to its metrics
-    present. An explicit name that the results lack is an error (a typo must
+    declared metric present (a column no metric declares is left out with a
+    warning). A group name ("clustering", ...) expands to its metrics present. An explicit name that the results lack is an error (a typo must
     not silently drop a column), with the closest names suggested.
     """
     available = list(available)

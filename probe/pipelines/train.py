@@ -55,6 +55,7 @@ class SailRunConfig(EncoderPair):
     vision_pooling: str | None = None
     text_pooling: str | None = None
     vision_layer: int | None = None
+    text_layer: int | None = None
     preset: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
     selection: str | None = None
@@ -72,9 +73,9 @@ class SailRunConfig(EncoderPair):
         TrainConfig.preset(self.preset or "sail", **self.train)  # one validation step, before any work
         if self.train.get("select_by", "val_loss") != "val_loss" and not self.selection:
             raise ValidationError(
-                f"select_by={self.train['select_by']!r} (--select-by) picks the epoch by a downstream score: give it a "
-                f"selection set of its own with selection=SPEC (--selection SPEC) (selecting on a reported test set would "
-                f"inflate its score)")
+                f"select_by={self.train['select_by']!r} (--select-by) picks the epoch by a downstream score: "
+                f"give it a selection set of its own with selection=SPEC (--selection SPEC) (selecting on a "
+                f"reported test set would inflate its score)")
 
     def data_specs(self) -> dict[str, str]:
         """The data sets this run reads, by role (their fingerprints are part of its reuse key)."""
@@ -341,8 +342,8 @@ def evaluate_checkpoint(path: str | Path, *, labelled: str | None = None, retrie
                       f"done): the weights evaluated are those of epoch {epoch} ({which})")
         if not allow_unfinished:
             raise ValidationError(f"{unfinished}; finish it with `alignprobe train --resume --run-dir "
-                                  f"{aligned.path.parent}` (same flags), or pass allow_unfinished=True (--allow-unfinished) to evaluate "
-                                  f"it as it is")
+                                  f"{aligned.path.parent}` (same flags), or pass allow_unfinished=True "
+                                  f"(--allow-unfinished) to evaluate it as it is")
     run_config = (info.get("metadata") or {}).get("run_config") or {}
     labelled = run_config.get("labelled", "shapes:test") if labelled is None else labelled
     retrieval = run_config.get("retrieval", "shapes:test") if retrieval is None else retrieval

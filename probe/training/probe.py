@@ -97,13 +97,15 @@ class AlignmentProbe(BaseEstimator):
         self.out_dim, self.image_head, self.text_head, self.width = out_dim, image_head, text_head, width
         self.logit_scale_init, self.logit_bias_init, self.loss = logit_scale_init, logit_bias_init, loss
         self.normalization, self.chunk_size, self.positives = normalization, chunk_size, positives
-        self.caption_sampling, self.optimizer, self.lr, self.weight_decay = caption_sampling, optimizer, lr, weight_decay
+        self.caption_sampling, self.optimizer = caption_sampling, optimizer
+        self.lr, self.weight_decay = lr, weight_decay
         self.betas, self.eps, self.decay_norm_bias_logit = betas, eps, decay_norm_bias_logit
         self.batch_size, self.micro_batch, self.epochs, self.drop_last = batch_size, micro_batch, epochs, drop_last
         self.warmup_fraction, self.schedule, self.min_lr, self.grad_clip = warmup_fraction, schedule, min_lr, grad_clip
         self.val_fraction, self.val_max_images, self.select_by = val_fraction, val_max_images, select_by
         self.patience, self.min_delta, self.min_rel_delta = patience, min_delta, min_rel_delta
-        self.eval_every, self.checkpoint_every, self.checkpoint_seconds = eval_every, checkpoint_every, checkpoint_seconds
+        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
         self.log_every, self.log_to, self.seed, self.device = log_every, log_to, seed, device
         self.precision, self.eval_batch_size, self.prefetch = precision, eval_batch_size, prefetch
 
