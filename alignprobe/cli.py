@@ -80,6 +80,16 @@ def _protocol_options(func):
                      help="Pairs sampled (seeded) for mutual-kNN / CKA / CKNNA [1024]."),
         click.option("--retrieval-max-captions", type=click.IntRange(min=1), default=None,
                      help="Captions per image scored in retrieval [5, as the reference's COCO protocol]."),
+        click.option("--similarity", default=None,
+                     help="Similarity measures of the raw features, comma-separated, each permutation-calibrated "
+                          "(alignprobe.metrics.list_measures()) [mutual_knn,cka,cknna]."),
+        click.option("--n-permutations", type=click.IntRange(min=1), default=None,
+                     help="Permutations calibrating each similarity score; the smallest p is 1/(K+1) [200]."),
+        click.option("--similarity-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help="Level of each similarity score's calibration threshold [0.05]."),
+        click.option("--baselines", default=None,
+                     help="Training-free alignments fitted on the probe's training pairs and scored like it, "
+                          "comma-separated: procrustes, ridge, cca, asif, or none [procrustes,ridge]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -93,7 +103,11 @@ def _results_dir_option(func):
 
 def _protocol_values(kwargs: dict) -> dict:
     values = {name: kwargs.pop(name) for name in ("labelled_train", "allow_overlap", "similarity_samples",
-                                                   "retrieval_max_captions")}
+                                                   "retrieval_max_captions", "similarity", "n_permutations",
+                                                   "similarity_alpha", "baselines")}
+    for name in ("similarity", "baselines"):  # comma lists -> tuples (the config checks the names)
+        if values[name] is not None:
+            values[name] = tuple(v.strip() for v in values[name].split(",") if v.strip())
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -171,13 +185,19 @@ def encode(model, data, split, modality, shard, vision_layer, verbose, **kwargs)
 @click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last|encode).")
 @_vision_layer_option(several=None, help="Take vision features from block N instead of the last one (one block: "
                                          "`sweep --vision-layer N1,N2,...` probes several in one pass).")
+@click.option("--text-layer", type=click.IntRange(min=0), default=None,
+              help="Take text features from block N instead of the last one (as --text NAME@N; "
+                   "`alignprobe layers` finds the best vision x text pair).")
+@click.option("--n-pairs", default=None,
+              help="Probe (and baselines) on a seeded subset of the training pairs: a count (500), a fraction "
+                   "(0.25) or all [all]. `sweep --n-pairs 500,2000,all` draws nested subsets.")
 @_probe_training_options
 @_results_dir_option
 @click.option("--force", is_flag=True, help="Recompute even if a finished record exists.")
 @_encode_options(device_help="where the encoders run and the probe trains")
 @_friendly_errors
 def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling, text_pooling, vision_layer,
-        results_dir, force, verbose, **kwargs):
+        text_layer, n_pairs, results_dir, force, verbose, **kwargs):
     """Probe the alignment of one vision x text pair and write its result record.
 
     \b
@@ -196,7 +216,8 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
     options = _options_from(kwargs)
     values = dict(vision=vision, text=text, pairs=pairs, labelled=labelled, retrieval=retrieval,
                   seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, train=train,
-                  preset=preset, vision_layer=vision_layer, metrics=_metric_groups(metrics), **protocol)
+                  preset=preset, vision_layer=vision_layer, text_layer=text_layer, n_pairs=n_pairs,
+                  metrics=_metric_groups(metrics), **protocol)
     config = RunConfig(**{k: v for k, v in values.items() if v is not None})
     record, path, reused = run_pair(config, out_dir=results_dir, options=options, force=force)
     click.echo(format_run_summary(record))
@@ -221,11 +242,14 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
 @click.option("--force", is_flag=True, help="Rerun pairs whose result already exists.")
 @_vision_layer_option(several="sweep", help="Vision block(s) N or N1,N2,...: probe each vision encoder at each "
                                             "block, encoded in one pass [the last block].")
+@click.option("--n-pairs", default=None,
+              help="Probe each pair on nested, seeded subsets of the training pairs: counts, fractions or all, "
+                   "comma-separated (500,2000,all); `plot` then draws alignment against the number of pairs.")
 @_probe_training_options
 @_encode_options(device_help="where the encoders run and the probes train")
 @_friendly_errors
 def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics, results_dir, shard, force,
-          vision_layer, verbose, **kwargs):
+          vision_layer, n_pairs, verbose, **kwargs):
     """Probe every pair of a vision x text grid; finished pairs are skipped.
 
     Each encoder loads at most once (and not at all when its embeddings are cached); the probe
@@ -238,7 +262,7 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
     protocol = _protocol_values(kwargs)
     options = _options_from(kwargs)
     run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval, preset=preset,
-                                 vision_layer=vision_layer, metrics=_metric_groups(metrics),
+                                 vision_layer=vision_layer, n_pairs=n_pairs, metrics=_metric_groups(metrics),
                                  **protocol).items() if v is not None}
     if train:
         run["train"] = train
@@ -281,8 +305,12 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
               help="Md/HTML: state each predictor's correlation, bootstrap CI and permutation p.")
 @click.option("--n-boot", type=_POSITIVE_INT, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
 @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of the bootstrap and permutations.")
+@click.option("--versus-baseline", is_flag=True,
+              help="Add 'probe minus best baseline' columns: how much the trained probe adds over the best "
+                   "training-free alignment of the same record (md, csv, latex).")
 @_friendly_errors
-def report(results_dir, fmt, output, columns, sort_by, rows, export, exclude, correlations, n_boot, seed):
+def report(results_dir, fmt, output, columns, sort_by, rows, export, exclude, correlations, n_boot, seed,
+           versus_baseline):
     """Comparison tables of a results directory (Markdown, CSV, LaTeX, HTML).
 
     Markdown and HTML reports also state, across vision encoders, each predictor's correlation with
@@ -297,7 +325,7 @@ def report(results_dir, fmt, output, columns, sort_by, rows, export, exclude, co
         if path:
             _check_writable_file(path, what)
     count = count_records(results_dir)
-    table = dict(metrics=columns, rows=rows, sort_by=sort_by)
+    table = dict(metrics=columns, rows=rows, sort_by=sort_by, versus_baseline=versus_baseline)
     with store_warnings_held():  # the unreadable records are named below, once
         try:
             text = write_report(results_dir, fmt, output, correlations=correlations, exclude=exclude,

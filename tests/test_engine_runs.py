@@ -52,7 +52,7 @@ def test_small_data_adaptation_is_printed_and_recorded(tmp_path, caplog):
         record, _, reused = run_pair(config, out_dir=tmp_path, options=OPTIONS)
     changes = {c["field"]: c for c in record["details"]["recipe_changes"]}
     assert not reused and set(changes) == {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs",
-                                           "out_dim"}
+                                           "out_dim", "drop_last"}
     assert changes["lr"]["reference"] == 1e-5 and changes["lr"]["used"] == 1e-3
     assert "small data" in changes["batch_size"]["why"] and changes["out_dim"]["why"] == "set explicitly"
     printed = [r.getMessage() for r in caplog.records if "recipe change" in r.getMessage()]

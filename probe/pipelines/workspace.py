@@ -42,7 +42,7 @@ class EncoderPair:
     """Mixin of the run configs (`RunConfig`, `SailRunConfig`): their two `EncoderRequest`s.
 
     The configs keep the flat fields a user sets (``vision``, ``vision_pooling``,
-    ``vision_layer``, ``text``, ``text_pooling``); this is the one place they become identities.
+    ``vision_layer``, ``text``, ``text_pooling``, ``text_layer``); this is the one place they become identities.
     """
 
     vision: str
@@ -50,11 +50,12 @@ class EncoderPair:
     vision_pooling: str | None
     vision_layer: int | None
     text_pooling: str | None
+    text_layer: int | None
 
     def request(self, modality: str) -> EncoderRequest:
         if modality == "vision":
             return EncoderRequest.create("vision", self.vision, pooling=self.vision_pooling, layer=self.vision_layer)
-        return EncoderRequest.create("text", self.text, pooling=self.text_pooling)
+        return EncoderRequest.create("text", self.text, pooling=self.text_pooling, layer=self.text_layer)
 
     def requests(self) -> dict[str, EncoderRequest]:
         return {"vision": self.request("vision"), "text": self.request("text")}
@@ -259,8 +260,10 @@ class Workspace:
         return {
             "kind": kind,
             "status": "ok",
-            "vision": config.vision,
-            "text": config.text,
+            # The request's label (NAME@N, NAME[pooling]): runs of one model at two layers or poolings are
+            # two rows of a report, never "several configurations of one pair".
+            "vision": self.requests["vision"].label,
+            "text": self.requests["text"].label,
             "vision_request": self.requests["vision"].to_dict(),
             "text_request": self.requests["text"].to_dict(),
             "config": config.as_dict(),
