@@ -78,6 +78,8 @@ def _data_spec(value: str | None) -> str | None:
 @click.option("--vision-pooling", default=None, help="Override the registry's vision pooling (cls|mean|concat|pooler).")
 @click.option("--text-pooling", default=None, help="Override the registry's text pooling (mean|cls|last|encode).")
 @vision_layer_option(several=None, help="Take vision features from block N instead of the last one (one block).")
+@click.option("--text-layer", type=click.IntRange(min=0), default=None,
+              help="Take text features from block N instead of the last one (as --text NAME@N).")
 @click.option("--head", type=HEADS, default=None, help="Head of both sides [the preset's: star | linear].")
 @train_flag_options("train")
 @click.option("--selection", default=None, help="Data scored for --select-by METRIC: a selection set of its own.")
@@ -113,7 +115,7 @@ def train(vision, text, run_dir, from_sweep, top_k, by, preset, head, results_di
     if "log_to" in overrides:
         check_backend(overrides["log_to"])
     data = {k: kwargs.pop(k) for k in ("pairs", "vision_pooling", "text_pooling", "seed", "vision_layer",
-                                       "selection", "winoground", "mmvp", "segmentation")}
+                                       "text_layer", "selection", "winoground", "mmvp", "segmentation")}
     data.update(labelled=_data_spec(kwargs.pop("labelled")), retrieval=_data_spec(kwargs.pop("retrieval")))
     options = _options(kwargs)
     ctx = D.init_distributed()

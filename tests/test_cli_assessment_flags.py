@@ -61,3 +61,18 @@ def test_sweep_n_pairs_writes_one_record_per_subset_and_report_compares_with_the
     assert table.exit_code == 0, table.output
     header = table.output.splitlines()[0]
     assert "probe_minus_best_baseline_i2t_r1" in header or "probe minus best baseline" in header.lower()
+
+
+def test_train_from_sweep_trains_the_layer_and_pooling_the_probe_used(tmp_path):
+    text = save_hf_text(tmp_path / "bert")
+    results = tmp_path / "results"
+    res = invoke("run", "--vision", "pixels-8", "--text", text, "--text-layer", 1, "--text-pooling", "cls", *DATA,
+                 *FAST, "--metrics", "retrieval", "--baselines", "none", "--results-dir", results)
+    assert res.exit_code == 0, res.output
+    res = invoke("train", "--from-sweep", results, "--top-k", 1, "--by", "i2t_r1", "--epochs", 1, "--dim", 8,
+                 "--head", "linear", "--num-workers", 0, "-q")
+    assert res.exit_code == 0, res.output
+    [sail] = [json.loads(p.read_text()) for p in results.glob("sail__*.json")]
+    assert sail["text_request"]["layer"] == 1 and sail["text_request"]["pooling"] == "cls"
+    [probe] = _records(results)
+    assert sail["text"] == probe["text"] and sail["text_request"]["key"] == probe["text_request"]["key"]

@@ -302,10 +302,13 @@ def train_from_sweep(results_dir: str | Path, top_k: int, by: str, *, out_root: 
     results = []
     for pick in pick_top_pairs(results_dir, top_k, by):
         probe_config = pick["record"].get("config") or {}
+        # The encoders exactly as the probe ran them: names as given plus layer and pooling overrides
+        # (the record's "vision" / "text" are display labels such as NAME@N or NAME[cls]).
         values = {k: probe_config[k] for k in ("pairs", "labelled", "retrieval", "seed", "vision_pooling",
-                                               "text_pooling") if k in probe_config}
+                                               "text_pooling", "vision_layer", "text_layer") if k in probe_config}
         values.update({k: v for k, v in (data or {}).items() if v is not None})
-        config = SailRunConfig(vision=pick["vision"], text=pick["text"], preset=preset, train=dict(train or {}),
+        config = SailRunConfig(vision=probe_config.get("vision", pick["vision"]),
+                               text=probe_config.get("text", pick["text"]), preset=preset, train=dict(train or {}),
                                **values)
         log.info("training SAIL heads for %s x %s (%s = %.4g)", pick["vision"], pick["text"], by, pick["score"])
         results.append(train_pair(
