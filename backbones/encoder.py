@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,10 @@ from alignprobe.errors import ValidationError
 
 from .devices import dtype_name
 from .hub import fingerprint_dir, fingerprint_file
+from .onnx_runtime import OnnxForward, library_version, onnx_enabled, prepare
 from .spec import EncoderSpec
+
+log = logging.getLogger("alignprobe.encode")
 
 
 def _layer_list(layers: Sequence[int]) -> list[int]:
@@ -78,6 +82,12 @@ class Encoder:
     dim: int
     device: torch.device
     dtype: torch.dtype
+    #: Opt-in for vision encoders whose `_forward` takes one `(n, 3, H, W)` float batch: on the
+    #: CPU in fp32 it runs as an onnxruntime graph where that equals torch (`onnx_runtime`).
+    onnx_capable: bool = False
+    #: the graph that runs `forward` (None: torch), and why it is or is not used
+    _onnx: OnnxForward | None = None
+    execution_note: str = ""
 
     def __init__(
         self, spec: EncoderSpec, preprocessor: Any, *, device: torch.device, dtype: torch.dtype
@@ -106,6 +116,35 @@ class Encoder:
         else:
             self.dim = self.spec.dim
         self.spec = self.spec.replace(dim=self.dim)
+        if self.onnx_capable:
+            self._use_onnx()
+
+    # -- execution: onnxruntime on the CPU where it is exact --------------------------------
+    def _use_onnx(self) -> None:
+        """Run `_forward` through a cached onnxruntime graph where that is possible and exact
+        (`alignprobe.backbones.onnx_runtime`); otherwise keep torch and say why in the log."""
+        self._onnx = None
+        if not onnx_enabled():
+            self.execution_note = "ALIGNPROBE_ONNX=0"
+        elif self.device.type != "cpu" or self.dtype != torch.float32:
+            self.execution_note = "onnxruntime serves fp32 CPU encoders only"
+        elif self.spec.layer is not None:
+            self.execution_note = "layer features run in torch"
+        else:
+            size = self.spec.preprocessing.size if self.spec.preprocessing else 224
+            example = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+            meta = {"encoder": type(self).__name__, "model": type(self.model).__name__,
+                    "pooling": self.spec.pooling, "model_kwargs": _jsonable(self.spec.kwargs),
+                    "config": str(getattr(self.model, "config", ""))}
+            self._onnx, self.execution_note = prepare(self._forward, self.model, example,
+                                                      name=self.spec.name, meta=meta)
+            if self._onnx is None:
+                log.warning("%s runs in torch: %s", self.spec.name, self.execution_note)
+
+    @property
+    def execution(self) -> str:
+        """Which library computes `encode` / `forward`: "onnxruntime" or "torch"."""
+        return "onnxruntime" if self._onnx is not None and self.spec.layer is None else "torch"
 
     def _probe(self) -> torch.Tensor:
         if self.modality == "vision":
@@ -150,7 +189,10 @@ class Encoder:
 
     # -- layer-wise features -----------------------------------------------------------------
     def _features(self, batch: Any) -> torch.Tensor:
-        """The spec's features: the last block (`_forward`) or block `spec.layer`."""
+        """The spec's features: the last block (`_forward`, or its onnxruntime graph) or block
+        `spec.layer`."""
+        if self.execution == "onnxruntime" and self._onnx.accepts(batch):
+            return self._onnx(batch)
         if self.spec.layer is None:
             return self._forward(batch)
         return self._forward_layers(batch, [self.spec.layer])[self.spec.layer]
@@ -261,6 +303,12 @@ class Encoder:
             "library_versions": dict(sorted(self.library_versions.items())),
             "load_notes": list(self.load_notes),
         }
+        if self.onnx_capable:
+            # only for encoders that have the choice, so other cache keys stay what they were
+            out["execution"] = self.execution
+            if self.execution == "onnxruntime":
+                out["library_versions"] = dict(sorted({**self.library_versions,
+                                                       "onnxruntime": library_version("onnxruntime")}.items()))
         if s.layer is not None:
             # only when set, so the cache keys of last-block features stay what they were
             out["layer"] = s.layer

@@ -37,6 +37,8 @@ class HFVisionEncoder(Encoder):
     noise so the patch order, and so the result, is deterministic.
     """
 
+    onnx_capable = True  # `_forward` takes one pixel batch: onnxruntime on the CPU (encoder.py)
+
     def __init__(self, spec: EncoderSpec, model, *, device, dtype, revision=None, notes=()):
         super().__init__(spec, ImagePreprocessor(spec.preprocessing), device=device, dtype=dtype)
         self.model = model.to(device)

@@ -32,13 +32,10 @@ from .hub import (
     not_available,
     timm_weights,
 )
-from .onnx_runtime import OnnxForward, library_version, onnx_enabled, prepare
 from .pooling import pool_vision
 from .resolve import preprocessing_from_timm_cfg
 from .spec import EncoderSpec
 from .transforms import ImagePreprocessor
-
-log = logging.getLogger("alignprobe.encode")
 
 # Checkpoint keys of training-only parameters that a feature extractor does not have.
 _TRAINING_ONLY_KEYS = ("masked_embed", "mask_token")
@@ -47,9 +44,7 @@ _KEY_PREFIXES = ("module.", "backbone.")
 
 
 class TimmVisionEncoder(Encoder):
-    #: the onnxruntime graph that runs `forward` (None: torch) and why it is or is not used
-    _onnx: OnnxForward | None = None
-    execution_note: str = ""
+    onnx_capable = True
 
     def __init__(self, spec: EncoderSpec, model, *, device, dtype, revision=None, notes=()):
         if spec.preprocessing is None:
@@ -72,47 +67,6 @@ class TimmVisionEncoder(Encoder):
         self._has_cls = getattr(model, "cls_token", None) is not None
         self._num_prefix = int(getattr(model, "num_prefix_tokens", 1 if self._has_cls else 0))
         self._finish()
-        self._use_onnx()
-
-    # -- execution: onnxruntime on the CPU when it is exact -------------------------------------
-    def _use_onnx(self) -> None:
-        """Run the forward through a cached onnxruntime graph where that is possible and exact
-        (`alignprobe.backbones.onnx_runtime`); otherwise keep torch and say why in the log."""
-        if not onnx_enabled():
-            self.execution_note = "ALIGNPROBE_ONNX=0"
-        elif self.device.type != "cpu" or self.dtype != torch.float32:
-            self.execution_note = "onnxruntime serves fp32 CPU encoders only"
-        elif self.spec.layer is not None:
-            self.execution_note = "layer features run in torch"
-        else:
-            size = self.spec.preprocessing.size if self.spec.preprocessing else 224
-            example = torch.Generator().manual_seed(0)
-            example = torch.randn(2, 3, size, size, generator=example)
-            meta = {"architecture": type(self.model).__name__, "pooling": self.spec.pooling,
-                    "prefix_tokens": self._num_prefix, "has_cls": self._has_cls}
-            self._onnx, self.execution_note = prepare(self._forward, self.model, example,
-                                                      name=self.spec.name, meta=meta)
-            if self._onnx is None:
-                log.warning("%s runs in torch: %s", self.spec.name, self.execution_note)
-                return
-            self.library_versions["onnxruntime"] = library_version("onnxruntime")
-
-    @property
-    def execution(self) -> str:
-        """Which library computes `encode`/`forward`: "onnxruntime" or "torch"."""
-        return "onnxruntime" if self._onnx is not None and self.spec.layer is None else "torch"
-
-    def _features(self, batch):
-        if self.execution == "onnxruntime" and self._onnx.accepts(batch):
-            return self._onnx(batch)
-        return super()._features(batch)
-
-    def manifest(self) -> dict:
-        out = super().manifest()
-        out["execution"] = self.execution
-        if self.execution != "onnxruntime":
-            out["library_versions"].pop("onnxruntime", None)
-        return out
 
     def _forward_patches(self, batch: torch.Tensor, *, attention: str = "qk",
                          skip_mlp: bool = False):

@@ -208,3 +208,17 @@ def test_temporaries_of_killed_exports_are_removed(tiny_timm):
     os.utime(dead, (old, old))
     assert create_vision_encoder(tiny_timm, device="cpu").execution == "onnxruntime"
     assert not dead.exists() and fresh.exists()  # another process may still be writing the fresh one
+
+
+@pytest.mark.parametrize("family", ["dinov2", "vit_mae"])
+def test_transformers_vits_run_onnxruntime_equal_to_torch(tiny_model, family, monkeypatch):
+    """transformers ViTs opt in too (MAE's fixed noise included); a batch of another size than
+    the traced one gives the same features."""
+    kw = {"mask_ratio": 0.0} if family == "vit_mae" else {}  # as the mae-* entries set it
+    enc = create_vision_encoder(tiny_model(family), device="cpu", **kw)
+    assert enc.execution == "onnxruntime", enc.execution_note
+    monkeypatch.setenv("ALIGNPROBE_ONNX", "0")
+    plain = create_vision_encoder(tiny_model(family), device="cpu", **kw)
+    for n in (1, 5):
+        assert relative(enc.encode(images(n)), plain.encode(images(n))) <= RTOL
+    assert enc.manifest()["execution"] == "onnxruntime" and plain.manifest()["execution"] == "torch"
