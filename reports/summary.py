@@ -9,32 +9,21 @@ from __future__ import annotations
 
 import re
 
+from alignprobe.metrics.registry import is_metric, metric_info, sort_key
+
 _CALIBRATION_SUFFIXES = ("_null", "_threshold", "_calibrated", "_p")
 _BASELINE = re.compile(r"^baseline_([A-Za-z0-9]+)_(.+)$")
 
-#: Display order and labels; metrics not listed are appended in name order.
-_LABELS = {
-    "kmeans_nmi": "k-means NMI (clustering quality)",
-    "kmeans_ari": "k-means ARI",
-    "linear_probe_top1": "linear probe top-1 (separability)",
-    "linear_probe_top5": "linear probe top-5",
-    "zero_shot_top1": "zero-shot top-1 (alignment)",
-    "zero_shot_top5": "zero-shot top-5",
-    "i2t_r1": "image->text R@1",
-    "i2t_r5": "image->text R@5",
-    "i2t_r10": "image->text R@10",
-    "t2i_r1": "text->image R@1",
-    "t2i_r5": "text->image R@5",
-    "t2i_r10": "text->image R@10",
-    "mutual_knn": "mutual k-NN (raw features)",
-    "cka": "CKA (raw features)",
-    "cknna": "CKNNA (raw features)",
-    "mutual_knn_null": "mutual k-NN, random pairing (chance)",
-    "cka_null": "CKA, random pairing (chance)",
-    "cknna_null": "CKNNA, random pairing (chance)",
-    "probe_val_loss": "probe held-out loss",
-    "probe_epochs": "probe epochs",
-}
+def _label(key: str) -> str:
+    """The metric registry's label (`alignprobe.metrics.registry`); an undeclared column keeps its name."""
+    return metric_info(key).label if is_metric(key) else key
+
+
+def _ordered(keys) -> list[str]:
+    """Registered metrics in the registry's display order, then any other column by name."""
+    keys = list(keys)
+    known = sorted((k for k in keys if is_metric(k)), key=sort_key)
+    return known + sorted(k for k in keys if not is_metric(k))
 
 
 def _fmt(value) -> str:
@@ -71,12 +60,12 @@ def baseline_lines(metrics: dict) -> list[str]:
             if metric not in best or value > best[metric][0]:
                 best[metric] = (float(value), method)
     lines = []
-    shown = [k for k in _LABELS if k in best] + sorted(set(best) - set(_LABELS))
-    width = max([len(_LABELS.get(m, m)) for m in shown] + [6])
+    shown = _ordered(best)
+    width = max([len(_label(m)) for m in shown] + [6])
     for metric in shown:
         value, method = best[metric]
         probe = float(metrics[metric])
-        lines.append(f"  {_LABELS.get(metric, metric).ljust(width)} probe {probe:.4f}  "
+        lines.append(f"  {_label(metric).ljust(width)} probe {probe:.4f}  "
                      f"best baseline {value:.4f} ({method})  probe - baseline {probe - value:+.4f}")
     return lines
 
@@ -87,10 +76,7 @@ def format_run_summary(record: dict) -> str:
     # calibrated measures and baselines get their own blocks below
     hidden = {f"{n}{s}" for n in calibrated for s in ("", *_CALIBRATION_SUFFIXES)}
     hidden |= {k for k in metrics if _BASELINE.match(k)}
-    order = [k for k in _LABELS if k in metrics and k not in hidden]
-    knn = sorted((k for k in metrics if k.startswith("knn_")), key=lambda k: int(k.split("@")[-1]))
-    order[2:2] = knn
-    order += sorted(k for k in metrics if k not in order and k not in hidden)
+    order = _ordered(k for k in metrics if k not in hidden)
     lines = [f"alignment probe: vision={record.get('vision')}  text={record.get('text')}  "
              f"seed={record.get('seed')}"]
     data = record.get("data", {})
@@ -113,12 +99,12 @@ def format_run_summary(record: dict) -> str:
         if isinstance(ov, dict) and ov.get("n"):
             lines.append(f"  WARNING: {ov['n']} of {ov.get('n_test')} {role} images are also training images "
                          "(allow_overlap, --allow-overlap)")
-    width = max([len(_LABELS.get(k, k)) for k in order] + [6])
+    width = max([len(_label(k)) for k in order] + [6])
     lines.append("")
     lines.append(f"  {'metric'.ljust(width)}  value")
     lines.append(f"  {'-' * width}  ------")
     for key in order:
-        lines.append(f"  {_LABELS.get(key, key.replace('knn_top1@', 'k-NN top-1, k=')).ljust(width)}  "
+        lines.append(f"  {_label(key).ljust(width)}  "
                      f"{_fmt(metrics[key])}")
     for title, block in (("similarity (raw features, permutation-calibrated)", similarity_lines(metrics)),
                          ("probe vs training-free baselines", baseline_lines(metrics))):

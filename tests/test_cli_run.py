@@ -15,7 +15,7 @@ def test_run_pixels_minilm_prints_table_and_writes_record(tmp_path):
     out = tmp_path / "results"
     result = invoke("run", "--vision", "pixels", "--text", "minilm", *SMALL, "--results-dir", out)
     assert result.exit_code == 0, result.output
-    for label in ("k-means NMI", "linear probe top-1", "zero-shot top-1", "image->text R@1"):
+    for label in ("k-means NMI", "linear probe top-1", "zero-shot top-1", "I2T R@1"):
         assert label in result.output
     for measure in ("mutual_knn", "cka", "cknna"):  # a row each in the calibrated similarity table
         assert f"\n  {measure} " in result.output
