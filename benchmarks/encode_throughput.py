@@ -255,7 +255,7 @@ def main():
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers [auto]")
     parser.add_argument("--model", default="random-vit", help="a small ViT (default: random-vit, ViT-S/16)")
     parser.add_argument("--backends", action="store_true", help="section 3: image backends (issue 20)")
-    parser.add_argument("--backends-model", default="effnet-lite0")
+    parser.add_argument("--backends-model", default="effnet-lite0", help="a timm CNN (section 3)")
     parser.add_argument("--captions", action="store_true", help="section 4: caption batching (issue 20)")
     parser.add_argument("--captions-n", type=int, default=4096, help="captions of section 4")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of sections 3-4")
