@@ -94,7 +94,7 @@ def test_text_cls_is_first_real_token_on_either_side():
 
 
 def test_text_pooling_validates_shapes_and_names():
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"expected hidden \(n, T, d\) and mask \(n, T\)"):
         pool_text(_hidden(), RIGHT[:, :3], "mean")
     with pytest.raises(ValidationError, match="encode"):
         pool_text(_hidden(), RIGHT, "encode")

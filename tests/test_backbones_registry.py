@@ -267,13 +267,13 @@ def test_register_and_collisions_refused():
             )  # collides with a built-in alias
         with pytest.raises(ValidationError, match="twice"):
             register_encoder(_spec("dup-bow", aliases=("dup-bow",)))
-        with pytest.raises(UnknownEncoderError):
+        with pytest.raises(UnknownEncoderError, match="unknown text encoder 'other-bow'"):
             resolve_spec("other-bow", "text")  # the refused spec left nothing behind
         enc = create_text_encoder("tb8")
         assert enc.encode(["a cat", "a dog"]).shape == (2, 8)
     finally:
         unregister_encoder("test-bow-8")
-    with pytest.raises(UnknownEncoderError):
+    with pytest.raises(UnknownEncoderError, match="unknown text encoder 'tb8'"):
         resolve_spec("tb8", "text")
 
 

@@ -225,9 +225,9 @@ def test_an_entry_opens_as_memory_maps_of_its_shards(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"needs 0 <= I < N, got '3/2'"):
         parse_shard("3/2")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"must look like I/N \(e\.g\. 0/4\), got 'half'"):
         parse_shard("half")
     assert parse_shard("1/4") == (1, 4)
     with pytest.raises(DataError, match="no captions"):

@@ -98,8 +98,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, kill_at_s
 
 
 @pytest.mark.parametrize("change", ["storage_dtype", "vision_pooling", "training_default"])
-def test_changed_inputs_or_defaults_never_reuse_an_old_record(tmp_path, monkeypatch, change):
-    vision = "random-vit" if change == "vision_pooling" else "pixels-8"  # the pixel controls take no pooling
+def test_changed_inputs_or_defaults_never_reuse_an_old_record(tmp_path, monkeypatch, tiny_model, change):
+    # the pixel controls take no pooling: a tiny DINOv2 does, and encodes three sets in a second
+    vision = str(tiny_model("dinov2")) if change == "vision_pooling" else "pixels-8"
     config = RunConfig(vision=vision, text="bow", metrics=("zero_shot",), train=dict(TINY, epochs=1), **DATA)
     first, path, reused = run_pair(config, out_dir=tmp_path, options=OPTIONS)
     assert not reused
@@ -119,7 +120,7 @@ def test_changed_inputs_or_defaults_never_reuse_an_old_record(tmp_path, monkeypa
     assert not reused and second["reuse_key"] != first["reuse_key"]
 
 
-def test_cached_sweep_rerun_loads_no_model(tmp_path, monkeypatch):
+def test_cached_sweep_rerun_loads_no_model(tmp_path, monkeypatch, tiny_model):
     loads = []
     real_load = lazy.LazyEncoder.load
 
@@ -129,12 +130,13 @@ def test_cached_sweep_rerun_loads_no_model(tmp_path, monkeypatch):
         return real_load(self)
 
     monkeypatch.setattr(lazy.LazyEncoder, "load", counting_load)
-    sweep = SweepConfig(vision=["pixels-8", "hog-16"], text=["bow", "minilm"],
+    bert = str(tiny_model("bert"))  # a transformers text model, tiny: loading it is what is counted
+    sweep = SweepConfig(vision=["pixels-8", "hog-16"], text=["bow", bert],
                         run=dict(metrics=("zero_shot",), train=dict(TINY, epochs=1), **DATA))
     outcomes = run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)
     assert [o.status for o in outcomes] == ["done"] * 4
     assert sorted(loads) == sorted({("vision", "pixels-8"), ("vision", "hog-16"), ("text", "bow"),
-                                    ("text", "minilm")})  # each encoder loaded once for the whole grid
+                                    ("text", bert)})  # each encoder loaded once for the whole grid
     loads.clear()
     assert [o.status for o in run_sweep(sweep, out_dir=tmp_path / "results", options=OPTIONS)] == ["skipped"] * 4
     assert loads == []  # finished records: nothing loads

@@ -136,7 +136,7 @@ def test_names_still_work_and_backticks_inside_strings_are_text(df):
 
 def test_render_table_goes_through_the_filter(results, tmp_path):
     marker = tmp_path / "ran"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="compares columns with literals"):
         render_table(results, rows=f"@pd.io.common.os.system('touch {marker}')")
     assert not marker.exists()
     table = render_table(results, rows=f"vision == '{SEEDED[0]}' and text == '{SEEDED[1]}'", metrics="kmeans_nmi")
@@ -189,9 +189,9 @@ def test_html_report_and_plots_go_through_the_filter(results, tmp_path):
 
     marker = tmp_path / "ran"
     exploit = f"@pd.io.common.os.system('touch {marker}')"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="compares columns with literals"):
         write_report(results, "html", rows=exploit)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="compares columns with literals"):
         make_plots(results, tmp_path / "p", rows=exploit)
     assert not marker.exists()
     page = write_report(results, "html", rows="text == 'mpnet'", plots=False)

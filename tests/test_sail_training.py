@@ -97,7 +97,7 @@ def test_chunked_loss_with_divisor_equals_naive_values_and_gradients():
         assert abs(loss.item() - naive.item()) < 1e-5
         for k in grads:
             assert (grads[k] - naive_grads[k]).abs().max().item() < 1e-5, k
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="divisor must be None or a number > 0, got 0"):
         pairwise_sigmoid_loss(leaves["img"], leaves["txt"], index, 1.0, 0.0, divisor=0)
 
 

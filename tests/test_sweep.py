@@ -10,7 +10,12 @@ from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep
 from alignprobe.reports.store import load_results
 
 RUN = {"pairs": "shapes:train?n=60", "metrics": ("similarity",)}
-GRID = dict(vision=["pixels-8", "pixels", "hog-16"], text=["bow", "minilm"], run=RUN)
+
+
+@pytest.fixture
+def grid(tiny_model):
+    """3 vision x 2 text: the controls and a tiny transformers text model (a real loader, fast)."""
+    return dict(vision=["pixels-8", "pixels", "hog-16"], text=["bow", str(tiny_model("bert"))], run=RUN)
 
 
 def rows(results_dir):
@@ -18,7 +23,7 @@ def rows(results_dir):
     return sorted(zip(df["vision"], df["text"], df["seed"], df["mutual_knn"].round(10)))
 
 
-def test_sweep_rerun_failure_and_shards(tmp_path, monkeypatch):
+def test_sweep_rerun_failure_and_shards(tmp_path, monkeypatch, grid):
     options = EncodeOptions(quiet=True)
     real = sweep_module.run_pair
 
@@ -29,19 +34,19 @@ def test_sweep_rerun_failure_and_shards(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep_module, "run_pair", failing)
     full = tmp_path / "full"
-    outcomes = run_sweep(SweepConfig(**GRID), out_dir=full, options=options)
+    outcomes = run_sweep(SweepConfig(**grid), out_dir=full, options=options)
     assert sorted(o.status for o in outcomes) == ["done"] * 5 + ["failed"]
     assert len(load_results(full)) == 5  # the failing pair left the other five intact
     failed = load_results(full, include_failed=True)
     assert "planted failure" in failed.loc[failed["status"] == "failed", "error"].iloc[0]
 
     monkeypatch.setattr(sweep_module, "run_pair", real)
-    again = run_sweep(SweepConfig(**GRID), out_dir=full, options=options)
+    again = run_sweep(SweepConfig(**grid), out_dir=full, options=options)
     assert sorted(o.status for o in again) == ["done"] + ["skipped"] * 5  # only the failed pair reruns
 
     sharded = tmp_path / "sharded"
-    a = run_sweep(SweepConfig(**GRID), out_dir=sharded, options=options, shard=(0, 2))
-    b = run_sweep(SweepConfig(**GRID), out_dir=sharded, options=options, shard=(1, 2))
+    a = run_sweep(SweepConfig(**grid), out_dir=sharded, options=options, shard=(0, 2))
+    b = run_sweep(SweepConfig(**grid), out_dir=sharded, options=options, shard=(1, 2))
     assert {(o.config.vision, o.config.text) for o in a}.isdisjoint({(o.config.vision, o.config.text) for o in b})
     assert rows(sharded) == rows(full)
 
