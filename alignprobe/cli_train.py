@@ -8,6 +8,7 @@ Modules that import torch are imported inside the command that needs them, so th
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import click
@@ -22,12 +23,12 @@ from alignprobe.cli_common import vision_layer_option
 from alignprobe.cli_train_options import HEADS, train_flag_options, train_flag_values
 from alignprobe.errors import DataError, ValidationError
 from alignprobe.io import write_json_atomic
+from alignprobe.metrics.registry import columns as registry_columns
 from alignprobe.probe.data.classify_inputs import check_top_k, class_names, image_files
 from alignprobe.probe.training.train_log import check_backend
 
-METRIC_COLUMNS = ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
-                  "t2i_r10", "sail_val_loss", "sail_best_epoch", "sail_epochs", "winoground_text", "winoground_image",
-                  "winoground_group", "mmvp", "miou", "pixel_acc")
+#: Per-class / per-category scores and calibration details stay in the record, out of the printed table.
+_DETAIL_COLUMN = re.compile(r"^(iou|mmvp)_|_(p|null|threshold)$")
 MODEL_HELP = "Run directory of `alignprobe train` (or its aligned.json)."
 WHICH_HELP = "The kept (best held-out) weights or the latest checkpoint."
 #: `--device` of the commands that use a trained model (they train nothing)
@@ -43,7 +44,8 @@ def _fmt(value) -> str:
 
 
 def _metrics_row(metrics: dict) -> dict:
-    return {k: _fmt(metrics.get(k)) for k in METRIC_COLUMNS if k in metrics}
+    """The record's metrics in the metric registry's display order (undeclared columns are left out)."""
+    return {k: _fmt(metrics[k]) for k in registry_columns(metrics) if not _DETAIL_COLUMN.search(k)}
 
 
 def _data_spec(value: str | None) -> str | None:
