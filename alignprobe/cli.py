@@ -188,6 +188,9 @@ def encode(model, data, split, modality, shard, vision_layer, verbose, **kwargs)
 @click.option("--text-layer", type=click.IntRange(min=0), default=None,
               help="Take text features from block N instead of the last one (as --text NAME@N; "
                    "`alignprobe layers` finds the best vision x text pair).")
+@click.option("--select-layers", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Probe the layer pair an `alignprobe layers` record selected (its JSON); the record is "
+                   "named in this run's config with the measure, n and calibrated p that chose it.")
 @click.option("--n-pairs", default=None,
               help="Probe (and baselines) on a seeded subset of the training pairs: a count (500), a fraction "
                    "(0.25) or all [all]. `sweep --n-pairs 500,2000,all` draws nested subsets.")
@@ -197,7 +200,7 @@ def encode(model, data, split, modality, shard, vision_layer, verbose, **kwargs)
 @_encode_options(device_help="where the encoders run and the probe trains")
 @_friendly_errors
 def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling, text_pooling, vision_layer,
-        text_layer, n_pairs, results_dir, force, verbose, **kwargs):
+        text_layer, select_layers, n_pairs, results_dir, force, verbose, **kwargs):
     """Probe the alignment of one vision x text pair and write its result record.
 
     \b
@@ -218,6 +221,12 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
                   seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, train=train,
                   preset=preset, vision_layer=vision_layer, text_layer=text_layer, n_pairs=n_pairs,
                   metrics=_metric_groups(metrics), **protocol)
+    if select_layers:
+        if vision_layer is not None or text_layer is not None:
+            raise ValidationError("--select-layers sets both layers; drop --vision-layer / --text-layer")
+        from alignprobe.probe.pipelines.layer_pairs import selected_layers  # torch: not needed for --help
+
+        values.update(selected_layers(select_layers, vision, text))
     config = RunConfig(**{k: v for k, v in values.items() if v is not None})
     record, path, reused = run_pair(config, out_dir=results_dir, options=options, force=force)
     click.echo(format_run_summary(record))

@@ -175,3 +175,31 @@ def test_an_unreadable_sample_image_is_left_out_and_named(tiny_pair, tmp_path):
     assert result.n == 5 and result.calibration.scores.shape == (2, 1)
     (unreadable,) = result.details["unreadable"]
     assert paths[rows[2]].stem in unreadable
+
+
+def test_run_select_layers_probes_the_selected_pair_and_records_what_chose_it(tiny_pair, tmp_path):
+    vision, text = tiny_pair
+    cache, out = tmp_path / "cache", tmp_path / "layers"
+    result = invoke("--vision", vision, "--text", text, "--pairs", "shapes:train?n=120", "--n-permutations", 9,
+                    "--results-dir", out, "--cache-dir", cache, "--formats", "png", "-q", command=layers)
+    assert result.exit_code == 0, result.output
+    (record_path,) = out.glob("layers__*.json")
+    searched = json.loads(record_path.read_text())
+    common = ["run", "--vision", vision, "--text", text, "--pairs", "shapes:train?n=120", "--retrieval",
+              "shapes:test?n=20", "--metrics", "retrieval", "--epochs", 1, "--allow-overlap", "--baselines", "none",
+              "--cache-dir", cache, "-q", "--results-dir", tmp_path / "runs"]
+    result = invoke(*common, "--select-layers", record_path)
+    assert result.exit_code == 0, result.output
+    (run_path,) = (tmp_path / "runs").glob("probe__*.json")
+    config = json.loads(run_path.read_text())["config"]
+    assert (config["vision_layer"], config["text_layer"]) == (searched["selected"]["vision_layer"],
+                                                             searched["selected"]["text_layer"])
+    chosen = config["layer_selection"]
+    assert chosen["record"] == str(record_path.resolve()) and chosen["measure"] == "mutual_knn"
+    assert chosen["p"] == searched["max"]["p"] and chosen["n_permutations"] == 9
+    # a record of other encoders, or explicit layers beside it, are refused
+    other = invoke("run", "--vision", "pixels-8", "--text", text, "--select-layers", record_path,
+                   "--results-dir", tmp_path / "r2", catch_exceptions=True)
+    assert other.exit_code == 2 and "searched the vision encoder" in other.output
+    both = invoke(*common, "--select-layers", record_path, "--vision-layer", 1, catch_exceptions=True)
+    assert both.exit_code == 2 and "drop --vision-layer" in both.output

@@ -39,7 +39,7 @@ from alignprobe.probe.embeddings.encoding import TextSource
 from alignprobe.probe.embeddings.layers import encode_source_layers, parse_layers
 from alignprobe.probe.pipelines.workspace import Workspace, resolve_pair_recipe
 from alignprobe.probe.training.engine import held_out_split
-from alignprobe.reports.records import environment, now_iso, record_path, write_record
+from alignprobe.reports.records import environment, now_iso, read_record, record_path, write_record
 
 log = logging.getLogger("alignprobe.layers")
 
@@ -339,3 +339,29 @@ def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def selected_layers(path: str | Path, vision: str, text: str) -> dict[str, Any]:
+    """The pair an `alignprobe layers` record selected, for a run of ``vision`` x ``text``.
+
+    Returns ``{"vision_layer", "text_layer", "layer_selection"}``: the layers and what chose them (the
+    record, its measure, n, K, the maximum's calibrated score and p), which `run` / `sweep` record in
+    their config so a probe of a searched pair always says that it was searched for and by what.
+    The record must be of the same encoders (compared by `EncoderRequest` key, layers aside).
+    """
+    record = read_record(path)
+    if record.get("kind") != RECORD_KIND or "selected" not in record:
+        raise ValidationError(f"{path} is not an `alignprobe layers` record (kind {record.get('kind')!r}); "
+                              f"pass the JSON record that `alignprobe layers` wrote")
+    for modality, name in (("vision", vision), ("text", text)):
+        searched = EncoderRequest.from_dict(record[f"{modality}_request"]).replace(layer=None)
+        asked = EncoderRequest.create(modality, name).replace(layer=None)
+        if searched.key() != asked.key():
+            raise ValidationError(f"{path} searched the {modality} encoder {searched.label!r}, not {name!r}; "
+                                  f"run `alignprobe layers` for this pair or pass its record")
+    sel, best = record["selected"], record["max"]
+    return {"vision_layer": int(sel["vision_layer"]), "text_layer": int(sel["text_layer"]),
+            "layer_selection": {"record": str(Path(path).resolve()), "measure": record["measure"],
+                                "n": record["n"], "n_permutations": record["n_permutations"],
+                                "observed": best["observed"], "calibrated": best["calibrated"], "p": best["p"],
+                                "significant": best["significant"]}}

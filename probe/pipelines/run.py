@@ -77,6 +77,7 @@ class RunConfig(EncoderPair):
     text_pooling: str | None = None
     vision_layer: int | None = None
     text_layer: int | None = None
+    layer_selection: dict[str, Any] | None = None  # the `alignprobe layers` record that chose the layers
     labelled_train: str | None = None  # the k-NN / linear-probe bank (ImageNet train); None: split --labelled
     knn_k: tuple[int, ...] = (10, 20, 100, 200)  # SAIL evaluation/eval_knn_*.py
     similarity_k: int = 10
