@@ -68,6 +68,7 @@ def _report(name: str, goal: float, before_s: float, res: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"comma list of {sorted(JOBS)}")
+    parser.add_argument("--keep", default=None, help="keep the caches and results in this directory")
     args = parser.parse_args()
     names = [n.strip() for n in args.jobs.split(",") if n.strip()]
     unknown = sorted(set(names) - set(JOBS))
@@ -75,9 +76,10 @@ def main() -> None:
         parser.error(f"unknown job(s) {unknown}; choose from {sorted(JOBS)}")
     print(f"# main_job.py: {os.cpu_count()} CPUs; cold cache for every job")
     with tempfile.TemporaryDirectory(prefix="alignprobe-bench-") as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
         for name in names:
             cli_args, goal, before_s = JOBS[name]
-            _report(name, goal, before_s, _run(name, cli_args, Path(tmp)))
+            _report(name, goal, before_s, _run(name, cli_args, work))
 
 
 if __name__ == "__main__":
