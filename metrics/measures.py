@@ -38,10 +38,10 @@ from ._neighbors import intersection_entries, intersection_size, unit_rows
 from ._validation import as_matrix
 from .similarity import (
     RBF_MAX_SAMPLES,
-    _center,
-    _rbf_kernel,
-    _sparse_hsic_unbiased,
-    _top_subspace,
+    center_columns,
+    rbf_kernel,
+    sparse_hsic_unbiased,
+    top_subspace,
     cka,
     cknna,
     cycle_knn,
@@ -196,7 +196,7 @@ class Side:
 
     @cached_property
     def centered(self) -> torch.Tensor:
-        return _center(self.x64)
+        return center_columns(self.x64)
 
     def knn(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, indices) (n, k) of cosine nearest neighbours, exactly as ``mutual_knn`` finds them."""
@@ -212,8 +212,8 @@ class Side:
         """
         x = unit_rows(self.x64, self.name) if normalize else self.x64
         if kind == "rbf":
-            return _rbf_kernel(x, sigma)
-        c = _center(x)
+            return rbf_kernel(x, sigma)
+        c = center_columns(x)
         return c @ c.T
 
 
@@ -293,7 +293,7 @@ def _cknna_self(s: Side, k: int) -> float:
         vals, idx = s.knn(k)
         rows = torch.arange(s.n).repeat_interleave(k).numpy()
         v = vals.reshape(-1).double().numpy()
-        return _sparse_hsic_unbiased(s.n, rows, idx.reshape(-1).numpy(), v, v)
+        return sparse_hsic_unbiased(s.n, rows, idx.reshape(-1).numpy(), v, v)
 
     return s.get(("cknna_self", k), make)
 
@@ -303,7 +303,7 @@ def _fast_cknna(sx: Side, sy: Side, perm: torch.Tensor | None, *, k: int) -> flo
     vy, iy = _permuted_knn(sy, k, perm)
     row, col, kv, lv = intersection_entries(ix, vx, iy, vy)
     h_ab = (
-        _sparse_hsic_unbiased(sx.n, row.numpy(), col.numpy(), kv.double().numpy(), lv.double().numpy())
+        sparse_hsic_unbiased(sx.n, row.numpy(), col.numpy(), kv.double().numpy(), lv.double().numpy())
         if row.numel() else 0.0
     )
     h_aa, h_bb = _cknna_self(sx, k), _cknna_self(sy, k)
@@ -364,7 +364,7 @@ def _fast_svcca(sx: Side, sy: Side, perm: torch.Tensor | None, *, dim: int) -> f
             c = s.centered
             std = c.std(dim=0, keepdim=True)
             z = c / torch.where(std > 0, std, torch.ones_like(std))
-            v, sv = _top_subspace(z, dim, s.name)
+            v, sv = top_subspace(z, dim, s.name)
             return (z @ v) / sv
 
         return s.get(("svcca_u", dim), make)

@@ -70,7 +70,7 @@ def mutual_knn(a: Any, b: Any, k: int = 10, *, chunk_size: int | None = None) ->
     return total / (n * k)
 
 
-def _sparse_hsic_unbiased(
+def sparse_hsic_unbiased(
     n: int, rows: np.ndarray, cols: np.ndarray, kv: np.ndarray, lv: np.ndarray
 ) -> float:
     """Unbiased HSIC (Song et al. 2012, eq. 5) of two kernels that are zero outside given entries.
@@ -140,7 +140,7 @@ def cknna(a: Any, b: Any, k: int = 10, *, chunk_size: int | None = None) -> floa
     hsic = {}
     for key, blocks in parts.items():
         rows, cols, kv, lv = (np.concatenate([blk[i] for blk in blocks]) for i in range(4))
-        hsic[key] = _sparse_hsic_unbiased(n, rows, cols, kv, lv) if len(rows) else 0.0
+        hsic[key] = sparse_hsic_unbiased(n, rows, cols, kv, lv) if len(rows) else 0.0
     for key, name in (("aa", "a"), ("bb", "b")):
         if not hsic[key] > 0:
             raise ValidationError(
@@ -150,7 +150,8 @@ def cknna(a: Any, b: Any, k: int = 10, *, chunk_size: int | None = None) -> floa
     return hsic["ab"] / float(np.sqrt(hsic["aa"] * hsic["bb"]))
 
 
-def _center(x: torch.Tensor) -> torch.Tensor:
+def center_columns(x: torch.Tensor) -> torch.Tensor:
+    """Each feature (column) minus its mean over the samples; the measures in `measures.py` share it."""
     return x - x.mean(dim=0, keepdim=True)
 
 
@@ -187,7 +188,8 @@ def _dense_hsic(K: torch.Tensor, L: torch.Tensor, unbiased: bool) -> float:
     return float(torch.sum(Kc * Lc))
 
 
-def _rbf_kernel(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
+def rbf_kernel(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    """The n x n Gaussian kernel of the rows of ``x``; ``sigma`` None: the median-distance bandwidth."""
     sq = (x * x).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_(min=0)
     d2.fill_diagonal_(0)
@@ -212,7 +214,7 @@ def _rbf_kernel(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
 def _linear_hsics(ta: torch.Tensor, tb: torch.Tensor, unbiased: bool) -> tuple[float, float, float]:
     """HSIC(a, b), HSIC(a, a), HSIC(b, b) of linear kernels, from whichever Gram matrices are cheaper."""
     n = ta.shape[0]
-    A, B = _center(ta), _center(tb)
+    A, B = center_columns(ta), center_columns(tb)
     da, db = A.shape[1], B.shape[1]
     # Same scalars either way; pick the cheaper Gram matrices.
     if n * n * (da + db) < n * (da * db + da * da + db * db):
@@ -286,7 +288,7 @@ def cka(
         ta, tb = unit_rows(ta, "a"), unit_rows(tb, "b")
 
     if kernel == "rbf":
-        K, L = _rbf_kernel(ta, sigma), _rbf_kernel(tb, sigma)
+        K, L = rbf_kernel(ta, sigma), rbf_kernel(tb, sigma)
         h_ab, h_aa, h_bb = _dense_hsic(K, L, unbiased), _dense_hsic(K, K, unbiased), _dense_hsic(L, L, unbiased)
     else:
         h_ab, h_aa, h_bb = _linear_hsics(ta, tb, unbiased)
@@ -300,7 +302,7 @@ def cka(
     return h_ab / float(np.sqrt(h_aa * h_bb))
 
 
-def _top_subspace(x: torch.Tensor, dim: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def top_subspace(x: torch.Tensor, dim: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-`dim` right singular vectors V (d, dim) and singular values s of centered x.
 
     The left singular vectors are U = x V / s; SVCCA only needs U1^T U2, which
@@ -349,13 +351,13 @@ def svcca(a: Any, b: Any, dim: int = 10) -> float:
     )
 
     def standardise(x: torch.Tensor) -> torch.Tensor:
-        x = _center(x)
+        x = center_columns(x)
         std = x.std(dim=0, keepdim=True)
         return x / torch.where(std > 0, std, torch.ones_like(std))
 
     A, B = standardise(ta), standardise(tb)
-    va, sa = _top_subspace(A, dim, "a")
-    vb, sb = _top_subspace(B, dim, "b")
+    va, sa = top_subspace(A, dim, "a")
+    vb, sb = top_subspace(B, dim, "b")
     if n > A.shape[1] and n > B.shape[1]:
         cross = (va.T @ (A.T @ B) @ vb) / sa[:, None] / sb[None, :]
     else:
@@ -387,7 +389,7 @@ def rv_coefficient(a: Any, b: Any) -> float:
 
 def _centered64(a: Any, b: Any, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     ta, tb = _paired(a, b, dtype=torch.float64, min_rows=min_rows)
-    return _center(ta), _center(tb)
+    return center_columns(ta), center_columns(tb)
 
 
 def orthonormal_basis(xc: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
