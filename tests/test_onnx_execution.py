@@ -157,6 +157,13 @@ def test_only_fp32_cpu_encoders_use_it(tiny_timm):
     enc = create_vision_encoder(tiny_timm, device="cpu", dtype="bf16")
     assert enc.execution == "torch" and "fp32 CPU" in enc.execution_note
     assert graphs() == []
+    # the device decides as the dtype does (no GPU here: the attribute stands in for one)
+    enc = create_vision_encoder(tiny_timm, device="cpu")
+    assert enc.execution == "onnxruntime"
+    enc.device = torch.device("cuda", 0)
+    enc._use_onnx()
+    assert enc.execution == "torch" and "fp32 CPU" in enc.execution_note
+    assert enc.manifest()["execution"] == "torch"
 
 
 def test_a_stale_lazy_memo_does_not_name_a_new_entry(tiny_timm, tmp_path, monkeypatch):
