@@ -19,6 +19,7 @@ import torch
 from alignprobe._version import __version__
 from alignprobe.errors import ValidationError
 
+from .dense_block import check_last_block
 from .devices import dtype_name
 from .hub import fingerprint_dir, fingerprint_file
 from .onnx_runtime import OnnxForward, library_version, onnx_enabled, prepare
@@ -252,8 +253,6 @@ class Encoder:
         ``last_attention='qq'`` / ``skip_last_mlp=True``: the reference's segmentation variant
         of the last block used (SAIL ``model/dinoforseg.py``; see
         `alignprobe.backbones.dense_block`), for transformers DINOv2 encoders."""
-        from .dense_block import check_last_block
-
         check_last_block(last_attention, skip_last_mlp)
         batch = images if torch.is_tensor(images) else self.collate(
             [self.preprocess(x) for x in images])

@@ -23,7 +23,7 @@ from alignprobe.errors import EncoderNotAvailableError, ValidationError
 
 from . import dense_block
 from .encoder import Encoder, split_patch_tokens
-from .hf_common import versions
+from .hf_common import import_string, versions
 from .hub import (
     describe_load_failure,
     hf_hub_cache,
@@ -235,8 +235,6 @@ def _build(spec: EncoderSpec) -> tuple[Any, str | None, list[str]]:
             model = timm.create_model("local-dir:" + spec.path, pretrained=True, **kwargs)
         elif spec.checkpoint and spec.checkpoint_filter:
             # timm reads the file and renames its keys with the entry's filter (packaged weights)
-            from .hf_common import import_string
-
             model = timm.create_model(
                 _architecture(spec),
                 pretrained=True,

@@ -18,8 +18,10 @@ from typing import Any
 
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
+from alignprobe.console import progress
 from alignprobe.errors import AlignprobeError, ValidationError
 from alignprobe.probe.embeddings.cache import open_cache
+from alignprobe.probe.embeddings.layers import parse_layers
 from alignprobe.probe.embeddings.lazy import MEMO_DIR, EncoderPool
 from alignprobe.probe.pipelines.layer_sweep import encode_layer_groups
 from alignprobe.probe.pipelines.run import RunConfig, run_pair
@@ -47,7 +49,6 @@ class SweepConfig:
         self.run = _run_settings(self.run)
         self.seeds = _seeds(self.seeds)
         if self.run.get("vision_layer") is not None:  # "4,8,12" or a list: each vision encoder at each layer
-            from alignprobe.probe.embeddings.layers import parse_layers
 
             self.run["vision_layer"] = parse_layers(self.run["vision_layer"])
         if "n_pairs" in self.run:  # "500,2000,all" or a list: each pair probed on each nested subset
@@ -255,7 +256,6 @@ def _is_finished(path: Path) -> bool:
 def run_sweep(sweep: SweepConfig, *, out_dir: str | Path = "results", options: EncodeOptions | None = None,
               shard: tuple[int, int] = (0, 1), force: bool = False) -> list[PairOutcome]:
     """Run this shard's pairs of the grid; returns one outcome per pair."""
-    from alignprobe.console import progress
 
     options = options or EncodeOptions()
     todo = shard_of(sweep.pairs(), shard)
