@@ -73,6 +73,8 @@ def _trained_encoder(aligned):
 
 
 def _check_supported(encoder):
+    # tower imports transformers, whose import runs our Auto-class hook (probe/export/__init__.py), which
+    # imports tower: imported at module level this is a circular import, so here when first used.
     from transformers import PreTrainedModel
 
     from alignprobe.probe.export.tower import TOKEN_POOLINGS
@@ -124,7 +126,7 @@ def export_vision_tower(run_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     """
     import torch
 
-    from alignprobe.probe.export.tower import AlignedVisionTowerConfig, AlignedVisionTowerModel
+    from alignprobe.probe.export.tower import AlignedVisionTowerConfig, AlignedVisionTowerModel  # as above
 
     aligned = load_aligned(run_dir, device="cpu", which=which, trust_remote_code=trust_remote_code)
     encoder = _trained_encoder(aligned)
