@@ -15,6 +15,7 @@ from alignprobe.cli_common import POSITIVE_INT, SEED, check_writable, encode_opt
 from alignprobe.cli_common import options_from, print_table, setup_logging
 from alignprobe.errors import ValidationError
 from alignprobe.probe.embeddings.layers import parse_layers
+from alignprobe.reports.records import now_iso
 
 #: Rows of the table printed after the search (the files hold every pair).
 SHOWN_PAIRS = 10
@@ -75,7 +76,6 @@ def layers(vision, text, measure, vision_layers, text_layers, n_permutations, al
     # the pipeline and the figure load torch and matplotlib: imported here so --help stays fast
     from alignprobe.probe.pipelines.layer_pairs import LayerPairsConfig, find_layer_pair, write_layer_pairs
     from alignprobe.reports.layer_heatmap import plot_layer_heatmap
-    from alignprobe.reports.records import now_iso
 
     setup_logging(kwargs["quiet"], verbose)
     check_writable(out_dir, "layer-search directory (--results-dir)")

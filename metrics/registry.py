@@ -205,7 +205,7 @@ def _measure(name: str) -> tuple[MetricInfo, tuple] | None:
 
 
 def _baseline(name: str) -> tuple[MetricInfo, tuple] | None:
-    from alignprobe.metrics.baselines import BASELINES
+    from alignprobe.metrics.baselines import BASELINES  # imports torch: only when a baseline column is asked about
 
     for method in sorted(BASELINES, key=len, reverse=True):
         prefix = f"baseline_{method}_"
