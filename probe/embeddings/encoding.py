@@ -197,9 +197,10 @@ def strict_error(source, skipped: dict[str, str], where: str) -> DataError:
 def lookup(cache: EmbeddingCache, encoder, identity: CacheIdentity, recompute: bool):
     """`(identity, cached entry or None)`. A lazy encoder's manifest comes from its memo; on a miss
     the encoder loads anyway, and what runs now (e.g. torch instead of onnxruntime after
-    ALIGNPROBE_ONNX=0) is what a new entry must name, so the loaded encoder's manifest decides."""
+    ALIGNPROBE_ONNX=0) is what a new entry must name, so the loaded encoder's manifest decides.
+    Without `recompute` a miss is an error anyway: nothing is loaded for it."""
     hit = cache.lookup(identity, repair=recompute)
-    if hit is None and not getattr(encoder, "is_loaded", True):
+    if hit is None and recompute and not getattr(encoder, "is_loaded", True):
         encoder.load()
         loaded = encoder.manifest()
         if loaded != identity.encoder:
