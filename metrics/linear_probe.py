@@ -150,27 +150,14 @@ def linear_probe_accuracy(
     Full-batch float32 on the features' device; memory O(n * d + d * C), the
     logits are processed in row chunks.
     """
-    xtr = as_matrix(train_x, "train_x", min_rows=2)
-    xte = as_matrix(test_x, "test_x")
-    same_cols(xtr, xte, "train_x", "test_x")
-    if xte.device != xtr.device:
-        raise ValidationError(f"train_x and test_x must be on the same device; got {xtr.device} and {xte.device}")
-    ytr = as_labels(train_y, "train_y", xtr.shape[0])
-    yte = as_labels(test_y, "test_y", xte.shape[0])
+    xtr, xte, ytr_idx, yte_idx, n_classes = _checked_data(train_x, train_y, test_x, test_y)
     grid, seed, max_iter = _check_settings(l2_grid, val_fraction, seed, max_iter, tol)
-
-    classes, ytr_idx = np.unique(ytr, return_inverse=True)
-    n_classes = len(classes)
-    if n_classes < 2:
-        raise ValidationError(f"train_y must contain at least 2 classes; got only {classes.tolist()}")
     fit_rows, val_rows = _stratified_split(ytr_idx, val_fraction, seed)
     if len(val_rows) == 0:
         raise ValidationError(
             f"val_fraction = {val_fraction} leaves no validation rows (classes are too small: "
-            f"{len(ytr)} rows over {n_classes} classes); raise val_fraction or add training data"
+            f"{len(ytr_idx)} rows over {n_classes} classes); raise val_fraction or add training data"
         )
-    pos = np.searchsorted(classes, yte).clip(max=n_classes - 1)
-    yte_idx = np.where(classes[pos] == yte, pos, -1)
 
     device = xtr.device
     if standardize:
@@ -197,6 +184,24 @@ def linear_probe_accuracy(
         "refit_n_iter": refit_iter,
         "n_classes": n_classes,
     }
+
+
+def _checked_data(train_x, train_y, test_x, test_y):
+    """(train features, test features, train class indices, test class indices (-1: a class never seen
+    in training), number of classes), each input checked with a clear error."""
+    xtr = as_matrix(train_x, "train_x", min_rows=2)
+    xte = as_matrix(test_x, "test_x")
+    same_cols(xtr, xte, "train_x", "test_x")
+    if xte.device != xtr.device:
+        raise ValidationError(f"train_x and test_x must be on the same device; got {xtr.device} and {xte.device}")
+    ytr = as_labels(train_y, "train_y", xtr.shape[0])
+    yte = as_labels(test_y, "test_y", xte.shape[0])
+    classes, ytr_idx = np.unique(ytr, return_inverse=True)
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise ValidationError(f"train_y must contain at least 2 classes; got only {classes.tolist()}")
+    pos = np.searchsorted(classes, yte).clip(max=n_classes - 1)
+    return xtr, xte, ytr_idx, np.where(classes[pos] == yte, pos, -1), n_classes
 
 
 def _check_settings(l2_grid, val_fraction, seed, max_iter, tol) -> tuple[list[float], int, int]:
