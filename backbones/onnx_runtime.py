@@ -120,7 +120,7 @@ class OnnxForward:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: optional, see `prepare`
 
     opts = ort.SessionOptions()
     # follow torch's thread setting, which the user (or the tool) has already chosen
@@ -176,6 +176,7 @@ def prepare(fn: Callable[[torch.Tensor], torch.Tensor], owner: torch.nn.Module, 
     The graph is traced on the first two rows and checked on all of `example` (give three or
     more), so a batch size frozen into the trace shows as a failure, not as wrong features."""
     try:
+        # lazy: an optional dependency (the `demo` extra), imported only where a CPU encoder loads
         import onnxruntime  # noqa: F401 - only to learn whether it is installed
     except ImportError:
         return None, "onnxruntime is not installed (pip install onnxruntime)"
@@ -193,7 +194,7 @@ def prepare(fn: Callable[[torch.Tensor], torch.Tensor], owner: torch.nn.Module, 
         except (OSError, ValueError):
             earlier = {}
         if earlier.get("key") == key and earlier.get("usable") is False:
-            return None, f"an earlier export did not match torch: {earlier.get('reason')}"
+            return None, f"an earlier export was not usable ({record}): {earlier.get('reason')}"
     if path.is_file():
         try:
             session, err = _checked(path, example, want)
@@ -212,7 +213,10 @@ def _export_checked(fn, owner, example, want, path: Path, record: Path, key: str
         session, err = _checked(path, example, want)
     except Exception as exc:  # noqa: BLE001 - any export failure leaves the exact torch path
         path.unlink(missing_ok=True)
-        return None, f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        reason = f"export failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        # remembered, so that later loads do not spend the export again (delete the record to retry)
+        _remember(record, {"key": key, "usable": False, "reason": reason})
+        return None, reason
     if err > RTOL:
         path.unlink(missing_ok=True)
         reason = f"onnxruntime's outputs differ from torch's by {err:.2g} relative (limit {RTOL:g})"

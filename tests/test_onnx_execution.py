@@ -125,7 +125,7 @@ def test_mismatch_falls_back_to_torch_and_is_remembered(tiny_timm, monkeypatch, 
 
     monkeypatch.setattr(onnx_runtime, "_export", no_export)
     again = create_vision_encoder(tiny_timm, device="cpu")
-    assert again.execution == "torch" and "earlier export did not match" in again.execution_note
+    assert again.execution == "torch" and "earlier export was not usable" in again.execution_note
 
 
 def test_export_failure_falls_back_to_torch(tiny_timm, monkeypatch):
@@ -136,6 +136,13 @@ def test_export_failure_falls_back_to_torch(tiny_timm, monkeypatch):
     enc = create_vision_encoder(tiny_timm, device="cpu")
     assert enc.execution == "torch" and "export failed: RuntimeError: unsupported operator" in enc.execution_note
     assert graphs() == [] and not list(onnx_dir().glob("*.tmp.onnx"))
+    calls = []
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(1))
+    again = create_vision_encoder(tiny_timm, device="cpu")
+    assert again.execution == "torch" and calls == []  # the failure is remembered, not retried
+    for record in onnx_dir().glob("*.json"):
+        record.unlink()  # deleting the record retries the export
+    assert create_vision_encoder(tiny_timm, device="cpu").execution == "torch" and calls == [1]
 
 
 def test_layers_and_other_shapes_run_torch(tiny_timm):
