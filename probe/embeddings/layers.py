@@ -55,28 +55,28 @@ def parse_layers(text: str | int | Sequence[int] | None) -> list[int] | None:
     return out
 
 
-def encode_source_layers(
-    encoder,
-    source,
-    layers: Sequence[int],
-    *,
-    cache: EmbeddingCache | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    storage_dtype: str = "fp16",
-    shard_rows: int | None = None,
-    recompute: bool = True,
-    shard: tuple[int, int] = (0, 1),
-    strict: bool = False,
-    quiet: bool = False,
-) -> dict[int, EncodeResult]:
-    """Encode `source` at each of `layers` into `cache`; `{layer: EncodeResult}` in order."""
+#: The `encode_source` settings the multi-layer pass takes, with encode_source's defaults.
+LAYER_SETTINGS = dict(batch_size=64, num_workers=None, storage_dtype="fp16", shard_rows=None, recompute=True,
+                      shard=(0, 1), strict=False, quiet=False)
+
+
+def encode_source_layers(encoder, source, layers: Sequence[int], *, cache: EmbeddingCache | None = None,
+                         **settings) -> dict[int, EncodeResult]:
+    """Encode `source` at each of `layers` into `cache`; `{layer: EncodeResult}` in order.
+
+    ``settings``: `encode_source`'s keywords (`LAYER_SETTINGS`: batch_size, num_workers, storage_dtype,
+    shard_rows, recompute, shard, strict, quiet), the same for every layer. Layers already cached are
+    read back; the others are encoded together, one forward pass per batch.
+    """
+    unknown = sorted(set(settings) - set(LAYER_SETTINGS))
+    if unknown:
+        raise TypeError(f"encode_source_layers got unexpected setting(s) {unknown}; it takes {sorted(LAYER_SETTINGS)}")
+    common = {**LAYER_SETTINGS, **settings}
     layers = parse_layers(list(layers))
-    cache = cache or EmbeddingCache()
-    shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
-    common = dict(cache=cache, batch_size=batch_size, num_workers=num_workers,
-                  storage_dtype=storage_dtype, shard_rows=shard_rows, recompute=recompute,
-                  shard=shard, strict=strict, quiet=quiet)
+    common["cache"] = cache = cache or EmbeddingCache()
+    if common["shard_rows"] is None:
+        common["shard_rows"] = DEFAULT_SHARD_ROWS
+    storage_dtype, shard_rows, recompute = common["storage_dtype"], common["shard_rows"], common["recompute"]
     views = {n: encoder.at_layer(n) for n in layers}
     if len(source) == 0:
         raise DataError(f"{source.name!r} has no {source.kind} to encode")
