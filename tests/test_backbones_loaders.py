@@ -340,6 +340,7 @@ def test_sentence_transformers_local_dir(tiny_model):
     assert create_text_encoder(folder, pooling="cls").encode(SENTENCES).shape == (3, 32)
 
 
+@pytest.mark.slow  # real weights; test_sentence_transformers_local_dir covers the loader on a tiny model
 def test_minilm_matches_sentence_transformers_encode():
     from sentence_transformers import SentenceTransformer
 

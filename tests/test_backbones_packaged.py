@@ -46,6 +46,7 @@ def test_effnet_lite0_classifies_chelsea_as_a_cat_and_coffee_as_espresso():
     assert top[1] == ESPRESSO, top
 
 
+@pytest.mark.slow  # real weights; the classification test loads the same encoder
 def test_effnet_lite0_encoder_features_and_stages():
     enc = create_vision_encoder("effnet-lite0", device="cpu")
     imgs = _photos()
@@ -57,6 +58,7 @@ def test_effnet_lite0_encoder_features_and_stages():
     assert stages[2].shape == (2, 24) and stages[5].shape == (2, 320)
 
 
+@pytest.mark.slow  # real weights; test_dinov2_focus_converts_once covers the conversion path
 def test_dinov2_focus_conversion_matches_onnxruntime(model_dir, monkeypatch):
     import onnx
     import onnxruntime as ort

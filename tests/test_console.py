@@ -92,6 +92,7 @@ transformers.BertModel.from_pretrained(path)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing transformers
 def test_weight_loading_bars_are_hidden_and_restored(tmp_path):
     import os
     import subprocess

@@ -46,6 +46,7 @@ def test_forced_preset_records_the_reference_recipe(tmp_path):
     assert "probe_val_loss" not in record["metrics"]  # no held-out split: nothing to report
 
 
+@pytest.mark.slow  # a full run; test_schedules covers small_data_changes
 def test_small_data_adaptation_is_printed_and_recorded(tmp_path, caplog):
     config = RunConfig(vision="pixels-8", text="bow", metrics=("zero_shot",), train=dict(TINY, epochs=2), **DATA)
     with caplog.at_level("INFO", logger="alignprobe.run"):
@@ -61,6 +62,7 @@ def test_small_data_adaptation_is_printed_and_recorded(tmp_path, caplog):
     assert record["details"]["train_captions"] == 3 * record["details"]["train_images"]
 
 
+@pytest.mark.slow  # a full CLI run; the reference recipe (val_fraction 0) runs in the other engine tests
 def test_val_fraction_zero_runs(tmp_path):
     result = invoke("run", "--vision", "pixels-8", "--text", "bow", "--val-fraction", "0", "--epochs", "2",
                     "--metrics", "zero_shot,similarity", "--out", tmp_path, "-q",
@@ -71,6 +73,7 @@ def test_val_fraction_zero_runs(tmp_path):
     assert 0.0 <= record["metrics"]["zero_shot_top1"] <= 1.0
 
 
+@pytest.mark.slow  # two full runs; the resume tests of test_sail_training and test_schedules cover resuming
 def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, kill_at_step):
     train = dict(TINY, epochs=4, checkpoint_seconds=0.0, batch_size=40)  # checkpoint every epoch
     config = RunConfig(vision="pixels-8", text="bow", metrics=("zero_shot", "retrieval"), train=train, **DATA)

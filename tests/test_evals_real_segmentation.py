@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from alignprobe.metrics.segmentation import SegmentationAccumulator
 from alignprobe.probe.data.readers_seg import open_segmentation
@@ -38,6 +39,7 @@ def majority_baseline(spec: str, n: int) -> float:
     return acc.scores()["miou"]
 
 
+@pytest.mark.slow  # real weights, 400 pairs; the tiny-model segmentation tests cover the logic
 def test_heads_trained_on_shapes_segment_shapes_seg_above_the_majority_baseline(tmp_path):
     trained = invoke("train", "--vision", "effnet-lite0", "--text", "minilm", "--head", "linear", "--pairs",
                      f"shapes:train?{N}", "--labelled", f"shapes:test?{N}", "--retrieval", "none",

@@ -52,6 +52,7 @@ def exported(dino_dir, tmp_path_factory):
     return run, out
 
 
+@pytest.mark.slow  # a fresh interpreter; test_backbones_registry::test_import_is_light covers the light import
 def test_import_alignprobe_registers_without_importing_transformers(exported):
     _, out = exported
     code = ("import sys, alignprobe; assert 'transformers' not in sys.modules and 'torch' not in sys.modules;"
