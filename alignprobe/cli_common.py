@@ -258,7 +258,9 @@ def encode_options(func=None, *, device_help: str = "the encoders", old_batch_fl
     spellings of ``--batch-size`` (train's ``--encode-batch-size``)."""
     if func is None:
         return functools.partial(encode_options, device_help=device_help, old_batch_flags=old_batch_flags)
-    batch = dict(type=POSITIVE_INT, default=None, help="Encoding batch: images or captions per encoder call [64; captions at least 256 on the CPU, longest first].")
+    batch = dict(type=POSITIVE_INT, default=None,
+                 help="Encoding batch: images or captions per encoder call [64; captions at least 256 on the "
+                      "CPU, longest first].")
     batch_option = (renamed_option("--batch-size", "encode_batch_size", old=old_batch_flags,
                                    callback=_note_train_batch_size, **batch) if old_batch_flags
                     else click.option("--batch-size", "encode_batch_size", **batch))
