@@ -1,4 +1,6 @@
-"""Test-wide settings: no network, a private cache, quiet progress bars."""
+"""Test-wide settings (no network, a private cache, quiet progress bars) and shared fixtures: tiny
+models built once per session (`tiny_model`), their registry entries (`tiny_registry`), one torch
+thread, a training step that dies on cue. Plain helpers (CLI runner, images, features) are in helpers.py."""
 import os
 
 import pytest
