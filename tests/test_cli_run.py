@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import invoke
 
 from alignprobe.probe.embeddings import encoding
@@ -11,6 +13,7 @@ SMALL = ["--pairs", "shapes:train?n=300", "--labelled", "shapes:test?n=300", "--
          "--epochs", "30", "-q"]
 
 
+@pytest.mark.slow  # real MiniLM end to end; the pipeline's logic is covered by test_pipelines_run on tiny data
 def test_run_pixels_minilm_prints_table_and_writes_record(tmp_path):
     out = tmp_path / "results"
     result = invoke("run", "--vision", "pixels", "--text", "minilm", *SMALL, "--results-dir", out)
@@ -76,6 +79,7 @@ def test_unavailable_model_fails_fast_before_any_work(tmp_path, monkeypatch):
     assert not cache.exists() and not (tmp_path / "results").exists()  # nothing encoded, nothing written
 
 
+@pytest.mark.slow  # real MiniLM end to end; the pipeline's logic is covered by test_pipelines_run on tiny data
 def test_sweep_report_and_plot(tmp_path):
     out = tmp_path / "results"
     common = ["--pairs", "shapes:train?n=300", "--labelled", "shapes:test?n=300", "--retrieval",

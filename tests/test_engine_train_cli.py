@@ -12,6 +12,7 @@ TRAIN = ["--vision", "pixels-8", "--text", "bow", "--pairs", "shapes:train?n=150
          "--retrieval", "none", "--dim", "16", "--device", "cpu", "-q"]
 
 
+@pytest.mark.slow  # trains through the CLI; the engine's resume and reuse are covered in test_engine_runs
 def test_eval_refuses_an_unfinished_run_unless_allowed(tmp_path, kill_at_step):
     kill_at_step(3)  # 120 pairs, small-data batch: one step an epoch, a checkpoint each step
     with pytest.raises(Killed):
@@ -31,6 +32,7 @@ def test_eval_refuses_an_unfinished_run_unless_allowed(tmp_path, kill_at_step):
     assert f"epoch {aligned['best']['epoch']}" in allowed.output and "zero_shot_top1" in allowed.output
 
 
+@pytest.mark.slow  # trains through the CLI; the engine's resume and reuse are covered in test_engine_runs
 def test_reused_train_record_points_to_the_run_that_exists(tmp_path):
     results = tmp_path / "results"
     first = invoke("train", *TRAIN, "--epochs", "2", "--run-dir", tmp_path / "first", "--results-dir", results)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-
+import pytest
 from helpers import invoke
 from test_evals_readers import write_mmvp, write_winoground
 
@@ -12,6 +12,7 @@ TRAIN = ["--vision", "random-vit", "--text", "bow", "--pairs", "shapes:train?n=1
          "shapes:test?n=150", "--retrieval", "none", "--dim", "16", "--epochs", "2", "--device", "cpu", "-q"]
 
 
+@pytest.mark.slow  # trains a run; the evaluations have their own tests (test_evals_*)
 def test_train_eval_and_segment_report_the_papers_other_evaluations(tmp_path):
     wino, mmvp = tmp_path / "winoground", tmp_path / "mmvp"
     write_winoground(wino, n=3)
@@ -46,6 +47,7 @@ def test_train_eval_and_segment_report_the_papers_other_evaluations(tmp_path):
     assert report.exit_code == 0 and "mIoU" in report.output and "MMVP-VLM" in report.output
 
 
+@pytest.mark.slow  # trains a run; the evaluations have their own tests (test_evals_*)
 def test_eval_with_nothing_to_evaluate_says_what_to_give(tmp_path):
     trained = invoke("train", *TRAIN, "--run-dir", tmp_path / "run")
     assert trained.exit_code == 0, trained.output

@@ -15,7 +15,9 @@ TINY = ["--dim", "16", "--width", "2", "--text-head", "linear", "--epochs", "3",
         "--chunk-size", "64"]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# slow: a module fixture trains from a sweep (~10 s); load_aligned, eval and classify also have fast tests
+# (test_encoder_identity, test_classify_images)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
