@@ -219,6 +219,35 @@ class EncodeResult:
     seconds: float
 
 
+def _check_settings(source, batch_size, text_batch_size, num_workers, storage_dtype) -> None:
+    """`encode_source`'s arguments, each refused with a clear error before any work."""
+    for what, value in (("batch_size", batch_size), ("text_batch_size", text_batch_size)):
+        if value is not None and value < 1:
+            raise ValidationError(f"{what} must be >= 1, got {value}")
+    if num_workers is not None and num_workers < 0:
+        raise ValidationError(f"num_workers (--num-workers) must be >= 0, got {num_workers}")
+    if storage_dtype not in ("fp16", "fp32"):
+        raise ValidationError(f"storage dtype must be 'fp16' or 'fp32', got {storage_dtype!r}")
+    if len(source) == 0:
+        raise DataError(f"{source.name!r} has no {source.kind} to encode")
+
+
+def _shards_to_encode(cache, identity, source, shard, recompute, strict) -> list[int]:
+    """This rank's shards still missing from the entry (which is then begun); a miss without
+    `recompute`, or skips left by an earlier lenient run under `strict`, is an error."""
+    rank, world = shard
+    mine = [j for j in range(identity.n_shards) if j % world == rank]
+    todo = cache.missing_shards(identity, mine)
+    if todo and not recompute:
+        raise cache.mismatch_error(identity)
+    if strict:  # shards finished by an earlier lenient run must not carry their skips into a strict one
+        earlier = cache.skipped_so_far(identity)
+        if earlier:
+            raise strict_error(source, earlier, f"shards already encoded in {cache.entry_dir(identity)}")
+    cache.begin(identity)
+    return todo
+
+
 def encode_source(
     encoder,
     source,
@@ -249,17 +278,9 @@ def encode_source(
     batches the rows of each shard by length (see `batch_order`); the rows come back in order.
     `text_batch_size` (None: `text_batch` of `batch_size`) is the batch of a text source.
     """
-    for what, value in (("batch_size", batch_size), ("text_batch_size", text_batch_size)):
-        if value is not None and value < 1:
-            raise ValidationError(f"{what} must be >= 1, got {value}")
-    if num_workers is not None and num_workers < 0:
-        raise ValidationError(f"num_workers (--num-workers) must be >= 0, got {num_workers}")
+    _check_settings(source, batch_size, text_batch_size, num_workers, storage_dtype)
     cache = cache or EmbeddingCache()
     shard_rows = cache.shard_rows if shard_rows is None else shard_rows
-    if storage_dtype not in ("fp16", "fp32"):
-        raise ValidationError(f"storage dtype must be 'fp16' or 'fp32', got {storage_dtype!r}")
-    if len(source) == 0:
-        raise DataError(f"{source.name!r} has no {source.kind} to encode")
     identity = CacheIdentity(
         modality=encoder.modality,
         encoder=encoder.manifest(),
@@ -276,16 +297,7 @@ def encode_source(
             raise strict_error(source, skipped, f"the cached entry {hit.directory}")
         return EncodeResult(hit, True, 0, skipped, 0.0)
 
-    rank, world = shard
-    mine = [j for j in range(identity.n_shards) if j % world == rank]
-    todo = cache.missing_shards(identity, mine)
-    if todo and not recompute:
-        raise cache.mismatch_error(identity)
-    if strict:  # shards finished by an earlier lenient run must not carry their skips into a strict one
-        earlier = cache.skipped_so_far(identity)
-        if earlier:
-            raise strict_error(source, earlier, f"shards already encoded in {cache.entry_dir(identity)}")
-    cache.begin(identity)
+    todo = _shards_to_encode(cache, identity, source, shard, recompute, strict)
     if source.kind != "images":
         batch_size = text_batch_size or text_batch(batch_size, getattr(encoder, "device", None))
 
