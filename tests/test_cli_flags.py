@@ -213,3 +213,15 @@ def test_help_texts_say_what_each_flag_does(tmp_path):
     for command in ("run", "sweep"):  # --preset: why the default differs from train's
         assert "`train` defaults to sail because it trains the full SAIL heads" in words(command)
     assert "run and sweep default to sail-probe" in words("train")
+
+
+def test_the_cli_imports_no_ml_library_until_a_command_runs():
+    """The CLI's in-function imports exist for this: `alignprobe --help` loads neither torch nor pandas
+    nor matplotlib (each lazy import says so)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alignprobe.cli, alignprobe.cli_train, alignprobe.cli_layers; "
+            "print(','.join(m for m in ('torch', 'pandas', 'matplotlib', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
