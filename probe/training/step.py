@@ -158,6 +158,34 @@ def head_input(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
+def run_head(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``head(head_input(head, x))``, without autograd keeping the cast copy.
+
+    The head's first layer (LayerNorm) saves its input for the backward; when
+    that input is a cast of a stored fp16 batch, autograd is handed the batch's
+    own rows instead and casts them again when the backward needs them (exact:
+    fp16 -> fp32 is), so the fp32 copy lives only during the forward -- at
+    batch 32,768 x 2,048 that is 0.25 GiB less alive through the loss.
+    """
+    xc = head_input(head, x)
+    if xc is x or not torch.is_grad_enabled():
+        return head(xc)
+
+    # The copy is recognised by plain values: a hook holding ``xc`` itself would keep it alive.
+    copy = (xc.data_ptr(), xc.shape, xc.stride(), xc.dtype)
+
+    def pack(saved: torch.Tensor):
+        if (saved.data_ptr(), saved.shape, saved.stride(), saved.dtype) == copy:
+            return (x, saved.dtype)  # a tuple marks it: autograd saves tensors only
+        return saved
+
+    def unpack(packed):
+        return packed[0].to(packed[1]) if isinstance(packed, tuple) else packed
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return head(xc)
+
+
 def embed(head: torch.nn.Module, x: torch.Tensor, micro_batch: int | None, device: torch.device,
           precision: str = "fp32") -> torch.Tensor:
     """Head outputs computed micro-batch by micro-batch (the same split in both
@@ -213,18 +241,23 @@ def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: 
         zt.requires_grad_(True)
         loss = loss_of(zi, zt)
         backward(loss)
-        for head, x, grad in ((model.image_head, images, zi.grad), (model.text_head, texts, zt.grad)):
+        # Only the features' gradients are needed from here on: the features go
+        # (2 x batch x out_dim floats less alive during the second pass).
+        grads = zi.grad, zt.grad
+        del zi, zt
+        for head, x, grad in ((model.image_head, images, grads[0]), (model.text_head, texts, grads[1])):
             if not any(p.requires_grad for p in head.parameters()):
                 continue
             for s in range(0, len(x), mb):
                 with autocast(device, config.precision):
-                    out = head(head_input(head, x[s : s + mb]))
+                    out = run_head(head, x[s : s + mb])
                 out.backward(grad[s : s + mb])
     else:
         with autocast(device, config.precision):
-            zi = model.image_head(head_input(model.image_head, images))
-            zt = model.text_head(head_input(model.text_head, texts))
+            zi = run_head(model.image_head, images)
+            zt = run_head(model.text_head, texts)
         loss = loss_of(zi, zt)
+        del zi, zt  # the loss keeps what its backward needs; nothing else does
         backward(loss)
     params = [p for p in model.parameters() if p.requires_grad]
     D.all_reduce_sum_([p.grad for p in params], ctx)
