@@ -107,6 +107,12 @@ def write_cache(directory: Path, n: int, d_img: int, d_txt: int, seed: int = 0) 
 
 
 def worker(args) -> dict:
+    if args.keep_freed_memory:
+        # What the CLI does first thing (alignprobe/_allocator.py): glibc keeps freed
+        # memory, so RssAnon is the heap's high-water mark rather than what is live.
+        from alignprobe._allocator import keep_freed_memory
+
+        keep_freed_memory()
     import numpy as np
     import torch
 
@@ -161,7 +167,8 @@ def worker(args) -> dict:
     return {"pairs": n, "steps": len(seconds), "step_s": step_s, "peak_rss_anon_gib": peak / GiB,
             "batch_dtype": started.get("dtype"), "steps_per_epoch": n // args.batch,
             "gflops": flops / step_s / 1e9, "gemm_peak_gflops": ref / 1e9, "fraction_of_peak": flops / step_s / ref,
-            "micro_batch": trainer.micro_batch_, "threads": torch.get_num_threads()}
+            "micro_batch": trainer.micro_batch_, "threads": torch.get_num_threads(),
+            "keep_freed_memory": bool(args.keep_freed_memory)}
 
 
 def main():
@@ -176,6 +183,8 @@ def main():
     parser.add_argument("--micro-batch", default="auto",
                         help="auto (the default: one pass when it fits), none, or rows; a comma list runs each")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="apply the CLI's allocator settings (glibc keeps freed memory) in each worker")
     parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--images", help=argparse.SUPPRESS)
@@ -195,6 +204,7 @@ def main():
             cmd = [sys.executable, __file__, WORKER, "--n", str(n), "--images", str(images), "--texts", str(texts),
                    "--steps", str(args.steps), "--batch", str(args.batch), "--d-img", str(args.d_img),
                    "--d-txt", str(args.d_txt), "--out-dim", str(args.out_dim), "--micro-batch", micro]
+            cmd += ["--keep-freed-memory"] if args.keep_freed_memory else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr)
