@@ -4,9 +4,10 @@ Images are decoded and preprocessed in DataLoader workers while the model runs
 so that data loading does not starve it; texts are cheap and tokenised in the
 main process, in batches of similar length (longest first within each shard, so
 padding to the longest in a batch wastes little; rows are written back by index,
-so the cache keeps the source's order). Work is split into cache shards: each shard is encoded and
-written atomically, so an interrupted run resumes at the first missing shard
-and `--shard i/n` hands every n-th shard to one of n hosts or GPUs.
+so the cache keeps the source's order), each distinct text once per job (`dedup`).
+Work is split into cache shards: each shard is encoded and written atomically, so an
+interrupted run resumes at the first missing shard and `--shard i/n` hands every n-th shard
+to one of n hosts or GPUs.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from alignprobe.probe.embeddings.cache import (
     EmbeddingCache,
     check_storage_range,
 )
+from alignprobe.probe.embeddings.dedup import TextReuse
 
 log = logging.getLogger("alignprobe.encode")
 
@@ -160,13 +162,13 @@ def text_batch(batch_size: int, device) -> int:
     return max(batch_size, CPU_TEXT_BATCH) if on_cpu else batch_size
 
 
-def batch_order(source, start: int, end: int) -> list[int]:
-    """Positions 0..end-start-1 of a shard's rows, longest text first (stable), so that each batch
-    holds texts of similar length and padding to the longest wastes little (the order
-    sentence-transformers' `encode` uses; characters stand in for tokens, as there).
-    Rows are written back by their index, so the cached order is the source's."""
-    lengths = [len(source.load(i)) for i in range(start, end)]
-    return sorted(range(end - start), key=lambda k: -lengths[k])
+def batch_order(source, start: int, end: int, positions: Sequence[int] | None = None) -> list[int]:
+    """Positions 0..end-start-1 of a shard's rows (or the given `positions` among them), longest
+    text first (stable), so that each batch holds texts of similar length and padding to the
+    longest wastes little (the order sentence-transformers' `encode` uses; characters stand in for
+    tokens, as there). Rows are written back by their index, so the cached order is the source's."""
+    positions = range(end - start) if positions is None else positions
+    return sorted(positions, key=lambda k: -len(source.load(start + k)))
 
 
 def default_num_workers(source) -> int:
@@ -264,6 +266,7 @@ def encode_source(
     on_batch: Callable[[int], None] | None = None,
     length_sorted: bool | None = None,
     text_batch_size: int | None = None,
+    deduplicate: bool | None = None,
 ) -> EncodeResult:
     """Encode `source` with `encoder` into `cache`, reusing whatever is already there.
 
@@ -277,6 +280,8 @@ def encode_source(
     aside and re-encoded (`recompute`) or an error naming it. `length_sorted` (None: for texts)
     batches the rows of each shard by length (see `batch_order`); the rows come back in order.
     `text_batch_size` (None: `text_batch` of `batch_size`) is the batch of a text source.
+    `deduplicate` (None: for texts) runs the model once per distinct text of this job and copies
+    its row to the duplicates (`dedup.TextReuse`); the rows and the cache key stay the same.
     """
     _check_settings(source, batch_size, text_batch_size, num_workers, storage_dtype)
     cache = cache or EmbeddingCache()
@@ -308,7 +313,7 @@ def encode_source(
         source, preprocessor_of(encoder), cache, {0: identity}, {0: set(todo)}, forward, batch_size=batch_size,
         num_workers=num_workers, storage_dtype=storage_dtype, strict=strict, quiet=quiet,
         desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]", on_batch=on_batch,
-        length_sorted=length_sorted)
+        length_sorted=length_sorted, deduplicate=deduplicate)
     if skipped_all:
         log.warning("%d of %d %s skipped (missing or corrupt); see the manifest's 'skipped' list",
                     len(skipped_all), len(source), source.kind)
@@ -322,7 +327,7 @@ def encode_source(
 def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict, todo: dict[Any, set[int]],
                   forward: Callable, *, batch_size: int, num_workers: int | None, storage_dtype: str, strict: bool,
                   quiet: bool, desc: str, on_batch: Callable[[int], None] | None = None,
-                  length_sorted: bool | None = None) -> tuple[int, dict[str, str]]:
+                  length_sorted: bool | None = None, deduplicate: bool | None = None) -> tuple[int, dict[str, str]]:
     """The one shard loop of single- and multi-layer encoding.
 
     ``identities``: ``{key: CacheIdentity}`` of the entries being filled (one per layer; they
@@ -332,51 +337,33 @@ def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict,
     ``{key: (rows, dim) float32 array}`` once per batch. Values are range-checked per batch and
     the shard written atomically to each entry that needs it. Returns ``(rows encoded, skipped)``.
     ``length_sorted``: batch each shard's rows in `batch_order` (None: texts only).
+    ``deduplicate``: run the model once per distinct text of the job and copy its row to the
+    duplicates (`dedup.TextReuse`; None: texts only).
     """
-    import torch  # the DataLoader; this module stays importable without it
-
     first = next(iter(identities.values()))
     shards = sorted(set().union(*todo.values()))
-    workers = default_num_workers(source) if num_workers is None else num_workers
-    collate = SkippingCollate(preprocessor)
+    texts = source.kind != "images"
+    loop = _ShardLoop(source, preprocessor, forward, identities, strict=strict, storage_dtype=storage_dtype,
+                      batch_size=batch_size, on_batch=on_batch,
+                      workers=default_num_workers(source) if num_workers is None else num_workers,
+                      length_sorted=texts if length_sorted is None else length_sorted)
+    deduplicate = texts if deduplicate is None else deduplicate
+    # Across shards only when every entry needs the same shards (a copied row must exist for all)
+    across = deduplicate and len({frozenset(v) for v in todo.values()}) == 1
+    reuse = TextReuse(source, first.shard_range, shards) if across else None
     total = sum(first.shard_range(j)[1] - first.shard_range(j)[0] for j in shards)
-    bar = tqdm(total=total, disable=quiet, unit="img" if source.kind == "images" else "txt", unit_scale=True,
-               desc=desc)
-    ids, skipped_all, encoded = source.ids, {}, 0
-    if length_sorted is None:
-        length_sorted = source.kind != "images"
+    loop.bar = tqdm(total=total, disable=quiet, unit="img" if source.kind == "images" else "txt",
+                    unit_scale=True, desc=desc)
+    skipped_all, encoded = {}, 0
     try:
         for j in shards:
             start, end = first.shard_range(j)
-            loader = torch.utils.data.DataLoader(
-                ShardItems(source, preprocessor, start, end), batch_size=batch_size,
-                sampler=batch_order(source, start, end) if length_sorted else None,
-                num_workers=workers, collate_fn=collate, persistent_workers=False,
-                prefetch_factor=4 if workers > 0 else None)
+            plan = reuse or (TextReuse(source, first.shard_range, [j]) if deduplicate else None)
             wanted = [key for key in identities if j in todo[key]]
-            outs: dict[Any, np.ndarray] = {}
-            valid = np.zeros(end - start, dtype=bool)
-            skipped: dict[str, str] = {}
-            for rows, batch, failed in loader:
-                for i, reason in failed:
-                    if strict:
-                        raise DataError(f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
-                                        "fix or remove it, or run without --strict to skip it.")
-                    log.warning("skipped %s: %s", ids[i], reason)
-                    skipped[ids[i]] = reason
-                if batch is not None:
-                    local = np.asarray(rows) - start
-                    for key, emb in forward(batch, wanted).items():
-                        # Checked per batch, before the shard is cast: fail within seconds of the cause.
-                        check_storage_range(emb, storage_dtype, f"{identities[key].encoder.get('name')} on "
-                                                                f"{source.name} rows {min(rows)}-{max(rows)}")
-                        if key not in outs:
-                            outs[key] = np.zeros((end - start, emb.shape[1]), dtype=np.float32)
-                        outs[key][local] = emb
-                    valid[local] = True
-                bar.update(len(rows) + len(failed))
-                if on_batch is not None:
-                    on_batch(len(rows))
+            outs, valid, skipped = loop.run(start, end, wanted, plan.to_encode(j) if plan else None)
+            if plan is not None:
+                plan.fill(j, outs, valid, skipped, loop.ids)
+                loop.advance(plan.copies(j))
             for key in wanted:
                 out = outs.get(key)
                 if out is None:  # every row of the shard was unreadable
@@ -388,5 +375,61 @@ def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict,
             skipped_all.update(skipped)
             encoded += end - start
     finally:
-        bar.close()
+        loop.bar.close()
     return encoded, skipped_all
+
+
+class _ShardLoop:
+    """Runs the model over rows of one shard at a time: DataLoader, skips, per-batch range checks."""
+
+    def __init__(self, source, preprocessor, forward, identities, *, strict, storage_dtype, batch_size,
+                 on_batch, workers, length_sorted):
+        self.source, self.preprocessor, self.forward, self.identities = source, preprocessor, forward, identities
+        self.strict, self.storage_dtype, self.batch_size = strict, storage_dtype, batch_size
+        self.on_batch, self.workers, self.length_sorted = on_batch, workers, length_sorted
+        self.collate, self.ids, self.bar = SkippingCollate(preprocessor), source.ids, None
+
+    def advance(self, n: int) -> None:
+        """Count `n` rows as done (rows copied rather than encoded)."""
+        if n:
+            self.bar.update(n)
+            if self.on_batch is not None:
+                self.on_batch(n)
+
+    def run(self, start: int, end: int, wanted: list, positions: list[int] | None):
+        """`(outs by key, valid, skipped)` of rows [start, end) (only `positions` among them, if given)."""
+        import torch  # the DataLoader; this module stays importable without it
+
+        source, ids = self.source, self.ids
+        if self.length_sorted:
+            sampler = batch_order(source, start, end, positions)
+        else:
+            sampler = positions  # None: all rows in order
+        loader = torch.utils.data.DataLoader(
+            ShardItems(source, self.preprocessor, start, end), batch_size=self.batch_size, sampler=sampler,
+            num_workers=self.workers, collate_fn=self.collate, persistent_workers=False,
+            prefetch_factor=4 if self.workers > 0 else None)
+        outs: dict[Any, np.ndarray] = {}
+        valid = np.zeros(end - start, dtype=bool)
+        skipped: dict[str, str] = {}
+        for rows, batch, failed in loader:
+            for i, reason in failed:
+                if self.strict:
+                    raise DataError(f"{source.name}: sample {ids[i]!r} could not be loaded ({reason}); "
+                                    "fix or remove it, or run without --strict to skip it.")
+                log.warning("skipped %s: %s", ids[i], reason)
+                skipped[ids[i]] = reason
+            if batch is not None:
+                local = np.asarray(rows) - start
+                for key, emb in self.forward(batch, wanted).items():
+                    # Checked per batch, before the shard is cast: fail within seconds of the cause.
+                    check_storage_range(emb, self.storage_dtype, f"{self.identities[key].encoder.get('name')} on "
+                                                                 f"{source.name} rows {min(rows)}-{max(rows)}")
+                    if key not in outs:
+                        outs[key] = np.zeros((end - start, emb.shape[1]), dtype=np.float32)
+                    outs[key][local] = emb
+                valid[local] = True
+            self.bar.update(len(rows) + len(failed))
+            if self.on_batch is not None:
+                self.on_batch(len(rows))
+        return outs, valid, skipped
