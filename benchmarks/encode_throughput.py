@@ -12,10 +12,16 @@ Prints, measured in one run:
      (conv-BN folded), interleaved rounds; the ratio to the fastest (goal >= 0.7);
   4. (issue 20, `--captions`) MiniLM captions/s: alignprobe's `encode_source` (length-sorted
      batches, cache write included) against `SentenceTransformer.encode` on the same model
-     and captions at batches 32-256; the ratio to ST's best batch (goal >= 0.8).
+     and captions at batches 32-256; the ratio to ST's best batch (goal >= 0.8);
+  5. (`--dedup`) MiniLM on `shapes:train`'s templated captions: each distinct caption encoded
+     once (the default) against every row encoded (before), seconds and the ratio;
+  6. (`--vit`) random-vit (ViT-S/16, 224 px): alignprobe's encoder against torch eager (SDPA) at
+     several batches and onnxruntime variants, each as a fraction of the GEMM peak measured in
+     the same run; the ratio to the fastest exact backend (goal >= 0.7).
 
 Usage: python benchmarks/encode_throughput.py [--quick] [--images N] [--batch-size B]
        python benchmarks/encode_throughput.py --backends --captions --skip-e2e --skip-cache
+       python benchmarks/encode_throughput.py --dedup --vit --skip-e2e --skip-cache
 """
 from __future__ import annotations
 
@@ -147,13 +153,15 @@ def torch_variants(model: torch.nn.Module, pool, example: torch.Tensor) -> dict:
             "torch frozen jit (BN folded)": jit_frozen}
 
 
-def spinning_session(path):
+def spinning_session(path, spinning: bool = True):
     """The same graph with onnxruntime's default spin-waiting threads (alignprobe turns spinning
     off: on a shared 2-core machine it steals the image decoder's core)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"pixels": x.contiguous().numpy()})[0])
 
@@ -220,10 +228,12 @@ def captions(n: int, rounds: int) -> None:
     print(f"\n[captions] minilm, {len(texts)} shapes captions, torch threads {torch.get_num_threads()}")
 
     def ours(text_batch, sort):
+        # every row encoded (no de-duplication): the same work as SentenceTransformer.encode
         def run():
             with tempfile.TemporaryDirectory() as tmp:
                 encode_source(encoder, TextSource("bench", texts), cache=EmbeddingCache(Path(tmp)),
-                              batch_size=64, text_batch_size=text_batch, quiet=True, length_sorted=sort)
+                              batch_size=64, text_batch_size=text_batch, quiet=True, length_sorted=sort,
+                              deduplicate=False)
         return run
 
     def theirs(batch):
@@ -247,6 +257,121 @@ def captions(n: int, rounds: int) -> None:
           "   (goal >= 0.8)")
 
 
+def deduplication(data: str, rounds: int) -> None:
+    """Section 5: `encode_source` on a caption set with templated duplicates, each distinct caption
+    encoded once (the default) against every row encoded, interleaved rounds, best of `rounds`."""
+    import alignprobe
+    from alignprobe.probe.data.spec import flatten_captions, open_dataset
+    from alignprobe.probe.embeddings.cache import EmbeddingCache
+    from alignprobe.probe.embeddings.encoding import TextSource, encode_source
+
+    texts = flatten_captions(open_dataset(data))[0]
+    encoder = alignprobe.create_text_encoder("minilm", device="cpu")
+    print(f"\n[dedup] minilm, {data} captions: {len(texts)} rows, {len(set(texts))} distinct, "
+          f"torch threads {torch.get_num_threads()}")
+    best, rows = {}, {}
+    for _ in range(rounds):
+        for name, dedup in (("every row (before)", False), ("each distinct once (now)", True)):
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                result = encode_source(encoder, TextSource(data, texts), cache=EmbeddingCache(Path(tmp)),
+                                       quiet=True, deduplicate=dedup, storage_dtype="fp32")
+                seconds = time.perf_counter() - t0
+                rows[name] = result.embeddings.to_numpy()
+            best[name] = min(best.get(name, float("inf")), seconds)
+    for name, sec in best.items():
+        print(f"  {name:28s} {sec:7.1f} s   {len(texts) / sec:8.1f} captions/s")
+    before, now = best["every row (before)"], best["each distinct once (now)"]
+    a, b = rows["every row (before)"], rows["each distinct once (now)"]
+    print(f"  speed-up now / before : {before / now:.2f}x   (rows equal to {np.abs(a - b).max():.1e} max abs)")
+
+
+def vit_backends(model_name: str, n: int, batch_sizes: list[int], rounds: int) -> None:
+    """Section 6: a ViT (random-vit: timm ViT-S/16, 224 px) through alignprobe against torch eager
+    (timm's SDPA attention, inference mode) at several batches and onnxruntime variants (spinning
+    threads, the onnxruntime.transformers fusions), interleaved rounds on the same batches; the
+    GEMM peak is measured in the same run, so the ViT's fraction of it is comparable."""
+    import alignprobe
+
+    encoder = alignprobe.create_vision_encoder(model_name, device="cpu")
+    print(f"\n[vit] {model_name}: alignprobe runs {encoder.execution} ({encoder.execution_note}), {n} random "
+          f"224 px inputs, torch threads {torch.get_num_threads()}")
+    gen = torch.Generator().manual_seed(0)
+    size = encoder.spec.preprocessing.size
+    images = torch.randn(n, 3, size, size, generator=gen)
+    flops = vit_flops(encoder)
+
+    def batched(fn, b):
+        return lambda x: torch.cat([fn(x[i:i + b]) for i in range(0, len(x), b)])
+
+    variants = {f"alignprobe ({encoder.execution}) b{batch_sizes[0]}": batched(encoder.forward, batch_sizes[0])}
+    for b in batch_sizes:
+        variants[f"torch eager (SDPA) b{b}"] = batched(encoder._forward, b)
+    if encoder.execution == "onnxruntime":
+        variants[f"onnxruntime spinning b{batch_sizes[0]}"] = batched(spinning_session(encoder._onnx.path),
+                                                                      batch_sizes[0])
+        fused = transformers_fused(encoder)
+        if fused is not None:
+            variants[f"onnxruntime + transformers fusions b{batch_sizes[0]}"] = batched(fused, batch_sizes[0])
+    eager = f"torch eager (SDPA) b{batch_sizes[0]}"
+    with torch.inference_mode():
+        want = variants[eager](images[:4]).numpy()
+        errs = {k: float(np.abs(fn(images[:4]).numpy() - want).max() / np.abs(want).max())
+                for k, fn in variants.items()}
+    speed = timed_rounds(variants, [images], rounds)
+    peak = gemm_peak()
+    fastest = max(v for k, v in speed.items() if errs[k] <= 1e-4)
+    for name, v in speed.items():
+        print(f"  {name:44s} {v:6.1f} img/s   x{v / speed[eager]:.2f} eager   {v / fastest:.2f} of fastest   "
+              f"{v * flops / peak:.2f} of GEMM peak   rel. error vs eager {errs[name]:.1e}")
+    ours = speed[next(iter(variants))]
+    print(f"  {flops:.2f} GFLOP/img (matmuls), GEMM peak {peak:.0f} GFLOP/s now: floor {peak / flops:.1f} img/s")
+    print(f"  ratio alignprobe / fastest exact : {ours / fastest:.3f}   (goal >= 0.7)")
+
+
+def vit_flops(encoder) -> float:
+    """GFLOP per image of the encoder's forward (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = encoder.spec.preprocessing.size
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        encoder._forward(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_peak(n: int = 2048, reps: int = 10) -> float:
+    """fp32 GEMM GFLOP/s of torch on this machine now, best of two timings."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, reps * 2 * n ** 3 / (time.perf_counter() - t0))
+    return best / 1e9
+
+
+def transformers_fused(encoder):
+    """alignprobe's graph through `onnxruntime.transformers.optimizer` (model type "vit": fused
+    LayerNorm / bias-GELU / attention where its patterns match), None where it fails."""
+    try:
+        from onnxruntime.transformers import optimizer
+
+        model = encoder.model
+        fused = optimizer.optimize_model(str(encoder._onnx.path), model_type="vit",
+                                         num_heads=model.blocks[0].attn.num_heads, hidden_size=model.embed_dim,
+                                         opt_level=0)
+        stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+        print(f"  onnxruntime.transformers fusions: {stats}")
+        path = Path(tempfile.mkdtemp()) / "fused.onnx"
+        fused.save_model_to_file(str(path))
+        return spinning_session(path, spinning=False)
+    except Exception as exc:  # noqa: BLE001 - a benchmark variant; report and go on
+        print(f"  onnxruntime.transformers optimizer failed: {type(exc).__name__}: {exc}")
+        return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -258,6 +383,11 @@ def main():
     parser.add_argument("--backends-model", default="effnet-lite0", help="a timm CNN (section 3)")
     parser.add_argument("--captions", action="store_true", help="section 4: caption batching (issue 20)")
     parser.add_argument("--captions-n", type=int, default=4096, help="captions of section 4")
+    parser.add_argument("--dedup", action="store_true", help="section 5: duplicate captions encoded once")
+    parser.add_argument("--dedup-data", default="shapes:train", help="caption set of section 5")
+    parser.add_argument("--vit", action="store_true", help="section 6: ViT backends (random-vit)")
+    parser.add_argument("--vit-images", type=int, default=64, help="inputs of section 6")
+    parser.add_argument("--vit-batches", default="32,8,64", help="batches of section 6 (first: alignprobe's)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of sections 3-4")
     parser.add_argument("--skip-e2e", action="store_true", help="skip section 1")
     parser.add_argument("--skip-cache", action="store_true", help="skip section 2")
@@ -270,6 +400,11 @@ def main():
         backends(args.backends_model, 64 if args.quick else (args.images or 256), args.batch_size, args.rounds)
     if args.captions:
         captions(512 if args.quick else args.captions_n, args.rounds)
+    if args.dedup:
+        deduplication(args.dedup_data, 1 if args.quick else args.rounds)
+    if args.vit:
+        vit_backends(args.model, 16 if args.quick else args.vit_images,
+                     [int(b) for b in args.vit_batches.split(",")], 1 if args.quick else args.rounds)
     if not args.skip_e2e:
         forward_vs_e2e(args, n)
     if not args.skip_cache:
