@@ -121,16 +121,18 @@ def _create(modality: str, name_or_path, device, dtype, overrides: dict[str, Any
         spec = import_string(spec.converter)(spec)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    return import_string(builder_target(spec, modality))(spec, device=dev, dtype=dt)
+
+
+def builder_target(spec: EncoderSpec, modality: str) -> str:
+    """The "module:function" that builds `spec`'s encoder (named, not imported: the identity of
+    an encoder that is not loaded reads it, `execution.planned_execution`)."""
     if spec.backend == "builtin":
-        builder = import_string(spec.model_class)
-    else:
-        target = LOADERS.get((modality, spec.backend))
-        if target is None:
-            raise ValidationError(
-                f"no {modality} loader for source {spec.backend!r} ({spec.name!r})"
-            )
-        builder = import_string(target)
-    return builder(spec, device=dev, dtype=dt)
+        return spec.model_class
+    target = LOADERS.get((modality, spec.backend))
+    if target is None:
+        raise ValidationError(f"no {modality} loader for source {spec.backend!r} ({spec.name!r})")
+    return target
 
 
 def create_vision_encoder(

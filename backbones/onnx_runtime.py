@@ -36,22 +36,16 @@ import torch
 
 from alignprobe.io import write_json_atomic
 
+from .execution import ENV, onnx_enabled  # noqa: F401 - re-exported: where the toggle is read
 from .onnx_dinov2 import models_dir
 
 log = logging.getLogger("alignprobe.encode")
 
-ENV = "ALIGNPROBE_ONNX"
 #: Largest accepted max |onnx - torch| / max |torch| on the probe batch.
 RTOL = 1e-4
 OPSET = 17
 #: Bump when the export or the graph's contract changes: part of every key.
 EXPORT_VERSION = 1
-_OFF = ("0", "false", "no", "off")
-
-
-def onnx_enabled() -> bool:
-    """False when the user turned the onnxruntime path off (`ALIGNPROBE_ONNX=0`)."""
-    return os.environ.get(ENV, "1").strip().lower() not in _OFF
 
 
 def onnx_dir() -> Path:

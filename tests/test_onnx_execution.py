@@ -174,7 +174,8 @@ def test_only_fp32_cpu_encoders_use_it(tiny_timm):
 
 
 def test_a_stale_lazy_memo_does_not_name_a_new_entry(tiny_timm, tmp_path, monkeypatch):
-    """The lazy encoder's memo says onnxruntime; after ALIGNPROBE_ONNX=0 a new entry names torch."""
+    """A memo written with onnxruntime is not read after ALIGNPROBE_ONNX=0 (the planned backend is
+    part of the memo's key), and a new entry names torch."""
     from alignprobe.backbones.request import EncoderRequest
     from alignprobe.probe.embeddings.cache import EmbeddingCache
     from alignprobe.probe.embeddings.encoding import ImageSource, encode_source
@@ -200,9 +201,11 @@ def test_a_stale_lazy_memo_does_not_name_a_new_entry(tiny_timm, tmp_path, monkey
     first = encode_source(LazyEncoder(request, memo_dir=tmp_path / "memo", device="cpu"),
                           ImageSource(Images("one")), cache=cache, num_workers=0, quiet=True)
     assert first.embeddings.manifest["identity"]["encoder"]["execution"] == "onnxruntime"
+    on_key = LazyEncoder(request, memo_dir=tmp_path / "memo", device="cpu").identity_key()
     monkeypatch.setenv("ALIGNPROBE_ONNX", "0")
     lazy = LazyEncoder(request, memo_dir=tmp_path / "memo", device="cpu")
-    assert lazy.manifest()["execution"] == "onnxruntime"  # the memo, before anything loads
+    assert lazy.identity_key() != on_key
+    assert lazy.manifest()["execution"] == "torch"  # not the onnxruntime memo: its own, after a load
     second = encode_source(lazy, ImageSource(Images("two")), cache=cache, num_workers=0, quiet=True)
     assert second.embeddings.manifest["identity"]["encoder"]["execution"] == "torch"
     # the first set's entry was computed by onnxruntime; the torch encoder makes its own

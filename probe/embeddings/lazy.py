@@ -7,7 +7,8 @@ would cost minutes per pair of a sweep, so `LazyEncoder` keeps a small memo in
 the cache directory: the manifest of each encoder, keyed on what determines
 it before loading (`identity_key`: the `EncoderRequest`'s key, the device
 kind and dtype, the weights' local revision or
-fingerprint, library versions). A memo hit answers `manifest()` without
+fingerprint, library versions, and for a CPU image encoder the backend that will run:
+onnxruntime or, with `ALIGNPROBE_ONNX=0`, torch). A memo hit answers `manifest()` without
 loading; anything else -- `encode`, `forward`, `preprocessor`, ... -- loads
 the weights once and delegates to the real encoder.
 """
@@ -21,6 +22,8 @@ from typing import Any
 
 from alignprobe._version import __version__
 from alignprobe.backbones.devices import dtype_name, resolve_device, resolve_dtype
+from alignprobe.backbones.execution import onnx_capable, planned_execution
+from alignprobe.backbones.factory import builder_target
 from alignprobe.backbones.hub import check_available, fingerprint_dir
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.hashing import stable_hash
@@ -32,14 +35,15 @@ MEMO_DIR = "encoder-identities"
 _LIBRARIES = ("torch", "transformers", "timm", "sentence-transformers", "open_clip_torch")
 
 
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _library_versions() -> dict[str, str]:
-    out = {}
-    for name in _LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return {name: v for name in _LIBRARIES if (v := _version(name)) is not None}
 
 
 def _local_revision(spec) -> str | None:
@@ -89,15 +93,23 @@ class LazyEncoder:
         return self._encoder is not None
 
     def identity_key(self) -> str:
-        """What determines the manifest before the weights load (see the module docstring)."""
+        """What determines the manifest before the weights load (see the module docstring); for an
+        encoder with a choice of backends, the one that will run (`planned_execution`)."""
         spec = self.spec
         device = resolve_device(self.device_request)
-        return stable_hash({
-            "request": self.request.key(), "device": device.type,
-            "dtype": dtype_name(resolve_dtype(self.dtype_request, device)),
+        dtype = dtype_name(resolve_dtype(self.dtype_request, device))
+        identity = {
+            "request": self.request.key(), "device": device.type, "dtype": dtype,
             "revision": _local_revision(spec), "local": fingerprint_dir(spec.path) if spec.path else None,
             "libraries": _library_versions(), "alignprobe": __version__,
-        }, length=20)
+        }
+        builder = builder_target(spec, self.modality)
+        if onnx_capable(builder, self.modality):  # only these, so other encoders keep their keys
+            identity["execution"] = planned_execution(builder, self.modality, device_type=device.type,
+                                                      dtype=dtype, layer=spec.layer)
+            if identity["execution"] == "onnxruntime":
+                identity["libraries"] = {**identity["libraries"], "onnxruntime": _version("onnxruntime")}
+        return stable_hash(identity, length=20)
 
     def memo_path(self) -> Path | None:
         """Where this encoder's manifest is remembered (None without a memo folder)."""
