@@ -180,7 +180,8 @@ class Workspace:
 
     def reuse_key(self, config: dict, specs: dict[str, str]) -> str:
         """Everything that changes a record's numbers, computed without loading a model: the run's
-        config, the training defaults, both encoders' identities, the fingerprints of the data sets
+        config, the training defaults, both encoders' identities (for a CPU image encoder the backend
+        that will run, onnxruntime or torch under ALIGNPROBE_ONNX=0), the fingerprints of the data sets
         it reads (``{role: spec}``, files named inside a spec included), the storage dtype,
         strictness and the result format. `run` and `train` reuse a finished record only on a match."""
         return stable_hash({
