@@ -304,7 +304,7 @@ def vit_backends(model_name: str, n: int, batch_sizes: list[int], rounds: int) -
     def batched(fn, b):
         return lambda x: torch.cat([fn(x[i:i + b]) for i in range(0, len(x), b)])
 
-    variants = {f"alignprobe ({encoder.execution}) b{batch_sizes[0]}": batched(encoder.forward, batch_sizes[0])}
+    variants = {f"alignprobe ({encoder.execution}) b{b}": batched(encoder.forward, b) for b in batch_sizes}
     for b in batch_sizes:
         variants[f"torch eager (SDPA) b{b}"] = batched(encoder._forward, b)
     if encoder.execution == "onnxruntime":
@@ -387,7 +387,8 @@ def main():
     parser.add_argument("--dedup-data", default="shapes:train", help="caption set of section 5")
     parser.add_argument("--vit", action="store_true", help="section 6: ViT backends (random-vit)")
     parser.add_argument("--vit-images", type=int, default=64, help="inputs of section 6")
-    parser.add_argument("--vit-batches", default="32,8,64", help="batches of section 6 (first: alignprobe's)")
+    parser.add_argument("--vit-batches", default="64,32", help="batches of section 6 (first: alignprobe's "
+                        "default, --batch-size 64)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of sections 3-4")
     parser.add_argument("--skip-e2e", action="store_true", help="skip section 1")
     parser.add_argument("--skip-cache", action="store_true", help="skip section 2")
