@@ -8,7 +8,7 @@ import torch
 from alignprobe.errors import DataError, NotFittedError, ValidationError
 from alignprobe.probe.training.losses import sigmoid_loss
 from alignprobe.probe.training.schedules import lr_at, warmup_steps_for
-from alignprobe.probe.training.config import PRESETS, TrainConfig, resolve_recipe
+from alignprobe.probe.training.config import PRESETS, TrainConfig
 from alignprobe.probe.training.engine import warmup_steps
 from alignprobe.probe.training.probe import AlignmentProbe
 from helpers import planted
@@ -229,26 +229,6 @@ def test_presets_are_the_reference_recipes():
     assert TrainConfig.from_dict(json.loads(json.dumps(probe))) == TrainConfig.preset("sail-probe")
     with pytest.raises(ValidationError, match="unknown preset"):
         TrainConfig.preset("clip")
-
-
-def test_small_data_adaptation_is_listed_and_explicit_values_win():
-    config, changes = resolve_recipe("sail-probe", 2400, {"epochs": 7, "device": "cpu"})
-    assert (config.batch_size, config.lr, config.epochs, config.patience, config.min_rel_delta,
-            config.val_fraction) == (1024, 1e-3, 7, 10, 0.01, 0.1)
-    assert not config.drop_last  # small data: every pair each epoch
-    by_field = {c["field"]: c for c in changes}
-    # device is no recipe change
-    assert set(by_field) == {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs", "drop_last"}
-    assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 1e-3, "why": "small data: 2,400 pairs < 100,000"}
-    assert by_field["epochs"]["why"] == "set explicitly"
-    # forced preset: the reference at any size, but explicit flags still override single values
-    exact, changes = resolve_recipe("sail-probe", 2400, {"epochs": 2}, exact=True)
-    assert exact == TrainConfig.preset("sail-probe", epochs=2)
-    assert changes == [{"field": "epochs", "reference": 100, "used": 2, "why": "set explicitly"}]
-    big, changes = resolve_recipe("sail", 500_000)
-    assert big == TrainConfig.preset("sail") and changes == []
-    with pytest.raises(ValidationError, match="unknown training option"):
-        resolve_recipe("sail", 10, {"lerning_rate": 1})
 
 
 def test_config_validation():

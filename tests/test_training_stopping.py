@@ -90,7 +90,7 @@ def small_data_config(n, **explicit):
 
 def test_the_probe_stops_well_before_the_cap_once_the_held_out_loss_flattens():
     image, text = planted(1000)
-    trainer = Trainer(small_data_config(1000, lr=3e-3), quiet=True).fit(image, text)
+    trainer = Trainer(small_data_config(1000, lr=3e-3, epochs=200), quiet=True).fit(image, text)
     val = [h["val_loss"] for h in trainer.history_]
     assert trainer.stopped_early_ and len(val) < 100  # of 200 epochs
     assert min(val) < 0.6 * trainer.initial_val_loss_  # it did learn first

@@ -1,0 +1,31 @@
+"""Whether a device multiplies bf16 natively: where the small-data recipe trains under bf16 autocast.
+
+The SAIL reference trains under mixed precision by default (lezhang7/SAIL ``train/params.py``:
+``--precision amp``, fp16 autocast on a GPU). On a CPU the analogue is bf16 autocast, but it pays
+only where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX); elsewhere oneDNN
+emulates bf16 and the heads would run slower than in fp32. So the choice is made per device, from
+what the hardware reports, never assumed.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _cpu_has(name: str) -> bool:
+    # torch.cpu's capability probes (cpuinfo underneath); absent in some builds: then "no".
+    probe = getattr(torch.cpu, name, None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """True when ``device`` computes bf16 matrix products in hardware (a CUDA GPU that supports
+    bf16; a CPU with AVX512-BF16 or AMX tiles); False elsewhere (MPS included: not measured)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+    return False

@@ -1,0 +1,84 @@
+"""The small-data adaptation of the probe recipe (`training.config.small_data_changes`): its values,
+how each is listed and recorded, and the bf16 autocast it adds on a device that multiplies bf16 natively."""
+import numpy as np
+import pytest
+import torch
+
+from alignprobe.probe.training import config as training_config
+from alignprobe.probe.training.config import TrainConfig, resolve_recipe, small_data_changes
+from alignprobe.probe.training.precision import native_bf16
+from alignprobe.probe.training.probe import AlignmentProbe
+from helpers import planted
+
+BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs", "drop_last"}
+
+
+@pytest.fixture
+def bf16_hardware(monkeypatch):
+    """Pretend the device does (True) or does not (False) multiply bf16 natively."""
+    def set_to(value: bool):
+        monkeypatch.setattr(training_config, "native_bf16", lambda device: value)
+    return set_to
+
+
+def test_small_data_adaptation_is_listed_and_explicit_values_win(bf16_hardware):
+    bf16_hardware(False)
+    config, changes = resolve_recipe("sail-probe", 2400, {"epochs": 7, "device": "cpu"})
+    assert (config.batch_size, config.lr, config.epochs, config.patience, config.min_rel_delta,
+            config.val_fraction, config.precision) == (256, 3e-4, 7, 10, 0.01, 0.1, "fp32")
+    assert not config.drop_last  # small data: every pair each epoch
+    by_field = {c["field"]: c for c in changes}
+    assert set(by_field) == BASE_FIELDS  # device is no recipe change; no bf16 without the hardware
+    assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 3e-4, "why": "small data: 2,400 pairs < 100,000"}
+    assert by_field["epochs"]["why"] == "set explicitly"
+    # the default budget, when not set
+    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"})[0].epochs == 60
+    # forced preset: the reference at any size, but explicit flags still override single values
+    exact, changes = resolve_recipe("sail-probe", 2400, {"epochs": 2}, exact=True)
+    assert exact == TrainConfig.preset("sail-probe", epochs=2)
+    assert changes == [{"field": "epochs", "reference": 100, "used": 2, "why": "set explicitly"}]
+    big, changes = resolve_recipe("sail", 500_000)
+    assert big == TrainConfig.preset("sail") and changes == []
+
+
+@pytest.mark.parametrize("n_pairs,batch", [(2, 2), (40, 40), (256, 256), (2400, 256), (99_999, 256)])
+def test_the_batch_is_capped_at_256_and_never_exceeds_the_pairs(n_pairs, batch):
+    assert small_data_changes(n_pairs)["batch_size"] == batch
+
+
+def test_bf16_is_added_only_where_the_device_multiplies_bf16_natively(bf16_hardware):
+    bf16_hardware(True)
+    config, changes = resolve_recipe("sail-probe", 2400, {"device": "cpu"})
+    by_field = {c["field"]: c for c in changes}
+    assert config.precision == "bf16" and set(by_field) == BASE_FIELDS | {"precision"}
+    assert by_field["precision"]["reference"] == "fp32" and "--precision amp" in by_field["precision"]["why"]
+    # an explicit precision wins; the forced reference recipe and large data never change it
+    assert resolve_recipe("sail-probe", 2400, {"device": "cpu", "precision": "fp32"})[0].precision == "fp32"
+    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"}, exact=True)[0].precision == "fp32"
+    assert resolve_recipe("sail-probe", 500_000, {"device": "cpu"})[0].precision == "fp32"
+    bf16_hardware(False)
+    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"})[0].precision == "fp32"
+
+
+def test_native_bf16_reads_the_hardware():
+    cpu = bool(torch.cpu._is_avx512_bf16_supported()) or bool(torch.cpu._is_amx_tile_supported())
+    assert native_bf16("cpu") is cpu
+    assert native_bf16(torch.device("cpu")) is cpu
+    assert native_bf16("meta") is False  # a device nobody measured: fp32
+
+
+def test_bf16_training_matches_fp32_within_its_rounding():
+    """The bf16 autocast path trains on the CPU and lands where fp32 does: same held-out loss to
+    bf16 rounding, and the same retrieval of held-out pairs."""
+    image, text = planted(600, d_img=48, d_txt=32, noise=0.5)
+    fits = {}
+    for precision in ("fp32", "bf16"):
+        config, _ = resolve_recipe("sail-probe", len(image), dict(out_dim=32, epochs=15, device="cpu",
+                                                                 precision=precision))
+        probe = AlignmentProbe(config, quiet=True).fit(image, text)
+        zi, zt = probe.transform_image(image[probe.val_index_]), probe.transform_text(text[probe.val_index_])
+        fits[precision] = (probe.best_val_loss_, probe.initial_val_loss_, (zi @ zt.T).argmax(1))
+    (loss32, init32, top32), (loss16, init16, top16) = fits["fp32"], fits["bf16"]
+    assert loss32 < 0.9 * init32 and loss16 < 0.9 * init16  # both learned
+    assert abs(loss16 - loss32) <= 0.02 * loss32
+    assert np.mean(top16 == top32) >= 0.9
