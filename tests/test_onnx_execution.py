@@ -239,3 +239,22 @@ def test_transformers_vits_run_onnxruntime_equal_to_torch(tiny_model, family, mo
     for n in (1, 5):
         assert relative(enc.encode(images(n)), plain.encode(images(n))) <= RTOL
     assert enc.manifest()["execution"] == "onnxruntime" and plain.manifest()["execution"] == "torch"
+
+
+def test_random_vit_runs_onnxruntime_equal_to_torch():
+    """The `random-vit` control (a seeded timm ViT, `controls.random_vit`) takes the onnxruntime path
+    like any timm ViT; here a tiny one of the same family, the features equal to torch eager's."""
+    from alignprobe.backbones.controls import random_vit
+    from alignprobe.backbones.request import EncoderRequest
+
+    spec = EncoderRequest.create("vision", "random-vit").spec()
+    spec = spec.replace(dim=None, model_kwargs={"arch": "vit_small_patch16_224", "seed": 0, "img_size": 32,
+                                                "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2})
+    enc = random_vit(spec, device=torch.device("cpu"), dtype=torch.float32)
+    assert enc.execution == "onnxruntime", enc.execution_note
+    batch = enc.collate([enc.preprocess(im) for im in images(5)])
+    assert batch.shape[-1] == 32
+    with torch.inference_mode():
+        want = enc._forward(batch)  # torch eager (timm's SDPA attention)
+    assert relative(enc.forward(batch), want) <= RTOL
+    assert enc.manifest()["execution"] == "onnxruntime"
