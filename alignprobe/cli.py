@@ -207,7 +207,7 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
     The probe follows the SAIL reference (scripts/alignment_probing.sh): linear heads into 2048-d,
     sigmoid loss with every caption a positive, Lion (0.9, 0.99), lr 1e-5, wd 1e-7, batch 32,768,
     100 epochs, 10% warm-up then cosine, no held-out split. Below 100k pairs the recipe is adapted
-    (batch min(n, 256), lr 3e-4, 60 epochs, early stopping on 10% held-out pairs, bf16 autocast where the
+    (batch min(n, 256), lr 3e-4, early stopping on 10% held-out pairs, bf16 autocast where the
     device computes bf16 natively); each change is
     printed and recorded. --preset sail-probe forces the exact recipe at any size.
     """

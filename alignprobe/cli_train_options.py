@@ -81,7 +81,7 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag("decay_norm_bias_logit", "--decay-all", None,
               "Also decay LayerNorm gains, biases and the logit scale/bias (default: weight matrices only).",
               is_flag=True),
-    TrainFlag("epochs", "--epochs", click.IntRange(min=1), "[100; 60 on small data, with early stopping]", PROBE),
+    TrainFlag("epochs", "--epochs", click.IntRange(min=1), "[100; with early stopping on small data]", PROBE),
     TrainFlag("warmup_fraction", "--warmup-fraction", click.FloatRange(0, 1),
               "Warm-up over ceil(fraction x steps) steps, then the schedule [0.1]."),
     TrainFlag("schedule", "--schedule", click.Choice(["cosine", "constant"]), "[cosine]"),

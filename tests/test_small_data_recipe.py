@@ -10,7 +10,7 @@ from alignprobe.probe.training.precision import native_bf16
 from alignprobe.probe.training.probe import AlignmentProbe
 from helpers import planted
 
-BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs", "drop_last"}
+BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "drop_last"}
 
 
 @pytest.fixture
@@ -28,11 +28,12 @@ def test_small_data_adaptation_is_listed_and_explicit_values_win(bf16_hardware):
             config.val_fraction, config.precision) == (256, 3e-4, 7, 10, 0.01, 0.1, "fp32")
     assert not config.drop_last  # small data: every pair each epoch
     by_field = {c["field"]: c for c in changes}
-    assert set(by_field) == BASE_FIELDS  # device is no recipe change; no bf16 without the hardware
+    # device is no recipe change; no bf16 without the hardware; epochs: set explicitly here
+    assert set(by_field) == BASE_FIELDS | {"epochs"}
     assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 3e-4, "why": "small data: 2,400 pairs < 100,000"}
     assert by_field["epochs"]["why"] == "set explicitly"
-    # the default budget, when not set
-    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"})[0].epochs == 60
+    # the reference's budget of 100 epochs, when not set (early stopping ends it sooner)
+    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"})[0].epochs == 100
     # forced preset: the reference at any size, but explicit flags still override single values
     exact, changes = resolve_recipe("sail-probe", 2400, {"epochs": 2}, exact=True)
     assert exact == TrainConfig.preset("sail-probe", epochs=2)
