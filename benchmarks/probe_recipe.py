@@ -30,25 +30,24 @@ from alignprobe.config import EncodeOptions  # noqa: E402
 from alignprobe.probe.pipelines.run import RunConfig, run_pair  # noqa: E402
 
 #: Candidate recipes: `TrainConfig` fields set on top of the small-data adaptation in force.
+#: "before" is the adaptation until 2026-12-07 (batch 1,024, lr 1e-3, 200 epochs, fp32).
+BEFORE = dict(batch_size=1024, lr=1e-3, epochs=200, precision="fp32")
 RECIPES: dict[str, dict] = {
     "now": {},
-    "reference-stop": dict(min_rel_delta=0.0, patience=10),
-    "epochs-50": dict(epochs=50),
-    "epochs-30": dict(epochs=30),
-    "batch-256": dict(batch_size=256),
-    "batch-256-e30": dict(batch_size=256, epochs=30),
-    "lr-3e-3": dict(lr=3e-3),
-    "wd-0.1": dict(weight_decay=0.1),
-    "b256-lr3e-4-e100": dict(batch_size=256, lr=3e-4, epochs=100),
-    "b1024-lr3e-4": dict(lr=3e-4),
-    "b256-e60": dict(batch_size=256, epochs=60),
-    "b128-e60": dict(batch_size=128, epochs=60),
-    "b256-lr3e-4-e60": dict(batch_size=256, lr=3e-4, epochs=60),
-    "b256-lr3e-4-e30": dict(batch_size=256, lr=3e-4, epochs=30),
-    "b256-lr6e-4-e40": dict(batch_size=256, lr=6e-4, epochs=40),
-    "b512-lr3e-4-e60": dict(batch_size=512, lr=3e-4, epochs=60),
-    "b256-lr3e-4-e60-bf16": dict(batch_size=256, lr=3e-4, epochs=60, precision="bf16"),
-    "b256-lr3e-4-e100-bf16": dict(batch_size=256, lr=3e-4, epochs=100, precision="bf16"),
+    "before": BEFORE,
+    "now-fp32": dict(precision="fp32"),
+    "now-e100": dict(epochs=100),
+    "before-e50": {**BEFORE, "epochs": 50},
+    "before-e30": {**BEFORE, "epochs": 30},
+    "before-b256": {**BEFORE, "batch_size": 256},
+    "before-b256-e30": {**BEFORE, "batch_size": 256, "epochs": 30},
+    "before-b256-e60": {**BEFORE, "batch_size": 256, "epochs": 60},
+    "before-b128-e60": {**BEFORE, "batch_size": 128, "epochs": 60},
+    "before-lr3e-3": {**BEFORE, "lr": 3e-3},
+    "before-lr3e-4": {**BEFORE, "lr": 3e-4},
+    "b256-lr6e-4-e40": {**BEFORE, "batch_size": 256, "lr": 6e-4, "epochs": 40},
+    "b256-lr3e-4-e30": {**BEFORE, "batch_size": 256, "lr": 3e-4, "epochs": 30},
+    "b512-lr3e-4-e60": {**BEFORE, "batch_size": 512, "lr": 3e-4, "epochs": 60},
 }
 ENCODERS = ("effnet-lite0", "pixels", "hog", "random-vit", "dinov2-s-focus")
 SHOWN = ("zero_shot_top1", "i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10")
