@@ -54,6 +54,9 @@ class LiveTensors(TorchDispatchMode):
     def origins(self) -> list[str]:
         return [origin for ref, _, origin in self.live.values() if not ref.expired()]
 
+    def sizes(self, origin: str) -> list[int]:
+        return [nbytes for ref, nbytes, o in self.live.values() if not ref.expired() and o == origin]
+
 
 def naive_reference(img, txt, positive_index, scale, bias):
     """Autograd through F.normalize and the full logit matrix: the plain definition."""
@@ -142,14 +145,18 @@ def test_tiled_loss_holds_two_gradient_buffers_and_a_few_tiles_at_most():
     assert live.alive() <= 1.01 * features  # and those buffers became the .grad, not copied
 
 
-def test_run_head_keeps_the_fp16_batch_for_the_backward_not_its_fp32_copy():
+@pytest.mark.parametrize("kind", ["linear", "star"])
+def test_run_head_keeps_the_fp16_batch_for_the_backward_not_its_fp32_copies(kind):
     torch.manual_seed(0)
-    head = AlignmentModel(32, 8, 16).image_head
+    head = AlignmentModel(32, 8, 16, kind, "linear", 2).image_head
     x = torch.randn(64, 32).half()
     with LiveTensors(x, *head.parameters()) as live:
         out = run_head(head, x)
         alive_after_forward = live.origins()
-    assert "aten._to_copy.default" not in alive_after_forward  # the fp32 copy is gone once the forward is
+    # the fp32 cast and the LayerNorm's output are gone once the forward is (LayerNorm keeps its row statistics)
+    assert "aten._to_copy.default" not in alive_after_forward
+    assert alive_after_forward.count("aten.native_layer_norm.default") <= 2
+    assert all(size < x.numel() * 4 for size in live.sizes("aten.native_layer_norm.default"))
     out.square().sum().backward()
     grads = [p.grad.clone() for p in head.parameters()]
     head.zero_grad()

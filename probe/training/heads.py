@@ -133,14 +133,18 @@ class AlignmentHead(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` itself, once its last dimension is known to be ``in_dim``."""
         if x.shape[-1] != self.in_dim:
             raise ValidationError(
                 f"{self.kind} head expects features of size {self.in_dim}, got shape "
                 f"{tuple(x.shape)}; check that the embeddings come from the encoder "
                 f"the head was built for"
             )
-        return self.net(self.norm(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(self.check_features(x)))
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, out_dim={self.out_dim}, kind={self.kind!r}, width={self.width}"
