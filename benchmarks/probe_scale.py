@@ -5,6 +5,7 @@
     python benchmarks/probe_scale.py --quick           # 100k / 25k pairs, 512 / 256-d, batch 4,096 (a minute)
     python benchmarks/probe_scale.py --micro-batch 4096 # two-pass (GradCache) steps: less memory, a second forward
     python benchmarks/probe_scale.py --micro-batch auto,4096 --pairs 1000000   # both modes, one table
+    python benchmarks/probe_scale.py --keep-freed-memory # with the CLI's allocator settings (alignprobe/_allocator.py)
 
 For each size a synthetic memory-mapped fp16 cache is written (images and one
 caption per image, as `np.memmap` files -- what a `CachedEmbeddings` entry
