@@ -199,18 +199,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: The small-data recipe's training batch cap, learning rate and epoch budget (`small_data_changes`).
+#: The small-data recipe's training batch cap and learning rate (`small_data_changes`).
 SMALL_DATA_BATCH, SMALL_DATA_LR = 256, 3e-4
 
 
-def small_data_changes(n_pairs: int, *, native_bf16: bool = False) -> dict[str, Any]:
+def small_data_changes(n_pairs: int, *, bf16: bool = False) -> dict[str, Any]:
     """The small-data adaptation for ``n_pairs`` usable pairs (< `SMALL_DATA_PAIRS`).
 
     batch ``min(n, 256)``, Lion lr 3e-4, the reference's 100 epochs (warm-up
     over the first 10, cosine to 0 at 100), a 10 % held-out split of the
     *training pairs* (never a reported test set) and early stopping on its
     loss: stop once 10 epochs in a row have not lowered the best held-out loss
-    by more than 1 % of it. With ``native_bf16`` (the device multiplies bf16 in
+    by more than 1 % of it. With ``bf16`` (the device multiplies bf16 in
     hardware: `precision.native_bf16`) the heads also train under bf16
     autocast, as the reference trains under mixed precision (``train/params.py``
     ``--precision amp``); the loss stays fp32.
@@ -249,7 +249,7 @@ def small_data_changes(n_pairs: int, *, native_bf16: bool = False) -> dict[str, 
     """
     changes = dict(batch_size=max(2, min(SMALL_DATA_BATCH, int(n_pairs))), lr=SMALL_DATA_LR,
                    patience=10, min_rel_delta=0.01, val_fraction=0.1, drop_last=False)
-    if native_bf16:
+    if bf16:
         changes["precision"] = "bf16"
     return changes
 
@@ -279,7 +279,7 @@ def resolve_recipe(preset: str, n_pairs: int, explicit: Mapping[str, Any] | None
     values, why = dict(reference), {}
     if not exact and n_pairs < SMALL_DATA_PAIRS:
         device = resolve_device(explicit.get("device", reference["device"]))
-        for name, value in small_data_changes(n_pairs, native_bf16=native_bf16(device)).items():
+        for name, value in small_data_changes(n_pairs, bf16=native_bf16(device)).items():
             if name not in explicit:
                 values[name] = value
                 why[name] = f"small data: {n_pairs:,} pairs < {SMALL_DATA_PAIRS:,}"
