@@ -13,7 +13,8 @@ batch 32,768); with a few thousand pairs there are only ~5 steps per epoch.
 This is the measurement behind the small-data adaptation (`training.config.small_data_changes`); it ran
 with AdamW (the probe's optimizer before it followed the reference's Lion), kept as `--optimizer adamw`.
 
-``--stopping`` measures the small-data recipe as it is now (Lion, lr 1e-3, up to 200 epochs) under
+``--stopping`` measures the small-data recipe in force (today Lion lr 3e-4 and bf16 where native; it was
+lr 1e-3 in fp32 when benchmarks/README.md recorded it) at ``--batch-size`` with a 200-epoch cap, under
 three stopping rules on the same split: none (all 200 epochs), patience 20 alone (the rule before),
 and the recipe's (patience 10, ``min_rel_delta`` 0.01: stop once 10 epochs have not lowered the best
 held-out loss by 1 %). Printed: epochs run, best held-out loss, R@1 both ways, seconds -- the
@@ -56,7 +57,8 @@ def stopping(n: int, image, text, batch: int) -> None:
     print(f"{'rule':>26} {'epochs':>6} {'best ep':>7} {'best val':>9} {'i2t R@1':>7} {'t2i R@1':>7} {'sec':>6}")
     for name, rule in rules.items():
         start = time.perf_counter()
-        config, _ = resolve_recipe("sail-probe", n, dict(out_dim=256, batch_size=batch, device="cpu", **rule))
+        config, _ = resolve_recipe("sail-probe", n, dict(out_dim=256, batch_size=batch, epochs=200, device="cpu",
+                                                         **rule))
         probe = AlignmentProbe(config, quiet=True).fit(image, text)
         i2t, t2i = r_at_1(probe, image, text)
         print(f"{name:>26} {len(probe.history_):6d} {probe.best_epoch_:7d} {probe.best_val_loss_:9.5f} "
