@@ -78,7 +78,14 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group once every rank has reached the end.
+
+    The barrier first: a rank that tears its gloo group down while a peer is still
+    working with it can abort the peer ("terminate called without an active
+    exception", SIGABRT), which CI saw once in the two-process test.
+    """
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
