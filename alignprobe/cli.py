@@ -211,13 +211,12 @@ def run(vision, text, pairs, labelled, retrieval, metrics, seed, vision_pooling,
     device computes bf16 natively); each change is
     printed and recorded. --preset sail-probe forces the exact recipe at any size.
     """
-    from alignprobe.probe.pipelines.run import RunConfig, run_pair  # torch: not needed for --help
-
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(results_dir, "results directory (--results-dir)")
     preset, train = _probe_training_values(kwargs)
     protocol = _protocol_values(kwargs)
-    options = _options_from(kwargs)
+    options = _options_from(kwargs)  # refuses an unwritable cache before the slow import below
+    from alignprobe.probe.pipelines.run import RunConfig, run_pair  # torch: not needed for --help or bad input
     values = dict(vision=vision, text=text, pairs=pairs, labelled=labelled, retrieval=retrieval,
                   seed=seed, vision_pooling=vision_pooling, text_pooling=text_pooling, train=train,
                   preset=preset, vision_layer=vision_layer, text_layer=text_layer, n_pairs=n_pairs,
@@ -264,13 +263,12 @@ def sweep(vision, text, config_file, seeds, pairs, labelled, retrieval, metrics,
 
     Each encoder loads at most once (and not at all when its embeddings are cached); the probe
     recipe is that of `alignprobe run` (see its --help)."""
-    from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep  # torch: not needed for --help
-
     _setup_logging(kwargs["quiet"], verbose)
     _check_writable(results_dir, "results directory (--results-dir)")
     preset, train = _probe_training_values(kwargs)
     protocol = _protocol_values(kwargs)
-    options = _options_from(kwargs)
+    options = _options_from(kwargs)  # refuses an unwritable cache before the slow import below
+    from alignprobe.probe.pipelines.sweep import SweepConfig, run_sweep  # torch: not needed for --help or bad input
     run = {k: v for k, v in dict(pairs=pairs, labelled=labelled, retrieval=retrieval, preset=preset,
                                  vision_layer=vision_layer, n_pairs=n_pairs, metrics=_metric_groups(metrics),
                                  **protocol).items() if v is not None}
