@@ -199,3 +199,24 @@ def tiny_spec(name: str, folder: Path):
         model_class=real.model_class if real.source == "transformers" else local.model_class,
         family=real.family, dim=width, license="apache-2.0",
         notes=f"tiny random stand-in for {like} (tests only; weights from a checkpoint folder built from a config)")
+
+
+def tiny_text_encoder(folder: Path):
+    """A tiny sentence-transformers model saved in ``folder``, loaded as alignprobe's text encoder (CPU, mean)."""
+    from alignprobe import create_text_encoder
+
+    return create_text_encoder(save_sentence_transformer(folder), pooling="mean", device="cpu")
+
+
+class RecordingEncoder:
+    """Wraps an encoder and records the texts of every batch it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def forward(self, batch):
+        self.batches.append(list(batch))
+        return self.inner.forward(batch)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

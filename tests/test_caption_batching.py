@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alignprobe import create_text_encoder, create_vision_encoder
+from alignprobe import create_vision_encoder
 from alignprobe.errors import ValidationError
 from alignprobe.probe.embeddings.cache import EmbeddingCache
 from alignprobe.probe.embeddings.encoding import (
@@ -16,30 +16,14 @@ from alignprobe.probe.embeddings.encoding import (
     encode_source,
     text_batch,
 )
+from helpers import RecordingEncoder, tiny_text_encoder
 
 TEXTS = [("word " * (1 + (7 * i) % 23)).strip() + f" {i}" for i in range(70)]
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from helpers import save_sentence_transformer
-
-    folder = save_sentence_transformer(tmp_path_factory.mktemp("st") / "model")
-    return create_text_encoder(folder, pooling="mean", device="cpu")
-
-
-class Recording:
-    """Wraps an encoder and records the texts of every batch it is given."""
-
-    def __init__(self, inner):
-        self.inner, self.batches = inner, []
-
-    def forward(self, batch):
-        self.batches.append(list(batch))
-        return self.inner.forward(batch)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    return tiny_text_encoder(tmp_path_factory.mktemp("st") / "model")
 
 
 def encode(enc, tmp_path, name, **kwargs) -> np.ndarray:
@@ -49,14 +33,14 @@ def encode(enc, tmp_path, name, **kwargs) -> np.ndarray:
 
 
 def test_sorted_batches_come_back_in_order_and_equal_unsorted(encoder, tmp_path):
-    rec = Recording(encoder)
+    rec = RecordingEncoder(encoder)
     ordered = encode(rec, tmp_path, "sorted", batch_size=8, text_batch_size=8, shard_rows=32)
     # within each shard (32 rows), every batch holds texts no longer than the one before
     lengths = [[len(t) for t in b] for b in rec.batches]
     assert all(b == sorted(b, reverse=True) for b in lengths)
     assert any(b[0] > b[-1] for b in lengths)  # the test texts do need sorting
     assert len(rec.batches) == 4 + 4 + 1  # shards of 32, 32, 6 rows in batches of 8
-    plain = Recording(encoder)
+    plain = RecordingEncoder(encoder)
     unsorted = encode(plain, tmp_path, "unsorted", batch_size=8, text_batch_size=8, shard_rows=32,
                       length_sorted=False)
     assert [t for b in plain.batches for t in b] == TEXTS
@@ -76,10 +60,10 @@ def test_cpu_text_batch_is_at_least_the_measured_floor(encoder, tmp_path):
     assert text_batch(64, torch.device("cpu")) == CPU_TEXT_BATCH
     assert text_batch(1024, torch.device("cpu")) == 1024
     assert text_batch(8, torch.device("cuda")) == 8  # a GPU keeps the user's batch (memory)
-    rec = Recording(encoder)
+    rec = RecordingEncoder(encoder)
     encode(rec, tmp_path, "default", batch_size=4)
     assert len(rec.batches) == 1 and len(rec.batches[0]) == len(TEXTS)
-    rec = Recording(encoder)
+    rec = RecordingEncoder(encoder)
     encode(rec, tmp_path, "explicit", batch_size=4, text_batch_size=16)
     assert [len(b) for b in rec.batches] == [16, 16, 16, 16, 6]
     with pytest.raises(ValidationError, match="text_batch_size must be >= 1"):

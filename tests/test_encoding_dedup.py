@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from alignprobe import create_text_encoder
 from alignprobe.probe.embeddings.cache import EmbeddingCache
 from alignprobe.probe.embeddings.encoding import TextSource, encode_source
+from helpers import RecordingEncoder, tiny_text_encoder
 
 # 8 distinct templated captions over 45 rows: duplicates within and across shards of 16 rows
 TEMPLATES = [f"a {c} {s}" + " on grey" * (k % 3) for k, (c, s) in
@@ -16,24 +16,7 @@ TEXTS = [TEMPLATES[(i * 5 + i // 7) % len(TEMPLATES)] for i in range(45)]
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from helpers import save_sentence_transformer
-
-    folder = save_sentence_transformer(tmp_path_factory.mktemp("st") / "model")
-    return create_text_encoder(folder, pooling="mean", device="cpu")
-
-
-class Recording:
-    """Wraps an encoder and records the texts of every batch it is given."""
-
-    def __init__(self, inner):
-        self.inner, self.batches = inner, []
-
-    def forward(self, batch):
-        self.batches.append(list(batch))
-        return self.inner.forward(batch)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    return tiny_text_encoder(tmp_path_factory.mktemp("st") / "model")
 
 
 class Picky:
@@ -70,7 +53,7 @@ def run(enc, texts, folder, **kwargs):
 
 
 def test_distinct_texts_run_once_and_rows_equal_each_caption_alone(encoder, tmp_path):
-    rec = Recording(encoder)
+    rec = RecordingEncoder(encoder)
     result = run(rec, TEXTS, tmp_path, text_batch_size=4, shard_rows=16)
     seen = [t for b in rec.batches for t in b]
     assert sorted(seen) == sorted(set(TEXTS))  # each distinct string once, across the three shards
@@ -82,13 +65,13 @@ def test_distinct_texts_run_once_and_rows_equal_each_caption_alone(encoder, tmp_
 
 
 def test_same_rows_and_cache_key_as_encoding_every_row(encoder, tmp_path):
-    every = Recording(encoder)
+    every = RecordingEncoder(encoder)
     before = run(every, TEXTS, tmp_path / "every", text_batch_size=8, shard_rows=16, deduplicate=False)
     assert len([t for b in every.batches for t in b]) == len(TEXTS)  # the old behaviour: every row runs
     after = run(encoder, TEXTS, tmp_path / "once", text_batch_size=8, shard_rows=16)
     assert np.allclose(after.embeddings.to_numpy(), before.embeddings.to_numpy(), atol=1e-5, rtol=1e-5)
     # the cache key is unchanged: an entry written without de-duplication is a hit with it
-    again = run(Recording(encoder), TEXTS, tmp_path / "every", text_batch_size=8, shard_rows=16)
+    again = run(RecordingEncoder(encoder), TEXTS, tmp_path / "every", text_batch_size=8, shard_rows=16)
     assert again.cache_hit and again.embeddings.directory == before.embeddings.directory
 
 
