@@ -22,7 +22,8 @@ from alignprobe.errors import ValidationError
 from .dense_block import check_last_block
 from .devices import dtype_name
 from .hub import fingerprint_dir, fingerprint_file
-from .onnx_runtime import OnnxForward, library_version, onnx_enabled, prepare
+from .execution import why_torch
+from .onnx_runtime import OnnxForward, library_version, prepare
 from .spec import EncoderSpec
 
 log = logging.getLogger("alignprobe.encode")
@@ -125,12 +126,9 @@ class Encoder:
         """Run `_forward` through a cached onnxruntime graph where that is possible and exact
         (`alignprobe.backbones.onnx_runtime`); otherwise keep torch and say why in the log."""
         self._onnx = None
-        if not onnx_enabled():
-            self.execution_note = "ALIGNPROBE_ONNX=0"
-        elif self.device.type != "cpu" or self.dtype != torch.float32:
-            self.execution_note = "onnxruntime serves fp32 CPU encoders only"
-        elif self.spec.layer is not None:
-            self.execution_note = "layer features run in torch"
+        reason = why_torch(device_type=self.device.type, dtype=dtype_name(self.dtype), layer=self.spec.layer)
+        if reason:
+            self.execution_note = reason
         else:
             size = self.spec.preprocessing.size if self.spec.preprocessing else 224
             example = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))

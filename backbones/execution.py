@@ -45,15 +45,25 @@ def onnx_capable(builder: str, modality: str) -> bool:
     return modality == "vision" and builder in ONNX_BUILDERS
 
 
+def why_torch(*, device_type: str, dtype: str, layer: int | None) -> str | None:
+    """Why an encoder with the choice of backends runs torch without trying onnxruntime (None: it
+    tries): the one rule that `Encoder._use_onnx` applies when it loads and `planned_execution`
+    predicts before. ``dtype`` as `devices.dtype_name` writes it ("float32", ...)."""
+    if not onnx_enabled():
+        return f"{ENV}=0"
+    if device_type != "cpu" or dtype != "float32":
+        return "onnxruntime serves fp32 CPU encoders only"
+    if layer is not None:
+        return "layer features run in torch"
+    return None
+
+
 def planned_execution(builder: str, modality: str, *, device_type: str, dtype: str,
                       layer: int | None) -> str:
-    """"onnxruntime" when an encoder built by `builder` on `device_type` in `dtype` ("float32", ...,
-    as `devices.dtype_name` writes it)
-    will try the onnxruntime path (on, installed, fp32 on the CPU, last-block features), else "torch".
-    The same conditions as `Encoder._use_onnx`; a graph that then fails its exactness check runs
-    torch, an outcome fixed by the weights and library versions (both in the identity too)."""
-    if not onnx_capable(builder, modality) or not onnx_enabled() or not onnx_installed():
+    """"onnxruntime" when an encoder built by `builder` on `device_type` in `dtype` will try the
+    onnxruntime path (capable, installed, and `why_torch` finds no reason against), else "torch".
+    A graph that then fails its exactness check runs torch, an outcome fixed by the weights and
+    library versions (both in the identity too)."""
+    if not onnx_capable(builder, modality) or not onnx_installed():
         return "torch"
-    if device_type != "cpu" or dtype != "float32" or layer is not None:
-        return "torch"
-    return "onnxruntime"
+    return "torch" if why_torch(device_type=device_type, dtype=dtype, layer=layer) else "onnxruntime"
