@@ -230,7 +230,7 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False) -> dict[str, Any]:
     ridge baseline on effnet-lite0 (R@10 0.997 / 1.000) and the old recipe's
     scores on pixels in 92 epochs instead of 139; a 60-epoch budget left pixels'
     zero-shot 0.1 lower. bf16 autocast gave the same held-out loss and R@k to 3
-    decimals, 1.8x faster on a CPU with AVX512-BF16.
+    decimals, 1.3-1.5x faster on a CPU with AVX512-BF16.
 
     The stopping rule is relative because under the cosine schedule the loss
     keeps creeping down until the lr reaches 0, so ``patience`` alone never
