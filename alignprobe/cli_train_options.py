@@ -96,7 +96,7 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag("caption_sampling", "--caption-sampling", click.Choice(["random", "fixed"]),
               "Draw each image's captions at random each epoch, or always the first ones [random]."),
     TrainFlag("precision", "--precision", click.Choice(["fp32", "bf16", "fp16"]),
-              "Autocast of the heads (the loss stays fp32) [fp32; bf16 on small data where the device "
+              "Autocast of the heads and the loss's products (its sums stay fp32) [fp32; bf16 on small data where the device "
               "computes bf16 natively].", PROBE),
     TrainFlag("val_fraction", "--val-fraction", click.FloatRange(0, 1, max_open=True),
               "Hold out this share of the training pairs' images for early stopping [0; 0.1 on small data]. "

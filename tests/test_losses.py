@@ -124,6 +124,49 @@ def test_chunked_sigmoid_without_grad_and_half_inputs():
     assert half.dtype == torch.float32 and abs(half.item() - naive.item()) < 1e-3
 
 
+def _pairwise_with_grads(chunk, matmul_dtype, img, txt, positive, scale=20.0, bias=-10.0):
+    img, txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+    s, b = torch.tensor(scale, requires_grad=True), torch.tensor(bias, requires_grad=True)
+    loss = pairwise_sigmoid_loss(img, txt, positive, s, b, chunk_size=chunk, matmul_dtype=matmul_dtype)
+    loss.backward()
+    return loss.detach(), (img.grad, txt.grad, s.grad, b.grad)
+
+
+@pytest.mark.parametrize("matmul_dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_products_tiled_equal_naive_and_stay_near_fp32(matmul_dtype):
+    """The reference computes its logits under autocast: the three products of each tile in half
+    precision. Tiled and naive agree (both round the same products; only fp32 sums differ), the
+    result is fp32, and it stays within half-precision rounding of the all-fp32 loss -- but is
+    not it (the products really ran in half precision)."""
+    torch.manual_seed(0)
+    img, txt = torch.randn(40, 64), torch.randn(70, 64)
+    positive = torch.cat([torch.arange(40), torch.randint(0, 40, (25,)), torch.full((5,), -1)])
+    exact, exact_grads = _pairwise_with_grads(None, None, img, txt, positive)
+    naive, naive_grads = _pairwise_with_grads(None, matmul_dtype, img, txt, positive)
+    for chunk in (16, 100):
+        tiled, tiled_grads = _pairwise_with_grads(chunk, matmul_dtype, img, txt, positive)
+        assert tiled.dtype == torch.float32
+        assert tiled.item() == pytest.approx(naive.item(), rel=1e-5)
+        for got, want in zip(tiled_grads, naive_grads):
+            torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-5)
+    assert naive.item() == pytest.approx(exact.item(), rel=2e-2)
+    assert naive.item() != exact.item()
+    for got, want in zip(naive_grads, exact_grads):
+        torch.testing.assert_close(got, want, rtol=5e-2, atol=1e-4)
+
+
+def test_half_precision_products_are_optional_and_checked():
+    torch.manual_seed(0)
+    i, t = torch.randn(6, 8), torch.randn(6, 8)
+    index = torch.arange(6)
+    fp32 = pairwise_sigmoid_loss(i, t, index, 10.0, -5.0, chunk_size=4)
+    assert pairwise_sigmoid_loss(i, t, index, 10.0, -5.0, chunk_size=4, matmul_dtype=None).item() == fp32.item()
+    with pytest.raises(ValidationError, match="matmul_dtype"):
+        pairwise_sigmoid_loss(i, t, index, 10.0, -5.0, matmul_dtype=torch.float64)
+    with pytest.raises(ValidationError, match="matmul_dtype"):
+        pairwise_sigmoid_loss(i, t, index, 10.0, -5.0, matmul_dtype="bf16")
+
+
 def test_pairwise_sigmoid_several_captions_per_image():
     torch.manual_seed(0)
     img, txt = torch.randn(4, 5), torch.randn(7, 5)

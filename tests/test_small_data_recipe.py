@@ -83,3 +83,36 @@ def test_bf16_training_matches_fp32_within_its_rounding():
     assert loss32 < 0.9 * init32 and loss16 < 0.9 * init16  # both learned
     assert abs(loss16 - loss32) <= 0.02 * loss32
     assert np.mean(top16 == top32) >= 0.9
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", None), ("bf16", torch.bfloat16)])
+def test_the_step_runs_the_loss_products_in_the_heads_precision(monkeypatch, precision, expected):
+    """Under bf16 the loss's products run in bf16 too, as the reference's loss runs inside its
+    autocast; the val loss (the stopping rule's input) is computed the same way."""
+    from alignprobe.probe.training import losses, step
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("matmul_dtype"))
+        return losses.pairwise_sigmoid_loss(*args, **kwargs)
+
+    monkeypatch.setattr(step, "pairwise_sigmoid_loss", recording)
+    image, text = planted(120, d_img=24, d_txt=16)
+    config, _ = resolve_recipe("sail-probe", len(image), dict(out_dim=16, epochs=2, device="cpu",
+                                                             precision=precision))
+    AlignmentProbe(config, quiet=True).fit(image, text)
+    assert seen and set(seen) == {expected}
+
+
+def test_records_are_not_reused_across_a_change_of_the_picked_precision(monkeypatch):
+    """The small-data recipe picks bf16 from the hardware, so the reuse key's training defaults
+    name the pick: a results directory moved to a machine that picks the other precision retrains."""
+    from alignprobe.probe.pipelines import workspace
+
+    keys = {}
+    for here in (True, False):
+        monkeypatch.setattr(workspace, "native_bf16", lambda device, here=here: here)
+        keys[here] = workspace.training_defaults_hash("cpu")
+    assert keys[True] != keys[False]
+    assert workspace.training_defaults_hash("cpu") == keys[False]  # deterministic for one pick

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from alignprobe.backbones.devices import resolve_device
 from alignprobe.backbones.request import EncoderRequest
 from alignprobe.config import EncodeOptions
 from alignprobe.errors import DataError
@@ -30,6 +31,7 @@ from alignprobe.probe.training import distributed as D
 from alignprobe.probe.training.config import (PRESETS, SMALL_DATA_PAIRS, TrainConfig, describe_changes,
                                              resolve_recipe, small_data_changes)
 from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData
+from alignprobe.probe.training.precision import HALF_PRECISION_SCOPE, native_bf16
 from alignprobe.reports.records import environment, now_iso
 
 #: Bumped whenever a record's numbers would change for the same inputs (new metric definitions, ...).
@@ -185,7 +187,7 @@ class Workspace:
         it reads (``{role: spec}``, files named inside a spec included), the storage dtype,
         strictness and the result format. `run` and `train` reuse a finished record only on a match."""
         return stable_hash({
-            "format": RESULT_FORMAT, "run": config, "training_defaults": training_defaults_hash(),
+            "format": RESULT_FORMAT, "run": config, "training_defaults": training_defaults_hash(self.options.device),
             "encoders": self.identity(), "storage_dtype": self.options.storage_dtype, "strict": self.options.strict,
             "data": {role: self.fingerprint(spec) for role, spec in sorted(specs.items())},
         }, length=16)
@@ -282,10 +284,16 @@ class Workspace:
         }
 
 
-def training_defaults_hash() -> str:
-    """Changes when a recipe default or the small-data adaptation changes (so old records are not reused)."""
-    return stable_hash({"presets": PRESETS, "small": small_data_changes(SMALL_DATA_PAIRS - 1),
-                        "threshold": SMALL_DATA_PAIRS}, length=12)
+def training_defaults_hash(device: str = "auto") -> str:
+    """Changes when a recipe default or the small-data adaptation changes (so old records are not reused).
+
+    The adaptation trains under bf16 only where ``device`` multiplies bf16 natively, so the
+    hash names that choice (and what bf16 covers): a results directory moved to a machine that
+    picks the other precision does not reuse records trained under the first.
+    """
+    bf16 = native_bf16(resolve_device(device))
+    return stable_hash({"presets": PRESETS, "small": small_data_changes(SMALL_DATA_PAIRS - 1, bf16=bf16),
+                        "threshold": SMALL_DATA_PAIRS, "half_precision": HALF_PRECISION_SCOPE}, length=12)
 
 
 def resolve_pair_recipe(default_preset: str, preset: str | None, train: dict, *, seed: int, device: str,

@@ -93,7 +93,8 @@ class TrainConfig(ConfigDictMixin):
     evaluates every 2), ``checkpoint_every`` (steps; None: epoch ends),
     ``checkpoint_seconds`` (epoch-end checkpoints at most this often),
     ``log_every``, ``log_to`` (None, ``tensorboard`` or ``wandb``), ``seed``,
-    ``device``, ``precision`` (autocast of the heads; the loss runs in fp32),
+    ``device``, ``precision`` (autocast of the heads and half-precision products in the sigmoid loss; the
+    loss's sums and nonlinearities run in fp32),
     ``eval_batch_size``, ``prefetch``.
     """
 
@@ -213,7 +214,8 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False) -> dict[str, Any]:
     by more than 1 % of it. With ``bf16`` (the device multiplies bf16 in
     hardware: `precision.native_bf16`) the heads also train under bf16
     autocast, as the reference trains under mixed precision (``train/params.py``
-    ``--precision amp``); the loss stays fp32.
+    ``--precision amp``), and the loss's matrix products run in bf16 as inside the
+    reference's ``autocast()`` (``train/train.py``); its sums and nonlinearities stay fp32.
 
     Why these values (benchmarks/README.md, ``probe_recipe.py``: re-measured on
     the built-in ``shapes`` pairs with real encoders against a ridge-regression

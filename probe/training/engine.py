@@ -44,7 +44,7 @@ from alignprobe.probe.training.model_file import ALIGNED_FORMAT
 from alignprobe.probe.training.checkpoint import (ALIGNED_FILE, BEST_FILE, MODEL_FILE, CheckpointStore, rng_state,
                                                   set_rng_state)
 from alignprobe.probe.training.config import LOWER_IS_BETTER, RUNTIME_FIELDS, TrainConfig
-from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate, project
+from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate, half_dtype, project
 from alignprobe.probe.training.heads import AlignmentModel
 from alignprobe.probe.training.schedules import lr_at
 from alignprobe.probe.training.step import embed, global_loss, make_optimizer, resolve_micro_batch, train_step
@@ -428,7 +428,7 @@ class Trainer:
         config, model = self.config_, self.model_
         return global_loss(zi, zt, positive_index, model.logit_scale.exp(), model.logit_bias, n_global=n_global,
                            loss=config.loss, normalization=config.normalization, chunk_size=config.chunk_size,
-                           positives=self.positives_, ctx=self.dist_)
+                           positives=self.positives_, ctx=self.dist_, matmul_dtype=half_dtype(config.precision))
 
     def _train_step(self, batch) -> tuple[float, float]:
         device = self.device_

@@ -47,12 +47,15 @@ class RetrievalData:
     name: str = "retrieval"
 
 
+def half_dtype(precision: str) -> torch.dtype | None:
+    """The half-precision dtype of a ``precision`` setting (None for fp32)."""
+    return None if precision == "fp32" else torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast on the device (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    dtype = half_dtype(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

@@ -41,6 +41,8 @@ from alignprobe.errors import ValidationError
 
 TextSet = Union[torch.Tensor, Sequence[torch.Tensor], None]
 NORMALIZATIONS = ("n2", "n")
+#: The dtypes the sigmoid loss's matrix products may run in (None: the compute dtype).
+MATMUL_DTYPES = (None, torch.bfloat16, torch.float16)
 
 
 # --------------------------------------------------------------------------- validation
@@ -185,9 +187,12 @@ class _TiledSigmoidSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, img, txt, scale, bias, positive_index, chunk, need_grad):
+    def forward(ctx, img, txt, scale, bias, positive_index, chunk, need_grad, matmul_dtype=None):
         m, n = txt.shape[0], img.shape[0]
         dtype = _compute_dtype(img)
+        # The three GEMMs of a tile may run in half precision (the reference's
+        # autocast); normalisation, softplus / sigmoid and every sum stay in `dtype`.
+        low = matmul_dtype if matmul_dtype is not None and matmul_dtype != dtype else None
         (img_norms, img_denom), (txt_norms, txt_denom) = _row_norms(img, dtype), _row_norms(txt, dtype)
         total = torch.zeros((), dtype=torch.float64, device=img.device)
         if need_grad:
@@ -202,21 +207,30 @@ class _TiledSigmoidSum(torch.autograd.Function):
         for r0 in range(0, m, chunk):
             r1 = min(r0 + chunk, m)
             t = _normalized_rows(txt, txt_denom, r0, r1, dtype)
+            t_mm = t if low is None else t.to(low)
             pos = positive_index[r0:r1]
             for c0 in range(0, n, chunk):
                 c1 = min(c0 + chunk, n)
                 x = _normalized_rows(img, img_denom, c0, c1, dtype)
+                x_mm = x if low is None else x.to(low)
                 rows, cols = _tile_positives(pos, c0, c1)
-                z = torch.addmm(bias_, t, x.T, alpha=s)  # z = -y L = L for the negatives (y = -1)
+                # z = -y L = L for the negatives (y = -1)
+                z = torch.addmm(bias_, t, x.T, alpha=s) if low is None else \
+                    torch.mm(t_mm, x_mm.T).to(dtype).mul_(s).add_(bias_)
                 z[rows, cols] = z[rows, cols].neg()  # and -L for the positives
                 total += F.softplus(z).sum()
                 if need_grad:
                     grad = z.sigmoid_()  # d/dL for negatives; positives need the sign flip
                     grad[rows, cols] = grad[rows, cols].neg()
                     g_bias += grad.sum()
-                    g_txt[r0:r1].addmm_(grad, x)
-                    g_img[c0:c1].addmm_(grad.T, t)
-                del z, x
+                    if low is None:
+                        g_txt[r0:r1].addmm_(grad, x)
+                        g_img[c0:c1].addmm_(grad.T, t)
+                    else:  # half-precision products, accumulated in `dtype` across tiles
+                        grad = grad.to(low)
+                        g_txt[r0:r1] += torch.mm(grad, x_mm)
+                        g_img[c0:c1] += torch.mm(grad.T, t_mm)
+                del z, x, x_mm
             if need_grad:
                 # d/ds = sum_ji G_ji (t_j . x_i) = sum_j (G @ img)_j . t_j : no extra tile pass.
                 g_scale += (g_txt[r0:r1] * t).sum()
@@ -240,11 +254,12 @@ class _TiledSigmoidSum(torch.autograd.Function):
         g_img = _unnormalize_grad_(g_img.mul_(factor), img, img_norms, img_denom, ctx.chunk)
         g_txt = _unnormalize_grad_(g_txt.mul_(factor), txt, txt_norms, txt_denom, ctx.chunk)
         return (g_img.to(img.dtype), g_txt.to(txt.dtype), g_scale * grad_out, g_bias * grad_out,
-                None, None, None)
+                None, None, None, None)
 
 
-def _naive_sigmoid_sum(img, txt, scale, bias, positive_index) -> torch.Tensor:
-    logits = scale * txt @ img.T + bias
+def _naive_sigmoid_sum(img, txt, scale, bias, positive_index, matmul_dtype=None) -> torch.Tensor:
+    products = txt @ img.T if matmul_dtype is None else (txt.to(matmul_dtype) @ img.to(matmul_dtype).T).to(img.dtype)
+    logits = scale * products + bias
     labels = -torch.ones_like(logits)
     has_pos = positive_index >= 0
     labels[torch.nonzero(has_pos, as_tuple=True)[0], positive_index[has_pos]] = 1.0
@@ -261,6 +276,7 @@ def pairwise_sigmoid_loss(
     chunk_size: int | None = None,
     *,
     divisor: float | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Sigmoid loss of every text against every image, one positive image per text at most.
 
@@ -280,6 +296,13 @@ def pairwise_sigmoid_loss(
             logit matrix and divides by the *global* count (``M_global *
             N_global`` for n2), so that the ranks' losses add up to the
             global loss.
+        matmul_dtype: None (default): every product in the compute dtype (fp32,
+            or fp64 for fp64 inputs). ``torch.bfloat16`` / ``torch.float16``:
+            the logit and gradient matrix products run in that dtype, as under
+            the reference's mixed-precision autocast (lezhang7/SAIL
+            ``train/train.py`` computes the loss inside ``autocast()``, where
+            ``image_features @ text_features.T`` is a half-precision GEMM);
+            the normalisation, softplus / sigmoid and every sum stay fp32.
 
     Returns a 0-dim tensor, fp32 (fp64 for fp64 inputs); half-precision
     features are upcast, since a sum of ``M * N`` sigmoid terms is not
@@ -292,16 +315,18 @@ def pairwise_sigmoid_loss(
     chunk = _check_chunk(chunk_size)
     n, m = image_features.shape[0], text_features.shape[0]
     positive_index = _check_positive_index(positive_index, m, n, image_features.device)
+    if matmul_dtype not in MATMUL_DTYPES:
+        raise ValidationError(f"matmul_dtype must be None, torch.bfloat16 or torch.float16, got {matmul_dtype!r}")
     scale = _as_scalar("logit_scale", logit_scale, image_features)
     bias = _as_scalar("logit_bias", logit_bias, image_features)
     if chunk is None:
         dtype = _compute_dtype(image_features)
         img, txt = _normalized(image_features, dtype), _normalized(text_features, dtype)
-        total = _naive_sigmoid_sum(img, txt, scale, bias, positive_index)
+        total = _naive_sigmoid_sum(img, txt, scale, bias, positive_index, matmul_dtype)
     else:
         # normalised inside, slice by slice: no normalised copy of either side is held
         total = _TiledSigmoidSum.apply(image_features, text_features, scale, bias, positive_index, chunk,
-                                       _needs_grad(image_features, text_features, scale, bias))
+                                       _needs_grad(image_features, text_features, scale, bias), matmul_dtype)
     if divisor is not None:
         if isinstance(divisor, bool) or not isinstance(divisor, (int, float)) or not divisor > 0:
             raise ValidationError(f"divisor must be None or a number > 0, got {divisor!r}")

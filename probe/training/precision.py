@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import torch
 
+#: What runs in half precision under ``precision="bf16"`` / ``"fp16"``: the heads (autocast) and
+#: the sigmoid loss's matrix products (`losses.pairwise_sigmoid_loss` ``matmul_dtype``), as in
+#: the reference's autocast; sums, normalisation and the loss's nonlinearities stay fp32. Part of
+#: the result reuse key: a record trained under another scope is not reused.
+HALF_PRECISION_SCOPE = "heads, sigmoid-loss products"
+
 
 def _cpu_has(name: str) -> bool:
     # torch.cpu's capability probes (cpuinfo underneath); absent in some builds: then "no".

@@ -14,7 +14,7 @@ import torch
 from alignprobe.probe.training import distributed as D
 from alignprobe.probe.training.config import TrainConfig
 from alignprobe.probe.training.distributed import gather_varlen_with_grad, gather_with_grad, row_counts
-from alignprobe.probe.training.evaluation import autocast
+from alignprobe.probe.training.evaluation import autocast, half_dtype
 from alignprobe.probe.training.heads import AlignmentHead, AlignmentModel
 from alignprobe.probe.training.losses import pairwise_infonce_loss, pairwise_sigmoid_loss
 
@@ -22,7 +22,7 @@ from alignprobe.probe.training.losses import pairwise_infonce_loss, pairwise_sig
 def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, positive_index: torch.Tensor,
                 logit_scale: torch.Tensor, logit_bias: torch.Tensor, *, n_global: int, loss: str = "sigmoid",
                 normalization: str = "n2", chunk_size: int | None = None, positives: int | str = "all",
-                ctx: D.DistContext = D.SINGLE) -> torch.Tensor:
+                ctx: D.DistContext = D.SINGLE, matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """This rank's part of the loss of the global batch; the ranks' parts add up to it.
 
     Args:
@@ -35,6 +35,8 @@ def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, posit
         positives: ``"all"`` (ragged captions) or k (``k`` blocks of ``n``
             captions, the layout InfoNCE's per-block softmax needs).
         ctx: the process's `DistContext`; single-process by default.
+        matmul_dtype: the sigmoid loss's matrix products in half precision
+            (`pairwise_sigmoid_loss`); None: fp32. InfoNCE ignores it.
 
     Sigmoid: this rank's images are scored against the texts of *every* rank
     (gathered with gradient; ranks may hold different caption counts),
@@ -47,7 +49,7 @@ def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, posit
     if loss == "sigmoid":
         if not ctx.enabled:
             return pairwise_sigmoid_loss(image_features, text_features, positive_index, logit_scale, logit_bias,
-                                         normalization, chunk_size)
+                                         normalization, chunk_size, matmul_dtype=matmul_dtype)
         counts = row_counts(text_features.shape[0], ctx)
         texts = gather_varlen_with_grad(text_features, counts, ctx)
         offset = sum(counts[: ctx.rank])
@@ -55,7 +57,7 @@ def global_loss(image_features: torch.Tensor, text_features: torch.Tensor, posit
         index[offset : offset + counts[ctx.rank]] = positive_index
         divisor = texts.shape[0] * n_global if normalization == "n2" else n_global
         return pairwise_sigmoid_loss(image_features, texts, index, logit_scale, logit_bias,
-                                     chunk_size=chunk_size, divisor=float(divisor))
+                                     chunk_size=chunk_size, divisor=float(divisor), matmul_dtype=matmul_dtype)
     world, n_local = ctx.world_size, image_features.shape[0]
     if positives == "all":
         # One softmax over all captions: the caption -> image direction has one
@@ -241,7 +243,7 @@ def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: 
     def loss_of(zi, zt):
         return global_loss(zi, zt, positive_index, model.logit_scale.exp(), model.logit_bias, n_global=n_global,
                            loss=config.loss, normalization=config.normalization, chunk_size=config.chunk_size,
-                           positives=positives, ctx=ctx)
+                           positives=positives, ctx=ctx, matmul_dtype=half_dtype(config.precision))
 
     def backward(loss):
         (scaler.scale(loss) if scaler is not None else loss).backward()

@@ -1,0 +1,128 @@
+"""The small-data probe's training step against the GEMM peak of the same run (issue 20, goal 4).
+
+    python benchmarks/probe_step.py                      # effnet-lite0 x MiniLM shapes: 1,280 / 384 -> 2,048
+    python benchmarks/probe_step.py --image-dim 384      # DINOv2-S
+    python benchmarks/probe_step.py --rounds 5 --steps 20
+
+What `run` trains below 100k pairs (`training.config.small_data_changes`): linear heads into
+2,048-d, batch 240 images (2,160 training images in near-equal batches of at most 256) with
+three captions each, Lion, the chunked sigmoid loss. Each variant runs the engine's own
+`step.train_step` on drawn fp16-stored embeddings:
+
+* ``fp32``: everything in fp32;
+* ``bf16 heads``: the heads under bf16 autocast, the loss's products in fp32 (the recipe until
+  2026-12-07 evening);
+* ``bf16``: the heads and the loss's three products in bf16 (`pairwise_sigmoid_loss`'s
+  ``matmul_dtype``; the reference's ``autocast()`` around its loss), sums and nonlinearities fp32;
+
+each with the Lion of ``lion-pytorch`` the engine uses (``--optimizer foreach`` compares
+``lion_pytorch.foreach.Lion``). The variants run in interleaved rounds and the fastest round of
+each is reported (the machine's load drifts), with the step's matrix-product FLOPs -- heads
+forward, weight and input gradients (the LayerNorm's gain needs the input gradient), the loss's
+three products -- per second as a fraction of the GEMM peak of the step's dtype, measured in the
+same process between the rounds. Run it only while nothing else runs.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from alignprobe._allocator import keep_freed_memory
+
+keep_freed_memory()  # as the CLI does, before torch allocates anything large
+
+from alignprobe.probe.training import step as step_module  # noqa: E402
+from alignprobe.probe.training.config import TrainConfig  # noqa: E402
+from alignprobe.probe.training.heads import AlignmentModel  # noqa: E402
+from alignprobe.probe.training.step import make_optimizer, train_step  # noqa: E402
+
+
+def gemm_peak(dtype: torch.dtype, size: int = 2048, reps: int = 8) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * size**3 * reps / (time.perf_counter() - start)
+
+
+def step_flops(n: int, m: int, d_img: int, d_txt: int, d_out: int) -> float:
+    heads = 2 * (n * d_img + m * d_txt) * d_out  # one product per head, forward
+    return 3 * heads + 3 * 2 * n * m * d_out  # forward, weight and input gradients; the loss's three
+
+
+class Variant:
+    def __init__(self, name: str, precision: str, loss_half: bool, optimizer: str, args):
+        self.name, self.loss_half, self.optimizer_kind = name, loss_half, optimizer
+        self.config = TrainConfig(precision=precision, chunk_size=4096, batch_size=args.batch, lr=3e-4,
+                                  micro_batch=None, optimizer="lion")
+        torch.manual_seed(0)
+        self.model = AlignmentModel(args.image_dim, args.text_dim, args.out_dim)
+        if optimizer == "foreach":
+            from lion_pytorch.foreach import Lion
+
+            self.optimizer = Lion(self.model.parameters(), lr=3e-4, betas=self.config.betas)
+        else:
+            self.optimizer = make_optimizer(self.model, self.config)
+        self.best = float("inf")
+
+    def run(self, batches, steps: int) -> None:
+        # `loss_half=False` recreates the previous behaviour: the step asks `half_dtype` for the
+        # loss's product dtype, so None here keeps the loss's products in fp32.
+        original = step_module.half_dtype
+        if not self.loss_half:
+            step_module.half_dtype = lambda precision: None
+        try:
+            start = time.perf_counter()
+            for i in range(steps):
+                images, texts, index = batches[i % len(batches)]
+                train_step(self.model, self.optimizer, images, texts, index, len(images), self.config)
+            self.best = min(self.best, (time.perf_counter() - start) / steps)
+        finally:
+            step_module.half_dtype = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-dim", type=int, default=1280)
+    parser.add_argument("--text-dim", type=int, default=384)
+    parser.add_argument("--out-dim", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=240, help="images a step (the recipe's near-equal batches)")
+    parser.add_argument("--captions", type=int, default=3, help="captions per image")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--optimizer", choices=["engine", "foreach", "both"], default="engine")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    n, m = args.batch, args.batch * args.captions
+    batches = [(torch.randn(n, args.image_dim).abs().half(), torch.randn(m, args.text_dim).half(),
+                torch.arange(n).repeat_interleave(args.captions)) for _ in range(4)]
+    optimizers = ["engine", "foreach"] if args.optimizer == "both" else [args.optimizer]
+    variants = [Variant(f"{name} ({opt} Lion)", precision, half, opt, args)
+                for opt in optimizers
+                for name, precision, half in (("fp32", "fp32", False), ("bf16 heads, fp32 loss", "bf16", False),
+                                              ("bf16", "bf16", True))]
+    peaks = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for _ in range(args.rounds):
+        for dtype in peaks:
+            peaks[dtype] = max(peaks[dtype], gemm_peak(dtype))
+        for variant in variants:
+            variant.run(batches, args.steps)
+    flops = step_flops(n, m, args.image_dim, args.text_dim, args.out_dim)
+    print(f"# probe step: {n} images x {args.captions} captions, linear heads {args.image_dim} / {args.text_dim}"
+          f" -> {args.out_dim}; {flops / 1e9:.2f} GFLOP of matrix products a step; {torch.get_num_threads()} "
+          f"threads; GEMM peak fp32 {peaks[torch.float32] / 1e9:.0f}, bf16 {peaks[torch.bfloat16] / 1e9:.0f} "
+          f"GFLOP/s (2,048^3, same run)\n")
+    print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | speed-up over fp32 |")
+    print("|---|--:|--:|--:|--:|")
+    base = variants[0].best
+    for v in variants:
+        peak = peaks[torch.float32 if v.config.precision == "fp32" else torch.bfloat16]
+        rate = flops / v.best
+        print(f"| {v.name} | {v.best * 1e3:.1f} | {rate / 1e9:.0f} | {rate / peak:.2f} | {base / v.best:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
