@@ -18,7 +18,8 @@ from alignprobe.probe.training.streaming import SAMPLINGS
 
 ENGINE_CHOICES = {"image_head": HEAD_KINDS, "text_head": HEAD_KINDS, "optimizer": engine.OPTIMIZERS,
                   "loss": engine.LOSSES, "normalization": NORMALIZATIONS, "schedule": SCHEDULES,
-                  "precision": engine.PRECISIONS, "caption_sampling": SAMPLINGS, "log_to": engine.LOG_BACKENDS}
+                  "precision": engine.PRECISIONS, "caption_sampling": SAMPLINGS, "log_to": engine.LOG_BACKENDS,
+                  "norm_bias_init": engine.NORM_BIAS_INITS}
 
 
 def test_every_row_is_a_train_config_field_once():

@@ -10,7 +10,7 @@ from alignprobe.probe.training.precision import native_bf16
 from alignprobe.probe.training.probe import AlignmentProbe
 from helpers import planted
 
-BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "drop_last"}
+BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "drop_last", "norm_bias_init"}
 
 
 @pytest.fixture

@@ -68,6 +68,10 @@ class TrainConfig(ConfigDictMixin):
     image per step, drawn by ``caption_sampling``, repeated when an image has
     fewer).
 
+    Input: ``norm_bias_init`` (``zeros``, the reference; ``center``: each head's LayerNorm bias
+    starts at minus the mean LayerNorm output over the training split -- `norm_init`, for
+    features whose shared offset swamps their variation, such as mid-depth ViT blocks).
+
     Optimisation: ``optimizer`` (``lion``, the reference's default, or
     ``adamw``), ``lr``, ``weight_decay``, ``betas``, ``eps`` (AdamW),
     ``decay_norm_bias_logit`` (False: decay only weight matrices),
@@ -115,6 +119,7 @@ class TrainConfig(ConfigDictMixin):
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     decay_norm_bias_logit: bool = False
+    norm_bias_init: str = "zeros"
     batch_size: int = 32768
     micro_batch: int | str | None = "auto"
     epochs: int = 100
@@ -144,7 +149,8 @@ class TrainConfig(ConfigDictMixin):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         choices = {"image_head": HEAD_KINDS, "text_head": HEAD_KINDS, "loss": LOSSES,
                    "normalization": NORMALIZATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                   "precision": PRECISIONS, "caption_sampling": SAMPLINGS}
+                   "precision": PRECISIONS, "caption_sampling": SAMPLINGS,
+                   "norm_bias_init": NORM_BIAS_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValidationError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -200,6 +206,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: How each head's input LayerNorm bias starts (`norm_init`): the reference's zeros, or centred.
+NORM_BIAS_INITS = ("zeros", "center")
+
 #: The small-data recipe's training batch cap and learning rate (`small_data_changes`).
 SMALL_DATA_BATCH, SMALL_DATA_LR = 256, 3e-4
 
@@ -239,6 +248,11 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False) -> dict[str, Any]:
     fires; a 1 % gain over 10 epochs is where the remaining epochs cost more
     than they can change the scores.
 
+    The heads' LayerNorm bias starts centred on the training split (``norm_bias_init="center"``,
+    `norm_init`): DINOv2-S block 4 x MiniLM on ``shapes`` went from I2T R@10 0.08 (stopped at
+    epoch 18; 0.20 with all 100 epochs) to 1.00, where ridge gets 0.997; the features that already
+    worked (blocks 8 / 12, effnet-lite0) kept R@10 >= 0.99 and gained R@1 (``probe_diagnose_layer.py``).
+
     The batch never exceeds the pairs: below 256 pairs it is all of them,
     and the engine trains a training split smaller than one batch as one
     batch of all its images (recorded in the run's notes), so even a few
@@ -250,7 +264,8 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False) -> dict[str, Any]:
     small-data recipe keeps them (a recorded change, like the others).
     """
     changes = dict(batch_size=max(2, min(SMALL_DATA_BATCH, int(n_pairs))), lr=SMALL_DATA_LR,
-                   patience=10, min_rel_delta=0.01, val_fraction=0.1, drop_last=False)
+                   patience=10, min_rel_delta=0.01, val_fraction=0.1, drop_last=False,
+                   norm_bias_init="center")
     if bf16:
         changes["precision"] = "bf16"
     return changes

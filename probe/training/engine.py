@@ -46,6 +46,7 @@ from alignprobe.probe.training.checkpoint import (ALIGNED_FILE, BEST_FILE, MODEL
 from alignprobe.probe.training.config import LOWER_IS_BETTER, RUNTIME_FIELDS, TrainConfig
 from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate, half_dtype, project
 from alignprobe.probe.training.heads import AlignmentModel
+from alignprobe.probe.training.norm_init import center_norm_bias_
 from alignprobe.probe.training.schedules import lr_at
 from alignprobe.probe.training.step import embed, global_loss, make_optimizer, resolve_micro_batch, train_step
 from alignprobe.probe.training.streaming import CaptionIndex, ConcatStore, EmbeddingStore, PairStream, as_store
@@ -333,6 +334,8 @@ class Trainer:
         if config.select_by == "val_loss" and self._val_stream is None and config.val_fraction > 0:
             self.notes_.append("the held-out split is smaller than the number of ranks; the last epoch is kept")
         self._build_model(pairs.images.dim, pairs.captions.dim, config)
+        if config.norm_bias_init == "center":  # a resumed run then restores its own biases
+            self._center_norms(pairs)
         self._store = CheckpointStore(self.out_dir) if self.out_dir is not None else None
         try:
             self._train(resume, callbacks)
@@ -416,6 +419,16 @@ class Trainer:
         self._step_config = config.replace(micro_batch=self.micro_batch_)
         self._optimizer = self._make_optimizer()
         self._scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+
+    def _center_norms(self, pairs: _Pairs) -> None:
+        """Start each head's LayerNorm bias at minus its training split's mean output (`norm_init`)."""
+        caption_rows, _ = pairs.index.all_of(self.train_index_)
+        for side, head, store, rows in (("image", self.model_.image_head, pairs.images, self.train_index_),
+                                        ("text", self.model_.text_head, pairs.captions, caption_rows)):
+            share = center_norm_bias_(head, store, rows)
+            if share is not None:
+                self.notes_.append(f"{side} LayerNorm bias centred on the training split (the mean held "
+                                   f"{share:.1%} of the normalised features' energy)")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(self.model_, self.config_)

@@ -86,7 +86,8 @@ class AlignmentProbe(BaseEstimator):
                  out_dim=RECIPE, image_head=RECIPE, text_head=RECIPE, width=RECIPE, logit_scale_init=RECIPE,
                  logit_bias_init=RECIPE, loss=RECIPE, normalization=RECIPE, chunk_size=RECIPE, positives=RECIPE,
                  caption_sampling=RECIPE, optimizer=RECIPE, lr=RECIPE, weight_decay=RECIPE, betas=RECIPE,
-                 eps=RECIPE, decay_norm_bias_logit=RECIPE, batch_size=RECIPE, micro_batch=RECIPE, epochs=RECIPE,
+                 eps=RECIPE, decay_norm_bias_logit=RECIPE, norm_bias_init=RECIPE, batch_size=RECIPE,
+                 micro_batch=RECIPE, epochs=RECIPE,
                  drop_last=RECIPE, warmup_fraction=RECIPE, schedule=RECIPE, min_lr=RECIPE, grad_clip=RECIPE,
                  val_fraction=RECIPE, val_max_images=RECIPE, select_by=RECIPE, patience=RECIPE, min_delta=RECIPE,
                  min_rel_delta=RECIPE, eval_every=RECIPE, checkpoint_every=RECIPE, checkpoint_seconds=RECIPE,
@@ -100,6 +101,7 @@ class AlignmentProbe(BaseEstimator):
         self.caption_sampling, self.optimizer = caption_sampling, optimizer
         self.lr, self.weight_decay = lr, weight_decay
         self.betas, self.eps, self.decay_norm_bias_logit = betas, eps, decay_norm_bias_logit
+        self.norm_bias_init = norm_bias_init
         self.batch_size, self.micro_batch, self.epochs, self.drop_last = batch_size, micro_batch, epochs, drop_last
         self.warmup_fraction, self.schedule, self.min_lr, self.grad_clip = warmup_fraction, schedule, min_lr, grad_clip
         self.val_fraction, self.val_max_images, self.select_by = val_fraction, val_max_images, select_by
