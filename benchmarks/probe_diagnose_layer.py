@@ -19,12 +19,11 @@ Two parts:
    native bf16) and one change at a time -- fp32, inputs standardised per feature with the
    mean / std of the probe's own *training* split (`held_out_split`, the rows the trainer trains
    on: the held-out rows and the test set never enter the statistics), centring only, dropping
-   or clipping the dominant dimensions, and ``ln-center``: the fix proposed for the engine
-   (``norm_bias_init="center"``: each head's LayerNorm bias starts at minus the mean LayerNorm
-   output over the training split; features, architecture and saved format unchanged). Until
-   that field exists in `TrainConfig` it is emulated here by setting the biases right after the
-   trainer builds its model; once it exists, every cell names it (``zeros`` but for ``ln-center``),
-   so the other cells keep showing the reference's start. The ridge baseline (`metrics.RidgeBaseline`, fitted on
+   or clipping the dominant dimensions, and ``ln-center``: the fix, now part of the small-data
+   recipe (``norm_bias_init="center"``: each head's LayerNorm bias starts at minus the mean
+   LayerNorm output over the training split; features, architecture and saved format unchanged).
+   Every cell names the start (``zeros`` but for ``ln-center``), so the other cells show the
+   reference's. The ridge baseline (`metrics.RidgeBaseline`, fitted on
    the training split's first captions) is printed per layer as what the features hold.
 
 Why this exists: block 4 stopped at epoch 18 with I2T R@10 0.08 where ridge gets 0.99
@@ -35,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from alignprobe._allocator import keep_freed_memory
@@ -43,15 +41,12 @@ from alignprobe._allocator import keep_freed_memory
 keep_freed_memory()  # as the CLI does, before torch is imported
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from alignprobe.backbones import EncoderRequest  # noqa: E402
 from alignprobe.config import EncodeOptions  # noqa: E402
 from alignprobe.metrics.baselines import RidgeBaseline  # noqa: E402
 from alignprobe.probe.pipelines.workspace import Workspace  # noqa: E402
-from alignprobe.probe.training import engine  # noqa: E402
-from alignprobe.probe.training.config import TrainConfig, resolve_recipe  # noqa: E402
+from alignprobe.probe.training.config import resolve_recipe  # noqa: E402
 from alignprobe.probe.training.engine import held_out_split  # noqa: E402
 from alignprobe.probe.training.evaluation import retrieval_scores  # noqa: E402
 from alignprobe.probe.training.probe import AlignmentProbe  # noqa: E402
@@ -69,8 +64,6 @@ TRANSFORMS = {
     "clip": "image dims clipped to training-split mean +- 4 std",
     "ln-center": "features as cached; LayerNorm biases start at -(training-split mean LayerNorm output)",
 }
-#: Whether the engine has the proposed option (then the cells set it instead of emulating it).
-HAS_NORM_BIAS_INIT = "norm_bias_init" in TrainConfig.__dataclass_fields__
 #: Cells: name -> (layer, transform, TrainConfig fields set on top of the small-data recipe)
 CELLS = {
     "b4:recipe": ("b4", "none", {}),
@@ -186,46 +179,14 @@ def transforms(kind: str, data: PairData):
     raise SystemExit(f"unknown transform {kind!r}; choose one of {sorted(TRANSFORMS)}")
 
 
-def _layer_norm_mean(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.asarray(x, np.float64))
-    return F.layer_norm(t, (t.shape[1],)).mean(0).float()
-
-
-@contextmanager
-def emulated_norm_centering(data: PairData, seed: int):
-    """``norm_bias_init="center"`` before the engine has it: once the trainer has built its
-    model, set each head's LayerNorm bias to minus the training split's mean LayerNorm output."""
-    config, _ = resolve_recipe("sail-probe", len(data.images), {"seed": seed})
-    train_rows, _ = held_out_split(np.arange(len(data.images)), config)
-    img_mu = _layer_norm_mean(data.images[train_rows])
-    txt_mu = _layer_norm_mean(data.captions[np.isin(data.caption_image, train_rows)])
-    original = engine.Trainer._build_model
-
-    def build(trainer, *args, **kwargs):
-        original(trainer, *args, **kwargs)
-        if not np.array_equal(trainer.train_index_, train_rows):
-            raise SystemExit("the trainer's split is not the one the means were taken on")
-        with torch.no_grad():
-            trainer.model_.image_head.norm.bias.copy_(-img_mu)
-            trainer.model_.text_head.norm.bias.copy_(-txt_mu)
-
-    engine.Trainer._build_model = build
-    try:
-        yield
-    finally:
-        engine.Trainer._build_model = original
-
-
 def run_cell(data: PairData, kind: str, fields: dict) -> dict:
     """Train one probe on the transformed pairs; its stopping point, held-out loss and R@k."""
     fimg, ftxt = transforms(kind, data)
-    if HAS_NORM_BIAS_INIT:
-        fields = {"norm_bias_init": "center" if kind == "ln-center" else "zeros", **fields}
-    emulate = kind == "ln-center" and not HAS_NORM_BIAS_INIT
+    # every cell names the LayerNorm-bias start: the reference's zeros but for `ln-center`
+    fields = {"norm_bias_init": "center" if kind == "ln-center" else "zeros", **fields}
     t0 = time.perf_counter()
-    with emulated_norm_centering(data, fields.get("seed", 0)) if emulate else _nothing():
-        probe = AlignmentProbe(quiet=True, **fields).fit(fimg(data.images), ftxt(data.captions),
-                                                         caption_image_index=data.caption_image)
+    probe = AlignmentProbe(quiet=True, **fields).fit(fimg(data.images), ftxt(data.captions),
+                                                     caption_image_index=data.caption_image)
     image_z = probe.transform_image(fimg(data.test_images))
     scores = retrieval_scores(image_z, probe.transform_text(ftxt(data.test_captions)), data.test_caption_image)
     return {"test_image_cos": mean_cosine(image_z), "epochs": len(probe.history_), "best_epoch": probe.best_epoch_,
@@ -233,10 +194,6 @@ def run_cell(data: PairData, kind: str, fields: dict) -> dict:
             "val_init": probe.initial_val_loss_, "val_best": probe.best_val_loss_,
             "seconds": time.perf_counter() - t0, **scores}
 
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def ridge_scores(data: PairData) -> dict:
