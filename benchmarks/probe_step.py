@@ -15,8 +15,8 @@ three captions each, Lion, the chunked sigmoid loss. Each variant runs the engin
 * ``bf16``: the heads and the loss's three products in bf16 (`pairwise_sigmoid_loss`'s
   ``matmul_dtype``; the reference's ``autocast()`` around its loss), sums and nonlinearities fp32;
 
-each with the Lion of ``lion-pytorch`` the engine uses (``--optimizer foreach`` compares
-``lion_pytorch.foreach.Lion``). The variants run in interleaved rounds and the fastest round of
+each with the engine's Lion (`step.make_optimizer`: ``lion_pytorch.foreach.Lion``; ``--optimizer
+both`` also runs ``lion_pytorch.Lion``, the per-tensor Lion the engine used until 2026-12-07). The variants run in interleaved rounds and the fastest round of
 each is reported (the machine's load drifts), with the step's matrix-product FLOPs -- heads
 forward, weight and input gradients (the LayerNorm's gain needs the input gradient), the loss's
 three products -- per second as a fraction of the GEMM peak of the step's dtype, measured in the
@@ -60,8 +60,8 @@ class Variant:
                                   micro_batch=None, optimizer="lion")
         torch.manual_seed(0)
         self.model = AlignmentModel(args.image_dim, args.text_dim, args.out_dim)
-        if optimizer == "foreach":
-            from lion_pytorch.foreach import Lion
+        if optimizer == "per-tensor":
+            from lion_pytorch import Lion
 
             self.optimizer = Lion(self.model.parameters(), lr=3e-4, betas=self.config.betas)
         else:
@@ -93,13 +93,15 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=3, help="captions per image")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--optimizer", choices=["engine", "foreach", "both"], default="engine")
+    parser.add_argument("--optimizer", choices=["engine", "per-tensor", "both"], default="engine",
+                        help="the engine's Lion (lion-pytorch's foreach variant), lion-pytorch's per-tensor "
+                             "Lion (the engine's until 2026-12-07), or both")
     args = parser.parse_args()
     torch.manual_seed(0)
     n, m = args.batch, args.batch * args.captions
     batches = [(torch.randn(n, args.image_dim).abs().half(), torch.randn(m, args.text_dim).half(),
                 torch.arange(n).repeat_interleave(args.captions)) for _ in range(4)]
-    optimizers = ["engine", "foreach"] if args.optimizer == "both" else [args.optimizer]
+    optimizers = ["per-tensor", "engine"] if args.optimizer == "both" else [args.optimizer]
     variants = [Variant(f"{name} ({opt} Lion)", precision, half, opt, args)
                 for opt in optimizers
                 for name, precision, half in (("fp32", "fp32", False), ("bf16 heads, fp32 loss", "bf16", False),
