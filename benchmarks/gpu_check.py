@@ -15,9 +15,10 @@ Sections (each one's failure is recorded and the others still run):
    synthetic fp16 features in host memory, under ``bf16`` and ``fp16`` autocast: steps/s
    (median of the steps after the first), peak GPU memory, and the fraction of this GPU's
    GEMM peak -- measured in the same run (square products in fp32, bf16 and fp16). The heads'
-   GEMMs run in the autocast dtype and the loss's in fp32, so the ideal step time is
-   ``head FLOPs / half-precision peak + loss FLOPs / fp32 peak``; the fraction is that ideal
-   over the measured step. (``--tf32`` lets the fp32 loss GEMMs use TF32.)
+   GEMMs run in the autocast dtype and so do the loss's products (``matmul_dtype``, as in the
+   reference's autocast), so the ideal step time is ``(head + loss FLOPs) / half-precision
+   peak``; the fraction is that ideal over the measured step. (``--tf32`` lets the remaining
+   fp32 matmuls use TF32.)
 3. ``sail``: the ``sail`` preset (star heads w = 8 into 1,024-d) at batch 32,768 in bf16,
    one step after one warm-up step: seconds, peak memory, the micro-batch ``auto`` picked.
 4. ``nccl``: with two or more GPUs, the same small bf16 run under ``torchrun
@@ -208,7 +209,7 @@ def check_sail_probe(device, batch: int, steps: int, smoke: bool, dims: tuple[in
         timed = run["step_seconds"][1:] or run["step_seconds"]  # the first step pays for warm-up
         step_s = float(np.median(timed))
         half_peak = peaks.get(precision, peaks["bf16"])
-        ideal = heads / half_peak + loss / peaks["fp32"]
+        ideal = (heads + loss) / half_peak  # the loss's products run in the autocast dtype too
         result["runs"][precision] = {
             "steps": len(run["step_seconds"]), "step_seconds": run["step_seconds"], "median_step_s": step_s,
             "steps_per_s": 1.0 / step_s, "achieved_tflops": (heads + loss) / step_s / 1e12,
@@ -296,7 +297,7 @@ def main() -> int:
     parser.add_argument("--out", default="gpu_check.json", help="where the JSON figures go")
     parser.add_argument("--batch", type=int, default=32768)
     parser.add_argument("--steps", type=int, default=6, help="sail-probe steps per precision (the first is warm-up)")
-    parser.add_argument("--tf32", action="store_true", help="let fp32 matmuls (the loss) use TF32")
+    parser.add_argument("--tf32", action="store_true", help="let the remaining fp32 matmuls use TF32")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: encode,sail_probe,sail,nccl")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run every section at toy size on the CPU (checks the script, measures nothing)")
