@@ -30,11 +30,13 @@ from alignprobe.config import EncodeOptions  # noqa: E402
 from alignprobe.probe.pipelines.run import RunConfig, run_pair  # noqa: E402
 
 #: Candidate recipes: `TrainConfig` fields set on top of the small-data adaptation in force.
-#: "before" is the adaptation until 2026-12-07 (batch 1,024, lr 1e-3, 200 epochs, fp32).
-BEFORE = dict(batch_size=1024, lr=1e-3, epochs=200, precision="fp32")
+#: "before" is the adaptation until 2026-12-07 (batch 1,024, lr 1e-3, 200 epochs, fp32, LayerNorm
+#: biases starting at the reference's zeros); "now-zeros" is today's without the centred start.
+BEFORE = dict(batch_size=1024, lr=1e-3, epochs=200, precision="fp32", norm_bias_init="zeros")
 RECIPES: dict[str, dict] = {
     "now": {},
     "before": BEFORE,
+    "now-zeros": dict(norm_bias_init="zeros"),
     "now-fp32": dict(precision="fp32"),
     "now-e100": dict(epochs=100),
     "before-e50": {**BEFORE, "epochs": 50},
