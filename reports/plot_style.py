@@ -14,6 +14,8 @@ from typing import Iterator
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 
 from alignprobe.errors import ValidationError
 from alignprobe.io import atomic_path
@@ -68,18 +70,27 @@ def style_for(index: int) -> dict:
     return {"color": PALETTE[index % len(PALETTE)], "marker": MARKERS[index % len(MARKERS)]}
 
 
-# Label offsets tried in order (points): right-above, right-below, left-above, left-below, above, below.
-_LABEL_OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
-                  (-4, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"))
+# Label offsets tried in order (points): right-above, right-below, left-above, left-below, above, below;
+# then the same sides further out, joined to their point by a thin leader line (crowded corners).
+_NEAR_OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
+                 (-4, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"))
+_LABEL_OFFSETS = _NEAR_OFFSETS + tuple((dx * k, dy * k, ha, va) for k in (3, 5, 7, 9, 12, 15)
+                                       for dx, dy, ha, va in _NEAR_OFFSETS)
+_LEADER = {"arrowstyle": "-", "linewidth": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2}
 
 
 def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
     """Name each point, moving a label to another side when it would cover an earlier label or a point.
 
-    A greedy estimate in points (text width ~0.6 em per character), not a
+    A greedy search in points (each label's width measured from its font), not a
     solver: good enough for the tens of encoders of a sweep, and dependency-free.
+    Where every near side clashes (a crowded corner), the label moves further out
+    along a leader line. Labels outside the axes' box count as clashes too.
     """
     ax.autoscale_view()
+    engine = ax.figure.get_layout_engine()
+    if engine is not None:  # place against the final axes box, not the pre-layout one
+        engine.execute(ax.figure)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     fig_w, fig_h = ax.figure.get_size_inches() * 72
     pos = ax.get_position()
@@ -90,25 +101,37 @@ def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
     placed: list[tuple[float, float, float, float]] = []
     marker = [(a - 3, b - 3, a + 3, b + 3) for a, b in zip(px, py)]
     for i in np.argsort(-py):  # top first: labels above points are the most readable
-        w, h = 0.6 * size * len(names[i]), size
+        w, h = _text_size(names[i], size)
         best = None
         for dx, dy, ha, va in _LABEL_OFFSETS:
             left = px[i] + dx - (w if ha == "right" else w / 2 if ha == "center" else 0)
             bottom = py[i] + dy - (h if va == "top" else 0)
             box = (left, bottom, left + w, bottom + h)
             clashes = sum(_overlap(box, other) for other in placed + marker[:i] + marker[i + 1:])
+            clashes += _outside(box, pos.width * fig_w, pos.height * fig_h)
             if best is None or clashes < best[0]:
                 best = (clashes, box, dx, dy, ha, va)
             if clashes == 0:
                 break
         _, box, dx, dy, ha, va = best
         placed.append(box)
+        far = abs(dx) > 6 or abs(dy) > 6
         ax.annotate(names[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                    fontsize=size)
+                    fontsize=size, arrowprops=_LEADER if far else None)
+
+
+def _text_size(text: str, size: float) -> tuple[float, float]:
+    """Width and height in points of `text` in the current font (labels are never mathtext), 1 pt padded."""
+    width, height, _ = TextToPath().get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return width + 1.0, max(height, size) + 1.0
 
 
 def _overlap(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _outside(box, width: float, height: float) -> bool:
+    return box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height
 
 
 def new_figure(n_panels: int = 1, panel_height_in: float = 2.8, max_cols: int = 3,

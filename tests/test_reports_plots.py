@@ -236,3 +236,31 @@ def test_dollar_signs_in_names_do_not_abort_the_html_report(tmp_path):
     page = write_report(results, "html", n_boot=20)
     assert "No plots" not in page and "<img" in page
     assert "$x^2$-vit" in page and "cost$5" in page
+
+
+def test_point_labels_in_a_crowded_corner_do_not_overlap():
+    """Several encoders that saturate a metric sit in one corner: each label is moved (with a
+    leader line where needed) so that no two drawn labels overlap and all stay inside the axes."""
+    from alignprobe.reports.plot_style import label_points, new_figure
+
+    fig, (ax,) = new_figure(1)
+    x = np.array([0.80, 0.81, 0.82, 0.72, 0.725, 0.62, 0.625, 0.46])
+    y = np.array([1.00, 0.998, 1.00, 0.997, 1.00, 0.995, 1.00, 0.37])
+    names = ["effnet-lite0", "effnet-lite1", "effnet-lite2", "dinov2-s-focus@8", "dinov2-s-focus@10",
+             "dinov2-s-focus@4", "dinov2-s-focus@12", "random-vit"]
+    ax.scatter(x, y)
+    label_points(ax, x, y, names)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    # the text's own box (an Annotation's extent would include its leader line)
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]
+    assert len(boxes) == len(names)
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (ax.texts[i].get_text(), ax.texts[j].get_text())
+    frame = ax.get_window_extent(renderer)
+    for box in boxes:
+        assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1
