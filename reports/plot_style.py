@@ -13,6 +13,7 @@ from typing import Iterator
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import TextToPath
@@ -70,24 +71,29 @@ def style_for(index: int) -> dict:
     return {"color": PALETTE[index % len(PALETTE)], "marker": MARKERS[index % len(MARKERS)]}
 
 
-# Label offsets tried in order (points): right-above, right-below, left-above, left-below, above, below;
+# Label offsets tried in order (points): right-above, right-below, left-above, left-below, above, below,
+# right, left;
 # then the same sides further out, joined to their point by a thin leader line (crowded corners).
 _NEAR_OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
-                 (-4, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"))
+                 (-4, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"),
+                 (6, 0, "left", "center"), (-6, 0, "right", "center"))
 _LABEL_OFFSETS = _NEAR_OFFSETS + tuple((dx * k, dy * k, ha, va) for k in (3, 5, 7, 9, 12, 15)
                                        for dx, dy, ha, va in _NEAR_OFFSETS)
 _LEADER = {"arrowstyle": "-", "linewidth": 0.4, "color": "0.5", "shrinkA": 0, "shrinkB": 2}
 
 
-def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
+def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str], avoid: tuple = ()) -> None:
     """Name each point, moving a label to another side when it would cover an earlier label or a point.
 
     A greedy search in points (each label's width measured from its font), not a
     solver: good enough for the tens of encoders of a sweep, and dependency-free.
     Where every near side clashes (a crowded corner), the label moves further out
-    along a leader line. Labels outside the axes' box count as clashes too.
+    along a leader line. Labels outside the axes' box, or on an artist of ``avoid``
+    (the legend), count as clashes too.
     """
     ax.autoscale_view()
+    if not hasattr(ax.figure.canvas, "get_renderer"):  # a bare Figure: an Agg canvas measures what is drawn
+        FigureCanvasAgg(ax.figure)
     engine = ax.figure.get_layout_engine()
     if engine is not None:  # place against the final axes box, not the pre-layout one
         engine.execute(ax.figure)
@@ -100,12 +106,13 @@ def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
     size = POINT_LABEL_SIZE
     placed: list[tuple[float, float, float, float]] = []
     marker = [(a - 3, b - 3, a + 3, b + 3) for a, b in zip(px, py)]
+    marker += [_box_in_axes_points(ax, artist) for artist in avoid]
     for i in np.argsort(-py):  # top first: labels above points are the most readable
         w, h = _text_size(names[i], size)
         best = None
         for dx, dy, ha, va in _LABEL_OFFSETS:
             left = px[i] + dx - (w if ha == "right" else w / 2 if ha == "center" else 0)
-            bottom = py[i] + dy - (h if va == "top" else 0)
+            bottom = py[i] + dy - (h if va == "top" else h / 2 if va == "center" else 0)
             box = (left, bottom, left + w, bottom + h)
             clashes = sum(_overlap(box, other) for other in placed + marker[:i] + marker[i + 1:])
             clashes += _outside(box, pos.width * fig_w, pos.height * fig_h)
@@ -116,8 +123,18 @@ def label_points(ax, x: np.ndarray, y: np.ndarray, names: list[str]) -> None:
         _, box, dx, dy, ha, va = best
         placed.append(box)
         far = abs(dx) > 6 or abs(dy) > 6
-        ax.annotate(names[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                    fontsize=size, arrowprops=_LEADER if far else None)
+        label = ax.annotate(names[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                            fontsize=size, arrowprops=_LEADER if far else None)
+        label.set_in_layout(False)  # placed inside the axes box: the layout must not move that box again
+
+
+def _box_in_axes_points(ax, artist) -> tuple[float, float, float, float]:
+    """An artist's drawn box (the legend's, where 'best' put it) in points from the axes' corner."""
+    figure = ax.figure
+    renderer = figure.canvas.get_renderer()
+    box, frame, scale = artist.get_window_extent(renderer), ax.get_window_extent(renderer), 72.0 / figure.dpi
+    return ((box.x0 - frame.x0) * scale, (box.y0 - frame.y0) * scale,
+            (box.x1 - frame.x0) * scale, (box.y1 - frame.y0) * scale)
 
 
 def _text_size(text: str, size: float) -> tuple[float, float]:

@@ -160,7 +160,6 @@ def _correlation_panel(ax, sub: pd.DataFrame, x_metric: str, y_metric: str, n_bo
         # Control (random / baseline) encoders are hollow, so they read as reference points.
         ax.plot(row[x_metric], row[y_metric], linestyle="none", marker=st["marker"], color=st["color"],
                 markerfacecolor="none" if control else st["color"], markeredgewidth=0.8, zorder=3)
-    label_points(ax, x, y, [str(v) for v in sub["vision"]])
     handles = []
     if np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
@@ -170,9 +169,11 @@ def _correlation_panel(ax, sub: pd.DataFrame, x_metric: str, y_metric: str, n_bo
         handles.append(fit)
     legend_lines = correlation_legend(stats)
     blank = [Line2D([], [], linestyle="none", label=line) for line in legend_lines]
-    ax.legend(handles=handles + blank, loc="best", handlelength=1.5, borderaxespad=0.3)
+    legend = ax.legend(handles=handles + blank, loc="best", handlelength=1.5, borderaxespad=0.3)
     ax.set_xlabel(axis_label(x_metric))
     ax.set_ylabel(axis_label(y_metric))
+    # last, so that the labels keep clear of the legend where 'best' put it (it ignores text)
+    label_points(ax, x, y, [str(v) for v in sub["vision"]], avoid=(legend,))
     out = {m: stats[m] for m in METHODS}
     out.update(n=len(sub), vision=list(sub["vision"]), x=x.tolist(), y=y.tolist(),
                x_metric=x_metric, y_metric=y_metric, legend=legend_lines)

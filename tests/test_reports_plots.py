@@ -240,7 +240,8 @@ def test_dollar_signs_in_names_do_not_abort_the_html_report(tmp_path):
 
 def test_point_labels_in_a_crowded_corner_do_not_overlap():
     """Several encoders that saturate a metric sit in one corner: each label is moved (with a
-    leader line where needed) so that no two drawn labels overlap and all stay inside the axes."""
+    leader line where needed) so that no two drawn labels overlap, none covers the legend, and
+    all stay inside the axes."""
     from alignprobe.reports.plot_style import label_points, new_figure
 
     fig, (ax,) = new_figure(1)
@@ -249,7 +250,10 @@ def test_point_labels_in_a_crowded_corner_do_not_overlap():
     names = ["effnet-lite0", "effnet-lite1", "effnet-lite2", "dinov2-s-focus@8", "dinov2-s-focus@10",
              "dinov2-s-focus@4", "dinov2-s-focus@12", "random-vit"]
     ax.scatter(x, y)
-    label_points(ax, x, y, names)
+    for k in range(3):  # a legend narrower than the axes, as the correlation panels' is
+        ax.plot([], [], label=f"ρ = 0.{k}0, p = 0.396")
+    legend = ax.legend(loc="lower right")
+    label_points(ax, x, y, names, avoid=(legend,))
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
@@ -261,6 +265,8 @@ def test_point_labels_in_a_crowded_corner_do_not_overlap():
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
             assert not boxes[i].overlaps(boxes[j]), (ax.texts[i].get_text(), ax.texts[j].get_text())
+    legend_box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(legend_box) for box in boxes)
     frame = ax.get_window_extent(renderer)
     for box in boxes:
         assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1
