@@ -58,7 +58,8 @@ def train_config():
 
     return TrainConfig(out_dim=8, image_head="star", text_head="mlp", width=2, batch_size=32, micro_batch=6,
                       chunk_size=7, optimizer="adamw", lr=1e-2, weight_decay=1e-4, epochs=2, warmup_fraction=0.3,
-                      val_fraction=0.25, device="cpu", prefetch=False, checkpoint_every=None)
+                      val_fraction=0.25, device="cpu", prefetch=False, checkpoint_every=None,
+                      norm_bias_init="center")  # every rank must start from the same centred biases
 
 
 def train(ctx):
