@@ -72,8 +72,7 @@ def style_for(index: int) -> dict:
 
 
 # Label offsets tried in order (points): right-above, right-below, left-above, left-below, above, below,
-# right, left;
-# then the same sides further out, joined to their point by a thin leader line (crowded corners).
+# right, left; then the same sides further out, joined to their point by a thin leader line (crowded corners).
 _NEAR_OFFSETS = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"),
                  (-4, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"),
                  (6, 0, "left", "center"), (-6, 0, "right", "center"))
