@@ -83,7 +83,7 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
               is_flag=True),
     TrainFlag("norm_bias_init", "--norm-bias-init", click.Choice(["zeros", "center"]),
               "Start of the heads' LayerNorm bias: 'zeros' (the reference) or 'center' (minus the training "
-              "split's mean normalised feature) [zeros; center on small data]."),
+              "split's mean normalised feature) [zeros; center on small data].", PROBE),
     TrainFlag("epochs", "--epochs", click.IntRange(min=1), "[100; with early stopping on small data]", PROBE),
     TrainFlag("warmup_fraction", "--warmup-fraction", click.FloatRange(0, 1),
               "Warm-up over ceil(fraction x steps) steps, then the schedule [0.1]."),
