@@ -37,15 +37,7 @@ from alignprobe.probe.training import step as step_module  # noqa: E402
 from alignprobe.probe.training.config import TrainConfig  # noqa: E402
 from alignprobe.probe.training.heads import AlignmentModel  # noqa: E402
 from alignprobe.probe.training.step import make_optimizer, train_step  # noqa: E402
-
-
-def gemm_peak(dtype: torch.dtype, size: int = 2048, reps: int = 8) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)
-    start = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * size**3 * reps / (time.perf_counter() - start)
+from gpu_check import gemm_peaks  # noqa: E402  (this folder: the same peak gpu_check.py measures)
 
 
 def step_flops(n: int, m: int, d_img: int, d_txt: int, d_out: int) -> float:
@@ -106,22 +98,22 @@ def main() -> None:
                 for opt in optimizers
                 for name, precision, half in (("fp32", "fp32", False), ("bf16 heads, fp32 loss", "bf16", False),
                                               ("bf16", "bf16", True))]
-    peaks = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    peaks = {"fp32": 0.0, "bf16": 0.0}
     for _ in range(args.rounds):
-        for dtype in peaks:
-            peaks[dtype] = max(peaks[dtype], gemm_peak(dtype))
+        for dtype, peak in gemm_peaks(torch.device("cpu"), 2048).items():
+            peaks[dtype] = max(peaks[dtype], peak)
         for variant in variants:
             variant.run(batches, args.steps)
     flops = step_flops(n, m, args.image_dim, args.text_dim, args.out_dim)
     print(f"# probe step: {n} images x {args.captions} captions, linear heads {args.image_dim} / {args.text_dim}"
           f" -> {args.out_dim}; {flops / 1e9:.2f} GFLOP of matrix products a step; {torch.get_num_threads()} "
-          f"threads; GEMM peak fp32 {peaks[torch.float32] / 1e9:.0f}, bf16 {peaks[torch.bfloat16] / 1e9:.0f} "
+          f"threads; GEMM peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} "
           f"GFLOP/s (2,048^3, same run)\n")
     print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | speed-up over fp32 |")
     print("|---|--:|--:|--:|--:|")
     base = variants[0].best
     for v in variants:
-        peak = peaks[torch.float32 if v.config.precision == "fp32" else torch.bfloat16]
+        peak = peaks[v.config.precision]
         rate = flops / v.best
         print(f"| {v.name} | {v.best * 1e3:.1f} | {rate / 1e9:.0f} | {rate / peak:.2f} | {base / v.best:.2f}x |")
 

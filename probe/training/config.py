@@ -68,7 +68,8 @@ class TrainConfig(ConfigDictMixin):
     image per step, drawn by ``caption_sampling``, repeated when an image has
     fewer).
 
-    Input: ``norm_bias_init`` (``zeros``, the reference; ``center``: each head's LayerNorm bias
+    Input: ``norm_bias_init`` (``zeros``, the reference: ``model/sail_model.py``'s
+    ``AlignmentLayer`` starts from ``nn.LayerNorm``'s zero bias; ``center``: each head's LayerNorm bias
     starts at minus the mean LayerNorm output over the training split -- `norm_init`, for
     features whose shared offset swamps their variation, such as mid-depth ViT blocks).
 
