@@ -30,15 +30,18 @@ from alignprobe.config import EncodeOptions  # noqa: E402
 from alignprobe.probe.pipelines.run import RunConfig, run_pair  # noqa: E402
 
 #: Candidate recipes: `TrainConfig` fields set on top of the small-data adaptation in force.
-#: "before" is the adaptation until 2026-12-07 (batch 1,024, lr 1e-3, 200 epochs, fp32, LayerNorm
-#: biases starting at the reference's zeros); "now-zeros" is today's without the centred start.
-BEFORE = dict(batch_size=1024, lr=1e-3, epochs=200, precision="fp32", norm_bias_init="zeros")
+#: "before" is the adaptation until 2026-12-07 morning (Lion, batch 1,024, lr 1e-3, 200 epochs, fp32,
+#: LayerNorm biases starting at the reference's zeros); "now-zeros" is today's without the centred start.
+BEFORE = dict(optimizer="lion", batch_size=1024, lr=1e-3, epochs=200, precision="fp32", norm_bias_init="zeros")
+#: "lion" is the adaptation until 2026-12-07, late: Lion at lr 3e-4 for the reference's 100 epochs.
+LION = dict(optimizer="lion", lr=3e-4, epochs=100)
 RECIPES: dict[str, dict] = {
     "now": {},
+    "lion": LION,
     "before": BEFORE,
+    "lion-zeros": {**LION, "norm_bias_init": "zeros"},
     "now-zeros": dict(norm_bias_init="zeros"),
     "now-fp32": dict(precision="fp32"),
-    "now-e100": dict(epochs=100),
     "before-e50": {**BEFORE, "epochs": 50},
     "before-e30": {**BEFORE, "epochs": 30},
     "before-b256": {**BEFORE, "batch_size": 256},
@@ -50,6 +53,21 @@ RECIPES: dict[str, dict] = {
     "b256-lr6e-4-e40": {**BEFORE, "batch_size": 256, "lr": 6e-4, "epochs": 40},
     "b256-lr3e-4-e30": {**BEFORE, "batch_size": 256, "lr": 3e-4, "epochs": 30},
     "b512-lr3e-4-e60": {**BEFORE, "batch_size": 512, "lr": 3e-4, "epochs": 60},
+    # 2026-12-07, late: with the centred LayerNorm-bias start, fewer Lion epochs at a higher lr?
+    "lion-e50": {**LION, "epochs": 50},
+    "lion-lr6e-4-e50": {**LION, "lr": 6e-4, "epochs": 50},
+    "lion-lr1e-3-e30": {**LION, "lr": 1e-3, "epochs": 30},
+    "lion-lr1e-3-e50": {**LION, "lr": 1e-3, "epochs": 50},
+    "lion-lr2e-3-e30": {**LION, "lr": 2e-3, "epochs": 30},
+    # ... or AdamW, the reference's other optimizer ("now" is adamw-lr1e-2-e30)
+    "adamw-lr1e-3-e30": dict(optimizer="adamw", lr=1e-3, epochs=30),
+    "adamw-lr3e-3-e30": dict(optimizer="adamw", lr=3e-3, epochs=30),
+    "adamw-lr1e-2-e30": dict(optimizer="adamw", lr=1e-2, epochs=30),
+    "adamw-lr3e-3-e50": dict(optimizer="adamw", lr=3e-3, epochs=50),
+    "adamw-lr1e-2-e20": dict(optimizer="adamw", lr=1e-2, epochs=20),
+    "adamw-lr3e-2-e30": dict(optimizer="adamw", lr=3e-2, epochs=30),
+    "adamw-b512-lr1e-2-e30": dict(optimizer="adamw", batch_size=512, lr=1e-2, epochs=30),
+    "adamw-lr1e-2-e30-wd0.1": dict(optimizer="adamw", lr=1e-2, epochs=30, weight_decay=0.1),
 }
 ENCODERS = ("effnet-lite0", "pixels", "hog", "random-vit", "dinov2-s-focus")
 SHOWN = ("zero_shot_top1", "i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10")

@@ -6,8 +6,8 @@
 
 What `run` trains below 100k pairs (`training.config.small_data_changes`): linear heads into
 2,048-d, batch 240 images (2,160 training images in near-equal batches of at most 256) with
-three captions each, Lion, the chunked sigmoid loss. Each variant runs the engine's own
-`step.train_step` on drawn fp16-stored embeddings:
+three captions each, AdamW (Lion until 2026-12-07, late), the chunked sigmoid loss. Each variant
+runs the engine's own `step.train_step` on drawn fp16-stored embeddings:
 
 * ``fp32``: everything in fp32;
 * ``bf16 heads``: the heads under bf16 autocast, the loss's products in fp32 (the recipe until
@@ -15,8 +15,10 @@ three captions each, Lion, the chunked sigmoid loss. Each variant runs the engin
 * ``bf16``: the heads and the loss's three products in bf16 (`pairwise_sigmoid_loss`'s
   ``matmul_dtype``; the reference's ``autocast()`` around its loss), sums and nonlinearities fp32;
 
-each with the engine's Lion (`step.make_optimizer`: ``lion_pytorch.foreach.Lion``; ``--optimizer
-both`` also runs ``lion_pytorch.Lion``, the per-tensor Lion the engine used until 2026-12-07). The variants run in interleaved rounds and the fastest round of
+each with the optimizers ``--optimizers`` names: ``adamw`` (the engine's AdamW, `step.make_optimizer`:
+torch's fused CPU kernel where it has one), ``adamw-foreach`` / ``adamw-loop`` (torch's other two
+AdamW implementations), ``lion`` (the engine's Lion: ``lion_pytorch.foreach.Lion``) and
+``lion-per-tensor`` (``lion_pytorch.Lion``, the engine's until 2026-12-07). The variants run in interleaved rounds and the fastest round of
 each is reported (the machine's load drifts), with the step's matrix-product FLOPs -- heads
 forward, weight and input gradients (the LayerNorm's gain needs the input gradient), the loss's
 three products -- per second as a fraction of the GEMM peak of the step's dtype, measured in the
@@ -45,17 +47,27 @@ def step_flops(n: int, m: int, d_img: int, d_txt: int, d_out: int) -> float:
     return 3 * heads + 3 * 2 * n * m * d_out  # forward, weight and input gradients; the loss's three
 
 
+OPTIMIZERS = ("adamw", "adamw-foreach", "adamw-loop", "lion", "lion-per-tensor")
+#: name -> (label, the step's precision, whether the loss's products run in half precision)
+PRECISIONS = {"fp32": ("fp32", "fp32", False), "bf16-heads": ("bf16 heads, fp32 loss", "bf16", False),
+              "bf16": ("bf16", "bf16", True)}
+
+
 class Variant:
     def __init__(self, name: str, precision: str, loss_half: bool, optimizer: str, args):
         self.name, self.loss_half, self.optimizer_kind = name, loss_half, optimizer
-        self.config = TrainConfig(precision=precision, chunk_size=4096, batch_size=args.batch, lr=3e-4,
-                                  micro_batch=None, optimizer="lion")
+        kind = "lion" if optimizer.startswith("lion") else "adamw"
+        self.config = TrainConfig(precision=precision, chunk_size=4096, batch_size=args.batch,
+                                  lr=3e-4 if kind == "lion" else 1e-2, micro_batch=None, optimizer=kind)
         torch.manual_seed(0)
         self.model = AlignmentModel(args.image_dim, args.text_dim, args.out_dim)
-        if optimizer == "per-tensor":
+        if optimizer == "lion-per-tensor":
             from lion_pytorch import Lion
 
             self.optimizer = Lion(self.model.parameters(), lr=3e-4, betas=self.config.betas)
+        elif optimizer in ("adamw-foreach", "adamw-loop"):
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-2, betas=self.config.betas,
+                                               foreach=optimizer == "adamw-foreach")
         else:
             self.optimizer = make_optimizer(self.model, self.config)
         self.best = float("inf")
@@ -85,19 +97,22 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=3, help="captions per image")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--optimizer", choices=["engine", "per-tensor", "both"], default="engine",
-                        help="the engine's Lion (lion-pytorch's foreach variant), lion-pytorch's per-tensor "
-                             "Lion (the engine's until 2026-12-07), or both")
+    parser.add_argument("--optimizers", default="adamw,lion",
+                        help=f"comma-separated, of {','.join(OPTIMIZERS)}: the engine's AdamW and Lion, torch's "
+                             "foreach and for-loop AdamW, lion-pytorch's per-tensor Lion")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated, of fp32, bf16-heads (bf16 heads, fp32 loss products), bf16")
     args = parser.parse_args()
     torch.manual_seed(0)
     n, m = args.batch, args.batch * args.captions
     batches = [(torch.randn(n, args.image_dim).abs().half(), torch.randn(m, args.text_dim).half(),
                 torch.arange(n).repeat_interleave(args.captions)) for _ in range(4)]
-    optimizers = ["per-tensor", "engine"] if args.optimizer == "both" else [args.optimizer]
-    variants = [Variant(f"{name} ({opt} Lion)", precision, half, opt, args)
-                for opt in optimizers
-                for name, precision, half in (("fp32", "fp32", False), ("bf16 heads, fp32 loss", "bf16", False),
-                                              ("bf16", "bf16", True))]
+    optimizers, precisions = args.optimizers.split(","), args.precisions.split(",")
+    unknown = sorted((set(optimizers) - set(OPTIMIZERS)) | (set(precisions) - set(PRECISIONS)))
+    if unknown:
+        parser.error(f"unknown optimizer(s) or precision(s) {unknown}")
+    variants = [Variant(f"{PRECISIONS[p][0]}, {opt}", PRECISIONS[p][1], PRECISIONS[p][2], opt, args)
+                for opt in optimizers for p in precisions]
     peaks = {"fp32": 0.0, "bf16": 0.0}
     for _ in range(args.rounds):
         for dtype, peak in gemm_peaks(torch.device("cpu"), 2048).items():
@@ -109,7 +124,7 @@ def main() -> None:
           f" -> {args.out_dim}; {flops / 1e9:.2f} GFLOP of matrix products a step; {torch.get_num_threads()} "
           f"threads; GEMM peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} "
           f"GFLOP/s (2,048^3, same run)\n")
-    print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | speed-up over fp32 |")
+    print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | speed-up over the first row |")
     print("|---|--:|--:|--:|--:|")
     base = variants[0].best
     for v in variants:

@@ -55,12 +55,13 @@ def test_small_data_adaptation_is_printed_and_recorded(tmp_path, caplog):
     changes = {c["field"]: c for c in record["details"]["recipe_changes"]}
     bf16 = {"precision"} if native_bf16("cpu") else set()  # mixed precision where the CPU has bf16 instructions
     assert not reused and set(changes) == {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "epochs",
-                                           "out_dim", "drop_last", "norm_bias_init"} | bf16
-    assert changes["lr"]["reference"] == 1e-5 and changes["lr"]["used"] == 3e-4
+                                           "out_dim", "drop_last", "norm_bias_init", "optimizer"} | bf16
+    assert changes["lr"]["reference"] == 1e-5 and changes["lr"]["used"] == 1e-2
+    assert changes["optimizer"]["reference"] == "lion" and changes["optimizer"]["used"] == "adamw"
     assert changes["norm_bias_init"]["reference"] == "zeros" and changes["norm_bias_init"]["used"] == "center"
     assert "small data" in changes["batch_size"]["why"] and changes["out_dim"]["why"] == "set explicitly"
     printed = [r.getMessage() for r in caplog.records if "recipe change" in r.getMessage()]
-    assert len(printed) == len(changes) and any("lr = 0.0003 instead of the reference's 1e-05" in m for m in printed)
+    assert len(printed) == len(changes) and any("lr = 0.01 instead of the reference's 1e-05" in m for m in printed)
     # shapes has three captions an image: every one of them was trained on
     assert record["details"]["train_captions"] == 3 * record["details"]["train_images"]
 

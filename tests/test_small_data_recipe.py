@@ -10,7 +10,8 @@ from alignprobe.probe.training.precision import native_bf16
 from alignprobe.probe.training.probe import AlignmentProbe
 from helpers import planted
 
-BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "drop_last", "norm_bias_init"}
+BASE_FIELDS = {"batch_size", "lr", "patience", "min_rel_delta", "val_fraction", "drop_last", "norm_bias_init",
+               "optimizer", "epochs"}
 
 
 @pytest.fixture
@@ -24,22 +25,37 @@ def bf16_hardware(monkeypatch):
 def test_small_data_adaptation_is_listed_and_explicit_values_win(bf16_hardware):
     bf16_hardware(False)
     config, changes = resolve_recipe("sail-probe", 2400, {"epochs": 7, "device": "cpu"})
-    assert (config.batch_size, config.lr, config.epochs, config.patience, config.min_rel_delta,
-            config.val_fraction, config.precision) == (256, 3e-4, 7, 10, 0.01, 0.1, "fp32")
+    assert (config.optimizer, config.batch_size, config.lr, config.epochs, config.patience, config.min_rel_delta,
+            config.val_fraction, config.precision) == ("adamw", 256, 1e-2, 7, 10, 0.01, 0.1, "fp32")
     assert not config.drop_last  # small data: every pair each epoch
     by_field = {c["field"]: c for c in changes}
     # device is no recipe change; no bf16 without the hardware; epochs: set explicitly here
-    assert set(by_field) == BASE_FIELDS | {"epochs"}
-    assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 3e-4, "why": "small data: 2,400 pairs < 100,000"}
+    assert set(by_field) == BASE_FIELDS
+    assert by_field["lr"] == {"field": "lr", "reference": 1e-5, "used": 1e-2, "why": "small data: 2,400 pairs < 100,000"}
+    assert by_field["optimizer"]["reference"] == "lion" and by_field["optimizer"]["used"] == "adamw"
     assert by_field["epochs"]["why"] == "set explicitly"
-    # the reference's budget of 100 epochs, when not set (early stopping ends it sooner)
-    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"})[0].epochs == 100
+    # the linear probe's budget of 30 epochs when not set (early stopping may end it sooner)
+    assert resolve_recipe("sail-probe", 2400, {"device": "cpu"})[0].epochs == 30
     # forced preset: the reference at any size, but explicit flags still override single values
     exact, changes = resolve_recipe("sail-probe", 2400, {"epochs": 2}, exact=True)
     assert exact == TrainConfig.preset("sail-probe", epochs=2)
     assert changes == [{"field": "epochs", "reference": 100, "used": 2, "why": "set explicitly"}]
     big, changes = resolve_recipe("sail", 500_000)
     assert big == TrainConfig.preset("sail") and changes == []
+
+
+def test_heads_other_than_linear_keep_lion_for_the_reference_budget():
+    """Star or MLP heads on small data (`train` on a small set): Lion at lr 3e-4 for the reference's
+    100 epochs; AdamW at 1e-2 for 30 epochs was measured on linear heads only."""
+    for explicit in ({"image_head": "star", "device": "cpu"}, {"text_head": "mlp", "device": "cpu"}):
+        config, changes = resolve_recipe("sail-probe", 2400, explicit)
+        assert (config.optimizer, config.lr, config.epochs) == ("lion", 3e-4, 100)
+        assert {"optimizer", "epochs"}.isdisjoint(c["field"] for c in changes)
+    star, _ = resolve_recipe("sail", 2400, {"device": "cpu"})
+    assert (star.optimizer, star.lr, star.epochs, star.batch_size) == ("lion", 3e-4, 100, 256)
+    # and the other way round: linear heads asked for on the star preset get the probe's recipe
+    linear, _ = resolve_recipe("sail", 2400, {"image_head": "linear", "text_head": "linear", "device": "cpu"})
+    assert (linear.optimizer, linear.lr, linear.epochs) == ("adamw", 1e-2, 30)
 
 
 @pytest.mark.parametrize("n_pairs,batch", [(2, 2), (40, 40), (256, 256), (2400, 256), (99_999, 256)])

@@ -307,3 +307,41 @@ def test_lion_steps_as_the_reference_lion():
         optimizer.step()
     for name, p in params.items():
         torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_adamw_steps_as_the_reference_adamw():
+    """`make_optimizer`'s AdamW (torch's fused kernel on the CPU, what the small-data probe trains with)
+    against the reference's (lezhang7/SAIL main.py: ``optim.AdamW`` in torch's default implementation)
+    and the textbook update, with weight decay on weight matrices only."""
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.step import make_optimizer
+
+    torch.manual_seed(0)
+    model = AlignmentModel(12, 8, 6)
+    config = TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99), eps=1e-8)
+    optimizer = make_optimizer(model, config)
+    assert optimizer.param_groups[0]["fused"] is True  # the fast kernel is what runs
+    params = dict(model.named_parameters())
+    default = {name: p.detach().clone().requires_grad_() for name, p in params.items()}
+    reference = torch.optim.AdamW([{"params": [p for p in default.values() if p.ndim >= 2], "weight_decay": 0.5},
+                                   {"params": [p for p in default.values() if p.ndim < 2], "weight_decay": 0.0}],
+                                  lr=config.lr, betas=config.betas, eps=config.eps, foreach=False)
+    expected = {name: p.detach().clone() for name, p in params.items()}
+    m = {name: torch.zeros_like(p) for name, p in params.items()}
+    v = {name: torch.zeros_like(p) for name, p in params.items()}
+    b1, b2 = config.betas
+    for t in range(1, 6):
+        for name, p in params.items():
+            p.grad = torch.randn_like(p)
+            default[name].grad = p.grad.clone()
+            wd = config.weight_decay if p.ndim >= 2 else 0.0
+            expected[name].mul_(1 - config.lr * wd)
+            m[name].mul_(b1).add_(p.grad, alpha=1 - b1)
+            v[name].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v[name] / (1 - b2 ** t)).sqrt() + config.eps
+            expected[name].addcdiv_(m[name] / (1 - b1 ** t), denom, value=-config.lr)
+        optimizer.step()
+        reference.step()
+    for name, p in params.items():
+        torch.testing.assert_close(p.detach(), default[name].detach(), rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-6, msg=name)

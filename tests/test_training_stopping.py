@@ -90,7 +90,9 @@ def small_data_config(n, **explicit):
 
 def test_the_probe_stops_well_before_the_cap_once_the_held_out_loss_flattens():
     image, text = planted(1000)
-    trainer = Trainer(small_data_config(1000, lr=3e-3, epochs=200), quiet=True).fit(image, text)
+    # Lion at a high lr flattens within ~20 epochs on this set (the probe's AdamW keeps gaining > 1 %
+    # per 10 epochs for ~140): the rule is what is tested here, not the optimizer
+    trainer = Trainer(small_data_config(1000, optimizer="lion", lr=3e-3, epochs=200), quiet=True).fit(image, text)
     val = [h["val_loss"] for h in trainer.history_]
     assert trainer.stopped_early_ and len(val) < 100  # of 200 epochs
     assert min(val) < 0.6 * trainer.initial_val_loss_  # it did learn first

@@ -293,6 +293,7 @@ def training_defaults_hash(device: str = "auto") -> str:
     """
     bf16 = native_bf16(resolve_device(device))
     return stable_hash({"presets": PRESETS, "small": small_data_changes(SMALL_DATA_PAIRS - 1, bf16=bf16),
+                        "small_other_heads": small_data_changes(SMALL_DATA_PAIRS - 1, bf16=bf16, linear=False),
                         "threshold": SMALL_DATA_PAIRS, "half_precision": HALF_PRECISION_SCOPE}, length=12)
 
 

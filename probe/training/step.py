@@ -95,7 +95,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         from lion_pytorch.foreach import Lion
 
         return Lion(groups, lr=config.lr, betas=config.betas)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    # torch's fused AdamW kernel (CPU and CUDA): the same update as its default implementation, up to
+    # float rounding, in one pass over each weight instead of several (benchmarks/README.md "probe_step.py").
+    fused = all(p.device.type in ("cpu", "cuda") for _, p in named) or None
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
