@@ -199,6 +199,20 @@ def test_images_decode_in_worker_processes(tmp_path):
     assert res.embeddings.valid.sum() == 19
 
 
+def test_default_decoding_workers_follow_where_the_model_runs(monkeypatch):
+    """Images decode in workers, except for a CPU model on a machine of at most 2 cores, whose
+    forward already keeps every core busy; texts never use workers."""
+    from alignprobe.probe.embeddings import encoding
+
+    images, texts = ImageSource([]), TextSource("none", ["a"], "captions")
+    for cores, device, expected in ((2, "cpu", 0), (2, None, 0), (2, torch.device("cpu"), 0), (1, "cpu", 0),
+                                    (2, "cuda:0", 1), (2, torch.device("cuda", 0), 1), (4, "cpu", 3),
+                                    (16, "cpu", 8), (16, "cuda", 8)):
+        monkeypatch.setattr(encoding.os, "cpu_count", lambda: cores)
+        assert encoding.default_num_workers(images, device) == expected, (cores, device)
+        assert encoding.default_num_workers(texts, device) == 0
+
+
 def test_rows_gathers_across_shards_in_any_order(tmp_path):
     res = encode_source(ToyTextEncoder(), TextSource("toy", texts(40)), cache=EmbeddingCache(tmp_path),
                         shard_rows=7, storage_dtype="fp32", quiet=True)

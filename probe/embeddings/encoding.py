@@ -171,11 +171,24 @@ def batch_order(source, start: int, end: int, positions: Sequence[int] | None = 
     return sorted(positions, key=lambda k: -len(source.load(start + k)))
 
 
-def default_num_workers(source) -> int:
-    """Images: decode in parallel with the model (one worker per spare core, at most 8)."""
+#: Up to this many cores, an image encoder that runs on the CPU decodes in the main process.
+SMALL_CPU_CORES = 2
+
+
+def default_num_workers(source, device=None) -> int:
+    """Images: decode in parallel with the model (one worker per spare core, at most 8) -- except
+    when the model itself runs on the CPU of a machine with at most `SMALL_CPU_CORES` cores: its
+    forward already keeps every core busy, so a worker only adds the cost of shipping each
+    preprocessed batch between processes and of competing for the cores (EfficientNet-Lite0 on 2
+    cores: the 600 images of ``shapes:test`` in 5.7 s without a worker, 10.4 s with one; 2,400 in
+    the same time either way; benchmarks/README.md "main_job.py")."""
     if getattr(source, "kind", "") != "images":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    cores = os.cpu_count() or 2
+    on_cpu = device is None or getattr(device, "type", str(device)) == "cpu"
+    if on_cpu and cores <= SMALL_CPU_CORES:
+        return 0
+    return max(1, min(8, cores - 1))
 
 
 def nonfinite_message(encoder_name, source_name, start: int, end: int, compute_dtype: str | None) -> str:
@@ -313,7 +326,7 @@ def encode_source(
         source, preprocessor_of(encoder), cache, {0: identity}, {0: set(todo)}, forward, batch_size=batch_size,
         num_workers=num_workers, storage_dtype=storage_dtype, strict=strict, quiet=quiet,
         desc=f"encode {identity.encoder.get('name')} [{source.name} {source.kind}]", on_batch=on_batch,
-        length_sorted=length_sorted, deduplicate=deduplicate)
+        length_sorted=length_sorted, deduplicate=deduplicate, device=getattr(encoder, "device", None))
     if skipped_all:
         log.warning("%d of %d %s skipped (missing or corrupt); see the manifest's 'skipped' list",
                     len(skipped_all), len(source), source.kind)
@@ -327,7 +340,8 @@ def encode_source(
 def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict, todo: dict[Any, set[int]],
                   forward: Callable, *, batch_size: int, num_workers: int | None, storage_dtype: str, strict: bool,
                   quiet: bool, desc: str, on_batch: Callable[[int], None] | None = None,
-                  length_sorted: bool | None = None, deduplicate: bool | None = None) -> tuple[int, dict[str, str]]:
+                  length_sorted: bool | None = None, deduplicate: bool | None = None,
+                  device=None) -> tuple[int, dict[str, str]]:
     """The one shard loop of single- and multi-layer encoding.
 
     ``identities``: ``{key: CacheIdentity}`` of the entries being filled (one per layer; they
@@ -338,14 +352,15 @@ def encode_shards(source, preprocessor, cache: EmbeddingCache, identities: dict,
     the shard written atomically to each entry that needs it. Returns ``(rows encoded, skipped)``.
     ``length_sorted``: batch each shard's rows in `batch_order` (None: texts only).
     ``deduplicate``: run the model once per distinct text of the job and copy its row to the
-    duplicates (`dedup.TextReuse`; None: texts only).
+    duplicates (`dedup.TextReuse`; None: texts only). ``device``: where the model runs (it picks
+    the default number of decoding workers, `default_num_workers`).
     """
     first = next(iter(identities.values()))
     shards = sorted(set().union(*todo.values()))
     texts = source.kind != "images"
     loop = _ShardLoop(source, preprocessor, forward, identities, strict=strict, storage_dtype=storage_dtype,
                       batch_size=batch_size, on_batch=on_batch,
-                      workers=default_num_workers(source) if num_workers is None else num_workers,
+                      workers=default_num_workers(source, device) if num_workers is None else num_workers,
                       length_sorted=texts if length_sorted is None else length_sorted)
     deduplicate = texts if deduplicate is None else deduplicate
     # Across shards only when every entry needs the same shards (a copied row must exist for all)

@@ -118,7 +118,8 @@ def _encode_together(encoder, views, identities, left, source, *, cache, batch_s
     encoded, skipped_all = encode_shards(
         source, preprocessor_of(encoder), cache, {n: identities[n] for n in left}, todo, forward,
         batch_size=batch_size, num_workers=num_workers, storage_dtype=storage_dtype, strict=strict, quiet=quiet,
-        desc=f"encode {encoder.spec.base_name}@{names} [{source.name} {source.kind}]")
+        desc=f"encode {encoder.spec.base_name}@{names} [{source.name} {source.kind}]",
+        device=getattr(encoder, "device", None))
     seconds = time.perf_counter() - started
     out = {}
     for n in left:
