@@ -271,7 +271,8 @@ def encode_options(func=None, *, device_help: str = "the encoders", old_batch_fl
         click.option("--storage-dtype", type=click.Choice(["fp16", "fp32"]), default=None,
                      help="Dtype of cached embeddings [fp16]."),
         click.option("--num-workers", type=NON_NEGATIVE_INT, default=None,
-                     help="Image decoding workers, 0 = in the main process [one per spare core]."),
+                     help="Image decoding workers, 0 = in the main process [one per spare core; none for "
+                          "a CPU model on a machine of at most 2 cores]."),
         click.option("--shard-rows", type=POSITIVE_INT, default=None,
                      help="Rows per cache shard: an interrupted encode resumes at the last finished shard "
                           "[4096; smaller for very slow encoders]."),

@@ -22,7 +22,10 @@ AdamW implementations), ``lion`` (the engine's Lion: ``lion_pytorch.foreach.Lion
 each is reported (the machine's load drifts), with the step's matrix-product FLOPs -- heads
 forward, weight and input gradients (the LayerNorm's gain needs the input gradient), the loss's
 three products -- per second as a fraction of the GEMM peak of the step's dtype, measured in the
-same process between the rounds. Run it only while nothing else runs.
+same process between the rounds, and the time those products take alone, each at its own shape
+(`products_floor`), as a fraction of the step: the peak of a 2,048^3 product is out of reach of
+these thin products on some CPUs (AMX: bf16 tiles need large, square products to fill), so the
+second ratio says how far the rest of the step is from free. Run it only while nothing else runs.
 """
 from __future__ import annotations
 
@@ -51,6 +54,31 @@ OPTIMIZERS = ("adamw", "adamw-foreach", "adamw-loop", "lion", "lion-per-tensor")
 #: name -> (label, the step's precision, whether the loss's products run in half precision)
 PRECISIONS = {"fp32": ("fp32", "fp32", False), "bf16-heads": ("bf16 heads, fp32 loss", "bf16", False),
               "bf16": ("bf16", "bf16", True)}
+
+
+def step_products(n: int, m: int, d_img: int, d_txt: int, d_out: int) -> list[tuple[int, int, int]]:
+    """The step's matrix products as (rows, inner, cols): each head's forward, weight gradient and
+    input gradient, and the loss's logits and its two gradient products."""
+    heads = []
+    for rows, d_in in ((n, d_img), (m, d_txt)):
+        heads += [(rows, d_in, d_out), (d_out, rows, d_in), (rows, d_out, d_in)]
+    return heads + [(n, d_out, m), (n, m, d_out), (m, n, d_out)]
+
+
+def products_floor(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repeats: int = 5) -> float:
+    """Seconds the step's products take alone, each at its own shape in ``dtype`` (best of
+    ``repeats``): what the step would take if everything else in it were free."""
+    total = 0.0
+    for rows, inner, cols in shapes:
+        a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        total += best
+    return total
 
 
 class Variant:
@@ -114,23 +142,32 @@ def main() -> None:
     variants = [Variant(f"{PRECISIONS[p][0]}, {opt}", PRECISIONS[p][1], PRECISIONS[p][2], opt, args)
                 for opt in optimizers for p in precisions]
     peaks = {"fp32": 0.0, "bf16": 0.0}
+    shapes = step_products(n, m, args.image_dim, args.text_dim, args.out_dim)
+    floors = {"fp32": float("inf"), "bf16": float("inf")}
     for _ in range(args.rounds):
         for dtype, peak in gemm_peaks(torch.device("cpu"), 2048).items():
             peaks[dtype] = max(peaks[dtype], peak)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            floors[name] = min(floors[name], products_floor(shapes, dtype))
         for variant in variants:
             variant.run(batches, args.steps)
     flops = step_flops(n, m, args.image_dim, args.text_dim, args.out_dim)
     print(f"# probe step: {n} images x {args.captions} captions, linear heads {args.image_dim} / {args.text_dim}"
           f" -> {args.out_dim}; {flops / 1e9:.2f} GFLOP of matrix products a step; {torch.get_num_threads()} "
           f"threads; GEMM peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} "
-          f"GFLOP/s (2,048^3, same run)\n")
-    print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | speed-up over the first row |")
-    print("|---|--:|--:|--:|--:|")
+          f"GFLOP/s (2,048^3, same run); the step's {len(shapes)} products alone, each at its own shape: "
+          f"fp32 {floors['fp32'] * 1e3:.1f} ms, bf16 {floors['bf16'] * 1e3:.1f} ms\n")
+    print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | its products alone / step "
+          "| speed-up over the first row |")
+    print("|---|--:|--:|--:|--:|--:|")
     base = variants[0].best
     for v in variants:
-        peak = peaks[v.config.precision]
+        peak, floor = peaks[v.config.precision], floors["bf16" if v.loss_half else "fp32"]
+        if v.config.precision == "bf16" and not v.loss_half:  # bf16 heads, fp32 loss products
+            floor = products_floor(shapes[:6], torch.bfloat16) + products_floor(shapes[6:], torch.float32)
         rate = flops / v.best
-        print(f"| {v.name} | {v.best * 1e3:.1f} | {rate / 1e9:.0f} | {rate / peak:.2f} | {base / v.best:.2f}x |")
+        print(f"| {v.name} | {v.best * 1e3:.1f} | {rate / 1e9:.0f} | {rate / peak:.2f} | {floor / v.best:.2f} "
+              f"| {base / v.best:.2f}x |")
 
 
 if __name__ == "__main__":
