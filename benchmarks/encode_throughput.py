@@ -339,17 +339,12 @@ def vit_flops(encoder) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def gemm_peak(n: int = 2048, reps: int = 10) -> float:
-    """fp32 GEMM GFLOP/s of torch on this machine now, best of two timings."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = 0.0
-    for _ in range(2):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = max(best, reps * 2 * n ** 3 / (time.perf_counter() - t0))
-    return best / 1e9
+def gemm_peak(n: int = 2048) -> float:
+    """fp32 GEMM GFLOP/s of torch on this machine now (`gpu_check.gemm_peaks`, the one peak every
+    benchmark here measures)."""
+    from gpu_check import gemm_peaks  # this folder
+
+    return gemm_peaks(torch.device("cpu"), n)["fp32"] / 1e9
 
 
 def transformers_fused(encoder):
