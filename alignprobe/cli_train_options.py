@@ -75,8 +75,10 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag("micro_batch", "--micro-batch", IntOr("auto", "none"),
               "Rows per micro-batch of the two-pass (GradCache) step; 'none': one pass; 'auto': one pass when "
               "it fits in half the free memory [auto]."),
-    TrainFlag("optimizer", "--optimizer", click.Choice(["lion", "adamw"]), "[lion]"),
-    TrainFlag("lr", "--lr", POSITIVE_FLOAT, "Peak learning rate [1e-5; 3e-4 on small data].", PROBE),
+    TrainFlag("optimizer", "--optimizer", click.Choice(["lion", "adamw"]),
+              "[lion; adamw for linear heads on small data]"),
+    TrainFlag("lr", "--lr", POSITIVE_FLOAT,
+              "Peak learning rate [1e-5; on small data 1e-2 for linear heads with AdamW, else 3e-4].", PROBE),
     TrainFlag("weight_decay", "--weight-decay", click.FloatRange(min=0), "[1e-4 sail, 1e-7 sail-probe]"),
     TrainFlag("decay_norm_bias_logit", "--decay-all", None,
               "Also decay LayerNorm gains, biases and the logit scale/bias (default: weight matrices only).",
@@ -84,7 +86,8 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag("norm_bias_init", "--norm-bias-init", click.Choice(["zeros", "center"]),
               "Start of the heads' LayerNorm bias: 'zeros' (the reference) or 'center' (minus the training "
               "split's mean normalised feature) [zeros; center on small data].", PROBE),
-    TrainFlag("epochs", "--epochs", click.IntRange(min=1), "[100; with early stopping on small data]", PROBE),
+    TrainFlag("epochs", "--epochs", click.IntRange(min=1),
+              "[100; on small data 30 for linear heads with AdamW, with early stopping]", PROBE),
     TrainFlag("warmup_fraction", "--warmup-fraction", click.FloatRange(0, 1),
               "Warm-up over ceil(fraction x steps) steps, then the schedule [0.1]."),
     TrainFlag("schedule", "--schedule", click.Choice(["cosine", "constant"]), "[cosine]"),

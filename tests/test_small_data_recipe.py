@@ -53,6 +53,11 @@ def test_heads_other_than_linear_keep_lion_for_the_reference_budget():
         assert {"optimizer", "epochs"}.isdisjoint(c["field"] for c in changes)
     star, _ = resolve_recipe("sail", 2400, {"device": "cpu"})
     assert (star.optimizer, star.lr, star.epochs, star.batch_size) == ("lion", 3e-4, 100, 256)
+    # Lion asked for on linear heads: Lion's small-data lr and budget, not AdamW's lr 1e-2
+    lion, changes = resolve_recipe("sail-probe", 2400, {"optimizer": "lion", "device": "cpu"})
+    assert (lion.optimizer, lion.lr, lion.epochs) == ("lion", 3e-4, 100)
+    by_field = {c["field"]: c for c in changes}
+    assert by_field["lr"]["used"] == 3e-4 and not {"optimizer", "epochs"} & set(by_field)  # lion is the reference's
     # and the other way round: linear heads asked for on the star preset get the probe's recipe
     linear, _ = resolve_recipe("sail", 2400, {"image_head": "linear", "text_head": "linear", "device": "cpu"})
     assert (linear.optimizer, linear.lr, linear.epochs) == ("adamw", 1e-2, 30)

@@ -226,7 +226,8 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False, linear: bool = True)
     on the training split. Linear heads (``linear``: the alignment probe, what `run` and `sweep`
     train) train with AdamW -- the reference's other optimizer (``main.py``: any ``--optimizer``
     but ``lion``) -- at lr 1e-2 for 30 epochs (warm-up over the first 3, cosine to 0 at 30); other
-    heads (star, MLP: `train` on a small set) keep Lion at lr 3e-4 for the reference's 100 epochs.
+    heads (star, MLP: `train` on a small set), and linear heads for which Lion was asked explicitly,
+    keep Lion at lr 3e-4 for the reference's 100 epochs.
     With ``bf16`` (the device multiplies bf16 in hardware: `precision.native_bf16`) the heads also
     train under bf16 autocast, as the reference trains under mixed precision (``train/params.py``
     ``--precision amp``), and the loss's matrix products run in bf16 as inside the reference's
@@ -304,7 +305,9 @@ def resolve_recipe(preset: str, n_pairs: int, explicit: Mapping[str, Any] | None
     values, why = dict(reference), {}
     if not exact and n_pairs < SMALL_DATA_PAIRS:
         device = resolve_device(explicit.get("device", reference["device"]))
-        linear = all(explicit.get(f"{side}_head", reference[f"{side}_head"]) == "linear" for side in ("image", "text"))
+        # The AdamW values were measured for linear heads; a user who picks Lion for them gets Lion's.
+        linear = (all(explicit.get(f"{side}_head", reference[f"{side}_head"]) == "linear" for side in ("image", "text"))
+                  and explicit.get("optimizer", PROBE_OPTIMIZER) == PROBE_OPTIMIZER)
         for name, value in small_data_changes(n_pairs, bf16=native_bf16(device), linear=linear).items():
             if name not in explicit:
                 values[name] = value
