@@ -23,7 +23,7 @@ each is reported (the machine's load drifts), with the step's matrix-product FLO
 forward, weight and input gradients (the LayerNorm's gain needs the input gradient), the loss's
 three products -- per second as a fraction of the GEMM peak of the step's dtype, measured in the
 same process between the rounds, and the time those products take alone, each at its own shape
-(`products_floor`), as a fraction of the step: the peak of a 2,048^3 product is out of reach of
+(`product_times`), as a fraction of the step: the peak of a 2,048^3 product is out of reach of
 these thin products on some CPUs (AMX: bf16 tiles need large, square products to fill), so the
 second ratio says how far the rest of the step is from free. Run it only while nothing else runs.
 """
@@ -65,10 +65,10 @@ def step_products(n: int, m: int, d_img: int, d_txt: int, d_out: int) -> list[tu
     return heads + [(n, d_out, m), (n, m, d_out), (m, n, d_out)]
 
 
-def products_floor(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repeats: int = 5) -> float:
-    """Seconds the step's products take alone, each at its own shape in ``dtype`` (best of
-    ``repeats``): what the step would take if everything else in it were free."""
-    total = 0.0
+def product_times(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repeats: int = 5) -> list[float]:
+    """Seconds each of the step's products takes alone at its own shape in ``dtype`` (best of
+    ``repeats``); their sum is what the step would take if everything else in it were free."""
+    times = []
     for rows, inner, cols in shapes:
         a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
         a @ b  # warm-up
@@ -77,8 +77,8 @@ def products_floor(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repea
             start = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - start)
-        total += best
-    return total
+        times.append(best)
+    return times
 
 
 class Variant:
@@ -143,12 +143,13 @@ def main() -> None:
                 for opt in optimizers for p in precisions]
     peaks = {"fp32": 0.0, "bf16": 0.0}
     shapes = step_products(n, m, args.image_dim, args.text_dim, args.out_dim)
-    floors = {"fp32": float("inf"), "bf16": float("inf")}
+    # per product, its fastest time in each dtype; the heads' six products come first, the loss's three last
+    times = {"fp32": [float("inf")] * len(shapes), "bf16": [float("inf")] * len(shapes)}
     for _ in range(args.rounds):
         for dtype, peak in gemm_peaks(torch.device("cpu"), 2048).items():
             peaks[dtype] = max(peaks[dtype], peak)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            floors[name] = min(floors[name], products_floor(shapes, dtype))
+            times[name] = [min(a, b) for a, b in zip(times[name], product_times(shapes, dtype))]
         for variant in variants:
             variant.run(batches, args.steps)
     flops = step_flops(n, m, args.image_dim, args.text_dim, args.out_dim)
@@ -156,15 +157,14 @@ def main() -> None:
           f" -> {args.out_dim}; {flops / 1e9:.2f} GFLOP of matrix products a step; {torch.get_num_threads()} "
           f"threads; GEMM peak fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f} "
           f"GFLOP/s (2,048^3, same run); the step's {len(shapes)} products alone, each at its own shape: "
-          f"fp32 {floors['fp32'] * 1e3:.1f} ms, bf16 {floors['bf16'] * 1e3:.1f} ms\n")
+          f"fp32 {sum(times['fp32']) * 1e3:.1f} ms, bf16 {sum(times['bf16']) * 1e3:.1f} ms\n")
     print("| variant | ms / step | GFLOP/s | fraction of its dtype's peak | its products alone / step "
           "| speed-up over the first row |")
     print("|---|--:|--:|--:|--:|--:|")
     base = variants[0].best
     for v in variants:
-        peak, floor = peaks[v.config.precision], floors["bf16" if v.loss_half else "fp32"]
-        if v.config.precision == "bf16" and not v.loss_half:  # bf16 heads, fp32 loss products
-            floor = products_floor(shapes[:6], torch.bfloat16) + products_floor(shapes[6:], torch.float32)
+        peak = peaks[v.config.precision]
+        floor = sum(times[v.config.precision][:6]) + sum(times["bf16" if v.loss_half else "fp32"][6:])
         rate = flops / v.best
         print(f"| {v.name} | {v.best * 1e3:.1f} | {rate / 1e9:.0f} | {rate / peak:.2f} | {floor / v.best:.2f} "
               f"| {base / v.best:.2f}x |")

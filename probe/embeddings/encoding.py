@@ -155,11 +155,16 @@ class SkippingCollate:
 CPU_TEXT_BATCH = 256
 
 
+def runs_on_cpu(device) -> bool:
+    """Whether an encoder's ``device`` (a `torch.device`, a string, or None: unknown, as for plain
+    Python encoders) is the CPU."""
+    return device is None or getattr(device, "type", str(device)) == "cpu"
+
+
 def text_batch(batch_size: int, device) -> int:
     """The batch a text source runs in: `batch_size`, raised to `CPU_TEXT_BATCH` on the CPU (on a
     GPU the user's batch is kept: it may be what fits a large embedder's memory)."""
-    on_cpu = device is None or getattr(device, "type", str(device)) == "cpu"
-    return max(batch_size, CPU_TEXT_BATCH) if on_cpu else batch_size
+    return max(batch_size, CPU_TEXT_BATCH) if runs_on_cpu(device) else batch_size
 
 
 def batch_order(source, start: int, end: int, positions: Sequence[int] | None = None) -> list[int]:
@@ -185,8 +190,7 @@ def default_num_workers(source, device=None) -> int:
     if getattr(source, "kind", "") != "images":
         return 0
     cores = os.cpu_count() or 2
-    on_cpu = device is None or getattr(device, "type", str(device)) == "cpu"
-    if on_cpu and cores <= SMALL_CPU_CORES:
+    if runs_on_cpu(device) and cores <= SMALL_CPU_CORES:
         return 0
     return max(1, min(8, cores - 1))
 
