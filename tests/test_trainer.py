@@ -174,6 +174,46 @@ def test_fp16_batches_stay_fp16_until_each_micro_batch_and_the_step_is_unchanged
         torch.testing.assert_close(state16[name], state32[name], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("grad_clip", [None, 1e-3])
+def test_step_reports_the_gradient_norm_and_clips_only_when_asked(grad_clip):
+    """Without grad_clip the norm is only measured (torch's get_total_norm, no pass that multiplies
+    every gradient by 1); with it, the gradients are scaled to the bound. Either way the reported
+    norm is the one clip_grad_norm_ measures, and the weights are those of the same update."""
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.step import make_optimizer, train_step
+    from alignprobe.probe.training.streaming import PairStream
+
+    image, text = planted(96)
+    batch = next(PairStream(image, text, np.arange(96), np.arange(96), batch_size=64, positives=1,
+                            prefetch=False).epoch(0))
+    config = small_config(grad_clip=grad_clip, chunk_size=16)
+    torch.manual_seed(0)
+    model = AlignmentModel(image.shape[1], text.shape[1], 16, "linear", "linear")
+    reference = AlignmentModel(image.shape[1], text.shape[1], 16, "linear", "linear")
+    reference.load_state_dict(model.state_dict())
+    _, grad_norm = train_step(model, make_optimizer(model, config), batch.images, batch.texts,
+                              batch.positive_index, 64, config)
+    # the same step by hand: loss, backward, torch's clip_grad_norm_, AdamW
+    optimizer = make_optimizer(reference, config)
+    from alignprobe.probe.training.step import global_loss
+    zi, zt = reference.image_head(batch.images), reference.text_head(batch.texts)
+    global_loss(zi, zt, batch.positive_index, reference.logit_scale.exp(), reference.logit_bias, n_global=64,
+                chunk_size=16).backward()
+    grads = [p.grad.clone() for p in reference.parameters()]
+    want = float(torch.nn.utils.clip_grad_norm_(list(reference.parameters()),
+                                                 grad_clip if grad_clip is not None else float("inf")))
+    assert grad_norm == pytest.approx(want, rel=1e-6)
+    clipped = [p.grad for p in reference.parameters()]
+    if grad_clip is None:
+        assert all(torch.equal(a, b) for a, b in zip(grads, clipped))
+    else:
+        assert want > grad_clip and float(torch.nn.utils.get_total_norm(clipped)) == pytest.approx(grad_clip, rel=1e-4)
+    optimizer.step()
+    reference.clamp_()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_multi_positive_captions_and_caption_index(data):
     image, text = data
     extra = np.stack([text + 0.1, text - 0.1])

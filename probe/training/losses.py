@@ -150,24 +150,54 @@ def _row_norms(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch
 
 
 def _normalized_rows(x: torch.Tensor, denom: torch.Tensor, r0: int, r1: int, dtype: torch.dtype) -> torch.Tensor:
-    """Rows ``[r0, r1)`` of ``F.normalize(x.to(dtype))``, the same operations on a slice only."""
-    return x[r0:r1].to(dtype) / denom[r0:r1].expand(r1 - r0, x.shape[1])
+    """Rows ``[r0, r1)`` of ``F.normalize(x.to(dtype))``, the same operations on a slice only.
+
+    One division with ``denom`` (``dtype``) broadcast: type promotion computes it in ``dtype``
+    from the exact upcast of a half-precision ``x``, so the values are those of the cast and the
+    division done apart, without the intermediate copy of ``x``.
+    """
+    out = torch.div(x[r0:r1], denom[r0:r1])
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+def _softplus_sum(z: torch.Tensor) -> torch.Tensor:
+    """``F.softplus(z).sum()``, in the dtype of ``z``.
+
+    On a CPU torch's ``log1p`` is ~8x slower than its ``log`` (scalar code: 0.87 against 0.10 ms
+    for a 720 x 240 tile, benchmarks/README.md "probe_step.py"), so the sum there uses
+    ``softplus(z) = max(z, 0) + log1p(e)``, ``e = exp(-|z|)``, with ``log1p(e)`` computed as
+    ``log(u) * e / (u - 1)``, ``u = fl(1 + e)`` (exact to a few ulps: Goldberg, "What every computer
+    scientist should know about floating-point arithmetic", 1991, Theorem 4; ``e`` itself where
+    ``u`` rounds to 1). Other devices use ``F.softplus``.
+    """
+    if z.device.type != "cpu":
+        return F.softplus(z).sum()
+    total = z.clamp_min(0).sum()
+    e = z.abs().neg_().exp_()
+    u = e + 1
+    ratio = torch.log(u)
+    # log(u) / (u - 1), with 1 where u rounded to 1 (0 / 0); u - 1 is exact (Sterbenz: u in [1, 2])
+    ratio.div_(u.sub_(1)).nan_to_num_(nan=1.0)
+    del u
+    return total + ratio.mul_(e).sum()  # torch.sum: cascade summation, closer than a BLAS dot
 
 
 def _unnormalize_grad_(grad: torch.Tensor, x: torch.Tensor, norms: torch.Tensor, denom: torch.Tensor,
-                       chunk: int) -> torch.Tensor:
-    """``grad`` w.r.t. ``normalize(x)`` turned, in place, into the gradient w.r.t. ``x``.
+                       chunk: int, factor: torch.Tensor) -> torch.Tensor:
+    """``factor * grad`` w.r.t. ``normalize(x)`` turned, in place, into the gradient w.r.t. ``x``.
 
-    ``d normalize(x) / dx`` applied to ``g`` is ``(g - n (n . g)) / r`` (``n = x / r``);
-    where the norm was clamped to eps, ``r`` is a constant and only ``g / eps`` is
-    left -- autograd's result through ``F.normalize``. Row blocks bound the temporaries.
+    ``d normalize(x) / dx`` applied to ``g`` is ``(g - n (n . g)) / r`` (``n = x / r``), i.e. per
+    row ``a g + b x`` with ``a = 1 / r`` and ``b = -(n . g) / r^2``: two passes over ``grad`` (a
+    scale, a multiply-add with ``x``) instead of a normalised copy of ``x`` and four. Where the
+    norm was clamped to eps, ``r`` is a constant and only ``g / eps`` is left -- autograd's
+    result through ``F.normalize``. Row blocks bound the temporaries.
     """
     for r0 in range(0, len(x), chunk):
         r1 = min(r0 + chunk, len(x))
-        n = _normalized_rows(x, denom, r0, r1, grad.dtype)
-        g = grad[r0:r1]
-        dot = (n * g).sum(-1, keepdim=True).mul_(norms[r0:r1] >= _NORM_EPS)
-        g.sub_(n.mul_(dot)).div_(denom[r0:r1])
+        g, xr, r = grad[r0:r1], x[r0:r1].to(grad.dtype), denom[r0:r1]
+        dot = torch.linalg.vecdot(xr, g).unsqueeze(-1).div_(r).mul_(norms[r0:r1] >= _NORM_EPS)
+        a = factor / r
+        g.mul_(a).addcmul_(xr, dot.mul_(a).div_(r).neg_())
     return grad
 
 
@@ -196,11 +226,13 @@ class _TiledSigmoidSum(torch.autograd.Function):
         (img_norms, img_denom), (txt_norms, txt_denom) = _row_norms(img, dtype), _row_norms(txt, dtype)
         total = torch.zeros((), dtype=torch.float64, device=img.device)
         if need_grad:
-            g_img = torch.zeros(img.shape, dtype=dtype, device=img.device)
-            g_txt = torch.zeros(txt.shape, dtype=dtype, device=img.device)  # unscaled: sum over tiles of G @ img
+            # Written by the first tile that reaches each slice, added to by the others: no
+            # zero-fill and no addition for the first (the only one when a side fits one tile).
+            g_img = torch.empty(img.shape, dtype=dtype, device=img.device)
+            g_txt = torch.empty(txt.shape, dtype=dtype, device=img.device)  # unscaled: sum over tiles of G @ img
             g_bias = torch.zeros((), dtype=torch.float64, device=img.device)
             g_scale = torch.zeros((), dtype=torch.float64, device=img.device)
-        # One GEMM writes s * t.x + b (alpha and the broadcast bias), saving two
+        # In fp32 one GEMM writes s * t.x + b (alpha and the broadcast bias), saving two
         # passes over each tile; reading s once costs one device sync per call.
         s = float(scale)
         bias_ = bias.to(dtype)
@@ -208,30 +240,37 @@ class _TiledSigmoidSum(torch.autograd.Function):
             r1 = min(r0 + chunk, m)
             t = _normalized_rows(txt, txt_denom, r0, r1, dtype)
             t_mm = t if low is None else t.to(low)
+            if low is not None:
+                del t  # only its half-precision copy is used from here on
             pos = positive_index[r0:r1]
             for c0 in range(0, n, chunk):
                 c1 = min(c0 + chunk, n)
                 x = _normalized_rows(img, img_denom, c0, c1, dtype)
                 x_mm = x if low is None else x.to(low)
                 rows, cols = _tile_positives(pos, c0, c1)
-                # z = -y L = L for the negatives (y = -1)
-                z = torch.addmm(bias_, t, x.T, alpha=s) if low is None else \
-                    torch.mm(t_mm, x_mm.T).to(dtype).mul_(s).add_(bias_)
+                if low is None:
+                    z = torch.addmm(bias_, t, x.T, alpha=s)  # z = -y L = L for the negatives (y = -1)
+                else:
+                    products = torch.mm(t_mm, x_mm.T).to(dtype)  # t.x as the loss saw them (rounded)
+                    z = torch.add(bias_, products, alpha=s)
                 z[rows, cols] = z[rows, cols].neg()  # and -L for the positives
-                total += F.softplus(z).sum()
+                total += _softplus_sum(z)
                 if need_grad:
                     grad = z.sigmoid_()  # d/dL for negatives; positives need the sign flip
                     grad[rows, cols] = grad[rows, cols].neg()
                     g_bias += grad.sum()
                     if low is None:
-                        g_txt[r0:r1].addmm_(grad, x)
-                        g_img[c0:c1].addmm_(grad.T, t)
-                    else:  # half-precision products, accumulated in `dtype` across tiles
-                        grad = grad.to(low)
-                        g_txt[r0:r1] += torch.mm(grad, x_mm)
-                        g_img[c0:c1] += torch.mm(grad.T, t_mm)
+                        _accumulate(g_txt[r0:r1], c0 == 0, grad, x)
+                        _accumulate(g_img[c0:c1], r0 == 0, grad.T, t)
+                    else:
+                        # d/ds = sum_ji G_ji (t_j . x_i), from the tile's own products: no pass
+                        # over the features, and the derivative of the loss exactly as computed
+                        g_scale += products.mul_(grad).sum()
+                        grad = grad.to(low)  # half-precision products, accumulated in `dtype` across tiles
+                        _accumulate(g_txt[r0:r1], c0 == 0, grad, x_mm)
+                        _accumulate(g_img[c0:c1], r0 == 0, grad.T, t_mm)
                 del z, x, x_mm
-            if need_grad:
+            if need_grad and low is None:
                 # d/ds = sum_ji G_ji (t_j . x_i) = sum_j (G @ img)_j . t_j : no extra tile pass.
                 g_scale += (g_txt[r0:r1] * t).sum()
         if need_grad:
@@ -251,10 +290,23 @@ class _TiledSigmoidSum(torch.autograd.Function):
         # take them as the features' .grad instead of copying them.
         del ctx.grads, ctx.norms
         factor = ctx.scale * grad_out
-        g_img = _unnormalize_grad_(g_img.mul_(factor), img, img_norms, img_denom, ctx.chunk)
-        g_txt = _unnormalize_grad_(g_txt.mul_(factor), txt, txt_norms, txt_denom, ctx.chunk)
+        g_img = _unnormalize_grad_(g_img, img, img_norms, img_denom, ctx.chunk, factor)
+        g_txt = _unnormalize_grad_(g_txt, txt, txt_norms, txt_denom, ctx.chunk, factor)
         return (g_img.to(img.dtype), g_txt.to(txt.dtype), g_scale * grad_out, g_bias * grad_out,
                 None, None, None, None)
+
+
+def _accumulate(out: torch.Tensor, first: bool, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a @ b`` when ``first``, else ``out += a @ b``; ``out`` may be of a wider dtype."""
+    if a.dtype == out.dtype:
+        if first:
+            torch.mm(a, b, out=out)
+        else:
+            out.addmm_(a, b)
+    elif first:
+        out.copy_(torch.mm(a, b))
+    else:
+        out += torch.mm(a, b)
 
 
 def _naive_sigmoid_sum(img, txt, scale, bias, positive_index, matmul_dtype=None) -> torch.Tensor:

@@ -287,8 +287,12 @@ def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: 
     D.all_reduce_sum_([p.grad for p in params], ctx)
     if scaler is not None:
         scaler.unscale_(optimizer)
-    max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if config.grad_clip is None and hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        # only logged: clip_grad_norm_ with an infinite bound would also multiply every gradient by 1
+        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    else:
+        max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
