@@ -15,7 +15,11 @@ runs the engine's own `step.train_step` on drawn fp16-stored embeddings:
 * ``bf16``: the heads and the loss's three products in bf16 (`pairwise_sigmoid_loss`'s
   ``matmul_dtype``; the reference's ``autocast()`` around its loss), sums and nonlinearities fp32;
 
-each with the optimizers ``--optimizers`` names: ``adamw`` (the engine's AdamW, `step.make_optimizer`:
+``--losses-from FILE`` adds each variant once more with the loss of another version of
+``probe/training/losses.py`` (e.g. ``git show HEAD~1:probe/training/losses.py > /tmp/old.py``), so
+a change to the loss is measured against its predecessor in the same run.
+
+Each runs with the optimizers ``--optimizers`` names: ``adamw`` (the engine's AdamW, `step.make_optimizer`:
 torch's fused CPU kernel where it has one), ``adamw-foreach`` / ``adamw-loop`` (torch's other two
 AdamW implementations), ``lion`` (the engine's Lion: ``lion_pytorch.foreach.Lion``) and
 ``lion-per-tensor`` (``lion_pytorch.Lion``, the engine's until 2026-12-07). The variants run in interleaved rounds and the fastest round of
@@ -30,6 +34,7 @@ second ratio says how far the rest of the step is from free. Run it only while n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import torch
@@ -81,9 +86,17 @@ def product_times(shapes: list[tuple[int, int, int]], dtype: torch.dtype, repeat
     return times
 
 
+def load_losses(path: str):
+    """Another version of the engine's losses module, loaded from ``path`` under its own name."""
+    spec = importlib.util.spec_from_file_location("losses_compared", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class Variant:
-    def __init__(self, name: str, precision: str, loss_half: bool, optimizer: str, args):
-        self.name, self.loss_half, self.optimizer_kind = name, loss_half, optimizer
+    def __init__(self, name: str, precision: str, loss_half: bool, optimizer: str, args, losses=None):
+        self.name, self.loss_half, self.optimizer_kind, self.losses = name, loss_half, optimizer, losses
         kind = "lion" if optimizer.startswith("lion") else "adamw"
         self.config = TrainConfig(precision=precision, chunk_size=4096, batch_size=args.batch,
                                   lr=3e-4 if kind == "lion" else 1e-2, micro_batch=None, optimizer=kind)
@@ -103,9 +116,11 @@ class Variant:
     def run(self, batches, steps: int) -> None:
         # `loss_half=False` recreates the previous behaviour: the step asks `half_dtype` for the
         # loss's product dtype, so None here keeps the loss's products in fp32.
-        original = step_module.half_dtype
+        original, original_loss = step_module.half_dtype, step_module.pairwise_sigmoid_loss
         if not self.loss_half:
             step_module.half_dtype = lambda precision: None
+        if self.losses is not None:
+            step_module.pairwise_sigmoid_loss = self.losses.pairwise_sigmoid_loss
         try:
             start = time.perf_counter()
             for i in range(steps):
@@ -113,7 +128,7 @@ class Variant:
                 train_step(self.model, self.optimizer, images, texts, index, len(images), self.config)
             self.best = min(self.best, (time.perf_counter() - start) / steps)
         finally:
-            step_module.half_dtype = original
+            step_module.half_dtype, step_module.pairwise_sigmoid_loss = original, original_loss
 
 
 def main() -> None:
@@ -130,6 +145,9 @@ def main() -> None:
                              "foreach and for-loop AdamW, lion-pytorch's per-tensor Lion")
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="comma-separated, of fp32, bf16-heads (bf16 heads, fp32 loss products), bf16")
+    parser.add_argument("--losses-from", metavar="FILE",
+                        help="also run each variant with the losses module in FILE (another version of "
+                             "probe/training/losses.py), to compare a change of the loss in one run")
     args = parser.parse_args()
     torch.manual_seed(0)
     n, m = args.batch, args.batch * args.captions
@@ -141,6 +159,10 @@ def main() -> None:
         parser.error(f"unknown optimizer(s) or precision(s) {unknown}")
     variants = [Variant(f"{PRECISIONS[p][0]}, {opt}", PRECISIONS[p][1], PRECISIONS[p][2], opt, args)
                 for opt in optimizers for p in precisions]
+    if args.losses_from:
+        compared = load_losses(args.losses_from)
+        variants += [Variant(f"{PRECISIONS[p][0]}, {opt}, loss from {args.losses_from}", PRECISIONS[p][1],
+                             PRECISIONS[p][2], opt, args, compared) for opt in optimizers for p in precisions]
     peaks = {"fp32": 0.0, "bf16": 0.0}
     shapes = step_products(n, m, args.image_dim, args.text_dim, args.out_dim)
     # per product, its fastest time in each dtype; the heads' six products come first, the loss's three last
