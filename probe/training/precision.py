@@ -12,9 +12,11 @@ import torch
 
 #: What runs in half precision under ``precision="bf16"`` / ``"fp16"``: the heads (autocast) and
 #: the sigmoid loss's matrix products (`losses.pairwise_sigmoid_loss` ``matmul_dtype``), as in
-#: the reference's autocast; sums, normalisation and the loss's nonlinearities stay fp32. Part of
-#: the result reuse key: a record trained under another scope is not reused.
-HALF_PRECISION_SCOPE = "heads, sigmoid-loss products"
+#: the reference's autocast; sums, normalisation and the loss's nonlinearities stay fp32, and the
+#: logit scale's gradient is taken from the rounded products the loss used (since 2026-12-07
+#: night; before, from the features). Part of the result reuse key: a record trained under
+#: another scope is not reused.
+HALF_PRECISION_SCOPE = "heads, sigmoid-loss products; scale gradient from the rounded products"
 
 
 def _cpu_has(name: str) -> bool:
