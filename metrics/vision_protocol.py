@@ -73,7 +73,8 @@ def vision_quality(
 
     Returns {"metrics": {kmeans_nmi, kmeans_ari, knn_top1@K..., linear_probe_top1,
     linear_probe_top5 (5+ classes)}, "details": {vision_protocol, vision_bank_n,
-    vision_eval_n, linear_probe_l2}}.
+    vision_eval_n, linear_probe_l2, linear_probe_val_accuracy {l2 as "%.3g": accuracy},
+    linear_probe_val_n}}: the validation race behind the chosen l2, so a reader can see how close it was.
     """
     unknown = [m for m in metrics if m not in VISION_METRICS]
     if unknown:
@@ -111,4 +112,6 @@ def vision_quality(
         if res.get("top5") is not None:
             out["linear_probe_top5"] = float(res["top5"])
         details["linear_probe_l2"] = float(res["l2"])
+        details["linear_probe_val_accuracy"] = {f"{l2:.3g}": float(acc) for l2, acc in res["val_accuracy"].items()}
+        details["linear_probe_val_n"] = res["n_val"]
     return {"metrics": out, "details": details}

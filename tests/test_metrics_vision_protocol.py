@@ -26,6 +26,10 @@ def test_train_to_val_uses_the_bank_for_knn_and_probe_and_clusters_val(tmp_path)
     assert m["knn_top1@10"] == want[10] and m["knn_top1@20"] == want[20]
     lp = linear_probe_accuracy(np.asarray(mm, dtype=np.float32), bank_y, val_x, val_y, seed=3)
     assert m["linear_probe_top1"] == lp["top1"] and d["linear_probe_l2"] == lp["l2"]
+    # the validation race is recorded: every l2 of the grid with its accuracy, and the rows it was run on
+    assert d["linear_probe_val_accuracy"] == {f"{l2:.3g}": acc for l2, acc in lp["val_accuracy"].items()}
+    assert len(d["linear_probe_val_accuracy"]) == 11 and d["linear_probe_val_n"] == lp["n_val"] == 81  # 20 % of each class
+    assert d["linear_probe_val_accuracy"][f"{lp['l2']:.3g}"] == max(lp["val_accuracy"].values())
     assert m["kmeans_nmi"] == kmeans_nmi(val_x, val_y, seed=3)["nmi"]
 
 
