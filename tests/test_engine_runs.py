@@ -274,3 +274,27 @@ def test_gpu_check_exits_cleanly_without_cuda(tmp_path):
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "no CUDA device" in proc.stdout and not out.exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_every_section_through_the_engine(tmp_path):
+    """The GPU check runs only where a device is lent, rarely; its CPU smoke mode runs the same
+    sections at toy size, so the script cannot rot between those sessions: the encoders' half
+    precision against fp32, the sail-probe and sail presets through the public Trainer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(script), "--cpu-smoke", "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sections = json.loads(out.read_text())["sections"]
+    assert all(result["bf16"]["ok"] for name, result in sections["encode"].items() if name != "section_seconds")
+    bf16 = sections["sail_probe"]["runs"]["bf16"]
+    assert bf16["steps"] >= 2 and bf16["steps_per_s"] > 0 and 0 < bf16["fraction_of_peak"] <= 1
+    assert all(np.isfinite(bf16["train_loss"]))
+    assert sections["sail"]["one_step_s"] > 0 and "error" not in sections["sail"]
+    assert sections["nccl"] == {"skipped": "--cpu-smoke", "section_seconds": sections["nccl"]["section_seconds"]}
