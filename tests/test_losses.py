@@ -146,6 +146,8 @@ def test_softplus_sum_matches_the_exact_sum_across_the_range(dtype, rel):
         tile = (torch.randn(96, 80, dtype=torch.float64) * spread + shift).to(dtype)
         want = exact_terms(tile).sum().item()
         assert _softplus_sum(tile).item() == pytest.approx(want, rel=rel)
+    wide = (torch.randn(5, (1 << 19) + 3, dtype=torch.float64) * 5 - 10).to(dtype)  # summed in 5 row blocks
+    assert _softplus_sum(wide).item() == pytest.approx(exact_terms(wide).sum().item(), rel=rel)
     special = _softplus_sum(torch.tensor([[float("inf")]], dtype=dtype)), _softplus_sum(torch.tensor([[float("-inf")]], dtype=dtype))
     assert special[0].item() == float("inf") and special[1].item() == 0.0
     assert math.isnan(_softplus_sum(torch.tensor([[float("nan"), 1.0]], dtype=dtype)).item())

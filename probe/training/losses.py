@@ -168,18 +168,23 @@ def _softplus_sum(z: torch.Tensor) -> torch.Tensor:
     ``softplus(z) = max(z, 0) + log1p(e)``, ``e = exp(-|z|)``, with ``log1p(e)`` computed as
     ``log(u) * e / (u - 1)``, ``u = fl(1 + e)`` (exact to a few ulps: Goldberg, "What every computer
     scientist should know about floating-point arithmetic", 1991, Theorem 4; ``e`` itself where
-    ``u`` rounds to 1). Other devices use ``F.softplus``.
+    ``u`` rounds to 1), in row blocks of at most 2^20 values: its three temporaries stay a few MiB
+    whatever the tile (a 4,096^2 tile would otherwise hold three more tiles). Other devices use
+    ``F.softplus``.
     """
     if z.device.type != "cpu":
         return F.softplus(z).sum()
+    rows = max(1, (1 << 20) // max(1, z.shape[-1]))
     total = z.clamp_min(0).sum()
-    e = z.abs().neg_().exp_()
-    u = e + 1
-    ratio = torch.log(u)
-    # log(u) / (u - 1), with 1 where u rounded to 1 (0 / 0); u - 1 is exact (Sterbenz: u in [1, 2])
-    ratio.div_(u.sub_(1)).nan_to_num_(nan=1.0)
-    del u
-    return total + ratio.mul_(e).sum()  # torch.sum: cascade summation, closer than a BLAS dot
+    for r0 in range(0, z.shape[0], rows):
+        e = z[r0 : r0 + rows].abs().neg_().exp_()
+        u = e + 1
+        ratio = torch.log(u)
+        # log(u) / (u - 1), with 1 where u rounded to 1 (0 / 0); u - 1 is exact (Sterbenz: u in [1, 2])
+        ratio.div_(u.sub_(1)).nan_to_num_(nan=1.0)
+        del u
+        total += ratio.mul_(e).sum()  # torch.sum: cascade summation, closer than a BLAS dot
+    return total
 
 
 def _unnormalize_grad_(grad: torch.Tensor, x: torch.Tensor, norms: torch.Tensor, denom: torch.Tensor,
