@@ -152,7 +152,8 @@ def linear_probe_accuracy(
     grid often differ by one or two validation rows, so a perturbation as small as another CPU's
     rounding of the features (1e-6 relative) can move the choice -- and the test top-1 with it (by
     0.02 on 1,400 Fashion-MNIST rows, README "The embedded demo"). ``val_accuracy`` and ``n_val``
-    say how close the race was.
+    say how close the race was (benchmarks/linear_probe_stability.py measures it).
+
     Full-batch float32 on the features' device; memory O(n * d + d * C), the
     logits are processed in row chunks.
     """
