@@ -29,7 +29,10 @@ three products -- per second as a fraction of the GEMM peak of the step's dtype,
 same process between the rounds, and the time those products take alone, each at its own shape
 (`product_times`), as a fraction of the step: the peak of a 2,048^3 product is out of reach of
 these thin products on some CPUs (AMX: bf16 tiles need large, square products to fill), so the
-second ratio says how far the rest of the step is from free. Run it only while nothing else runs.
+second ratio says how far the rest of the step is from free. ``--profile`` then runs each variant's
+steps once more under ``torch.profiler`` and prints where a step's time goes: the phases
+`step.train_step` labels (heads forward, loss, backward, gradient norm, optimizer) and the matrix
+products' share of each. Run it only while nothing else runs.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import importlib.util
 import time
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from alignprobe._allocator import keep_freed_memory
 
@@ -131,6 +135,39 @@ class Variant:
             step_module.half_dtype, step_module.pairwise_sigmoid_loss = original, original_loss
 
 
+PHASES = ("heads forward", "loss", "backward", "gradient norm", "optimizer")
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::dot")
+
+
+def phase_times(variant: "Variant", batches, steps: int) -> dict[str, float]:
+    """Milliseconds a step spends in each phase `step.train_step` labels, and in matrix products
+    within each, from ``steps`` steps under torch.profiler (which itself adds a little per op)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        variant.run(batches, steps)
+    events = prof.events()
+    spans = {name: [(e.time_range.start, e.time_range.end) for e in events if e.name == f"step: {name}"]
+             for name in PHASES}
+    out: dict[str, float] = {}
+    for name, ranges in spans.items():
+        out[name] = sum(end - start for start, end in ranges) / steps / 1e3  # us -> ms
+        # products: their own (self) time, inside this phase's spans on the same thread
+        inside = [e for e in events if e.name in PRODUCTS
+                  and any(start <= e.time_range.start and e.time_range.end <= end for start, end in ranges)]
+        out[f"{name} products"] = sum(e.self_cpu_time_total for e in inside) / steps / 1e3
+    return out
+
+
+def print_phases(variants, batches, steps: int) -> None:
+    print("\nWhere a step's time goes (ms; torch.profiler, in brackets the matrix products within):\n")
+    print("| variant | " + " | ".join(PHASES) + " | step |")
+    print("|---|" + "--:|" * (len(PHASES) + 1))
+    for v in variants:
+        t = phase_times(v, batches, steps)
+        cells = [f"{t[p]:.1f} ({t[p + ' products']:.1f})" for p in PHASES]
+        total, products = sum(t[p] for p in PHASES), sum(t[p + " products"] for p in PHASES)
+        print(f"| {v.name} | " + " | ".join(cells) + f" | {total:.1f} ({products:.1f}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-dim", type=int, default=1280)
@@ -148,6 +185,8 @@ def main() -> None:
     parser.add_argument("--losses-from", metavar="FILE",
                         help="also run each variant with the losses module in FILE (another version of "
                              "probe/training/losses.py), to compare a change of the loss in one run")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile each variant's steps: time per phase of the step, and its matrix products")
     args = parser.parse_args()
     torch.manual_seed(0)
     n, m = args.batch, args.batch * args.captions
@@ -190,6 +229,8 @@ def main() -> None:
         rate = flops / v.best
         print(f"| {v.name} | {v.best * 1e3:.1f} | {rate / 1e9:.0f} | {rate / peak:.2f} | {floor / v.best:.2f} "
               f"| {base / v.best:.2f}x |")
+    if args.profile:
+        print_phases(variants, batches, args.steps)
 
 
 if __name__ == "__main__":

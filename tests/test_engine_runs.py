@@ -298,3 +298,24 @@ def test_gpu_check_cpu_smoke_runs_every_section_through_the_engine(tmp_path):
     assert all(np.isfinite(bf16["train_loss"]))
     assert sections["sail"]["one_step_s"] > 0 and "error" not in sections["sail"]
     assert sections["nccl"] == {"skipped": "--cpu-smoke", "section_seconds": sections["nccl"]["section_seconds"]}
+
+
+def test_relative_run_and_results_directories_as_the_readme_types_them(tmp_path, monkeypatch):
+    """`run`'s default `--results-dir results` and `train --run-dir runs/x` are relative paths; the
+    checkpoint store resolves the paths it hands out, so the model file's weights path must be taken
+    relative to the resolved run directory (a regression: both commands failed at the first save)."""
+    monkeypatch.chdir(tmp_path)
+    data = [a for k, v in DATA.items() for a in (f"--{k}", v)]
+    result = invoke("run", "--vision", "pixels-8", "--text", "bow", "--epochs", "1",
+                    "--metrics", "zero_shot", "-q", *data)  # --results-dir: its default, `results`
+    assert result.exit_code == 0, result.output
+    assert record_of(tmp_path / "results")["metrics"]["zero_shot_top1"] is not None
+    result = invoke("train", "--vision", "pixels-8", "--text", "bow", "--epochs", "1", "--dim", "16",
+                    "--head", "linear", "--run-dir", "runs/x", "--pairs", DATA["pairs"], "-q")
+    assert result.exit_code == 0, result.output
+    aligned = json.loads((tmp_path / "runs" / "x" / "aligned.json").read_text())
+    assert not aligned["weights"].startswith("/") and (tmp_path / "runs" / "x" / aligned["weights"]).is_file()
+    from alignprobe import load_aligned
+
+    model = load_aligned("runs/x")  # relative, as `eval --model runs/x` passes it
+    assert model.encode_text(["a red circle"]).shape == (1, 16)

@@ -214,6 +214,34 @@ def test_step_reports_the_gradient_norm_and_clips_only_when_asked(grad_clip):
         torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("micro_batch", [None, 24])
+def test_step_labels_its_phases_for_the_profiler(micro_batch):
+    """benchmarks/probe_step.py --profile reads these labels: each phase of a step appears once, in
+    order, and the matrix products of the heads and the loss fall inside them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from alignprobe.probe.training.heads import AlignmentModel
+    from alignprobe.probe.training.step import make_optimizer, train_step
+    from alignprobe.probe.training.streaming import PairStream
+
+    image, text = planted(96)
+    batch = next(PairStream(image, text, np.arange(96), np.arange(96), batch_size=64, positives=1,
+                            prefetch=False).epoch(0))
+    config = small_config(micro_batch=micro_batch, chunk_size=16)
+    model = AlignmentModel(image.shape[1], text.shape[1], 16, "linear", "linear")
+    optimizer = make_optimizer(model, config)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(model, optimizer, batch.images, batch.texts, batch.positive_index, 64, config)
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.name.startswith("step: "))
+    expected = ["step: heads forward", "step: loss", "step: backward", "step: gradient norm", "step: optimizer"]
+    if micro_batch is not None:
+        expected.insert(3, "step: heads again, forward and backward")
+    assert [name for _, _, name in spans] == expected
+    products = [e for e in prof.events() if e.name in ("aten::mm", "aten::addmm")]
+    assert products and all(any(s <= e.time_range.start and e.time_range.end <= t for s, t, _ in spans)
+                            for e in products)
+
+
 def test_multi_positive_captions_and_caption_index(data):
     image, text = data
     extra = np.stack([text + 0.1, text - 0.1])

@@ -685,7 +685,9 @@ class Trainer:
             **{k: self.metadata.get(k) for k in ("vision", "text")},
             "model_config": self.model_.config(),
             "train_config": self.config_.to_dict(),
-            "weights": str(weights.relative_to(self.out_dir)),
+            # the store hands out resolved paths (`model_file.inside`); the run directory may be
+            # relative (`--run-dir runs/x`, `run`'s default `results/`)
+            "weights": str(weights.resolve().relative_to(self.out_dir.resolve())),
             "best": {"epoch": state.best.epoch, "step": state.best.step,
                      "select_by": self.config_.select_by, "score": state.best.score},
             "epochs_run": len(state.history),

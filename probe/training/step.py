@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from alignprobe.probe.training import distributed as D
 from alignprobe.probe.training.config import TrainConfig
@@ -254,50 +255,59 @@ def train_step(model: AlignmentModel, optimizer: torch.optim.Optimizer, images: 
     def backward(loss):
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
+    # The phases are labelled for torch.profiler (`benchmarks/probe_step.py --profile`); a label
+    # costs ~1 us when no profiler runs.
     mb = config.micro_batch
     if mb == "auto":
         mb = resolve_micro_batch(model, len(images), len(texts), device, config.precision)
     if mb is not None and max(len(images), len(texts)) > mb:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("step: heads forward"):
             zi = embed(model.image_head, images, mb, device, config.precision)
             zt = embed(model.text_head, texts, mb, device, config.precision)
         zi.requires_grad_(True)
         zt.requires_grad_(True)
-        loss = loss_of(zi, zt)
-        backward(loss)
+        with record_function("step: loss"):
+            loss = loss_of(zi, zt)
+        with record_function("step: backward"):
+            backward(loss)
         # Only the features' gradients are needed from here on: the features go
         # (2 x batch x out_dim floats less alive during the second pass).
         grads = zi.grad, zt.grad
         del zi, zt
-        for head, x, grad in ((model.image_head, images, grads[0]), (model.text_head, texts, grads[1])):
-            if not any(p.requires_grad for p in head.parameters()):
-                continue
-            for s in range(0, len(x), mb):
-                with autocast(device, config.precision):
-                    out = run_head(head, x[s : s + mb])
-                out.backward(grad[s : s + mb])
+        with record_function("step: heads again, forward and backward"):
+            for head, x, grad in ((model.image_head, images, grads[0]), (model.text_head, texts, grads[1])):
+                if not any(p.requires_grad for p in head.parameters()):
+                    continue
+                for s in range(0, len(x), mb):
+                    with autocast(device, config.precision):
+                        out = run_head(head, x[s : s + mb])
+                    out.backward(grad[s : s + mb])
     else:
-        with autocast(device, config.precision):
+        with record_function("step: heads forward"), autocast(device, config.precision):
             zi = run_head(model.image_head, images)
             zt = run_head(model.text_head, texts)
-        loss = loss_of(zi, zt)
+        with record_function("step: loss"):
+            loss = loss_of(zi, zt)
         del zi, zt  # the loss keeps what its backward needs; nothing else does
-        backward(loss)
+        with record_function("step: backward"):
+            backward(loss)
     params = [p for p in model.parameters() if p.requires_grad]
     D.all_reduce_sum_([p.grad for p in params], ctx)
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if config.grad_clip is None and hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
-        # only logged: clip_grad_norm_ with an infinite bound would also multiply every gradient by 1
-        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-    else:
-        max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    model.clamp_()
+    with record_function("step: gradient norm"):
+        if config.grad_clip is None and hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+            # only logged: clip_grad_norm_ with an infinite bound would also multiply every gradient by 1
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        else:
+            max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    with record_function("step: optimizer"):
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        model.clamp_()
     return D.sum_scalar(loss.item(), ctx), grad_norm
 
