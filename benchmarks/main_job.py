@@ -3,8 +3,8 @@
     python benchmarks/main_job.py                 # all three jobs (about 5-10 min on 2 cores)
     python benchmarks/main_job.py --jobs main     # just `run --vision effnet-lite0 --text minilm`
 
-Each job runs the real CLI in a subprocess with a fresh embedding cache and a fresh results
-directory (so nothing is reused), and prints its wall time, the goal of issue 20 and the ratio
+Each job runs the real CLI in a subprocess, as the README types it (from a fresh working directory,
+into the default relative ``results/``), with a fresh embedding cache (so nothing is reused), and prints its wall time, the goal of issue 20 and the ratio
 time / goal, the phases the records time, the probe's epochs, and the scores next to the figures
 measured before the fast-loop work (2026-12-02, quiet 2-core machine; README "The embedded demo").
 Run it only while nothing else runs on the machine: the figures are wall-clock seconds.
@@ -36,11 +36,15 @@ SCORES = ("kmeans_nmi", "linear_probe_top1", "zero_shot_top1", "i2t_r1", "i2t_r1
 
 def _run(name: str, args: list[str], work: Path) -> dict:
     env = dict(os.environ, ALIGNPROBE_CACHE_DIR=str(work / f"cache-{name}"), TQDM_DISABLE="1")
-    results = work / f"results-{name}"
-    cmd = [sys.executable, "-m", "alignprobe.cli", *args, "--results-dir", str(results), "-q"]
+    # The command as the README types it: from a directory of its own, into the default
+    # (relative) `results/` -- an absolute --results-dir once hid a failure of the default.
+    cwd = work / f"job-{name}"
+    cwd.mkdir(parents=True, exist_ok=True)
+    results = cwd / "results"
+    cmd = [sys.executable, "-m", "alignprobe.cli", *args, "-q"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:

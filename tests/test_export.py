@@ -64,6 +64,21 @@ def test_import_alignprobe_registers_without_importing_transformers(exported):
     assert res.stdout.split() == ["AlignedVisionTowerModel", "alignprobe_vision_tower"]
 
 
+@pytest.mark.slow  # a fresh interpreter
+def test_importing_the_tower_module_first_still_registers_it(exported):
+    """`alignprobe export` imports the tower module before transformers' auto-model module: the
+    import hook then met the module half-loaded, warned and never registered it, so AutoModel did
+    not know the tower in that process."""
+    _, out = exported
+    code = ("import alignprobe.probe.export.tower;"
+            "from transformers import AutoModel;"
+            f"print(type(AutoModel.from_pretrained({str(out)!r})).__name__)")
+    res = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "AlignedVisionTowerModel"
+
+
 def test_tower_outputs_equal_alignprobe_features(exported):
     from transformers import AutoModel
 

@@ -59,7 +59,10 @@ def _try_register() -> None:
     stages = (("config", _CONFIG_STAGE, "alignprobe.probe.export.configuration", "register_config"),
               ("model", _MODEL_STAGE, "alignprobe.probe.export.tower", "register"))
     for key, stage, module, func in stages:
-        if key in _done or not _due(stage):
+        # A module of ours still executing is the one whose own imports of transformers brought
+        # us here (`import alignprobe.probe.export.tower` before transformers' auto-model module):
+        # its names do not exist yet, and it registers itself when it has defined them.
+        if key in _done or not _due(stage) or _loading(module):
             continue
         _done.add(key)
         try:

@@ -126,3 +126,9 @@ def register(exist_ok: bool = True) -> None:
     """Make ``AutoConfig`` / ``AutoModel`` know ``model_type="alignprobe_vision_tower"``."""
     register_config(exist_ok=exist_ok)
     AutoModel.register(AlignedVisionTowerConfig, AlignedVisionTowerModel, exist_ok=exist_ok)
+
+
+# Importing this module loads transformers' auto-model module; when that happens here first, the
+# import hook of `alignprobe.probe.export` finds this module unfinished and leaves the
+# registration to it (`import alignprobe.probe.export.tower` or `alignprobe export` first).
+register()
