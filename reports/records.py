@@ -180,7 +180,8 @@ _SHAPE = {"kind": str, "status": str, "vision": str, "text": str, "config_hash":
           "group_hash": (str, type(None)), "seed": (int, float, type(None)), "started": (str, type(None)),
           "finished": (str, type(None)), "error": _SCALAR, "vision_info": (dict, type(None)),
           "text_info": (dict, type(None)), "timings_s": (dict, type(None)), "metrics": (dict, type(None)),
-          "probe_config": (dict, type(None)), "sail_config": (dict, type(None))}
+          "probe_config": (dict, type(None)), "train_config": (dict, type(None)),
+          "sail_config": (dict, type(None))}
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "an object",
                list: "a list", type(None): "null"}
 

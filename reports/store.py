@@ -41,7 +41,9 @@ AGG_BASE_COLUMNS = (
 def _heads(record: dict) -> str | None:
     """"image head / text head" of a probe or SAIL record (star heads with their
     width), so tables can tell a probe from SAIL heads on the same pair."""
-    config = record.get("sail_config") or record.get("probe_config")
+    # SAIL records hold their config as "train_config" (the one engine's record); "sail_config" is
+    # the name before it
+    config = record.get("train_config") or record.get("sail_config") or record.get("probe_config")
     if not isinstance(config, dict) or "image_head" not in config:
         return None
 

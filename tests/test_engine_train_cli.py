@@ -40,6 +40,9 @@ def test_reused_train_record_points_to_the_run_that_exists(tmp_path):
     record = json.loads(next(results.glob("sail__*.json")).read_text())
     assert record["details"]["preset"] == "sail" and record["train_config"]["image_head"] == "star"
     assert {c["field"] for c in record["details"]["recipe_changes"]} >= {"batch_size", "lr", "out_dim", "epochs"}
+    from alignprobe.reports.store import load_results
+
+    assert load_results(results)["heads"].tolist() == ["star w8"]  # what `report` tells SAIL rows apart by
     again = invoke("train", *TRAIN, "--epochs", "2", "--run-dir", tmp_path / "second", "--results-dir", results)
     assert again.exit_code == 0 and "reused" in again.output
     assert f"eval --model {tmp_path / 'first'}" in again.output and str(tmp_path / "second") not in again.output

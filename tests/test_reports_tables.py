@@ -170,8 +170,9 @@ def test_probe_and_sail_rows_of_one_pair_are_labelled_by_their_heads(tmp_path):
 
     vision, text = sorted(VISION)[0], "minilm"
     runs = [("probe", {"probe_config": {"image_head": "linear", "text_head": "linear", "width": 8}}, 0.5),
-            ("sail", {"sail_config": {"image_head": "linear", "text_head": "linear", "width": 8}}, 0.6),
-            ("sail", {"sail_config": {"image_head": "star", "text_head": "star", "width": 8}}, 0.4),
+            ("sail", {"train_config": {"image_head": "linear", "text_head": "linear", "width": 8}}, 0.6),
+            ("sail", {"train_config": {"image_head": "star", "text_head": "star", "width": 8}}, 0.4),
+            # a record of the first SAIL trainer's format, which named its config "sail_config"
             ("sail", {"sail_config": {"image_head": "star", "text_head": "mlp", "width": 4}}, 0.3)]
     for i, (kind, extra, zs) in enumerate(runs):
         rec = record(vision, text, keep={"zero_shot_top1"})
