@@ -180,3 +180,30 @@ def test_segment_aligned_writes_scores_and_a_figure(colour_vit, tmp_path):
     assert same == pytest.approx(row)
     with pytest.raises(ValidationError, match="nothing to evaluate"):
         evaluate_aligned(aligned)
+
+
+@pytest.mark.parametrize("head,init,warned", [("star", "center", True), ("mlp", "center", True),
+                                              ("star", "zeros", False), ("linear", "center", False)])
+def test_non_linear_heads_from_the_centred_bias_are_flagged_for_dense_tasks(colour_vit, tmp_path, caplog, head,
+                                                                             init, warned):
+    """Star heads from the small-data recipe's centred LayerNorm bias segmented shapes-seg at 0.39
+    object-only mIoU against 1.00 from zeros (README): `segment` and `eval --segmentation` say so."""
+    from alignprobe.probe.evals import evaluate_aligned, segment_aligned
+
+    _, text, _, text_to_space = colour_pair()
+    img, mask = _scene()
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    img.save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    (tmp_path / "classes.txt").write_text("background\nred\nblue\ngreen\n")
+    aligned = Aligned(colour_vit, text, _to_rgb_space, text_to_space)
+    aligned.info = {"train_config": {"image_head": head, "text_head": head, "norm_bias_init": init}}
+    for run in (segment_aligned, lambda a, d, **k: evaluate_aligned(a, segmentation=d, **k)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="alignprobe.segment"):
+            run(aligned, f"seg:{tmp_path}", templates=["a {} region."], progress=False)
+        flagged = [r.getMessage() for r in caplog.records if "norm-bias-init zeros" in r.getMessage()]
+        assert bool(flagged) is warned
+        if warned:
+            assert f"{head} vision head" in flagged[0] and "--head linear" in flagged[0]
