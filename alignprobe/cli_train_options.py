@@ -85,7 +85,8 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
               is_flag=True),
     TrainFlag("norm_bias_init", "--norm-bias-init", click.Choice(["zeros", "center"]),
               "Start of the heads' LayerNorm bias: 'zeros' (the reference) or 'center' (minus the training "
-              "split's mean normalised feature) [zeros; center on small data].", PROBE),
+              "split's mean normalised feature) [zeros; center on small data]. Star / MLP heads meant for "
+              "segmentation: zeros (centred ones misread patch tokens; README).", PROBE),
     TrainFlag("epochs", "--epochs", click.IntRange(min=1),
               "[100; on small data 30 for linear heads with AdamW, with early stopping]", PROBE),
     TrainFlag("warmup_fraction", "--warmup-fraction", click.FloatRange(0, 1),
