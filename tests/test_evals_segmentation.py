@@ -160,17 +160,22 @@ def test_segmentation_figure_is_written(tmp_path):
         colourise(np.full((2, 2), 7), class_colours(4))
 
 
-def test_segment_aligned_writes_scores_and_a_figure(colour_vit, tmp_path):
-    from alignprobe.probe.evals import evaluate_aligned, segment_aligned
-
+def _aligned_on_a_seg_dir(colour_vit, root):
+    """The colour pair as an aligned model, and the colour scene written as a `seg:` directory at ``root``."""
     _, text, _, text_to_space = colour_pair()
     img, mask = _scene()
     for sub in ("images", "masks"):
-        (tmp_path / sub).mkdir()
-    img.save(tmp_path / "images" / "a.png")
-    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
-    (tmp_path / "classes.txt").write_text("background\nred\nblue\ngreen\n")
-    aligned = Aligned(colour_vit, text, _to_rgb_space, text_to_space)
+        (root / sub).mkdir()
+    img.save(root / "images" / "a.png")
+    Image.fromarray(mask).save(root / "masks" / "a.png")
+    (root / "classes.txt").write_text("background\nred\nblue\ngreen\n")
+    return Aligned(colour_vit, text, _to_rgb_space, text_to_space)
+
+
+def test_segment_aligned_writes_scores_and_a_figure(colour_vit, tmp_path):
+    from alignprobe.probe.evals import evaluate_aligned, segment_aligned
+
+    aligned = _aligned_on_a_seg_dir(colour_vit, tmp_path)
     row = segment_aligned(aligned, f"seg:{tmp_path}", figure=tmp_path / "fig.png",
                           templates=["a {} region."], background_threshold=0.5, progress=False)
     assert row["miou"] > 0.8 and (tmp_path / "fig.png").stat().st_size > 1000
@@ -190,14 +195,7 @@ def test_non_linear_heads_from_the_centred_bias_are_flagged_for_dense_tasks(colo
     object-only mIoU against 1.00 from zeros (README): `segment` and `eval --segmentation` say so."""
     from alignprobe.probe.evals import evaluate_aligned, segment_aligned
 
-    _, text, _, text_to_space = colour_pair()
-    img, mask = _scene()
-    for sub in ("images", "masks"):
-        (tmp_path / sub).mkdir()
-    img.save(tmp_path / "images" / "a.png")
-    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
-    (tmp_path / "classes.txt").write_text("background\nred\nblue\ngreen\n")
-    aligned = Aligned(colour_vit, text, _to_rgb_space, text_to_space)
+    aligned = _aligned_on_a_seg_dir(colour_vit, tmp_path)
     aligned.info = {"train_config": {"image_head": head, "text_head": head, "norm_bias_init": init}}
     for run in (segment_aligned, lambda a, d, **k: evaluate_aligned(a, segmentation=d, **k)):
         caplog.clear()
