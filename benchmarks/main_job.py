@@ -5,8 +5,9 @@
 
 Each job runs the real CLI in a subprocess, as the README types it (from a fresh working directory,
 into the default relative ``results/``), with a fresh embedding cache (so nothing is reused), and
-prints its wall time, the goal of issue 20 and the ratio time / goal, the phases the records time, the probe's epochs, and the scores next to the figures
-measured before the fast-loop work (2026-12-02, quiet 2-core machine; README "The embedded demo").
+prints its wall time, the goal of issue 20 and the ratio time / goal, the phases the records time,
+the probe's epochs, and the scores next to the figures measured before the fast-loop work
+(2026-12-02, quiet 2-core machine; README "The embedded demo").
 Run it only while nothing else runs on the machine: the figures are wall-clock seconds.
 """
 from __future__ import annotations
