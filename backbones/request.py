@@ -156,7 +156,7 @@ class EncoderRequest:
         try:
             return apply_overrides(resolve_spec(self.name, self.modality), self.overrides())
         except UnknownEncoderError as err:
-            raise type(err)(f"cannot rebuild the {self.modality} encoder {self.label!r}: {err}") from None
+            raise type(err)(f"cannot resolve the {self.modality} encoder {self.label!r}: {err}") from None
 
     def key(self) -> str:
         """A stable hash of the encoder's features' identity: equal for a name and its alias.

@@ -117,7 +117,7 @@ def load_results(results_dir: str | Path, include_failed: bool = False) -> pd.Da
     if not results_dir.is_dir():
         raise ValidationError(
             f"results directory {str(results_dir)!r} does not exist or is not a directory; "
-            "pass the --out directory of `alignprobe run` / `alignprobe sweep`."
+            "pass the --results-dir directory of `alignprobe run` / `alignprobe sweep`."
         )
     rows, other = [], 0
     unreadable: list[tuple[Path, str]] = []

@@ -55,10 +55,10 @@ def test_bad_requests_are_refused_with_what_to_fix(tmp_path):
         EncoderRequest.create("text", "bow", layer=1).key()
     with pytest.raises(ValidationError, match="unknown encoder-request field"):
         EncoderRequest.from_dict({"modality": "vision", "name": "pixels-8", "colour": "red"})
-    with pytest.raises(UnknownEncoderError, match="cannot rebuild the vision encoder 'no-such-encoder'"):
+    with pytest.raises(UnknownEncoderError, match="cannot resolve the vision encoder 'no-such-encoder'"):
         EncoderRequest.create("vision", "no-such-encoder").key()
     gone = tmp_path / "moved" / "model"
-    with pytest.raises(UnknownEncoderError, match="cannot rebuild the vision encoder.*moved/model"):
+    with pytest.raises(UnknownEncoderError, match="cannot resolve the vision encoder.*moved/model"):
         EncoderRequest.create("vision", str(gone)).spec()
 
 
