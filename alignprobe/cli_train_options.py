@@ -83,10 +83,11 @@ TRAIN_FLAGS: tuple[TrainFlag, ...] = (
     TrainFlag("decay_norm_bias_logit", "--decay-all", None,
               "Also decay LayerNorm gains, biases and the logit scale/bias (default: weight matrices only).",
               is_flag=True),
-    TrainFlag("norm_bias_init", "--norm-bias-init", click.Choice(["zeros", "center"]),
-              "Start of the heads' LayerNorm bias: 'zeros' (the reference) or 'center' (minus the training "
-              "split's mean normalised feature) [zeros; center on small data]. Star / MLP heads meant for "
-              "segmentation: zeros (centred ones misread patch tokens; README).", PROBE),
+    TrainFlag("norm_bias_init", "--norm-bias-init", click.Choice(["zeros", "center", "auto"]),
+              "Start of the heads' LayerNorm bias: 'zeros' (the reference), 'center' (minus the training "
+              "split's mean normalised feature) or 'auto' (center a side only where that mean holds >= 90% "
+              "of the energy) [zeros; on small data center for linear heads, auto for others]. Centred star / "
+              "MLP heads misread inputs of another mean (patch tokens, prompts; README).", PROBE),
     TrainFlag("epochs", "--epochs", click.IntRange(min=1),
               "[100; on small data 30 for linear heads with AdamW, with early stopping]", PROBE),
     TrainFlag("warmup_fraction", "--warmup-fraction", click.FloatRange(0, 1),

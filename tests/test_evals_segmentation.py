@@ -187,16 +187,19 @@ def test_segment_aligned_writes_scores_and_a_figure(colour_vit, tmp_path):
         evaluate_aligned(aligned)
 
 
-@pytest.mark.parametrize("head,init,warned", [("star", "center", True), ("mlp", "center", True),
-                                              ("star", "zeros", False), ("linear", "center", False)])
+@pytest.mark.parametrize("head,init,centred,warned", [
+    ("star", "center", None, True), ("mlp", "center", None, True), ("star", "zeros", None, False),
+    ("linear", "center", None, False), ("star", "auto", True, True), ("star", "auto", False, False)])
 def test_non_linear_heads_from_the_centred_bias_are_flagged_for_dense_tasks(colour_vit, tmp_path, caplog, head,
-                                                                             init, warned):
+                                                                             init, centred, warned):
     """Star heads from the small-data recipe's centred LayerNorm bias segmented shapes-seg at 0.39
     object-only mIoU against 1.00 from zeros (README): `segment` and `eval --segmentation` say so."""
     from alignprobe.probe.evals import evaluate_aligned, segment_aligned
 
     aligned = _aligned_on_a_seg_dir(colour_vit, tmp_path)
     aligned.info = {"train_config": {"image_head": head, "text_head": head, "norm_bias_init": init}}
+    if centred is not None:  # what "auto" did, as the model file records it
+        aligned.info["norm_bias_centred"] = {"image": centred, "text": False}
     for run in (segment_aligned, lambda a, d, **k: evaluate_aligned(a, segmentation=d, **k)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="alignprobe.segment"):

@@ -38,8 +38,8 @@ def test_centered_head_output_has_zero_mean_on_the_training_rows():
     images, _ = offset_pairs()
     head = AlignmentHead(images.shape[1], 16)
     rows = np.arange(0, 300)
-    share = norm_init.center_norm_bias_(head, EmbeddingStore("images", images), rows)
-    assert share > 0.9  # the offset is most of the normalised features: the failure this fixes
+    share, centred = norm_init.center_norm_bias_(head, EmbeddingStore("images", images), rows)
+    assert share > 0.9 and centred  # the offset is most of the normalised features: the failure this fixes
     with torch.no_grad():
         normed = head.norm(torch.from_numpy(images))
     assert normed[rows].mean(0).abs().max() < 1e-5
@@ -84,3 +84,33 @@ def test_centering_lets_the_probe_align_offset_features():
         scores[init] = retrieval_scores(probe.transform_image(images[test]), probe.transform_text(texts[test]),
                                         np.arange(len(test)))["i2t_r10"]
     assert scores["center"] > 0.6 and scores["center"] > scores["zeros"] + 0.3, scores
+
+
+def test_auto_centres_only_the_side_whose_mean_dominates():
+    """`norm_bias_init="auto"` (the small-data start of non-linear heads): the offset images (their
+    mean holds > 90 % of the LayerNorm output's energy) start centred, the captions (zero-mean) at
+    the reference's zeros; the notes and the model file say which."""
+    images, texts = offset_pairs()
+    probe = AlignmentProbe(norm_bias_init="auto", image_head="star", width=2, epochs=1, lr=1e-12, batch_size=64,
+                           val_fraction=0.25, precision="fp32", device="cpu", quiet=True).fit(images, texts)
+    train_mean = norm_init.normalized_mean(EmbeddingStore("i", images), probe.train_index_)
+    torch.testing.assert_close(probe.model_.image_head.norm.bias.detach(), -train_mean, rtol=0, atol=1e-6)
+    assert probe.model_.text_head.norm.bias.abs().max() < 1e-9  # zeros, moved only by one step at lr 1e-12
+    assert probe.trainer_.centred_sides_ == {"image": True, "text": False}
+    notes = probe.trainer_.notes_
+    assert any(n.startswith("image LayerNorm bias centred") for n in notes)
+    assert any(n.startswith("text LayerNorm bias left at zeros") and "below 90%" in n for n in notes)
+    head = AlignmentHead(texts.shape[1], 8)
+    share, centred = norm_init.center_norm_bias_(head, EmbeddingStore("t", texts), np.arange(100),
+                                                 norm_init.AUTO_CENTER_SHARE)
+    assert share < norm_init.AUTO_CENTER_SHARE and not centred and torch.count_nonzero(head.norm.bias) == 0
+
+
+def test_small_data_recipe_centres_linear_heads_and_starts_others_auto():
+    assert resolve_recipe("sail-probe", 2_000, {"device": "cpu"})[0].norm_bias_init == "center"
+    assert resolve_recipe("sail-probe", 2_000, {"optimizer": "lion", "device": "cpu"})[0].norm_bias_init == "center"
+    star, changes = resolve_recipe("sail", 2_000, {"device": "cpu"})
+    assert star.norm_bias_init == "auto"
+    assert {"field": "norm_bias_init", "reference": "zeros", "used": "auto",
+            "why": "small data: 2,000 pairs < 100,000"} in changes
+    assert resolve_recipe("sail-probe", 2_000, {"text_head": "mlp", "device": "cpu"})[0].norm_bias_init == "auto"

@@ -35,9 +35,12 @@ def dense_transfer_warning(aligned) -> str | None:
     and open-vocabulary segmentation"): star heads centred 0.394 object-only mIoU, from zeros 1.000
     at the same held-out loss; linear heads centred 1.000.
     """
-    config = (getattr(aligned, "info", None) or {}).get("train_config") or {}
+    info = getattr(aligned, "info", None) or {}
+    config = info.get("train_config") or {}
     head = config.get("image_head", "linear")
-    if config.get("norm_bias_init") != "center" or head in ("linear", "identity"):
+    # what the run did ("auto" centres a side only where its mean dominates); older runs: the setting
+    centred = (info.get("norm_bias_centred") or {}).get("image", config.get("norm_bias_init") == "center")
+    if not centred or head in ("linear", "identity"):
         return None
     return (f"this model's {head} vision head was trained from the centred LayerNorm bias (the small-data "
             f"recipe's norm_bias_init='center', fitted to pooled features); such heads transfer poorly to "

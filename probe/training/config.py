@@ -71,7 +71,8 @@ class TrainConfig(ConfigDictMixin):
     Input: ``norm_bias_init`` (``zeros``, the reference: ``model/sail_model.py``'s
     ``AlignmentLayer`` starts from ``nn.LayerNorm``'s zero bias; ``center``: each head's LayerNorm bias
     starts at minus the mean LayerNorm output over the training split -- `norm_init`, for
-    features whose shared offset swamps their variation, such as mid-depth ViT blocks).
+    features whose shared offset swamps their variation, such as mid-depth ViT blocks; ``auto``:
+    ``center`` on a side only where that mean holds >= 90 % of the output's energy, else zeros).
 
     Optimisation: ``optimizer`` (``lion``, the reference's default, or
     ``adamw``), ``lr``, ``weight_decay``, ``betas``, ``eps`` (AdamW),
@@ -208,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 #: How each head's input LayerNorm bias starts (`norm_init`): the reference's zeros, or centred.
-NORM_BIAS_INITS = ("zeros", "center")
+NORM_BIAS_INITS = ("zeros", "center", "auto")
 
 #: The small-data recipe's training batch cap, and the Lion learning rate of heads other than linear
 #: ones (`small_data_changes`).
@@ -217,13 +218,14 @@ SMALL_DATA_BATCH, SMALL_DATA_LR = 256, 3e-4
 PROBE_OPTIMIZER, PROBE_LR, PROBE_EPOCHS = "adamw", 1e-2, 30
 
 
-def small_data_changes(n_pairs: int, *, bf16: bool = False, linear: bool = True) -> dict[str, Any]:
+def small_data_changes(n_pairs: int, *, bf16: bool = False, linear: bool = True,
+                       linear_heads: bool | None = None) -> dict[str, Any]:
     """The small-data adaptation for ``n_pairs`` usable pairs (< `SMALL_DATA_PAIRS`).
 
     Every head: batch ``min(n, 256)``, a 10 % held-out split of the *training pairs* (never a
     reported test set) and early stopping on its loss: stop once 10 epochs in a row have not
     lowered the best held-out loss by more than 1 % of it; the heads' LayerNorm bias starts centred
-    on the training split. Linear heads (``linear``: the alignment probe, what `run` and `sweep`
+    on the training split (linear heads; other heads ``"auto"``, below). Linear heads (``linear``: the alignment probe, what `run` and `sweep`
     train) train with AdamW -- the reference's other optimizer (``main.py``: any ``--optimizer``
     but ``lion``) -- at lr 1e-2 for 30 epochs (warm-up over the first 3, cosine to 0 at 30); other
     heads (star, MLP: `train` on a small set), and linear heads for which Lion was asked explicitly,
@@ -259,6 +261,12 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False, linear: bool = True)
     `norm_init`): DINOv2-S block 4 x MiniLM on ``shapes`` went from I2T R@10 0.08 (stopped at
     epoch 18; 0.20 with all 100 epochs) to 1.00, where ridge gets 0.997; the features that already
     worked (blocks 8 / 12, effnet-lite0) kept R@10 >= 0.99 and gained R@1 (``probe_diagnose_layer.py``).
+    That was measured on linear heads (``linear_heads``). Other heads start ``"auto"``: centred only on
+    a side whose training mean holds >= 90 % of the LayerNorm output's energy (`norm_init`); star heads
+    centred where it held less matched or lost to the zeros start on the pooled features and lost far
+    on inputs of another mean -- class prompts (EfficientNet-Lite0 zero-shot top-1 0.425 against 0.997)
+    and patch tokens (segmentation mIoU 0.394 against 1.000) -- while DINOv2-S block 4 (98.9 %) needs it
+    (benchmarks/README.md, "probe_diagnose_layer.py", 2026-12-08).
 
     The batch never exceeds the pairs: below 256 pairs it is all of them,
     and the engine trains a training split smaller than one batch as one
@@ -270,9 +278,10 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False, linear: bool = True)
     with a few hundred pairs it would leave out a sizeable share of them each epoch, so the
     small-data recipe keeps them (a recorded change, like the others).
     """
+    linear_heads = linear if linear_heads is None else linear_heads
     changes = dict(batch_size=max(2, min(SMALL_DATA_BATCH, int(n_pairs))), lr=SMALL_DATA_LR,
                    patience=10, min_rel_delta=0.01, val_fraction=0.1, drop_last=False,
-                   norm_bias_init="center")
+                   norm_bias_init="center" if linear_heads else "auto")
     if linear:
         changes.update(optimizer=PROBE_OPTIMIZER, lr=PROBE_LR, epochs=PROBE_EPOCHS)
     if bf16:
@@ -306,9 +315,11 @@ def resolve_recipe(preset: str, n_pairs: int, explicit: Mapping[str, Any] | None
     if not exact and n_pairs < SMALL_DATA_PAIRS:
         device = resolve_device(explicit.get("device", reference["device"]))
         # The AdamW values were measured for linear heads; a user who picks Lion for them gets Lion's.
-        linear = (all(explicit.get(f"{side}_head", reference[f"{side}_head"]) == "linear" for side in ("image", "text"))
-                  and explicit.get("optimizer", PROBE_OPTIMIZER) == PROBE_OPTIMIZER)
-        for name, value in small_data_changes(n_pairs, bf16=native_bf16(device), linear=linear).items():
+        linear_heads = all(explicit.get(f"{side}_head", reference[f"{side}_head"]) == "linear"
+                           for side in ("image", "text"))
+        linear = linear_heads and explicit.get("optimizer", PROBE_OPTIMIZER) == PROBE_OPTIMIZER
+        for name, value in small_data_changes(n_pairs, bf16=native_bf16(device), linear=linear,
+                                              linear_heads=linear_heads).items():
             if name not in explicit:
                 values[name] = value
                 why[name] = f"small data: {n_pairs:,} pairs < {SMALL_DATA_PAIRS:,}"

@@ -46,7 +46,7 @@ from alignprobe.probe.training.checkpoint import (ALIGNED_FILE, BEST_FILE, MODEL
 from alignprobe.probe.training.config import LOWER_IS_BETTER, RUNTIME_FIELDS, TrainConfig
 from alignprobe.probe.training.evaluation import RetrievalData, ZeroShotData, evaluate, half_dtype, project
 from alignprobe.probe.training.heads import AlignmentModel
-from alignprobe.probe.training.norm_init import center_norm_bias_
+from alignprobe.probe.training.norm_init import AUTO_CENTER_SHARE, center_norm_bias_
 from alignprobe.probe.training.schedules import lr_at
 from alignprobe.probe.training.step import embed, global_loss, make_optimizer, resolve_micro_batch, train_step
 from alignprobe.probe.training.streaming import CaptionIndex, ConcatStore, EmbeddingStore, PairStream, as_store
@@ -317,6 +317,7 @@ class Trainer:
         if config.precision == "fp16" and not torch.cuda.is_available():
             raise ValidationError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32'")
         self.config_, self.positives_, self.notes_ = config, config.positives, list(self.extra_notes)
+        self.centred_sides_: dict[str, bool] = {}  # side -> whether its LayerNorm bias started centred
         if self.positives_ != "all" and int(pairs.index.counts[pairs.usable].min()) < self.positives_:
             self.notes_.append(f"some images have fewer than positives={self.positives_} captions; "
                                f"their captions repeat")
@@ -334,7 +335,7 @@ class Trainer:
         if config.select_by == "val_loss" and self._val_stream is None and config.val_fraction > 0:
             self.notes_.append("the held-out split is smaller than the number of ranks; the last epoch is kept")
         self._build_model(pairs.images.dim, pairs.captions.dim, config)
-        if config.norm_bias_init == "center":  # a resumed run then restores its own biases
+        if config.norm_bias_init in ("center", "auto"):  # a resumed run then restores its own biases
             self._center_norms(pairs)
         self._store = CheckpointStore(self.out_dir) if self.out_dir is not None else None
         try:
@@ -421,14 +422,24 @@ class Trainer:
         self._scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
 
     def _center_norms(self, pairs: _Pairs) -> None:
-        """Start each head's LayerNorm bias at minus its training split's mean output (`norm_init`)."""
+        """Start each head's LayerNorm bias at minus its training split's mean output (`norm_init`);
+        with ``norm_bias_init="auto"`` only where that mean holds >= `AUTO_CENTER_SHARE` of the energy."""
+        min_share = AUTO_CENTER_SHARE if self.config_.norm_bias_init == "auto" else 0.0
         caption_rows, _ = pairs.index.all_of(self.train_index_)
         for side, head, store, rows in (("image", self.model_.image_head, pairs.images, self.train_index_),
                                         ("text", self.model_.text_head, pairs.captions, caption_rows)):
-            share = center_norm_bias_(head, store, rows)
-            if share is not None:
+            done = center_norm_bias_(head, store, rows, min_share)
+            if done is None:
+                continue
+            share, centred = done
+            self.centred_sides_[side] = centred
+            if centred:
                 self.notes_.append(f"{side} LayerNorm bias centred on the training split (the mean held "
                                    f"{share:.1%} of the normalised features' energy)")
+            else:
+                self.notes_.append(f"{side} LayerNorm bias left at zeros (norm_bias_init 'auto': the training "
+                                   f"mean held {share:.1%} of the normalised features' energy, below "
+                                   f"{AUTO_CENTER_SHARE:.0%})")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(self.model_, self.config_)
@@ -703,6 +714,7 @@ class Trainer:
             "world_size": self.dist_.world_size,
             "metrics": metrics,
             "notes": self.notes_,
+            "norm_bias_centred": self.centred_sides_,
             "history": state.history,
             "metadata": {k: v for k, v in self.metadata.items() if k not in ("vision", "text")},
         }
