@@ -28,12 +28,12 @@ log = logging.getLogger("alignprobe.segment")
 def dense_transfer_warning(aligned) -> str | None:
     """Why this model's vision head may segment poorly, or None.
 
-    A non-linear (star, MLP) vision head trained from the centred LayerNorm bias (the small-data
-    recipe's ``norm_bias_init="center"``) starts from minus the mean of the *pooled* training
-    features; patch tokens have another mean, and the gated head meets an offset it never saw.
-    Measured 2026-12-08 on `shapes-seg` (EfficientNet-Lite0 x MiniLM, README "Winoground, MMVP-VLM
-    and open-vocabulary segmentation"): star heads centred 0.394 object-only mIoU, from zeros 1.000
-    at the same held-out loss; linear heads centred 1.000.
+    A non-linear (star, MLP) vision head whose LayerNorm bias started centred (``norm_bias_init``
+    ``"center"``, or ``"auto"`` on features whose mean dominates) starts from minus the mean of the
+    *pooled* training features; patch tokens have another mean, and the gated head meets an offset
+    it never saw. Measured 2026-12-08 on `shapes-seg` (EfficientNet-Lite0 x MiniLM, README
+    "Winoground, MMVP-VLM and open-vocabulary segmentation"): star heads centred 0.394 object-only
+    mIoU, from zeros 1.000 at the same held-out loss; linear heads centred 1.000.
     """
     info = getattr(aligned, "info", None) or {}
     config = info.get("train_config") or {}
@@ -42,10 +42,10 @@ def dense_transfer_warning(aligned) -> str | None:
     centred = (info.get("norm_bias_centred") or {}).get("image", config.get("norm_bias_init") == "center")
     if not centred or head in ("linear", "identity"):
         return None
-    return (f"this model's {head} vision head was trained from the centred LayerNorm bias (the small-data "
-            f"recipe's norm_bias_init='center', fitted to pooled features); such heads transfer poorly to "
-            f"patch tokens (measured: object-only mIoU 0.39 against 1.00 from zeros). For dense tasks, "
-            f"train with --norm-bias-init zeros (the reference's) or --head linear")
+    return (f"this model's {head} vision head started from a centred LayerNorm bias (fitted to pooled "
+            f"features); such heads transfer poorly to patch tokens (measured: object-only mIoU 0.39 against "
+            f"1.00 from zeros). For dense tasks, train with --norm-bias-init zeros (the reference's) or "
+            f"--head linear")
 
 
 def head_logit_scale(aligned) -> float:
