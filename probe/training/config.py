@@ -226,8 +226,9 @@ def small_data_changes(n_pairs: int, *, bf16: bool = False, linear: bool = True,
     reported test set) and early stopping on its loss: stop once 10 epochs in a row have not
     lowered the best held-out loss by more than 1 % of it; the heads' LayerNorm bias starts centred
     on the training split (linear heads; other heads ``"auto"``, below). Linear heads (``linear``:
-    the alignment probe, what `run` and `sweep` train) train with AdamW -- the reference's other optimizer (``main.py``: any ``--optimizer``
-    but ``lion``) -- at lr 1e-2 for 30 epochs (warm-up over the first 3, cosine to 0 at 30); other
+    the alignment probe, what `run` and `sweep` train) train with AdamW -- the reference's other
+    optimizer (``main.py``: any ``--optimizer`` but ``lion``) -- at lr 1e-2 for 30 epochs (warm-up
+    over the first 3, cosine to 0 at 30); other
     heads (star, MLP: `train` on a small set), and linear heads for which Lion was asked explicitly,
     keep Lion at lr 3e-4 for the reference's 100 epochs.
     With ``bf16`` (the device multiplies bf16 in hardware: `precision.native_bf16`) the heads also
