@@ -1,6 +1,8 @@
 """`norm_bias_init="center"`: the heads' LayerNorm bias starts at minus the training split's mean
 normalised feature (`alignprobe.probe.training.norm_init`), so features whose shared offset swamps
 their variation (mid-depth ViT blocks) stop mapping every image onto one direction."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -86,7 +88,7 @@ def test_centering_lets_the_probe_align_offset_features():
     assert scores["center"] > 0.6 and scores["center"] > scores["zeros"] + 0.3, scores
 
 
-def test_auto_centres_only_the_side_whose_mean_dominates():
+def test_auto_centres_only_the_side_whose_mean_dominates(tmp_path):
     """`norm_bias_init="auto"` (the small-data start of non-linear heads): the offset images (their
     mean holds > 90 % of the LayerNorm output's energy) start centred, the captions (zero-mean) at
     the reference's zeros; the notes and the model file say which."""
@@ -96,7 +98,12 @@ def test_auto_centres_only_the_side_whose_mean_dominates():
     train_mean = norm_init.normalized_mean(EmbeddingStore("i", images), probe.train_index_)
     torch.testing.assert_close(probe.model_.image_head.norm.bias.detach(), -train_mean, rtol=0, atol=1e-6)
     assert probe.model_.text_head.norm.bias.abs().max() < 1e-9  # zeros, moved only by one step at lr 1e-12
-    assert probe.trainer_.centred_sides_ == {"image": True, "text": False}
+    assert probe.trainer_.centred_sides_ == probe.norm_bias_centred_ == {"image": True, "text": False}
+    # the model file keeps it (the dense-task warning of `segment` reads it), and a reload restores it
+    probe.save(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "aligned.json").read_text())["norm_bias_centred"] == {"image": True,
+                                                                                             "text": False}
+    assert AlignmentProbe.load(tmp_path / "p").norm_bias_centred_ == {"image": True, "text": False}
     notes = probe.trainer_.notes_
     assert any(n.startswith("image LayerNorm bias centred") for n in notes)
     assert any(n.startswith("text LayerNorm bias left at zeros") and "below 90%" in n for n in notes)

@@ -101,6 +101,7 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     np.testing.assert_array_equal(loaded.transform_text(text), fitted.transform_text(text))
     np.testing.assert_array_equal(loaded.val_index_, fitted.val_index_)
     assert loaded.config_ == fitted.config_ and loaded.history_ == fitted.history_
+    assert loaded.norm_bias_centred_ == fitted.norm_bias_centred_  # what the dense-task warning reads
     assert loaded.metadata_ == {"vision": "tiny-vit", "dataset": "abc123"}
     assert json.loads((tmp_path / "probe" / "aligned.json").read_text())["format"] == "alignprobe.aligned/3"
     out = loaded.transform_text(torch.from_numpy(text[:3]))

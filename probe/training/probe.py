@@ -76,8 +76,9 @@ class AlignmentProbe(BaseEstimator):
     Fitted attributes: ``config_``, ``recipe_changes_``, ``model_``,
     ``device_``, ``history_`` (one dict per epoch), ``initial_val_loss_``, ``best_epoch_``,
     ``best_val_loss_`` (None without a held-out split), ``stopped_early_``,
-    ``train_index_`` / ``val_index_`` (image rows), ``train_captions_``,
-    ``n_features_image_`` / ``n_features_text_``, ``trainer_``.
+    ``train_index_`` / ``val_index_`` (image rows), ``train_captions_``, ``norm_bias_centred_``
+    (side -> whether its LayerNorm bias started centred), ``n_features_image_`` /
+    ``n_features_text_``, ``trainer_``.
     """
 
     # One parameter per TrainConfig field (tests/test_probe_sklearn.py checks that they match).
@@ -172,7 +173,7 @@ class AlignmentProbe(BaseEstimator):
         self.best_epoch_, self.stopped_early_ = trainer.best_epoch_, trainer.stopped_early_
         self.best_val_loss_ = trainer.best_score_ if config.select_by == "val_loss" else None
         self.train_index_, self.val_index_ = trainer.train_index_, trainer.val_index_
-        self.train_captions_ = trainer.train_captions_
+        self.train_captions_, self.norm_bias_centred_ = trainer.train_captions_, trainer.centred_sides_
         self.n_features_image_ = self.model_.image_head.in_dim
         self.n_features_text_ = self.model_.text_head.in_dim
         return self
@@ -228,6 +229,7 @@ class AlignmentProbe(BaseEstimator):
             "history": self.history_, "best_epoch": self.best_epoch_, "best_val_loss": self.best_val_loss_,
             "initial_val_loss": self.initial_val_loss_,
             "stopped_early": self.stopped_early_, "train_captions": self.train_captions_,
+            "norm_bias_centred": self.norm_bias_centred_,
             "train_index": [int(i) for i in self.train_index_], "val_index": [int(i) for i in self.val_index_],
             "metadata": metadata,
         })
@@ -257,6 +259,7 @@ class AlignmentProbe(BaseEstimator):
         probe.initial_val_loss_ = meta["initial_val_loss"]
         probe.best_epoch_, probe.best_val_loss_ = meta["best_epoch"], meta["best_val_loss"]
         probe.stopped_early_, probe.train_captions_ = meta["stopped_early"], meta["train_captions"]
+        probe.norm_bias_centred_ = meta.get("norm_bias_centred", {})  # files before 2026-12-08: {}
         probe.train_index_ = np.asarray(meta["train_index"], dtype=np.int64)
         probe.val_index_ = np.asarray(meta["val_index"], dtype=np.int64)
         probe.n_features_image_, probe.n_features_text_ = model.image_head.in_dim, model.text_head.in_dim
